@@ -1,0 +1,28 @@
+# Two commands a new user needs: `make train` and `make test`. Both create .venv on first use.
+# torch is pinned to the CPU build here so a fresh machine installs in seconds instead of pulling
+# a multi-GB CUDA wheel; pyproject.toml keeps a normal range for real users.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+TORCH_PIN ?= torch==2.13.0
+ARGS ?=
+
+.PHONY: install train test check clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_PIN)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+train: install
+	$(PY) -m fs2mini.train $(ARGS)
+
+test: install
+	$(PY) -m pytest -q tests
+
+clean:
+	rm -rf $(VENV) runs .cache
