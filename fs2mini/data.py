@@ -1,0 +1,171 @@
+"""Batches for training and evaluation: corpus → shuffle → shard → encode → bucket → `Seq2SeqBatch`.
+
+`Seq2SeqBatches` is re-iterable: each `iter()` is one epoch, shuffled by `(seed, epoch)` so a run
+is reproducible and a resumed run can replay exactly the epoch it stopped in. Sharding happens on
+raw text, before the (comparatively expensive) encoding, so each rank only encodes its own share.
+Sentences are encoded a pool at a time with sentencepiece's batch call, sorted by length inside the
+pool and cut into batches under a padded-token budget, which keeps padding to a few percent.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from fs2mini.corpus import BibleCorpus, Corpus, Split, corpus_languages, read_pairs
+from fs2mini.errors import UserError
+from fs2mini.pipeline import batch_by_max_tokens, chunk, shard, shuffle_window
+from fs2mini.tokenizer import Tokenizer
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which corpus to read and how to cut it into batches."""
+
+    corpus: Corpus = BibleCorpus()
+    """Where sentence pairs come from."""
+    max_tokens: int = 4096
+    """Token budget per batch, padding included: batch size × max(source, target length), as fairseq."""
+    max_source_len: int = 256
+    """Longer source sentences (in tokens, with specials) are skipped and counted."""
+    max_target_len: int = 256
+    """Longer target sentences (in tokens, with specials) are skipped and counted."""
+    shuffle_window: int = 100_000
+    """Sentences shuffled together; a window larger than the corpus shuffles it uniformly."""
+    pool_size: int = 20_000
+    """Sentences encoded and sorted by length together before being cut into batches."""
+
+
+@dataclass(frozen=True)
+class Seq2SeqBatch:
+    """A padded batch; target_input is the target shifted right (it starts with </s> __lang__)."""
+
+    source: Tensor  # (batch, src_len) int64
+    source_lengths: Tensor  # (batch,) tokens per source row, without padding
+    target_input: Tensor  # (batch, tgt_len) decoder input
+    target_output: Tensor  # (batch, tgt_len) what the decoder must predict; pad where padded
+    target_lengths: Tensor  # (batch,)
+    num_target_tokens: int  # sum of target_lengths, kept as a Python int to avoid a device sync
+
+    def to(self, device: torch.device) -> Seq2SeqBatch:
+        move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
+        return Seq2SeqBatch(
+            move(self.source),
+            move(self.source_lengths),
+            move(self.target_input),
+            move(self.target_output),
+            move(self.target_lengths),
+            self.num_target_tokens,
+        )
+
+    @property
+    def padding_fraction(self) -> float:
+        """Share of source+target positions that are padding."""
+        real = int(self.source_lengths.sum()) + self.num_target_tokens
+        return 1.0 - real / (self.source.numel() + self.target_input.numel())
+
+
+def collate(examples: list[tuple[list[int], list[int]]], pad_idx: int) -> Seq2SeqBatch:
+    """Pad (source ids, full target ids) pairs into a `Seq2SeqBatch`."""
+    sources = [source for source, _ in examples]
+    targets = [target for _, target in examples]
+    src_len = max(map(len, sources))
+    tgt_len = max(map(len, targets)) - 1
+    source = torch.tensor([s + [pad_idx] * (src_len - len(s)) for s in sources], dtype=torch.long)
+    target = torch.tensor([t + [pad_idx] * (tgt_len + 1 - len(t)) for t in targets], dtype=torch.long)
+    target_lengths = torch.tensor([len(t) - 1 for t in targets], dtype=torch.long)
+    return Seq2SeqBatch(
+        source=source,
+        source_lengths=torch.tensor([len(s) for s in sources], dtype=torch.long),
+        target_input=_mask_final_eos(target[:, :-1], target_lengths, pad_idx),
+        target_output=target[:, 1:].contiguous(),
+        target_lengths=target_lengths,
+        num_target_tokens=sum(len(t) - 1 for t in targets),
+    )
+
+
+def _mask_final_eos(target_input: Tensor, target_lengths: Tensor, pad_idx: int) -> Tensor:
+    """In rows shorter than the batch, [:-1] keeps the row's final </s>; it is not an input token."""
+    positions = torch.arange(target_input.size(1)).unsqueeze(0)
+    return target_input.masked_fill(positions >= target_lengths.unsqueeze(1), pad_idx)
+
+
+class Seq2SeqBatches:
+    """A re-iterable stream of batches of one split; each iteration is the next epoch."""
+
+    def __init__(
+        self,
+        cfg: DataConfig,
+        split: Split,
+        tokenizer: Tokenizer,
+        *,
+        seed: int,
+        shuffle: bool,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        check_data_config(cfg)
+        self.cfg = cfg
+        self.split = split
+        self.tokenizer = tokenizer
+        self.source_lang, self.target_lang = corpus_languages(cfg.corpus)
+        self.seed = seed
+        self.shuffle = shuffle
+        self.rank = rank
+        self.world_size = world_size
+        self.next_epoch = 0
+        self.dropped: Counter[str] = Counter()
+        """Sentences skipped in the most recent epoch, by reason."""
+
+    def __iter__(self) -> Iterator[Seq2SeqBatch]:
+        epoch = self.next_epoch
+        self.next_epoch += 1
+        return self.iter_epoch(epoch)
+
+    def iter_epoch(self, epoch: int) -> Iterator[Seq2SeqBatch]:
+        """The batches of one epoch; the same (seed, epoch) always gives the same batches."""
+        self.dropped = Counter()
+        rng = random.Random(f"{self.seed}-{epoch}-{self.split}")
+        pairs = read_pairs(self.cfg.corpus, self.split, self.dropped)
+        if self.shuffle:
+            pairs = shuffle_window(pairs, self.cfg.shuffle_window, rng)
+        pairs = shard(pairs, self.rank, self.world_size)
+        return self._batches(pairs, rng)
+
+    def _batches(self, pairs, rng: random.Random) -> Iterator[Seq2SeqBatch]:
+        pad_idx = self.tokenizer.vocab_info.pad_idx
+        for pool in chunk(pairs, self.cfg.pool_size):
+            sources = self.tokenizer.encode_source([source for source, _ in pool], self.source_lang)
+            targets = self.tokenizer.encode_target([target for _, target in pool], self.target_lang)
+            examples = []
+            for source, target in zip(sources, targets):
+                if len(source) > self.cfg.max_source_len:
+                    self.dropped["source longer than max_source_len"] += 1
+                elif len(target) - 1 > self.cfg.max_target_len:
+                    self.dropped["target longer than max_target_len"] += 1
+                else:
+                    examples.append((source, target))
+            batches = batch_by_max_tokens(
+                examples, lambda e: max(len(e[0]), len(e[1]) - 1), self.cfg.max_tokens, self.dropped
+            )
+            if self.shuffle:
+                rng.shuffle(batches)
+            for batch in batches:
+                yield collate(batch, pad_idx)
+
+
+def check_data_config(cfg: DataConfig) -> None:
+    for flag, value in [
+        ("--data.max-tokens", cfg.max_tokens),
+        ("--data.max-source-len", cfg.max_source_len),
+        ("--data.max-target-len", cfg.max_target_len),
+        ("--data.shuffle-window", cfg.shuffle_window),
+        ("--data.pool-size", cfg.pool_size),
+    ]:
+        if value <= 0:
+            raise UserError(f"{flag} must be a positive integer, got {value}")

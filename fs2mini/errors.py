@@ -1,0 +1,32 @@
+"""User-facing errors: one exception type and one place that turns it into a clean exit.
+
+Anything the user can fix (a missing file, a bad flag value, a corrupt checkpoint) raises
+`UserError` with one sentence naming the file/flag/value and what was expected. Entry points wrap
+their body in `exit_on_user_error` so the user sees that sentence and a non-zero exit code instead
+of a traceback; programming errors still raise normally.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+
+USER_ERROR_EXIT_CODE = 2
+
+
+class UserError(Exception):
+    """An error caused by input the user controls; its message is shown as-is."""
+
+
+@contextlib.contextmanager
+def exit_on_user_error() -> Iterator[None]:
+    """Print `error: <message>` on stderr and exit 2 for a `UserError`; let other errors raise."""
+    try:
+        yield
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(USER_ERROR_EXIT_CODE)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,360 @@
+"""An NLLB-style encoder–decoder Transformer, with named presets and one builder.
+
+The architecture follows NLLB / fairseq2's `nllb` models: pre-LayerNorm layers with a final
+LayerNorm on each stack, sinusoidal positions, embeddings scaled by √model_dim, a single embedding
+table shared by the encoder, the decoder and the output projection, ReLU feed-forward blocks, and
+dropout on embeddings, attention weights and residual branches. Attention goes through
+`F.scaled_dot_product_attention` so PyTorch picks the fastest kernel for the device.
+
+The decoder takes an optional `DecoderState` (a key/value cache): with it, `decode` consumes only
+the new target positions, reuses the self-attention keys/values of earlier steps and computes the
+encoder–decoder keys/values once per sentence. Without it, `decode` runs teacher-forced over the
+whole target, which is what training uses.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+import tyro
+from torch import Tensor, nn
+
+from fs2mini.errors import UserError
+from fs2mini.tokenizer import VocabInfo
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape of the encoder–decoder Transformer (field names follow fairseq2's NllbConfig)."""
+
+    model_dim: int = 128
+    """Width of embeddings and of every layer's input and output."""
+    max_seq_len: int = 1024
+    """Longest sequence (source or target, in tokens) the model accepts."""
+    num_encoder_layers: int = 4
+    """Number of encoder layers."""
+    num_decoder_layers: int = 4
+    """Number of decoder layers."""
+    num_encoder_attn_heads: int = 4
+    """Attention heads per encoder layer; must divide model_dim."""
+    num_decoder_attn_heads: int = 4
+    """Attention heads per decoder layer (self and encoder–decoder attention); must divide model_dim."""
+    ffn_inner_dim: int = 512
+    """Hidden width of the feed-forward blocks."""
+    dropout_p: float = 0.1
+    """Dropout on embeddings, attention weights and residual branches."""
+
+
+# Named presets. The CLI offers them as `model:NAME` subcommands (underscores become dashes).
+ARCHS: dict[str, ModelConfig] = {
+    "tiny": ModelConfig(model_dim=64, num_encoder_layers=2, num_decoder_layers=2, num_encoder_attn_heads=4,
+                        num_decoder_attn_heads=4, ffn_inner_dim=256, dropout_p=0.0),
+    "small": ModelConfig(),  # the default: trains in minutes on a laptop CPU
+    "base": ModelConfig(model_dim=512, num_encoder_layers=6, num_decoder_layers=6, num_encoder_attn_heads=8,
+                        num_decoder_attn_heads=8, ffn_inner_dim=2048, dropout_p=0.1),
+    # NLLB-200 dense 600M (fairseq2's `dense_600m`).
+    "dense_600m": ModelConfig(model_dim=1024, num_encoder_layers=12, num_decoder_layers=12,
+                              num_encoder_attn_heads=16, num_decoder_attn_heads=16, ffn_inner_dim=4096,
+                              dropout_p=0.1),
+}
+
+ModelArch = tyro.extras.subcommand_type_from_defaults(ARCHS)
+
+
+def check_model_config(cfg: ModelConfig) -> None:
+    """Reject shapes that cannot build, naming the flag and what was expected."""
+    for flag, value in [
+        ("--model.model-dim", cfg.model_dim),
+        ("--model.max-seq-len", cfg.max_seq_len),
+        ("--model.num-encoder-layers", cfg.num_encoder_layers),
+        ("--model.num-decoder-layers", cfg.num_decoder_layers),
+        ("--model.num-encoder-attn-heads", cfg.num_encoder_attn_heads),
+        ("--model.num-decoder-attn-heads", cfg.num_decoder_attn_heads),
+        ("--model.ffn-inner-dim", cfg.ffn_inner_dim),
+    ]:
+        if value <= 0:
+            raise UserError(f"{flag} must be a positive integer, got {value}")
+    for flag, heads in [
+        ("--model.num-encoder-attn-heads", cfg.num_encoder_attn_heads),
+        ("--model.num-decoder-attn-heads", cfg.num_decoder_attn_heads),
+    ]:
+        if cfg.model_dim % heads:
+            raise UserError(f"{flag} {heads} must divide --model.model-dim {cfg.model_dim}")
+    if not 0.0 <= cfg.dropout_p < 1.0:
+        raise UserError(f"--model.dropout-p must be in [0, 1), got {cfg.dropout_p}")
+
+
+def build_model(cfg: ModelConfig, vocab_info: VocabInfo) -> EncoderDecoderModel:
+    """The only code that reads `ModelConfig`: layers below take plain arguments."""
+    check_model_config(cfg)
+    return EncoderDecoderModel(
+        vocab_size=vocab_info.size,
+        pad_idx=vocab_info.pad_idx,
+        model_dim=cfg.model_dim,
+        max_seq_len=cfg.max_seq_len,
+        num_encoder_layers=cfg.num_encoder_layers,
+        num_decoder_layers=cfg.num_decoder_layers,
+        num_encoder_attn_heads=cfg.num_encoder_attn_heads,
+        num_decoder_attn_heads=cfg.num_decoder_attn_heads,
+        ffn_inner_dim=cfg.ffn_inner_dim,
+        dropout_p=cfg.dropout_p,
+    )
+
+
+@dataclass
+class DecoderState:
+    """Key/value cache for incremental decoding; one entry per decoder layer.
+
+    `self_kv[i]` grows by one position per step: (batch, heads, steps so far, head_dim).
+    `cross_kv[i]` is the encoder output projected once: (batch, heads, src_len, head_dim).
+    """
+
+    num_layers: int
+    self_kv: list[tuple[Tensor, Tensor] | None] = field(default_factory=list)
+    cross_kv: list[tuple[Tensor, Tensor] | None] = field(default_factory=list)
+    num_steps: int = 0
+
+    def __post_init__(self) -> None:
+        self.self_kv = [None] * self.num_layers
+        self.cross_kv = [None] * self.num_layers
+
+    def reorder(self, index: Tensor) -> None:
+        """Keep rows `index` (batch dimension) of every cached tensor, e.g. to follow beams."""
+        select = lambda kv: None if kv is None else (kv[0].index_select(0, index), kv[1].index_select(0, index))  # noqa: E731
+        self.self_kv = [select(kv) for kv in self.self_kv]
+        self.cross_kv = [select(kv) for kv in self.cross_kv]
+
+
+def sinusoidal_positions(max_len: int, dim: int) -> Tensor:
+    """(max_len, dim) table: sin in the first half, cos in the second, as fairseq/NLLB."""
+    half = dim // 2
+    inv_freq = torch.exp(torch.arange(half, dtype=torch.float32) * -(math.log(10000.0) / max(half - 1, 1)))
+    angles = torch.arange(max_len, dtype=torch.float32).unsqueeze(1) * inv_freq.unsqueeze(0)
+    table = torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
+    if dim % 2:
+        table = F.pad(table, (0, 1))
+    return table
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with one fused input projection for queries, keys and values."""
+
+    def __init__(self, model_dim: int, num_heads: int, dropout_p: float) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.dropout_p = dropout_p
+        self.qkv_proj = nn.Linear(model_dim, 3 * model_dim)
+        self.out_proj = nn.Linear(model_dim, model_dim)
+
+    def forward(
+        self,
+        x: Tensor,
+        key_mask: Tensor | None,
+        causal: bool,
+        cache: list[tuple[Tensor, Tensor] | None] | None = None,
+        layer_index: int = 0,
+        past_len: int = 0,
+    ) -> Tensor:
+        batch, seq_len, model_dim = x.shape
+        # (3, batch, heads, seq_len, head_dim)
+        qkv = self.qkv_proj(x).view(batch, seq_len, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        if cache is not None:
+            past = cache[layer_index]
+            if past is not None:
+                k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+            cache[layer_index] = (k, v)
+        attn_mask, is_causal = key_mask, False
+        if causal:
+            if past_len == 0:
+                is_causal = True
+            elif seq_len > 1:
+                # New positions may see all cached ones and the new ones up to themselves.
+                positions = torch.arange(seq_len, device=x.device).unsqueeze(1) + past_len
+                attn_mask = torch.arange(past_len + seq_len, device=x.device).unsqueeze(0) <= positions
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout_p if self.training else 0.0, is_causal=is_causal
+        )
+        return self.out_proj(out.transpose(1, 2).reshape(batch, seq_len, model_dim))
+
+
+class EncoderDecoderAttention(nn.Module):
+    """Decoder queries attend to encoder outputs; keys/values can be projected once and cached."""
+
+    def __init__(self, model_dim: int, num_heads: int, dropout_p: float) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.dropout_p = dropout_p
+        self.q_proj = nn.Linear(model_dim, model_dim)
+        self.kv_proj = nn.Linear(model_dim, 2 * model_dim)
+        self.out_proj = nn.Linear(model_dim, model_dim)
+
+    def forward(
+        self,
+        x: Tensor,
+        encoder_out: Tensor,
+        encoder_mask: Tensor | None,
+        cache: list[tuple[Tensor, Tensor] | None] | None = None,
+        layer_index: int = 0,
+    ) -> Tensor:
+        batch, seq_len, model_dim = x.shape
+        q = self.q_proj(x).view(batch, seq_len, self.num_heads, -1).transpose(1, 2)
+        kv = cache[layer_index] if cache is not None else None
+        if kv is None:
+            src_len = encoder_out.size(1)
+            # (2, batch, heads, src_len, head_dim)
+            kv_all = self.kv_proj(encoder_out).view(batch, src_len, 2, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+            kv = (kv_all[0], kv_all[1])
+            if cache is not None:
+                cache[layer_index] = kv
+        out = F.scaled_dot_product_attention(
+            q, kv[0], kv[1], attn_mask=encoder_mask, dropout_p=self.dropout_p if self.training else 0.0
+        )
+        return self.out_proj(out.transpose(1, 2).reshape(batch, seq_len, model_dim))
+
+
+class FeedForward(nn.Module):
+    """Linear → ReLU → dropout → Linear, as in NLLB."""
+
+    def __init__(self, model_dim: int, inner_dim: int, dropout_p: float) -> None:
+        super().__init__()
+        self.inner_proj = nn.Linear(model_dim, inner_dim)
+        self.dropout = nn.Dropout(dropout_p)
+        self.out_proj = nn.Linear(inner_dim, model_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.out_proj(self.dropout(F.relu(self.inner_proj(x))))
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, model_dim: int, num_heads: int, ffn_inner_dim: int, dropout_p: float) -> None:
+        super().__init__()
+        self.self_attn_norm = nn.LayerNorm(model_dim)
+        self.self_attn = SelfAttention(model_dim, num_heads, dropout_p)
+        self.ffn_norm = nn.LayerNorm(model_dim)
+        self.ffn = FeedForward(model_dim, ffn_inner_dim, dropout_p)
+        self.dropout = nn.Dropout(dropout_p)
+
+    def forward(self, x: Tensor, key_mask: Tensor | None) -> Tensor:
+        x = x + self.dropout(self.self_attn(self.self_attn_norm(x), key_mask, causal=False))
+        return x + self.dropout(self.ffn(self.ffn_norm(x)))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, model_dim: int, num_heads: int, ffn_inner_dim: int, dropout_p: float) -> None:
+        super().__init__()
+        self.self_attn_norm = nn.LayerNorm(model_dim)
+        self.self_attn = SelfAttention(model_dim, num_heads, dropout_p)
+        self.encoder_decoder_attn_norm = nn.LayerNorm(model_dim)
+        self.encoder_decoder_attn = EncoderDecoderAttention(model_dim, num_heads, dropout_p)
+        self.ffn_norm = nn.LayerNorm(model_dim)
+        self.ffn = FeedForward(model_dim, ffn_inner_dim, dropout_p)
+        self.dropout = nn.Dropout(dropout_p)
+
+    def forward(
+        self, x: Tensor, encoder_out: Tensor, encoder_mask: Tensor | None, state: DecoderState | None, index: int
+    ) -> Tensor:
+        self_cache = state.self_kv if state is not None else None
+        cross_cache = state.cross_kv if state is not None else None
+        past_len = state.num_steps if state is not None else 0
+        attn = self.self_attn(self.self_attn_norm(x), None, True, self_cache, index, past_len)
+        x = x + self.dropout(attn)
+        attn = self.encoder_decoder_attn(self.encoder_decoder_attn_norm(x), encoder_out, encoder_mask, cross_cache, index)
+        x = x + self.dropout(attn)
+        return x + self.dropout(self.ffn(self.ffn_norm(x)))
+
+
+class EncoderDecoderModel(nn.Module):
+    """`encode` the source once, `decode` target positions, `project` hidden states to logits."""
+
+    def __init__(
+        self,
+        *,
+        vocab_size: int,
+        pad_idx: int,
+        model_dim: int,
+        max_seq_len: int,
+        num_encoder_layers: int,
+        num_decoder_layers: int,
+        num_encoder_attn_heads: int,
+        num_decoder_attn_heads: int,
+        ffn_inner_dim: int,
+        dropout_p: float,
+    ) -> None:
+        super().__init__()
+        self.pad_idx = pad_idx
+        self.model_dim = model_dim
+        self.max_seq_len = max_seq_len
+        self.embed = nn.Embedding(vocab_size, model_dim, padding_idx=pad_idx)
+        self.register_buffer("positions", sinusoidal_positions(max_seq_len, model_dim), persistent=False)
+        self.embed_scale = math.sqrt(model_dim)
+        self.dropout = nn.Dropout(dropout_p)
+        self.encoder_layers = nn.ModuleList(
+            EncoderLayer(model_dim, num_encoder_attn_heads, ffn_inner_dim, dropout_p) for _ in range(num_encoder_layers)
+        )
+        self.encoder_norm = nn.LayerNorm(model_dim)
+        self.decoder_layers = nn.ModuleList(
+            DecoderLayer(model_dim, num_decoder_attn_heads, ffn_inner_dim, dropout_p) for _ in range(num_decoder_layers)
+        )
+        self.decoder_norm = nn.LayerNorm(model_dim)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """fairseq's Transformer init: N(0, dim^-1/2) embeddings with a zero pad row, Xavier linears."""
+        nn.init.normal_(self.embed.weight, mean=0.0, std=self.model_dim**-0.5)
+        with torch.no_grad():
+            self.embed.weight[self.pad_idx].zero_()
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def _embed(self, tokens: Tensor, offset: int) -> Tensor:
+        seq_len = tokens.size(1)
+        if offset + seq_len > self.max_seq_len:
+            raise ValueError(f"sequence of {offset + seq_len} tokens exceeds max_seq_len {self.max_seq_len}")
+        x = self.embed(tokens) * self.embed_scale + self.positions[offset : offset + seq_len]
+        return self.dropout(x)
+
+    def encoder_mask(self, source_lengths: Tensor, src_len: int) -> Tensor:
+        """(batch, 1, 1, src_len) True where a key is a real token, shaped to broadcast over heads and queries."""
+        positions = torch.arange(src_len, device=source_lengths.device)
+        return (positions.unsqueeze(0) < source_lengths.unsqueeze(1))[:, None, None, :]
+
+    def encode(self, source: Tensor, source_lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """(batch, src_len) tokens → ((batch, src_len, model_dim) states, key mask for `decode`)."""
+        mask = self.encoder_mask(source_lengths, source.size(1))
+        x = self._embed(source, 0)
+        for layer in self.encoder_layers:
+            x = layer(x, mask)
+        return self.encoder_norm(x), mask
+
+    def decode(
+        self, target_input: Tensor, encoder_out: Tensor, encoder_mask: Tensor, state: DecoderState | None = None
+    ) -> Tensor:
+        """(batch, tgt_len) → (batch, tgt_len, model_dim); with `state`, only the new positions."""
+        offset = state.num_steps if state is not None else 0
+        x = self._embed(target_input, offset)
+        for index, layer in enumerate(self.decoder_layers):
+            x = layer(x, encoder_out, encoder_mask, state, index)
+        if state is not None:
+            state.num_steps += target_input.size(1)
+        return self.decoder_norm(x)
+
+    def project(self, decoder_out: Tensor) -> Tensor:
+        """Logits over the vocabulary through the shared embedding table: (..., vocab_size)."""
+        return F.linear(decoder_out, self.embed.weight)
+
+    def new_decoder_state(self) -> DecoderState:
+        return DecoderState(num_layers=len(self.decoder_layers))
+
+    def forward(self, source: Tensor, source_lengths: Tensor, target_input: Tensor) -> Tensor:
+        """Teacher-forced logits (batch, tgt_len, vocab_size)."""
+        encoder_out, encoder_mask = self.encode(source, source_lengths)
+        return self.project(self.decode(target_input, encoder_out, encoder_mask))
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

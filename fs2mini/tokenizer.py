@@ -1,0 +1,158 @@
+"""A multilingual sentencepiece tokenizer: training (cached), language tokens, encode/decode.
+
+Layout of the token sequences (fairseq2's NLLB layout, so an NLLB-style decoder starts from EOS
+as in fairseq and the target language is a forced first prediction):
+
+    source:         __eng__ w1 w2 ... </s>
+    target input:   </s> __fra__ v1 v2 ...
+    target output:  __fra__ v1 v2 ... </s>
+
+Language tokens are sentencepiece *user-defined symbols*, so they are real pieces with their own
+ids (never `<unk>`), and they survive any vocabulary size. The trained model is cached under
+`cache_dir` by a key that hashes the training text and every setting, so changing the corpus or the
+vocabulary size trains a new model while rerunning the same command reuses the old one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import sentencepiece as spm
+
+from fs2mini.errors import UserError
+
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    """Sentencepiece model trained on both sides of the training split."""
+
+    vocab_size: int = 8000
+    """Number of pieces, including <pad>, <unk>, <s>, </s> and the language tokens."""
+    model_type: Literal["unigram", "bpe"] = "unigram"
+    """Sentencepiece algorithm."""
+    character_coverage: float = 1.0
+    """Fraction of characters covered by the model (lower it, e.g. 0.9995, for CJK scripts)."""
+    max_training_sentences: int = 2_000_000
+    """Sentencepiece samples at most this many sentences to train the model."""
+    cache_dir: Path = Path(".cache/fs2mini/tokenizers")
+    """Where trained models are kept, keyed by a hash of the training text and these settings."""
+
+
+@dataclass(frozen=True)
+class VocabInfo:
+    """What a model needs to know about the vocabulary."""
+
+    size: int
+    pad_idx: int
+    bos_idx: int
+    eos_idx: int
+    unk_idx: int
+
+
+def lang_token(lang: str) -> str:
+    return f"__{lang}__"
+
+
+class Tokenizer:
+    """A sentencepiece model plus the language-token layout described in the module docstring."""
+
+    def __init__(self, model_path: Path, langs: Sequence[str]) -> None:
+        self.model_path = Path(model_path)
+        try:
+            self.sp = spm.SentencePieceProcessor(model_file=str(self.model_path))
+        except (OSError, RuntimeError) as err:
+            raise UserError(f"cannot load tokenizer model {self.model_path}: {err}") from None
+        self.langs = tuple(langs)
+        self.lang_ids = {}
+        for lang in self.langs:
+            piece_id = self.sp.piece_to_id(lang_token(lang))
+            if piece_id == UNK_ID:
+                raise UserError(f"tokenizer {self.model_path} has no language token {lang_token(lang)}")
+            self.lang_ids[lang] = piece_id
+        self.vocab_info = VocabInfo(self.sp.get_piece_size(), PAD_ID, BOS_ID, EOS_ID, UNK_ID)
+        self._special_ids = {PAD_ID, BOS_ID, EOS_ID, *self.lang_ids.values()}
+
+    def encode_source(self, texts: list[str], lang: str) -> list[list[int]]:
+        """`__lang__ pieces </s>` for each text (batch call: sentencepiece encodes in C++)."""
+        prefix = [self.lang_ids[lang]]
+        return [prefix + ids + [EOS_ID] for ids in self.sp.encode(texts)]
+
+    def encode_target(self, texts: list[str], lang: str) -> list[list[int]]:
+        """`</s> __lang__ pieces </s>`: the decoder input is [:-1] and the expected output [1:]."""
+        prefix = [EOS_ID, self.lang_ids[lang]]
+        return [prefix + ids + [EOS_ID] for ids in self.sp.encode(texts)]
+
+    def target_prefix(self, lang: str) -> list[int]:
+        """The forced start of every target sequence: `</s> __lang__`."""
+        return [EOS_ID, self.lang_ids[lang]]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text for token ids, without pad/bos/eos/language tokens."""
+        return self.sp.decode([i for i in ids if i not in self._special_ids])
+
+    def pieces(self, ids: Iterable[int]) -> list[str]:
+        return [self.sp.id_to_piece(i) for i in ids]
+
+
+def load_or_train_tokenizer(cfg: TokenizerConfig, sentences: Iterable[str], langs: Sequence[str]) -> Tokenizer:
+    """Reuse the cached model for this exact text and settings, or train and cache a new one."""
+    if cfg.vocab_size < 8 + len(langs):
+        raise UserError(f"--tokenizer.vocab-size {cfg.vocab_size} is too small; expected at least {8 + len(langs)}")
+    text = [s for s in sentences if s]
+    if not text:
+        raise UserError("cannot train a tokenizer: the training split has no sentences")
+    key = _cache_key(cfg, text, langs)
+    model_path = cfg.cache_dir / f"spm-{cfg.vocab_size}-{key}.model"
+    if not model_path.exists():
+        _train_sentencepiece(cfg, text, langs, model_path)
+    return Tokenizer(model_path, langs)
+
+
+def _cache_key(cfg: TokenizerConfig, text: list[str], langs: Sequence[str]) -> str:
+    digest = hashlib.sha256()
+    settings = (cfg.vocab_size, cfg.model_type, cfg.character_coverage, cfg.max_training_sentences, tuple(langs))
+    digest.update(repr(settings).encode())
+    for sentence in text:
+        digest.update(sentence.encode("utf-8"))
+        digest.update(b"\n")
+    return digest.hexdigest()[:16]
+
+
+def _train_sentencepiece(cfg: TokenizerConfig, text: list[str], langs: Sequence[str], model_path: Path) -> None:
+    """Train into a temporary prefix and rename, so an interrupted training never leaves a half model."""
+    try:
+        model_path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create tokenizer cache {model_path.parent}: {err.strerror}") from None
+    with tempfile.TemporaryDirectory(dir=model_path.parent) as tmp:
+        prefix = Path(tmp) / "spm"
+        try:
+            spm.SentencePieceTrainer.train(
+                sentence_iterator=iter(text),
+                model_prefix=str(prefix),
+                vocab_size=cfg.vocab_size,
+                model_type=cfg.model_type,
+                character_coverage=cfg.character_coverage,
+                input_sentence_size=cfg.max_training_sentences,
+                shuffle_input_sentence=True,
+                pad_id=PAD_ID,
+                unk_id=UNK_ID,
+                bos_id=BOS_ID,
+                eos_id=EOS_ID,
+                user_defined_symbols=[lang_token(lang) for lang in langs],
+                minloglevel=2,
+                num_threads=os.cpu_count() or 1,
+            )
+        except RuntimeError as err:
+            # Drop sentencepiece's "INTERNAL: file.cc(744) [check] " prefix; keep its sentence.
+            message = str(err).strip().splitlines()[-1].rsplit("] ", 1)[-1] or type(err).__name__
+            raise UserError(f"--tokenizer.vocab-size {cfg.vocab_size}: sentencepiece training failed: {message}") from None
+        os.replace(f"{prefix}.model", model_path)

@@ -1,0 +1,282 @@
+"""The training loop, written out by hand: one function, one update per iteration, top to bottom.
+
+`train(cfg)` builds every component from its config, then repeats: set the learning rate → run
+`task.compute_loss` on each micro-batch and backpropagate → divide gradients by the total number
+of target tokens → clip → step → log → validate/checkpoint at their intervals. A run directory that
+already has checkpoints is resumed from the newest readable one (model, optimizer, step, epoch,
+position inside the epoch and RNG states), so rerunning the same command continues a stopped run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fs2mini.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint, prune_checkpoints, save_atomically
+from fs2mini.config import TrainConfig, TrainerConfig, config_to_json, incompatible_fields, load_config, save_config
+from fs2mini.corpus import corpus_languages, training_sentences
+from fs2mini.data import Seq2SeqBatch, Seq2SeqBatches, check_data_config
+from fs2mini.errors import UserError
+from fs2mini.metrics import MetricsLog, ProgressDisplay
+from fs2mini.model import EncoderDecoderModel, build_model, check_model_config
+from fs2mini.optim import build_lr_schedule, build_optimizer, check_lr_scheduler_config, check_optimizer_config
+from fs2mini.task import Seq2Seq, TaskConfig, build_task, check_task_config
+from fs2mini.tokenizer import Tokenizer, load_or_train_tokenizer
+
+TaskBuilder = Callable[[TaskConfig, int], Seq2Seq]
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--trainer.device {name!r} is not a device; expected cpu, cuda, cuda:N or auto") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--trainer.device {name}: CUDA is not available on this machine; use cpu or auto")
+    return device
+
+
+def autocast_for(device: torch.device, mode: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA by default; on CPU only when asked (it is slower there)."""
+    enabled = mode == "bf16" or (mode == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def check_trainer_config(cfg: TrainerConfig) -> None:
+    for flag, value in [
+        ("--trainer.max-steps", cfg.max_steps),
+        ("--trainer.grad-accum-steps", cfg.grad_accum_steps),
+        ("--trainer.validate-every", cfg.validate_every),
+        ("--trainer.checkpoint-every", cfg.checkpoint_every),
+        ("--trainer.keep-last-checkpoints", cfg.keep_last_checkpoints),
+        ("--trainer.log-every", cfg.log_every),
+        ("--trainer.max-bad-steps", cfg.max_bad_steps),
+    ]:
+        if value <= 0:
+            raise UserError(f"{flag} must be a positive integer, got {value}")
+    if cfg.max_epochs is not None and cfg.max_epochs <= 0:
+        raise UserError(f"--trainer.max-epochs must be a positive integer, got {cfg.max_epochs}")
+    if cfg.max_grad_norm < 0:
+        raise UserError(f"--trainer.max-grad-norm must be >= 0, got {cfg.max_grad_norm}")
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """Reject every bad setting before any slow work (tokenizer training, data reading)."""
+    corpus_languages(cfg.data.corpus)
+    check_data_config(cfg.data)
+    check_model_config(cfg.model)
+    check_task_config(cfg.task)
+    check_optimizer_config(cfg.optimizer)
+    check_lr_scheduler_config(cfg.lr_scheduler)
+    check_trainer_config(cfg.trainer)
+
+
+def build_tokenizer(cfg: TrainConfig) -> Tokenizer:
+    """The tokenizer for `cfg`'s corpus: from the cache, or trained on the training split."""
+    langs = corpus_languages(cfg.data.corpus)
+    return load_or_train_tokenizer(cfg.tokenizer, training_sentences(cfg.data.corpus), langs)
+
+
+def batches_from(batches: Seq2SeqBatches, start_epoch: int, skip: int, max_epochs: int | None) -> Iterator[tuple[int, int, Seq2SeqBatch]]:
+    """(epoch, batches consumed in that epoch, batch), epoch after epoch, skipping `skip` at the start."""
+    epoch = start_epoch
+    while max_epochs is None or epoch < max_epochs:
+        produced = 0
+        for position, batch in enumerate(batches.iter_epoch(epoch), start=1):
+            produced += 1
+            if epoch == start_epoch and position <= skip:
+                continue
+            yield epoch, position, batch
+        if produced == 0:
+            raise UserError(f"the {batches.split} split has no usable sentence pairs (skipped: {dict(batches.dropped)})")
+        epoch += 1
+
+
+@torch.no_grad()
+def validate(model: EncoderDecoderModel, task: Seq2Seq, batches: Seq2SeqBatches, device: torch.device, autocast_mode: str) -> dict[str, float]:
+    """Loss (the training objective) and NLL/perplexity per target token over the whole split."""
+    model.eval()
+    loss_sum = nll_sum = 0.0
+    tokens = 0
+    for batch in batches:
+        batch = batch.to(device)
+        with autocast_for(device, autocast_mode):
+            loss, num_tokens = task.compute_loss(model, batch)
+            nll, _ = task.compute_nll(model, batch)
+        loss_sum += float(loss)
+        nll_sum += float(nll)
+        tokens += num_tokens
+    model.train()
+    if tokens == 0:
+        raise UserError(f"the {batches.split} split has no usable sentence pairs (skipped: {dict(batches.dropped)})")
+    nll_per_token = nll_sum / tokens
+    return {"loss": loss_sum / tokens, "nll": nll_per_token, "ppl": math.exp(min(nll_per_token, 100.0)), "tokens": tokens}
+
+
+def _prepare_run_dir(cfg: TrainConfig) -> tuple[Path, dict[str, Any] | None]:
+    """Create the run directory; return the newest readable checkpoint if the run is resumed."""
+    run_dir = cfg.run_dir
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise UserError(f"--output-dir {run_dir} is not writable: {err.strerror}") from None
+    checkpoint = None
+    for path in reversed(list_checkpoints(run_dir / "checkpoints")):
+        try:
+            checkpoint = load_checkpoint(path)
+            break
+        except UserError as err:
+            print(f"warning: {err}; trying the previous checkpoint")
+    if checkpoint is not None:
+        previous = load_config(run_dir / "config.json")
+        differing = incompatible_fields(previous, cfg)
+        if differing:
+            raise UserError(
+                f"cannot resume {run_dir}: the checkpoint was trained with different {', '.join(differing)}; "
+                "use another --output-dir or the original settings"
+            )
+    save_config(cfg, run_dir / "config.json")
+    return run_dir, checkpoint
+
+
+def train(cfg: TrainConfig, make_task: TaskBuilder = build_task) -> Path:
+    """Train (or resume) the run described by `cfg`; returns the run directory."""
+    tc = cfg.trainer
+    check_config(cfg)
+    device = pick_device(tc.device)
+    run_dir, checkpoint = _prepare_run_dir(cfg)
+    torch.manual_seed(tc.seed)
+    random.seed(tc.seed)
+
+    tokenizer_path = run_dir / "tokenizer.model"
+    if checkpoint is not None and tokenizer_path.exists():
+        tokenizer = Tokenizer(tokenizer_path, corpus_languages(cfg.data.corpus))
+    else:
+        tokenizer = build_tokenizer(cfg)
+        shutil.copyfile(tokenizer.model_path, tokenizer_path)
+    train_batches = Seq2SeqBatches(cfg.data, "train", tokenizer, seed=tc.seed, shuffle=True)
+    valid_batches = Seq2SeqBatches(cfg.data, "valid", tokenizer, seed=tc.seed, shuffle=False)
+    model = build_model(cfg.model, tokenizer.vocab_info).to(device)
+    task = make_task(cfg.task, tokenizer.vocab_info.pad_idx)
+    optimizer = build_optimizer(cfg.optimizer, model.parameters())
+    lr_at = build_lr_schedule(cfg.lr_scheduler, cfg.optimizer.lr, tc.max_steps)
+
+    step, epoch, position = 0, 0, 0
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        step, epoch, position = checkpoint["step"], checkpoint["epoch"], checkpoint["position"]
+        torch.set_rng_state(checkpoint["rng"]["torch"])
+        if device.type == "cuda" and checkpoint["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(checkpoint["rng"]["cuda"], device)
+
+    display = ProgressDisplay(tc.max_steps, step, tc.progress, tc.log_every)
+    display.message(
+        f"run {run_dir} | device {device} | {model.num_parameters():,} parameters | vocab {tokenizer.vocab_info.size}"
+        + (f" | resumed at step {step}" if checkpoint is not None else "")
+    )
+    metrics = MetricsLog(run_dir / "metrics.jsonl")
+    stream = batches_from(train_batches, epoch, position, tc.max_epochs)
+    params = [p for p in model.parameters() if p.requires_grad]
+    model.train()
+    bad_steps = skipped_steps = 0
+    saved_step = step
+    window_tokens, window_start = 0, time.perf_counter()
+    try:
+        while step < tc.max_steps:
+            micro_batches = []
+            for _ in range(tc.grad_accum_steps):
+                item = next(stream, None)
+                if item is None:
+                    break
+                epoch, position, batch = item
+                micro_batches.append(batch)
+            if not micro_batches:
+                display.message(f"reached --trainer.max-epochs {tc.max_epochs}")
+                break
+            step += 1
+
+            lr = lr_at(step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            optimizer.zero_grad(set_to_none=True)
+            loss_sum = torch.zeros((), device=device)
+            num_tokens = 0
+            for batch in micro_batches:
+                with autocast_for(device, tc.autocast):
+                    loss, n = task.compute_loss(model, batch.to(device))
+                loss.backward()
+                loss_sum += loss.detach()
+                num_tokens += n
+            # Summed losses → gradient of the mean over every target token of the update.
+            for p in params:
+                if p.grad is not None:
+                    p.grad.div_(num_tokens)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm if tc.max_grad_norm > 0 else math.inf)
+            loss_per_token = float(loss_sum) / num_tokens
+            if math.isfinite(loss_per_token) and bool(torch.isfinite(grad_norm)):
+                optimizer.step()
+                bad_steps = 0
+            else:
+                bad_steps += 1
+                skipped_steps += 1
+                if bad_steps >= tc.max_bad_steps:
+                    raise UserError(
+                        f"stopping at step {step}: {bad_steps} consecutive updates had a non-finite loss or gradient "
+                        "(try a lower --optimizer.lr); checkpoints are intact"
+                    )
+
+            window_tokens += num_tokens
+            elapsed = time.perf_counter() - window_start
+            tokens_per_s = window_tokens / elapsed if elapsed > 0 else 0.0
+            display.update(step, loss_per_token, lr, tokens_per_s)
+            if step % tc.log_every == 0:
+                metrics.write({"step": step, "split": "train", "loss": loss_per_token, "lr": lr, "grad_norm": float(grad_norm),
+                               "tokens_per_s": tokens_per_s, "epoch": epoch, "skipped_steps": skipped_steps})
+                window_tokens, window_start = 0, time.perf_counter()
+            last_step = step == tc.max_steps
+            if step % tc.validate_every == 0 or last_step:
+                result = validate(model, task, valid_batches, device, tc.autocast)
+                metrics.write({"step": step, "split": "valid", **result})
+                display.message(f"valid step {step}: loss {result['loss']:.3f}  nll {result['nll']:.3f}  ppl {result['ppl']:.2f}")
+            if step % tc.checkpoint_every == 0 or last_step:
+                _save(run_dir, cfg, model, optimizer, step, epoch, position, device)
+                saved_step = step
+        if saved_step != step:  # stopped early by --trainer.max-epochs
+            result = validate(model, task, valid_batches, device, tc.autocast)
+            metrics.write({"step": step, "split": "valid", **result})
+            display.message(f"valid step {step}: loss {result['loss']:.3f}  nll {result['nll']:.3f}  ppl {result['ppl']:.2f}")
+            _save(run_dir, cfg, model, optimizer, step, epoch, position, device)
+        display.message(f"done: {step} steps, checkpoints in {run_dir / 'checkpoints'}")
+        return run_dir
+    finally:
+        display.close()
+        metrics.close()
+
+
+def _save(run_dir: Path, cfg: TrainConfig, model, optimizer, step: int, epoch: int, position: int, device: torch.device) -> None:
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "step": step,
+        "epoch": epoch,
+        "position": position,
+        "config": config_to_json(cfg),
+        "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
+    }
+    checkpoint_dir = run_dir / "checkpoints"
+    save_atomically(state, checkpoint_path(checkpoint_dir, step))
+    prune_checkpoints(checkpoint_dir, cfg.trainer.keep_last_checkpoints)

@@ -1,0 +1,66 @@
+"""Shared tiny data: a synthetic 'reverse the words' TSV corpus and a tokenizer trained on it.
+
+Every test builds its own data here; nothing needs the network or the Bible database except the
+tests that are explicitly about it (they build a tiny SQLite file of their own).
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from fs2mini.config import TrainConfig, TrainerConfig
+from fs2mini.corpus import TsvCorpus, corpus_languages, training_sentences
+from fs2mini.data import DataConfig
+from fs2mini.model import ModelConfig
+from fs2mini.optim import AdamWConfig, InverseSqrtConfig
+from fs2mini.task import TaskConfig
+from fs2mini.tokenizer import Tokenizer, TokenizerConfig, load_or_train_tokenizer
+
+LETTERS = "abcdefghijkl"
+
+
+def write_reversal_tsv(path: Path, num_pairs: int, seed: int = 0) -> Path:
+    """Lines `x y z<TAB>z y x`: a task a tiny model can learn exactly."""
+    rng = random.Random(seed)
+    lines = []
+    for _ in range(num_pairs):
+        words = [rng.choice(LETTERS) for _ in range(rng.randint(3, 8))]
+        lines.append(f"{' '.join(words)}\t{' '.join(reversed(words))}\tCC-BY test")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def reversal_tsv(tmp_path_factory) -> Path:
+    return write_reversal_tsv(tmp_path_factory.mktemp("corpus") / "reverse.tsv", 3000)
+
+
+def tiny_config(tsv: Path, out: Path, cache: Path, **trainer) -> TrainConfig:
+    """A config that trains in seconds on 2 CPU cores."""
+    return TrainConfig(
+        run_name="test",
+        output_dir=out,
+        tokenizer=TokenizerConfig(vocab_size=28, cache_dir=cache),
+        data=DataConfig(corpus=TsvCorpus(path=tsv, valid_percent=3.0, test_percent=3.0), max_tokens=512),
+        model=ModelConfig(model_dim=64, num_encoder_layers=2, num_decoder_layers=2, num_encoder_attn_heads=4,
+                          num_decoder_attn_heads=4, ffn_inner_dim=128, dropout_p=0.0),
+        task=TaskConfig(label_smoothing=0.0),
+        optimizer=AdamWConfig(lr=3e-3),
+        lr_scheduler=InverseSqrtConfig(warmup_steps=30),
+        trainer=TrainerConfig(**{"max_steps": 20, "validate_every": 10, "checkpoint_every": 10, "log_every": 5,
+                                 "progress": "lines", **trainer}),
+    )
+
+
+@pytest.fixture(scope="session")
+def tokenizer_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("spm-cache")
+
+
+@pytest.fixture(scope="session")
+def reversal_tokenizer(reversal_tsv, tokenizer_cache) -> Tokenizer:
+    cfg = tiny_config(reversal_tsv, Path("unused"), tokenizer_cache)
+    return load_or_train_tokenizer(cfg.tokenizer, training_sentences(cfg.data.corpus), corpus_languages(cfg.data.corpus))

@@ -1,0 +1,72 @@
+"""Model: padding invariance, causality, cached decoding, shared embeddings, config checks."""
+
+import pytest
+import torch
+
+from fs2mini.errors import UserError
+from fs2mini.model import ARCHS, ModelConfig, build_model, check_model_config
+from fs2mini.tokenizer import VocabInfo
+
+VOCAB = VocabInfo(size=50, pad_idx=0, bos_idx=2, eos_idx=3, unk_idx=1)
+
+
+def tiny_model(seed=0):
+    torch.manual_seed(seed)
+    cfg = ModelConfig(model_dim=32, num_encoder_layers=2, num_decoder_layers=2, num_encoder_attn_heads=4,
+                      num_decoder_attn_heads=4, ffn_inner_dim=64, dropout_p=0.1)
+    return build_model(cfg, VOCAB).eval()
+
+
+def test_padding_does_not_change_outputs():
+    model = tiny_model()
+    source = torch.tensor([[4, 5, 6, 7, 3]])
+    target = torch.tensor([[3, 8, 9, 10]])
+    alone = model(source, torch.tensor([5]), target)
+    padded_source = torch.tensor([[4, 5, 6, 7, 3, 0, 0], [4, 5, 6, 7, 8, 9, 3]])
+    padded_target = torch.tensor([[3, 8, 9, 10, 0, 0], [3, 8, 9, 10, 11, 12]])
+    batched = model(padded_source, torch.tensor([5, 7]), padded_target)
+    torch.testing.assert_close(batched[0, :4], alone[0], atol=1e-5, rtol=1e-5)
+
+
+def test_future_target_tokens_do_not_affect_earlier_positions():
+    model = tiny_model()
+    source, lengths = torch.tensor([[4, 5, 6, 3]]), torch.tensor([4])
+    a = model(source, lengths, torch.tensor([[3, 8, 9, 10, 11]]))
+    b = model(source, lengths, torch.tensor([[3, 8, 9, 20, 30]]))
+    torch.testing.assert_close(a[:, :3], b[:, :3])
+    assert not torch.allclose(a[:, 3:], b[:, 3:])
+
+
+def test_incremental_decoding_matches_full_recomputation():
+    model = tiny_model()
+    source = torch.tensor([[4, 5, 6, 7, 3], [4, 5, 3, 0, 0]])
+    lengths = torch.tensor([5, 3])
+    target = torch.tensor([[3, 8, 9, 10, 11, 12], [3, 8, 13, 14, 15, 16]])
+    encoder_out, mask = model.encode(source, lengths)
+    full = model.project(model.decode(target, encoder_out, mask)).log_softmax(-1)
+    state = model.new_decoder_state()
+    # A forced two-token prefix, then one token at a time.
+    steps = [model.project(model.decode(target[:, :2], encoder_out, mask, state))]
+    for t in range(2, target.size(1)):
+        steps.append(model.project(model.decode(target[:, t : t + 1], encoder_out, mask, state)))
+    torch.testing.assert_close(torch.cat(steps, dim=1).log_softmax(-1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_one_embedding_table_is_shared_by_encoder_decoder_and_output():
+    model = tiny_model()
+    names = [name for name, p in model.named_parameters() if p.shape == (VOCAB.size, 32)]
+    assert names == ["embed.weight"]
+    hidden = torch.randn(1, 1, 32)
+    torch.testing.assert_close(model.project(hidden), hidden @ model.embed.weight.T)
+
+
+def test_dense_600m_preset_has_nllb_shape():
+    cfg = ARCHS["dense_600m"]
+    assert (cfg.model_dim, cfg.num_encoder_layers, cfg.num_decoder_layers, cfg.num_encoder_attn_heads, cfg.ffn_inner_dim) == (1024, 12, 12, 16, 4096)
+
+
+def test_model_dim_not_divisible_by_heads_is_a_clear_error():
+    with pytest.raises(UserError, match=r"--model.num-encoder-attn-heads 3 must divide --model.model-dim 128"):
+        check_model_config(ModelConfig(model_dim=128, num_encoder_attn_heads=3))
+    with pytest.raises(UserError, match=r"--model.model-dim must be a positive integer, got 0"):
+        check_model_config(ModelConfig(model_dim=0))

@@ -1,0 +1,36 @@
+"""Tokenizer: language tokens, layout, round trip, cache keyed by corpus and settings."""
+
+from fs2mini.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, TokenizerConfig, load_or_train_tokenizer
+
+
+def test_language_tokens_are_real_pieces_and_layout_matches_nllb(reversal_tokenizer):
+    tok = reversal_tokenizer
+    source = tok.encode_source(["a b c"], "eng")[0]
+    target = tok.encode_target(["c b a"], "fra")[0]
+    assert tok.pieces(source[:1]) == ["__eng__"] and source[-1] == EOS_ID
+    assert target[:2] == [EOS_ID, tok.lang_ids["fra"]] and target[-1] == EOS_ID
+    assert UNK_ID not in tok.lang_ids.values()
+    assert tok.target_prefix("fra") == target[:2]
+    info = tok.vocab_info
+    assert (info.size, info.pad_idx, info.unk_idx, info.bos_idx, info.eos_idx) == (28, PAD_ID, UNK_ID, BOS_ID, EOS_ID)
+
+
+def test_round_trip_and_decode_strips_specials(reversal_tokenizer):
+    tok = reversal_tokenizer
+    for text in ["a b c", "l k j i h g f e"]:
+        ids = tok.encode_target([text], "fra")[0]
+        assert tok.decode(ids + [PAD_ID, PAD_ID]) == text
+
+
+def test_cache_is_reused_for_same_text_and_invalidated_when_corpus_changes(tmp_path):
+    cfg = TokenizerConfig(vocab_size=15, cache_dir=tmp_path)
+    text = ["a b c d", "e f g h", "a c e g"] * 50
+    first = load_or_train_tokenizer(cfg, text, ["eng", "fra"])
+    mtime = first.model_path.stat().st_mtime_ns
+    again = load_or_train_tokenizer(cfg, text, ["eng", "fra"])
+    assert again.model_path == first.model_path and again.model_path.stat().st_mtime_ns == mtime
+    changed = load_or_train_tokenizer(cfg, text + ["h g f e"], ["eng", "fra"])
+    assert changed.model_path != first.model_path
+    bigger = load_or_train_tokenizer(TokenizerConfig(vocab_size=16, cache_dir=tmp_path), text, ["eng", "fra"])
+    assert bigger.model_path != first.model_path
+    assert len(list(tmp_path.glob("*.model"))) == 3
