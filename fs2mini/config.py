@@ -28,17 +28,17 @@ from fs2mini.tokenizer import TokenizerConfig
 class TrainerConfig:
     """The training loop: how long, how each update is made, when to validate and save."""
 
-    max_steps: int = 1500
-    """Number of optimizer updates to make."""
+    max_steps: int = 300
+    """Number of optimizer updates to make (the default is a ~3-minute CPU demo; real runs need 20k+)."""
     max_epochs: int | None = None
     """Stop after this many passes over the training data, if reached before max_steps."""
     grad_accum_steps: int = 1
     """Micro-batches per update; gradients are normalised by their total target tokens."""
     max_grad_norm: float = 1.0
     """Clip the gradient norm to this value (0 disables clipping)."""
-    validate_every: int = 250
+    validate_every: int = 100
     """Validate every N updates (and after the last one)."""
-    checkpoint_every: int = 500
+    checkpoint_every: int = 100
     """Write a checkpoint every N updates (and after the last one)."""
     keep_last_checkpoints: int = 2
     """Step checkpoints kept in the run directory; older ones are deleted."""

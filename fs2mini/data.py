@@ -29,7 +29,7 @@ class DataConfig:
 
     corpus: Corpus = BibleCorpus()
     """Where sentence pairs come from."""
-    max_tokens: int = 4096
+    max_tokens: int = 2048
     """Token budget per batch, padding included: batch size × max(source, target length), as fairseq."""
     max_source_len: int = 256
     """Longer source sentences (in tokens, with specials) are skipped and counted."""

@@ -22,7 +22,7 @@ from fs2mini.errors import UserError
 class AdamWConfig:
     """AdamW with NLLB/fairseq's betas."""
 
-    lr: float = 5e-4
+    lr: float = 1e-3
     """Peak learning rate (reached at the end of warmup)."""
     betas: tuple[float, float] = (0.9, 0.98)
     """Adam's moving-average coefficients."""
@@ -54,7 +54,7 @@ OptimizerConfig = Union[
 class InverseSqrtConfig:
     """Linear warmup, then decay ∝ 1/√step (the Transformer / fairseq / NLLB schedule)."""
 
-    warmup_steps: int = 400
+    warmup_steps: int = 100
     """Steps of linear warmup from `init_lr` to the optimizer's lr."""
     init_lr: float = 1e-7
     """Learning rate at step 0."""

@@ -34,7 +34,7 @@ PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 class TokenizerConfig:
     """Sentencepiece model trained on both sides of the training split."""
 
-    vocab_size: int = 8000
+    vocab_size: int = 5000
     """Number of pieces, including <pad>, <unk>, <s>, </s> and the language tokens."""
     model_type: Literal["unigram", "bpe"] = "unigram"
     """Sentencepiece algorithm."""

@@ -194,8 +194,16 @@ def train(cfg: TrainConfig, make_task: TaskBuilder = build_task) -> Path:
     model.train()
     bad_steps = skipped_steps = 0
     saved_step = step
-    window_tokens, window_start = 0, time.perf_counter()
+
+    def validate_and_log() -> None:
+        result = validate(model, task, valid_batches, device, tc.autocast)
+        metrics.write({"step": step, "split": "valid", **result})
+        display.message(f"valid step {step}: loss {result['loss']:.3f}  nll {result['nll']:.3f}  ppl {result['ppl']:.2f}")
+
     try:
+        if step == 0:
+            validate_and_log()  # the untrained baseline, so the curve starts where training does
+        window_tokens, window_start = 0, time.perf_counter()
         while step < tc.max_steps:
             micro_batches = []
             for _ in range(tc.grad_accum_steps):
@@ -249,16 +257,12 @@ def train(cfg: TrainConfig, make_task: TaskBuilder = build_task) -> Path:
                 window_tokens, window_start = 0, time.perf_counter()
             last_step = step == tc.max_steps
             if step % tc.validate_every == 0 or last_step:
-                result = validate(model, task, valid_batches, device, tc.autocast)
-                metrics.write({"step": step, "split": "valid", **result})
-                display.message(f"valid step {step}: loss {result['loss']:.3f}  nll {result['nll']:.3f}  ppl {result['ppl']:.2f}")
+                validate_and_log()
             if step % tc.checkpoint_every == 0 or last_step:
                 _save(run_dir, cfg, model, optimizer, step, epoch, position, device)
                 saved_step = step
         if saved_step != step:  # stopped early by --trainer.max-epochs
-            result = validate(model, task, valid_batches, device, tc.autocast)
-            metrics.write({"step": step, "split": "valid", **result})
-            display.message(f"valid step {step}: loss {result['loss']:.3f}  nll {result['nll']:.3f}  ppl {result['ppl']:.2f}")
+            validate_and_log()
             _save(run_dir, cfg, model, optimizer, step, epoch, position, device)
         display.message(f"done: {step} steps, checkpoints in {run_dir / 'checkpoints'}")
         return run_dir

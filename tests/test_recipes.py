@@ -34,7 +34,7 @@ def test_copied_tatoeba_recipe_trains_and_names_its_own_runs(reversal_tsv, tmp_p
     result = run(recipe, *TINY, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     metrics = read_metrics(tmp_path / "runs" / "my_experiment" / "metrics.jsonl")
-    assert [m["step"] for m in metrics if m["split"] == "valid"] == [2, 4]
+    assert [m["step"] for m in metrics if m["split"] == "valid"] == [0, 2, 4]
 
 
 def test_tatoeba_recipe_without_data_says_how_to_get_it(tmp_path):

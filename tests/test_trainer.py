@@ -21,7 +21,7 @@ def test_reversal_task_is_learned_to_near_zero_loss(reversal_tsv, tokenizer_cach
     cfg = dataclasses.replace(cfg, lr_scheduler=CosineConfig(warmup_steps=30, final_lr_scale=0.01))
     run_dir = train(cfg)
     valid = [m for m in read_metrics(run_dir / "metrics.jsonl") if m["split"] == "valid"]
-    assert [m["step"] for m in valid] == [300, 600]
+    assert [m["step"] for m in valid] == [0, 300, 600]
     assert valid[-1]["loss"] < 0.05, valid
     assert valid[-1]["ppl"] < 1.06
 
@@ -35,7 +35,7 @@ def test_run_directory_has_config_tokenizer_checkpoints_and_metrics(reversal_tsv
     assert [p.name for p in list_checkpoints(run_dir / "checkpoints")] == ["step_00000010.pt", "step_00000012.pt"]
     records = read_metrics(run_dir / "metrics.jsonl")
     assert all(isinstance(r["step"], int) and r["split"] in ("train", "valid") and isinstance(r["loss"], float) for r in records)
-    assert [r["step"] for r in records if r["split"] == "valid"] == [6, 12]
+    assert [r["step"] for r in records if r["split"] == "valid"] == [0, 6, 12]
     assert not list(run_dir.glob("checkpoints/*.tmp"))
 
 
