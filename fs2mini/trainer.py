@@ -26,6 +26,7 @@ from fs2mini.corpus import corpus_languages, training_sentences
 from fs2mini.data import Seq2SeqBatch, Seq2SeqBatches, check_data_config
 from fs2mini.errors import UserError
 from fs2mini.metrics import MetricsLog, ProgressDisplay
+from fs2mini.pipeline import Skipped
 from fs2mini.model import EncoderDecoderModel, build_model, check_model_config
 from fs2mini.optim import build_lr_schedule, build_optimizer, check_lr_scheduler_config, check_optimizer_config
 from fs2mini.task import Seq2Seq, TaskConfig, build_task, check_task_config
@@ -84,7 +85,7 @@ def check_config(cfg: TrainConfig) -> None:
 def build_tokenizer(cfg: TrainConfig) -> Tokenizer:
     """The tokenizer for `cfg`'s corpus: from the cache, or trained on the training split."""
     langs = corpus_languages(cfg.data.corpus)
-    return load_or_train_tokenizer(cfg.tokenizer, training_sentences(cfg.data.corpus), langs)
+    return load_or_train_tokenizer(cfg.tokenizer, training_sentences(cfg.data.corpus, Skipped(cfg.data.strict)), langs)
 
 
 def batches_from(batches: Seq2SeqBatches, start_epoch: int, skip: int, max_epochs: int | None) -> Iterator[tuple[int, int, Seq2SeqBatch]]:
@@ -98,7 +99,7 @@ def batches_from(batches: Seq2SeqBatches, start_epoch: int, skip: int, max_epoch
                 continue
             yield epoch, position, batch
         if produced == 0:
-            raise UserError(f"the {batches.split} split has no usable sentence pairs (skipped: {dict(batches.dropped)})")
+            raise UserError(f"the {batches.split} split has no usable sentence pairs (skipped: {batches.skipped.summary() or "nothing"})")
         epoch += 1
 
 
@@ -118,7 +119,7 @@ def validate(model: EncoderDecoderModel, task: Seq2Seq, batches: Seq2SeqBatches,
         tokens += num_tokens
     model.train()
     if tokens == 0:
-        raise UserError(f"the {batches.split} split has no usable sentence pairs (skipped: {dict(batches.dropped)})")
+        raise UserError(f"the {batches.split} split has no usable sentence pairs (skipped: {batches.skipped.summary() or "nothing"})")
     nll_per_token = nll_sum / tokens
     return {"loss": loss_sum / tokens, "nll": nll_per_token, "ppl": math.exp(min(nll_per_token, 100.0)), "tokens": tokens}
 

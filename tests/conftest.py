@@ -16,6 +16,7 @@ from fs2mini.corpus import TsvCorpus, corpus_languages, training_sentences
 from fs2mini.data import DataConfig
 from fs2mini.model import ModelConfig
 from fs2mini.optim import AdamWConfig, InverseSqrtConfig
+from fs2mini.pipeline import Skipped
 from fs2mini.task import TaskConfig
 from fs2mini.tokenizer import Tokenizer, TokenizerConfig, load_or_train_tokenizer
 
@@ -63,4 +64,4 @@ def tokenizer_cache(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def reversal_tokenizer(reversal_tsv, tokenizer_cache) -> Tokenizer:
     cfg = tiny_config(reversal_tsv, Path("unused"), tokenizer_cache)
-    return load_or_train_tokenizer(cfg.tokenizer, training_sentences(cfg.data.corpus), corpus_languages(cfg.data.corpus))
+    return load_or_train_tokenizer(cfg.tokenizer, training_sentences(cfg.data.corpus, Skipped()), corpus_languages(cfg.data.corpus))

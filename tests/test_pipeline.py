@@ -1,27 +1,27 @@
 """Generator stages: reading, shuffling, sharding, budgeted batching."""
 
 import random
-from collections import Counter
 
 import pytest
 
 from fs2mini.errors import UserError
-from fs2mini.pipeline import batch_by_max_tokens, chunk, read_text, shard, shuffle_window
+from fs2mini.pipeline import Skipped, batch_by_max_tokens, chunk, read_text, shard, shuffle_window
 
 
 def test_read_text_rtrims_skips_header_and_counts_invalid_utf8(tmp_path):
     path = tmp_path / "f.txt"
     path.write_bytes(b"header\r\nfirst  \r\nbad \xff\xfe line\nlast")
-    dropped = Counter()
-    assert list(read_text(path, dropped, skip_header=1)) == ["first", "last"]
+    dropped = Skipped()
+    assert list(read_text(path, dropped, skip_header=1)) == [(2, "first"), (4, "last")]
     assert dropped == {"invalid utf-8": 1}
+    assert dropped.locations == {"invalid utf-8": [f"{path}:3"]}
 
 
 def test_read_text_missing_file_and_directory_fail_with_the_path(tmp_path):
     with pytest.raises(UserError, match="missing.txt"):
-        read_text(tmp_path / "missing.txt", Counter())
+        read_text(tmp_path / "missing.txt", Skipped())
     with pytest.raises(UserError, match="is a directory"):
-        read_text(tmp_path, Counter())
+        read_text(tmp_path, Skipped())
 
 
 def test_shuffle_window_is_a_seeded_permutation():
@@ -49,7 +49,7 @@ def test_chunk_keeps_the_remainder():
 def test_batches_respect_the_padded_token_budget_and_count_oversized_items():
     rng = random.Random(0)
     sizes = [rng.randint(1, 60) for _ in range(500)] + [300]
-    dropped = Counter()
+    dropped = Skipped()
     batches = batch_by_max_tokens(sizes, lambda s: s, 256, dropped)
     assert dropped == {"longer than max_tokens": 1}
     assert sorted(s for b in batches for s in b) == sorted(sizes[:-1])
