@@ -99,7 +99,7 @@ def batches_from(batches: Seq2SeqBatches, start_epoch: int, skip: int, max_epoch
                 continue
             yield epoch, position, batch
         if produced == 0:
-            raise UserError(f"the {batches.split} split has no usable sentence pairs (skipped: {batches.skipped.summary() or "nothing"})")
+            raise UserError(f"the {batches.split} split has no usable sentence pairs (skipped: {batches.skipped.summary() or 'nothing'})")
         epoch += 1
 
 
@@ -119,7 +119,7 @@ def validate(model: EncoderDecoderModel, task: Seq2Seq, batches: Seq2SeqBatches,
         tokens += num_tokens
     model.train()
     if tokens == 0:
-        raise UserError(f"the {batches.split} split has no usable sentence pairs (skipped: {batches.skipped.summary() or "nothing"})")
+        raise UserError(f"the {batches.split} split has no usable sentence pairs (skipped: {batches.skipped.summary() or 'nothing'})")
     nll_per_token = nll_sum / tokens
     return {"loss": loss_sum / tokens, "nll": nll_per_token, "ppl": math.exp(min(nll_per_token, 100.0)), "tokens": tokens}
 
