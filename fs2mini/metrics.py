@@ -9,6 +9,7 @@ same fields: step, loss, lr, tokens/s and the estimated time left.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -19,10 +20,19 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 
 class MetricsLog:
-    """Append-only JSON-lines file."""
+    """Append-only JSON-lines file.
 
-    def __init__(self, path: Path) -> None:
+    A resumed run first drops the lines logged after its checkpoint's step (the steps it is about
+    to redo), so the file never holds two records for one step and split.
+    """
+
+    def __init__(self, path: Path, resume_step: int = 0) -> None:
         self.path = path
+        if path.exists():
+            kept = [line for line in path.read_text(encoding="utf-8").splitlines() if _step_of(line) <= resume_step]
+            tmp = path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+            os.replace(tmp, path)
         self._handle = path.open("a", encoding="utf-8")
 
     def write(self, record: dict[str, Any]) -> None:
@@ -31,6 +41,13 @@ class MetricsLog:
 
     def close(self) -> None:
         self._handle.close()
+
+
+def _step_of(line: str) -> float:
+    try:
+        return json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return float("inf")  # a line cut short by a crash: drop it
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

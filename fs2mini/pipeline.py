@@ -52,7 +52,9 @@ class Skipped(Counter):
 
 
 def read_text(path: Path, skipped: Skipped, *, skip_header: int = 0) -> Iterator[tuple[int, str]]:
-    """(line number, line) of a UTF-8 text file, right-trimmed (also of `\\r`), after `skip_header` lines.
+    """(line number, line) of a UTF-8 text file without its line ending (LF or CRLF), after `skip_header` lines.
+
+    Only the line ending is trimmed: trailing tabs are data in a TSV file (an empty last column).
 
     Lines that are not valid UTF-8 are skipped and counted instead of failing the whole corpus:
     one bad byte in a million-line crawl should not stop a run. The file is opened eagerly so a
@@ -73,7 +75,7 @@ def _decode_lines(handle, path: Path, skipped: Skipped, skip_header: int) -> Ite
             if line_number <= skip_header:
                 continue
             try:
-                yield line_number, raw.decode("utf-8").rstrip()
+                yield line_number, raw.decode("utf-8").rstrip("\r\n")
             except UnicodeDecodeError:
                 skipped.add("invalid utf-8", f"{path}:{line_number}")
 

@@ -107,8 +107,6 @@ def load_or_train_tokenizer(cfg: TokenizerConfig, sentences: Iterable[str], lang
     if cfg.vocab_size < 8 + len(langs):
         raise UserError(f"--tokenizer.vocab-size {cfg.vocab_size} is too small; expected at least {8 + len(langs)}")
     text = [s for s in sentences if s]
-    if not text:
-        raise UserError("cannot train a tokenizer: the training split has no sentences")
     key = _cache_key(cfg, text, langs)
     model_path = cfg.cache_dir / f"spm-{cfg.vocab_size}-{key}.model"
     if not model_path.exists():

@@ -65,9 +65,13 @@ def check(component: str, cfg: TrainConfig, make_task: TaskBuilder = build_task)
             print(f"decode: {tokenizer.decode(ids)}")
         if component in ("data", "task"):
             batches = Seq2SeqBatches(cfg.data, "train", tokenizer, seed=cfg.trainer.seed, shuffle=True)
-            batch = next(iter(batches), None)
-            if batch is None:
+            epoch = list(batches)
+            if not epoch:
                 raise UserError(f"the training split produced no batch (skipped: {batches.skipped.summary()})")
+            batch = epoch[0]
+            sentences = sum(b.source.size(0) for b in epoch)
+            padding = sum(b.padding_fraction for b in epoch) / len(epoch)
+            print(f"one epoch: {len(epoch)} batches, {sentences} sentence pairs, mean padding {padding:.1%}")
             print(
                 f"first batch: source {tuple(batch.source.shape)}, target {tuple(batch.target_input.shape)}, "
                 f"{batch.num_target_tokens} target tokens, padding {batch.padding_fraction:.1%}"

@@ -13,6 +13,9 @@ import contextlib
 import math
 import random
 import shutil
+import signal
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,9 +25,9 @@ import torch
 
 from fs2mini.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint, prune_checkpoints, save_atomically
 from fs2mini.config import TrainConfig, TrainerConfig, config_to_json, incompatible_fields, load_config, save_config
-from fs2mini.corpus import corpus_languages, training_sentences
+from fs2mini.corpus import corpus_languages, describe_corpus, training_sentences
 from fs2mini.data import Seq2SeqBatch, Seq2SeqBatches, check_data_config
-from fs2mini.errors import UserError
+from fs2mini.errors import RunStopped, UserError
 from fs2mini.metrics import MetricsLog, ProgressDisplay
 from fs2mini.pipeline import Skipped
 from fs2mini.model import EncoderDecoderModel, build_model, check_model_config
@@ -85,7 +88,14 @@ def check_config(cfg: TrainConfig) -> None:
 def build_tokenizer(cfg: TrainConfig) -> Tokenizer:
     """The tokenizer for `cfg`'s corpus: from the cache, or trained on the training split."""
     langs = corpus_languages(cfg.data.corpus)
-    return load_or_train_tokenizer(cfg.tokenizer, training_sentences(cfg.data.corpus, Skipped(cfg.data.strict)), langs)
+    skipped = Skipped(cfg.data.strict)
+    sentences = training_sentences(cfg.data.corpus, skipped)
+    if not sentences:
+        raise UserError(
+            f"{describe_corpus(cfg.data.corpus)} has no training sentence pairs "
+            f"({'skipped: ' + skipped.summary() if skipped else 'it is empty'})"
+        )
+    return load_or_train_tokenizer(cfg.tokenizer, sentences, langs)
 
 
 def batches_from(batches: Seq2SeqBatches, start_epoch: int, skip: int, max_epochs: int | None) -> Iterator[tuple[int, int, Seq2SeqBatch]]:
@@ -135,12 +145,18 @@ def _prepare_run_dir(cfg: TrainConfig) -> tuple[Path, dict[str, Any] | None]:
     except OSError as err:
         raise UserError(f"--output-dir {run_dir} is not writable: {err.strerror}") from None
     checkpoint = None
-    for path in reversed(list_checkpoints(run_dir / "checkpoints")):
+    existing = list_checkpoints(run_dir / "checkpoints")
+    for path in reversed(existing):
         try:
             checkpoint = load_checkpoint(path)
             break
         except UserError as err:
-            print(f"warning: {err}; trying the previous checkpoint")
+            print(f"warning: {err}; trying the previous checkpoint", file=sys.stderr)
+    if existing and checkpoint is None:
+        raise UserError(
+            f"no readable checkpoint in {run_dir / 'checkpoints'} ({len(existing)} corrupt); "
+            "move them away to start this run over, or use another --output-dir"
+        )
     if checkpoint is not None:
         previous = load_config(run_dir / "config.json")
         differing = incompatible_fields(previous, cfg)
@@ -149,7 +165,6 @@ def _prepare_run_dir(cfg: TrainConfig) -> tuple[Path, dict[str, Any] | None]:
                 f"cannot resume {run_dir}: the checkpoint was trained with different {', '.join(differing)}; "
                 "use another --output-dir or the original settings"
             )
-    save_config(cfg, run_dir / "config.json")
     return run_dir, checkpoint
 
 
@@ -177,19 +192,26 @@ def train(cfg: TrainConfig, make_task: TaskBuilder = build_task) -> Path:
 
     step, epoch, position = 0, 0, 0
     if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
+        try:
+            model.load_state_dict(checkpoint["model"])
+        except RuntimeError as err:
+            first_problem = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
+            raise UserError(f"the checkpoint in {run_dir / 'checkpoints'} does not fit the configured model: {first_problem}") from None
         optimizer.load_state_dict(checkpoint["optimizer"])
         step, epoch, position = checkpoint["step"], checkpoint["epoch"], checkpoint["position"]
+        random.setstate(checkpoint["rng"]["python"])
         torch.set_rng_state(checkpoint["rng"]["torch"])
         if device.type == "cuda" and checkpoint["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(checkpoint["rng"]["cuda"], device)
+
+    save_config(cfg, run_dir / "config.json")  # only now: a refused resume leaves the old one intact
 
     display = ProgressDisplay(tc.max_steps, step, tc.progress, tc.log_every)
     display.message(
         f"run {run_dir} | device {device} | {model.num_parameters():,} parameters | vocab {tokenizer.vocab_info.size}"
         + (f" | resumed at step {step}" if checkpoint is not None else "")
     )
-    metrics = MetricsLog(run_dir / "metrics.jsonl")
+    metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step=step)
     stream = batches_from(train_batches, epoch, position, tc.max_epochs)
     params = [p for p in model.parameters() if p.requires_grad]
     model.train()
@@ -201,6 +223,8 @@ def train(cfg: TrainConfig, make_task: TaskBuilder = build_task) -> Path:
         metrics.write({"step": step, "split": "valid", **result})
         display.message(f"valid step {step}: loss {result['loss']:.3f}  nll {result['nll']:.3f}  ppl {result['ppl']:.2f}")
 
+    stop_requests: list[int] = []
+    previous_handlers = _catch_stop_signals(stop_requests)
     try:
         if step == 0:
             validate_and_log()  # the untrained baseline, so the curve starts where training does
@@ -262,14 +286,43 @@ def train(cfg: TrainConfig, make_task: TaskBuilder = build_task) -> Path:
             if step % tc.checkpoint_every == 0 or last_step:
                 _save(run_dir, cfg, model, optimizer, step, epoch, position, device)
                 saved_step = step
+            if stop_requests:
+                if saved_step != step:
+                    _save(run_dir, cfg, model, optimizer, step, epoch, position, device)
+                name = signal.Signals(stop_requests[0]).name
+                raise RunStopped(
+                    f"stopped by {name} after step {step}; checkpoint saved in {run_dir / 'checkpoints'}. "
+                    "Run the same command again to resume.",
+                    128 + stop_requests[0],
+                )
         if saved_step != step:  # stopped early by --trainer.max-epochs
             validate_and_log()
             _save(run_dir, cfg, model, optimizer, step, epoch, position, device)
         display.message(f"done: {step} steps, checkpoints in {run_dir / 'checkpoints'}")
         return run_dir
     finally:
+        _restore_signal_handlers(previous_handlers)
         display.close()
         metrics.close()
+
+
+def _catch_stop_signals(requests: list[int]) -> dict[int, Any]:
+    """SIGINT/SIGTERM finish the current step, save and stop; a second SIGINT interrupts at once."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def request_stop(signum: int, frame: Any) -> None:
+        if requests and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        requests.append(signum)
+        print(f"\n{signal.Signals(signum).name}: finishing this step, then saving a checkpoint", flush=True)
+
+    return {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _restore_signal_handlers(previous: dict[int, Any]) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
 
 
 def _save(run_dir: Path, cfg: TrainConfig, model, optimizer, step: int, epoch: int, position: int, device: torch.device) -> None:
@@ -280,7 +333,7 @@ def _save(run_dir: Path, cfg: TrainConfig, model, optimizer, step: int, epoch: i
         "epoch": epoch,
         "position": position,
         "config": config_to_json(cfg),
-        "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
+        "rng": {"python": random.getstate(), "torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
     }
     checkpoint_dir = run_dir / "checkpoints"
     save_atomically(state, checkpoint_path(checkpoint_dir, step))

