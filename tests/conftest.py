@@ -6,7 +6,6 @@ tests that are explicitly about it (they build a tiny SQLite file of their own).
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import pytest
@@ -17,21 +16,9 @@ from fs2mini.data import DataConfig
 from fs2mini.model import ModelConfig
 from fs2mini.optim import AdamWConfig, InverseSqrtConfig
 from fs2mini.pipeline import Skipped
+from fs2mini.synthetic import write_reversal_tsv
 from fs2mini.task import TaskConfig
 from fs2mini.tokenizer import Tokenizer, TokenizerConfig, load_or_train_tokenizer
-
-LETTERS = "abcdefghijkl"
-
-
-def write_reversal_tsv(path: Path, num_pairs: int, seed: int = 0) -> Path:
-    """Lines `x y z<TAB>z y x`: a task a tiny model can learn exactly."""
-    rng = random.Random(seed)
-    lines = []
-    for _ in range(num_pairs):
-        words = [rng.choice(LETTERS) for _ in range(rng.randint(3, 8))]
-        lines.append(f"{' '.join(words)}\t{' '.join(reversed(words))}\tCC-BY test")
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
 
 
 @pytest.fixture(scope="session")

@@ -17,9 +17,10 @@ import pytest
 import torch
 
 from fs2mini.config import TrainConfig
+from fs2mini.synthetic import write_reversal_tsv
 from fs2mini.train import main
 
-from conftest import tiny_config, write_reversal_tsv
+from conftest import tiny_config
 
 
 @dataclasses.dataclass

@@ -1,0 +1,136 @@
+"""Runs survive what happens to real runs: SIGTERM, SIGKILL, a full disk, NaNs, a corrupt checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import fs2mini.checkpoint
+from fs2mini.checkpoint import list_checkpoints, load_checkpoint
+from fs2mini.errors import UserError
+from fs2mini.metrics import read_metrics
+from fs2mini.task import Seq2Seq
+from fs2mini.trainer import train
+
+from conftest import tiny_config
+
+
+def cli_args(tsv: Path, cache: Path, out: Path, steps: int) -> list[str]:
+    """The tiny reversal config as command-line flags, as a user would resume it."""
+    return [sys.executable, "-m", "fs2mini.train", "--output-dir", str(out), "data.corpus:tsv", "--data.corpus.path", str(tsv),
+            "--tokenizer.vocab-size", "28", "--tokenizer.cache-dir", str(cache), "--data.max-tokens", "512",
+            "--model.model-dim", "64", "--model.num-encoder-layers", "2", "--model.num-decoder-layers", "2",
+            "--model.ffn-inner-dim", "128", "--model.dropout-p", "0.1", "--trainer.max-steps", str(steps),
+            "--trainer.checkpoint-every", "20", "--trainer.validate-every", "1000", "--trainer.log-every", "1",
+            "--trainer.progress", "lines"]
+
+
+def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(list_checkpoints(run_dir / "checkpoints")[-1])["model"]
+
+
+def wait_for_step(run_dir: Path, step: int, process: subprocess.Popen, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    metrics = run_dir / "metrics.jsonl"
+    while time.monotonic() < deadline and process.poll() is None:
+        if metrics.exists() and any(m["step"] >= step for m in read_metrics(metrics) if m["split"] == "train"):
+            return
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_killed_mid_epoch_then_resumed_ends_bit_identical(how, reversal_tsv, tokenizer_cache, tmp_path):
+    straight = tmp_path / "straight"
+    subprocess.run(cli_args(reversal_tsv, tokenizer_cache, straight, 90), check=True, capture_output=True)
+
+    resumed = tmp_path / "resumed"
+    process = subprocess.Popen(cli_args(reversal_tsv, tokenizer_cache, resumed, 90), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    wait_for_step(resumed, 30, process)  # past the step-20 checkpoint, inside the first epoch (~50 batches)
+    process.send_signal(how)
+    _, stderr = process.communicate(timeout=120)
+    if how == signal.SIGTERM:
+        assert process.returncode == 128 + signal.SIGTERM, stderr
+        assert "stopped by SIGTERM after step" in stderr and "Run the same command again to resume" in stderr
+        assert "Traceback" not in stderr
+    else:
+        assert process.returncode == -signal.SIGKILL
+    stopped_at = load_checkpoint(list_checkpoints(resumed / "checkpoints")[-1])["step"]
+    assert 20 <= stopped_at < 90
+
+    again = subprocess.run(cli_args(reversal_tsv, tokenizer_cache, resumed, 90), capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert f"resumed at step {stopped_at}" in again.stderr
+    expected = final_weights(straight)
+    for name, tensor in final_weights(resumed).items():
+        assert torch.equal(tensor, expected[name]), name
+    train_steps = [m["step"] for m in read_metrics(resumed / "metrics.jsonl") if m["split"] == "train"]
+    assert train_steps == list(range(1, 91)), "each step logged exactly once"
+
+
+def test_disk_full_keeps_previous_checkpoint_and_says_so(reversal_tsv, tokenizer_cache, tmp_path, monkeypatch):
+    cfg = tiny_config(reversal_tsv, tmp_path / "run", tokenizer_cache, max_steps=4, checkpoint_every=2)
+    real_save = torch.save
+    calls = []
+
+    def save_then_fill_disk(obj, handle):
+        calls.append(1)
+        if len(calls) == 2:
+            handle.write(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(obj, handle)
+
+    monkeypatch.setattr(fs2mini.checkpoint.torch, "save", save_then_fill_disk)
+    with pytest.raises(UserError, match=r"cannot write checkpoint .*step_00000004.pt: No space left on device; earlier checkpoints are intact"):
+        train(cfg)
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["step_00000002.pt"]
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "step_00000002.pt")["step"] == 2
+
+
+class NaNAfter(Seq2Seq):
+    """Real losses for the first 3 training steps, then NaN: what a diverging run looks like."""
+
+    training_calls = 0
+
+    def compute_loss(self, model, batch):
+        loss, n = super().compute_loss(model, batch)
+        if model.training:
+            self.training_calls += 1
+            if self.training_calls > 3:
+                loss = loss * float("nan")
+        return loss, n
+
+
+def test_non_finite_updates_are_skipped_then_the_run_stops(reversal_tsv, tokenizer_cache, tmp_path):
+    cfg = tiny_config(reversal_tsv, tmp_path / "run", tokenizer_cache, max_steps=50, checkpoint_every=2, log_every=1, keep_last_checkpoints=5,
+                      max_bad_steps=4)
+    with pytest.raises(UserError, match=r"stopping at step 7: 4 consecutive updates had a non-finite loss or gradient"):
+        train(cfg, make_task=lambda task_cfg, pad: NaNAfter(0.0, pad))
+    before_nan = load_checkpoint(tmp_path / "run" / "checkpoints" / "step_00000002.pt")
+    assert before_nan["step"] == 2
+    skipped = [m["skipped_steps"] for m in read_metrics(tmp_path / "run" / "metrics.jsonl") if m["split"] == "train"]
+    assert skipped == [0, 0, 0, 1, 2, 3]
+    weights_at_4 = load_checkpoint(tmp_path / "run" / "checkpoints" / "step_00000004.pt")["model"]
+    weights_at_6 = load_checkpoint(tmp_path / "run" / "checkpoints" / "step_00000006.pt")["model"]
+    for name in weights_at_4:  # skipped updates leave the weights untouched
+        assert torch.equal(weights_at_4[name], weights_at_6[name]), name
+
+
+def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(reversal_tsv, tokenizer_cache, tmp_path, capsys):
+    cfg = tiny_config(reversal_tsv, tmp_path / "run", tokenizer_cache, max_steps=4, checkpoint_every=2)
+    train(cfg)
+    newest = tmp_path / "run" / "checkpoints" / "step_00000004.pt"
+    newest.write_bytes(newest.read_bytes()[:1000])
+    capsys.readouterr()
+    train(dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, max_steps=6)))
+    err = capsys.readouterr().err
+    assert f"warning: checkpoint {newest} is corrupt" in err and "resumed at step 2" in err
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "step_00000006.pt")["step"] == 6
