@@ -58,6 +58,14 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def remove_partial_writes(checkpoint_dir: Path) -> int:
+    """Delete temporary files left by a write that was killed; returns how many there were."""
+    partial = list(checkpoint_dir.glob(".*.tmp")) if checkpoint_dir.is_dir() else []
+    for path in partial:
+        path.unlink(missing_ok=True)
+    return len(partial)
+
+
 def prune_checkpoints(checkpoint_dir: Path, keep_last: int) -> None:
     """Delete all but the newest `keep_last` step checkpoints."""
     for path in list_checkpoints(checkpoint_dir)[:-keep_last]:

@@ -23,7 +23,14 @@ from typing import Any
 
 import torch
 
-from fs2mini.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint, prune_checkpoints, save_atomically
+from fs2mini.checkpoint import (
+    checkpoint_path,
+    list_checkpoints,
+    load_checkpoint,
+    prune_checkpoints,
+    remove_partial_writes,
+    save_atomically,
+)
 from fs2mini.config import TrainConfig, TrainerConfig, config_to_json, incompatible_fields, load_config, save_config
 from fs2mini.corpus import corpus_languages, describe_corpus, training_sentences
 from fs2mini.data import Seq2SeqBatch, Seq2SeqBatches, check_data_config
@@ -145,6 +152,7 @@ def _prepare_run_dir(cfg: TrainConfig) -> tuple[Path, dict[str, Any] | None]:
     except OSError as err:
         raise UserError(f"--output-dir {run_dir} is not writable: {err.strerror}") from None
     checkpoint = None
+    remove_partial_writes(run_dir / "checkpoints")
     existing = list_checkpoints(run_dir / "checkpoints")
     for path in reversed(existing):
         try:
