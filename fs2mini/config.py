@@ -47,7 +47,9 @@ class TrainerConfig:
     seed: int = 2
     """Seed for parameter init, dropout and data shuffling."""
     device: str = "auto"
-    """cpu, cuda, cuda:N, or auto (CUDA when available)."""
+    """cpu, cuda, cuda:N, or auto (CUDA when available). Under torchrun each rank uses cuda:LOCAL_RANK or cpu."""
+    data_parallel: Literal["ddp", "fsdp", "none"] = "ddp"
+    """Under torchrun: ddp replicates the model, fsdp shards it per layer (FSDP2); none = single process only."""
     autocast: Literal["auto", "bf16", "off"] = "auto"
     """bf16 autocast: auto = on CUDA only (bf16 matmuls are slow on most CPUs)."""
     max_bad_steps: int = 5

@@ -57,8 +57,8 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 class ProgressDisplay:
     """Live bar or periodic lines; `update` every step, `message` for validation results."""
 
-    def __init__(self, total_steps: int, start_step: int, mode: Literal["auto", "bar", "lines"], line_every: int) -> None:
-        self.console = Console(file=sys.stderr)
+    def __init__(self, total_steps: int, start_step: int, mode: Literal["auto", "bar", "lines", "off"], line_every: int) -> None:
+        self.console = Console(file=sys.stderr, quiet=mode == "off")
         self.use_bar = mode == "bar" or (mode == "auto" and self.console.is_terminal)
         self.total_steps = total_steps
         self.start_step = start_step
@@ -82,7 +82,7 @@ class ProgressDisplay:
     def update(self, step: int, loss: float, lr: float, tokens_per_s: float) -> None:
         if self._bar is not None:
             self._bar.update(self._task, completed=step, loss=loss, lr=lr, tps=tokens_per_s)
-        elif step % self.line_every == 0 or step == self.total_steps:
+        elif not self.console.quiet and (step % self.line_every == 0 or step == self.total_steps):
             done = step - self.start_step
             elapsed = time.perf_counter() - self.started
             eta = elapsed / done * (self.total_steps - step) if done else float("nan")

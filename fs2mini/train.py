@@ -22,7 +22,8 @@ from fs2mini.errors import UserError, exit_on_user_error
 from fs2mini.model import build_model
 from fs2mini.optim import build_lr_schedule, build_optimizer
 from fs2mini.task import build_task
-from fs2mini.trainer import TaskBuilder, build_tokenizer, check_config, pick_device, train
+from fs2mini.distributed import pick_device
+from fs2mini.trainer import TaskBuilder, build_tokenizer, check_config, train
 
 COMPONENTS = ("tokenizer", "data", "model", "task", "optimizer", "lr-scheduler", "trainer")
 

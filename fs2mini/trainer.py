@@ -10,6 +10,7 @@ position inside the epoch and RNG states), so rerunning the same command continu
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import random
 import shutil
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from fs2mini.checkpoint import (
     checkpoint_path,
@@ -33,28 +35,28 @@ from fs2mini.checkpoint import (
 )
 from fs2mini.config import TrainConfig, TrainerConfig, config_to_json, incompatible_fields, load_config, save_config
 from fs2mini.corpus import corpus_languages, describe_corpus, training_sentences
-from fs2mini.data import Seq2SeqBatch, Seq2SeqBatches, check_data_config
+from fs2mini.data import Seq2SeqBatch, Seq2SeqBatches, check_data_config, collate
+from fs2mini.distributed import (
+    DistEnv,
+    all_reduce_max,
+    all_reduce_sum,
+    barrier,
+    full_state_dicts,
+    gradient_sync,
+    init_distributed,
+    load_optimizer_state,
+    shutdown,
+    wrap_model,
+)
 from fs2mini.errors import RunStopped, UserError
 from fs2mini.metrics import MetricsLog, ProgressDisplay
 from fs2mini.pipeline import Skipped
-from fs2mini.model import EncoderDecoderModel, build_model, check_model_config
+from fs2mini.model import build_model, check_model_config
 from fs2mini.optim import build_lr_schedule, build_optimizer, check_lr_scheduler_config, check_optimizer_config
 from fs2mini.task import Seq2Seq, TaskConfig, build_task, check_task_config
-from fs2mini.tokenizer import Tokenizer, load_or_train_tokenizer
+from fs2mini.tokenizer import EOS_ID, PAD_ID, Tokenizer, load_or_train_tokenizer
 
 TaskBuilder = Callable[[TaskConfig, int], Seq2Seq]
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--trainer.device {name!r} is not a device; expected cpu, cuda, cuda:N or auto") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--trainer.device {name}: CUDA is not available on this machine; use cpu or auto")
-    return device
 
 
 def autocast_for(device: torch.device, mode: str) -> contextlib.AbstractContextManager:
@@ -105,45 +107,47 @@ def build_tokenizer(cfg: TrainConfig) -> Tokenizer:
     return load_or_train_tokenizer(cfg.tokenizer, sentences, langs)
 
 
-def batches_from(batches: Seq2SeqBatches, start_epoch: int, skip: int, max_epochs: int | None) -> Iterator[tuple[int, int, Seq2SeqBatch]]:
-    """(epoch, batches consumed in that epoch, batch), epoch after epoch, skipping `skip` at the start."""
-    epoch = start_epoch
-    while max_epochs is None or epoch < max_epochs:
-        produced = 0
-        for position, batch in enumerate(batches.iter_epoch(epoch), start=1):
-            produced += 1
-            if epoch == start_epoch and position <= skip:
-                continue
-            yield epoch, position, batch
-        if produced == 0:
-            raise UserError(f"the {batches.split} split has no usable sentence pairs (skipped: {batches.skipped.summary() or 'nothing'})")
-        epoch += 1
+def epoch_batches(batches: Seq2SeqBatches, epoch: int, skip: int) -> Iterator[tuple[int, Seq2SeqBatch]]:
+    """(batches consumed so far in the epoch, batch) for one epoch, after skipping `skip` batches."""
+    for position, batch in enumerate(batches.iter_epoch(epoch), start=1):
+        if position > skip:
+            yield position, batch
 
 
 @torch.no_grad()
-def validate(model: EncoderDecoderModel, task: Seq2Seq, batches: Seq2SeqBatches, device: torch.device, autocast_mode: str) -> dict[str, float]:
-    """Loss (the training objective) and NLL/perplexity per target token over the whole split."""
+def validate(model: nn.Module, task: Seq2Seq, batches: Seq2SeqBatches, device: torch.device, autocast_mode: str,
+             env: DistEnv = DistEnv()) -> dict[str, float]:
+    """Loss (the training objective) and NLL/perplexity per target token over the whole split.
+
+    Under torchrun each rank evaluates its shard and the sums are all-reduced. Ranks with fewer
+    batches repeat a forward pass whose result is discarded, because FSDP needs every rank to run
+    the same number of forward passes.
+    """
     model.eval()
+    own = list(batches)
+    rounds = all_reduce_max(len(own), env, device)
+    filler = own[0] if own else collate([([EOS_ID], [EOS_ID, EOS_ID])], PAD_ID)
     loss_sum = nll_sum = 0.0
     tokens = 0
-    for batch in batches:
-        batch = batch.to(device)
+    for index in range(rounds):
+        batch = (own[index] if index < len(own) else filler).to(device)
         with autocast_for(device, autocast_mode):
             loss, num_tokens = task.compute_loss(model, batch)
             nll, _ = task.compute_nll(model, batch)
-        loss_sum += float(loss)
-        nll_sum += float(nll)
-        tokens += num_tokens
+        if index < len(own):
+            loss_sum += float(loss)
+            nll_sum += float(nll)
+            tokens += num_tokens
     model.train()
+    loss_sum, nll_sum, tokens = all_reduce_sum([loss_sum, nll_sum, tokens], env, device)
     if tokens == 0:
         raise UserError(f"the {batches.split} split has no usable sentence pairs (skipped: {batches.skipped.summary() or 'nothing'})")
     nll_per_token = nll_sum / tokens
-    return {"loss": loss_sum / tokens, "nll": nll_per_token, "ppl": math.exp(min(nll_per_token, 100.0)), "tokens": tokens}
+    return {"loss": loss_sum / tokens, "nll": nll_per_token, "ppl": math.exp(min(nll_per_token, 100.0)), "tokens": int(tokens)}
 
 
-def _prepare_run_dir(cfg: TrainConfig) -> tuple[Path, dict[str, Any] | None]:
-    """Create the run directory; return the newest readable checkpoint if the run is resumed."""
-    run_dir = cfg.run_dir
+def _prepare_run_dir(run_dir: Path) -> None:
+    """Create the run directory (main process only) and clear leftovers of a killed checkpoint write."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".write-test"
@@ -151,15 +155,21 @@ def _prepare_run_dir(cfg: TrainConfig) -> tuple[Path, dict[str, Any] | None]:
         probe.unlink()
     except OSError as err:
         raise UserError(f"--output-dir {run_dir} is not writable: {err.strerror}") from None
-    checkpoint = None
     remove_partial_writes(run_dir / "checkpoints")
+
+
+def _newest_checkpoint(cfg: TrainConfig, env: DistEnv) -> dict[str, Any] | None:
+    """The newest readable checkpoint of the run directory, if it is resumed (checked against `cfg`)."""
+    run_dir = cfg.run_dir
+    checkpoint = None
     existing = list_checkpoints(run_dir / "checkpoints")
     for path in reversed(existing):
         try:
             checkpoint = load_checkpoint(path)
             break
         except UserError as err:
-            print(f"warning: {err}; trying the previous checkpoint", file=sys.stderr)
+            if env.is_main:
+                print(f"warning: {err}; trying the previous checkpoint", file=sys.stderr)
     if existing and checkpoint is None:
         raise UserError(
             f"no readable checkpoint in {run_dir / 'checkpoints'} ({len(existing)} corrupt); "
@@ -173,30 +183,43 @@ def _prepare_run_dir(cfg: TrainConfig) -> tuple[Path, dict[str, Any] | None]:
                 f"cannot resume {run_dir}: the checkpoint was trained with different {', '.join(differing)}; "
                 "use another --output-dir or the original settings"
             )
-    return run_dir, checkpoint
+    return checkpoint
 
 
 def train(cfg: TrainConfig, make_task: TaskBuilder = build_task) -> Path:
-    """Train (or resume) the run described by `cfg`; returns the run directory."""
-    tc = cfg.trainer
+    """Train (or resume) the run described by `cfg`; returns the run directory.
+
+    Under `torchrun` this runs in every process; see fs2mini/distributed.py.
+    """
     check_config(cfg)
-    device = pick_device(tc.device)
-    run_dir, checkpoint = _prepare_run_dir(cfg)
-    torch.manual_seed(tc.seed)
+    env, device = init_distributed(cfg.trainer.device)
+    try:
+        return _train(cfg, make_task, env, device)
+    finally:
+        shutdown(env)
+
+
+def _train(cfg: TrainConfig, make_task: TaskBuilder, env: DistEnv, device: torch.device) -> Path:
+    tc = cfg.trainer
+    run_dir = cfg.run_dir
+    if env.is_main:
+        _prepare_run_dir(run_dir)
+    barrier(env)
+    checkpoint = _newest_checkpoint(cfg, env)
+    torch.manual_seed(tc.seed)  # the same initial weights on every rank
     random.seed(tc.seed)
 
+    langs = corpus_languages(cfg.data.corpus)
     tokenizer_path = run_dir / "tokenizer.model"
-    if checkpoint is not None and tokenizer_path.exists():
-        tokenizer = Tokenizer(tokenizer_path, corpus_languages(cfg.data.corpus))
-    else:
-        tokenizer = build_tokenizer(cfg)
-        shutil.copyfile(tokenizer.model_path, tokenizer_path)
-    train_batches = Seq2SeqBatches(cfg.data, "train", tokenizer, seed=tc.seed, shuffle=True)
-    valid_batches = Seq2SeqBatches(cfg.data, "valid", tokenizer, seed=tc.seed, shuffle=False)
+    if env.is_main and (checkpoint is None or not tokenizer_path.exists()):
+        shutil.copyfile(build_tokenizer(cfg).model_path, tokenizer_path)
+    barrier(env)
+    tokenizer = Tokenizer(tokenizer_path, langs)
+    shard = {"rank": env.rank, "world_size": env.world_size}
+    train_batches = Seq2SeqBatches(cfg.data, "train", tokenizer, seed=tc.seed, shuffle=True, **shard)
+    valid_batches = Seq2SeqBatches(cfg.data, "valid", tokenizer, seed=tc.seed, shuffle=False, **shard)
     model = build_model(cfg.model, tokenizer.vocab_info).to(device)
-    task = make_task(cfg.task, tokenizer.vocab_info.pad_idx)
-    optimizer = build_optimizer(cfg.optimizer, model.parameters())
-    lr_at = build_lr_schedule(cfg.lr_scheduler, cfg.optimizer.lr, tc.max_steps)
+    num_parameters = model.num_parameters()
 
     step, epoch, position = 0, 0, 0
     if checkpoint is not None:
@@ -205,49 +228,69 @@ def train(cfg: TrainConfig, make_task: TaskBuilder = build_task) -> Path:
         except RuntimeError as err:
             first_problem = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
             raise UserError(f"the checkpoint in {run_dir / 'checkpoints'} does not fit the configured model: {first_problem}") from None
-        optimizer.load_state_dict(checkpoint["optimizer"])
         step, epoch, position = checkpoint["step"], checkpoint["epoch"], checkpoint["position"]
+    model = wrap_model(model, tc.data_parallel, env, device)
+    task = make_task(cfg.task, tokenizer.vocab_info.pad_idx)
+    optimizer = build_optimizer(cfg.optimizer, model.parameters())
+    lr_at = build_lr_schedule(cfg.lr_scheduler, cfg.optimizer.lr, tc.max_steps)
+    if checkpoint is not None:
+        load_optimizer_state(model, optimizer, checkpoint["optimizer"])
         random.setstate(checkpoint["rng"]["python"])
         torch.set_rng_state(checkpoint["rng"]["torch"])
         if device.type == "cuda" and checkpoint["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(checkpoint["rng"]["cuda"], device)
+    if env.rank > 0:
+        torch.manual_seed(tc.seed + 1000 * env.rank + step)  # different dropout masks on each rank
 
-    save_config(cfg, run_dir / "config.json")  # only now: a refused resume leaves the old one intact
-
-    display = ProgressDisplay(tc.max_steps, step, tc.progress, tc.log_every)
+    if env.is_main:
+        save_config(cfg, run_dir / "config.json")  # only now: a refused resume leaves the old one intact
+    display = ProgressDisplay(tc.max_steps, step, tc.progress if env.is_main else "off", tc.log_every)
     display.message(
-        f"run {run_dir} | device {device} | {model.num_parameters():,} parameters | vocab {tokenizer.vocab_info.size}"
+        f"run {run_dir} | device {device} | {num_parameters:,} parameters | vocab {tokenizer.vocab_info.size}"
+        + (f" | {env.world_size} processes ({tc.data_parallel})" if env.active else "")
         + (f" | resumed at step {step}" if checkpoint is not None else "")
     )
-    metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step=step)
-    stream = batches_from(train_batches, epoch, position, tc.max_epochs)
-    params = [p for p in model.parameters() if p.requires_grad]
+    metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step=step) if env.is_main else None
+
+    def log(record: dict[str, Any]) -> None:
+        if metrics is not None:
+            metrics.write(record)
+
+    def validate_and_log() -> None:
+        result = validate(model, task, valid_batches, device, tc.autocast, env)
+        log({"step": step, "split": "valid", **result})
+        display.message(f"valid step {step}: loss {result['loss']:.3f}  nll {result['nll']:.3f}  ppl {result['ppl']:.2f}")
+
+    def save() -> None:
+        _save(run_dir, cfg, model, optimizer, step, epoch, position, device, env)
+
+    batches = epoch_batches(train_batches, epoch, position)
     model.train()
     bad_steps = skipped_steps = 0
     saved_step = step
-
-    def validate_and_log() -> None:
-        result = validate(model, task, valid_batches, device, tc.autocast)
-        metrics.write({"step": step, "split": "valid", **result})
-        display.message(f"valid step {step}: loss {result['loss']:.3f}  nll {result['nll']:.3f}  ppl {result['ppl']:.2f}")
-
     stop_requests: list[int] = []
-    previous_handlers = _catch_stop_signals(stop_requests)
+    previous_handlers = _catch_stop_signals(stop_requests, env)
     try:
         if step == 0:
             validate_and_log()  # the untrained baseline, so the curve starts where training does
         window_tokens, window_start = 0, time.perf_counter()
         while step < tc.max_steps:
-            micro_batches = []
-            for _ in range(tc.grad_accum_steps):
-                item = next(stream, None)
-                if item is None:
+            micro_batches = list(itertools.islice(batches, tc.grad_accum_steps))
+            # Every rank must make the same updates: the epoch ends for all as soon as one rank cannot
+            # fill a whole update (uneven shards; its leftover batches are reshuffled into later epochs).
+            if all_reduce_max(int(len(micro_batches) < tc.grad_accum_steps), env, device):
+                if position == 0:
+                    raise UserError(
+                        f"the training split gives fewer than --trainer.grad-accum-steps {tc.grad_accum_steps} batches "
+                        f"per process (skipped: {train_batches.skipped.summary() or 'nothing'})"
+                    )
+                epoch, position = epoch + 1, 0
+                if tc.max_epochs is not None and epoch >= tc.max_epochs:
+                    display.message(f"reached --trainer.max-epochs {tc.max_epochs}")
                     break
-                epoch, position, batch = item
-                micro_batches.append(batch)
-            if not micro_batches:
-                display.message(f"reached --trainer.max-epochs {tc.max_epochs}")
-                break
+                batches = epoch_batches(train_batches, epoch, 0)
+                continue
+            position = micro_batches[-1][0]
             step += 1
 
             lr = lr_at(step)
@@ -256,19 +299,23 @@ def train(cfg: TrainConfig, make_task: TaskBuilder = build_task) -> Path:
             optimizer.zero_grad(set_to_none=True)
             loss_sum = torch.zeros((), device=device)
             num_tokens = 0
-            for batch in micro_batches:
-                with autocast_for(device, tc.autocast):
+            for index, (_, batch) in enumerate(micro_batches):
+                last_micro_batch = index == len(micro_batches) - 1
+                with gradient_sync(model, last_micro_batch), autocast_for(device, tc.autocast):
                     loss, n = task.compute_loss(model, batch.to(device))
-                loss.backward()
+                    loss.backward()
                 loss_sum += loss.detach()
                 num_tokens += n
-            # Summed losses → gradient of the mean over every target token of the update.
-            for p in params:
+            loss_sum_all, tokens_all, stop_all = all_reduce_sum([float(loss_sum), num_tokens, len(stop_requests)], env, device)
+            # Summed losses → gradient of the mean over every target token of the update, on all ranks.
+            # (DDP and FSDP average gradients over ranks, hence the world size.)
+            for p in model.parameters():
                 if p.grad is not None:
-                    p.grad.div_(num_tokens)
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm if tc.max_grad_norm > 0 else math.inf)
-            loss_per_token = float(loss_sum) / num_tokens
-            if math.isfinite(loss_per_token) and bool(torch.isfinite(grad_norm)):
+                    p.grad.div_(tokens_all / env.world_size)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.max_grad_norm if tc.max_grad_norm > 0 else math.inf)
+            grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+            loss_per_token = loss_sum_all / tokens_all
+            if math.isfinite(loss_per_token) and math.isfinite(grad_norm):
                 optimizer.step()
                 bad_steps = 0
             else:
@@ -280,50 +327,52 @@ def train(cfg: TrainConfig, make_task: TaskBuilder = build_task) -> Path:
                         "(try a lower --optimizer.lr); checkpoints are intact"
                     )
 
-            window_tokens += num_tokens
+            window_tokens += tokens_all
             elapsed = time.perf_counter() - window_start
             tokens_per_s = window_tokens / elapsed if elapsed > 0 else 0.0
             display.update(step, loss_per_token, lr, tokens_per_s)
             if step % tc.log_every == 0:
-                metrics.write({"step": step, "split": "train", "loss": loss_per_token, "lr": lr, "grad_norm": float(grad_norm),
-                               "tokens_per_s": tokens_per_s, "epoch": epoch, "skipped_steps": skipped_steps})
+                log({"step": step, "split": "train", "loss": loss_per_token, "lr": lr, "grad_norm": grad_norm,
+                     "tokens_per_s": tokens_per_s, "epoch": epoch, "skipped_steps": skipped_steps})
                 window_tokens, window_start = 0, time.perf_counter()
             last_step = step == tc.max_steps
             if step % tc.validate_every == 0 or last_step:
                 validate_and_log()
             if step % tc.checkpoint_every == 0 or last_step:
-                _save(run_dir, cfg, model, optimizer, step, epoch, position, device)
+                save()
                 saved_step = step
-            if stop_requests:
+            if stop_all:
                 if saved_step != step:
-                    _save(run_dir, cfg, model, optimizer, step, epoch, position, device)
-                name = signal.Signals(stop_requests[0]).name
+                    save()
+                signum = stop_requests[0] if stop_requests else signal.SIGTERM
                 raise RunStopped(
-                    f"stopped by {name} after step {step}; checkpoint saved in {run_dir / 'checkpoints'}. "
-                    "Run the same command again to resume.",
-                    128 + stop_requests[0],
+                    f"stopped by {signal.Signals(signum).name} after step {step}; checkpoint saved in "
+                    f"{run_dir / 'checkpoints'}. Run the same command again to resume.",
+                    128 + signum,
                 )
         if saved_step != step:  # stopped early by --trainer.max-epochs
             validate_and_log()
-            _save(run_dir, cfg, model, optimizer, step, epoch, position, device)
+            save()
         display.message(f"done: {step} steps, checkpoints in {run_dir / 'checkpoints'}")
         return run_dir
     finally:
         _restore_signal_handlers(previous_handlers)
         display.close()
-        metrics.close()
+        if metrics is not None:
+            metrics.close()
 
 
-def _catch_stop_signals(requests: list[int]) -> dict[int, Any]:
-    """SIGINT/SIGTERM finish the current step, save and stop; a second SIGINT interrupts at once."""
+def _catch_stop_signals(requests: list[int], env: DistEnv) -> dict[int, Any]:
+    """SIGINT/SIGTERM finish the current step, save and stop; a second signal interrupts at once."""
     if threading.current_thread() is not threading.main_thread():
         return {}
 
     def request_stop(signum: int, frame: Any) -> None:
-        if requests and signum == signal.SIGINT:
+        if requests:
             raise KeyboardInterrupt
         requests.append(signum)
-        print(f"\n{signal.Signals(signum).name}: finishing this step, then saving a checkpoint", flush=True)
+        if env.is_main:
+            print(f"\n{signal.Signals(signum).name}: finishing this step, then saving a checkpoint", file=sys.stderr, flush=True)
 
     return {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
 
@@ -333,15 +382,21 @@ def _restore_signal_handlers(previous: dict[int, Any]) -> None:
         signal.signal(sig, handler)
 
 
-def _save(run_dir: Path, cfg: TrainConfig, model, optimizer, step: int, epoch: int, position: int, device: torch.device) -> None:
+def _save(run_dir: Path, cfg: TrainConfig, model, optimizer, step: int, epoch: int, position: int,
+          device: torch.device, env: DistEnv) -> None:
+    """Gather full state dicts (a collective under FSDP) and let the main process write them."""
+    model_state, optimizer_state = full_state_dicts(model, optimizer)
+    if not env.is_main:
+        return
     state = {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
+        "model": model_state,
+        "optimizer": optimizer_state,
         "step": step,
         "epoch": epoch,
         "position": position,
         "config": config_to_json(cfg),
-        "rng": {"python": random.getstate(), "torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
+        "rng": {"python": random.getstate(), "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
     }
     checkpoint_dir = run_dir / "checkpoints"
     save_atomically(state, checkpoint_path(checkpoint_dir, step))
