@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -96,10 +97,13 @@ def wrap_model(model: nn.Module, mode: DataParallel, env: DistEnv, device: torch
         return model
     match mode:
         case "ddp":
-            # broadcast_buffers=False: the only buffer is the constant sinusoidal table.
-            return nn.parallel.DistributedDataParallel(
-                model, device_ids=[device] if device.type == "cuda" else None, broadcast_buffers=False
-            )
+            # broadcast_buffers=False: the only buffer is the constant sinusoidal table. (Newer torch
+            # renames the flag with different semantics at init; the old one still means what we want.)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
+                return nn.parallel.DistributedDataParallel(
+                    model, device_ids=[device] if device.type == "cuda" else None, broadcast_buffers=False
+                )
         case "none":
             raise UserError(
                 f"--trainer.data-parallel none is single-process, but torchrun started {env.world_size}; use ddp or fsdp"

@@ -195,6 +195,11 @@ def train(cfg: TrainConfig, make_task: TaskBuilder = build_task) -> Path:
     env, device = init_distributed(cfg.trainer.device)
     try:
         return _train(cfg, make_task, env, device)
+    except RuntimeError as err:
+        # Another rank died (that rank prints its own error): say so in one line, not a traceback.
+        if not (env.active and (isinstance(err, torch.distributed.DistError) or "closed by peer" in str(err))):
+            raise
+        raise UserError(f"rank {env.rank}: another process of the job failed or stopped, so this one stops too") from None
     finally:
         shutdown(env)
 
