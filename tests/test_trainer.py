@@ -67,3 +67,15 @@ def test_gradient_accumulation_normalises_by_total_tokens(reversal_tsv, tokenize
     assert record["trainer"]["grad_accum_steps"] == 2
     state = load_checkpoint(run_dir / "checkpoints" / "step_00000001.pt")
     assert state["step"] == 1 and state["position"] == 2
+
+
+PINNED_LOSS_AT_STEP_5 = 4.1183  # measured on CPU, torch 2.13; update only with a reason in the commit
+
+
+def test_pinned_loss_of_a_tiny_deterministic_run(reversal_tsv, tokenizer_cache, tmp_path):
+    """Catches silent changes to init, data order, loss or the update (a changed pin needs a reason)."""
+    run_dir = train(tiny_config(reversal_tsv, tmp_path / "run", tokenizer_cache, max_steps=5, log_every=5))
+    record = [m for m in read_metrics(run_dir / "metrics.jsonl") if m["split"] == "train"][-1]
+    assert record["step"] == 5
+    assert record["loss"] == pytest.approx(PINNED_LOSS_AT_STEP_5, rel=1e-3)
+
