@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.13.0
 ARGS ?=
 
-.PHONY: install train test check clean
+.PHONY: install train test check clean bench
 
 install: $(VENV)/.installed
 
@@ -22,6 +22,11 @@ train: install
 
 test: install
 	$(PY) -m pytest -q tests
+
+# Speed benchmark (benchmarks/bench.py): prints tables, writes benchmarks/results.json (~10 min on 2 cores).
+bench: install
+	$(PY) -m pip install --quiet -e ".[bench]"
+	$(PY) benchmarks/bench.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) runs .cache

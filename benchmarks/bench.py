@@ -1,0 +1,517 @@
+"""Speed benchmark: fs2mini vs a hand-written `nn.Transformer` vs Hugging Face M2M100, on one machine.
+
+    make bench                                  # the full suite (~10 min on 2 CPU cores)
+    python benchmarks/bench.py --quick          # a ~1-minute smoke run
+    python benchmarks/bench.py --compile        # also fs2mini under torch.compile (slow start)
+
+What is measured (every measurement runs in its own subprocess, so peak RSS is per system, and the
+systems alternate A B C A B C so that drift of the machine is shared out evenly):
+
+- training: one full step (forward, label-smoothed CE summed over non-pad targets, backward,
+  gradients ÷ target tokens, clip to norm 1, AdamW(foreach) step) on identical batches of real
+  Bible verses cut by fs2mini's pipeline at a 4096-token budget; throughput in non-pad target
+  tokens/s and non-pad source+target tokens/s, median over repeats, for SMALL and BASE;
+- generation: greedy and beam-4 sentences/s on 200 test verses in batches of 50, with the output
+  length forced equal for every system (so each does the same work) and unforced;
+- data: sentences/s of one epoch of `Seq2SeqBatches` (read → encode → bucket → collate) vs a naive
+  per-sentence loop, both pinned to one CPU core; and the padding of fs2mini's batches;
+- efficiency: achieved matmul FLOP/s of fs2mini's training step over the measured fp32 `torch.mm`
+  peak of this machine. FLOPs per step, with B sentences, S source and T target positions (padding
+  included: it is computed), d model_dim, f ffn_inner_dim, V vocabulary, Le/Ld layers:
+      encoder MACs = Le·(B·S·(4d² + 2df) + 2·B·S²·d)
+      decoder MACs = Ld·(B·T·(6d² + 2df) + 2d²·B·S + 2·B·T²·d + 2·B·T·S·d)
+      output MACs  = B·T·V·d
+      train FLOPs  = 3 (forward + 2× backward) · 2 (FLOPs per MAC) · (encoder + decoder + output)
+  i.e. 6 × non-embedding parameters × tokens, plus attention, plus the output projection.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import tyro
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from fs2mini.corpus import BibleCorpus, corpus_languages, read_pairs, training_sentences  # noqa: E402
+from fs2mini.data import DataConfig, Seq2SeqBatch, Seq2SeqBatches, collate  # noqa: E402
+from fs2mini.model import ARCHS, ModelConfig  # noqa: E402
+from fs2mini.pipeline import Skipped  # noqa: E402
+from fs2mini.tokenizer import Tokenizer, TokenizerConfig, load_or_train_tokenizer  # noqa: E402
+
+SIZES: dict[str, ModelConfig] = {"small": ARCHS["small"], "base": ARCHS["base"]}
+SYSTEMS = ("fs2mini", "torch", "hf")
+SYSTEM_NAMES = {"fs2mini": "fs2mini", "fs2mini-compile": "fs2mini + torch.compile",
+                "torch": "plain nn.Transformer", "hf": "HF M2M100"}
+VOCAB_SIZE = 8000
+MAX_TOKENS = 4096
+GEN_BATCH = 50
+FORCED_LEN = 32  # tokens generated before </s> when the output length is forced
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Benchmark fs2mini's training, generation and data pipeline against baselines."""
+
+    quick: bool = False
+    """A ~1-minute smoke run: one repeat, few steps, 50 sentences, SMALL only for generation."""
+    repeats: int = 2
+    """Alternating rounds of every system (training and generation); the median is reported."""
+    small_steps: int = 8
+    """Timed training steps per SMALL run (after 3 warm-up steps)."""
+    base_steps: int = 3
+    """Timed training steps per BASE run (after 1 warm-up step)."""
+    compile: bool = False
+    """Also measure fs2mini with torch.compile (inductor); its compile time is reported separately."""
+    hf: bool = True
+    """Include Hugging Face M2M100 when `transformers` is installed."""
+    output: Path = Path("benchmarks/results.json")
+    """Where the JSON results are written."""
+    workdir: Path | None = None
+    """Scratch directory for the shared batches (default: a temporary directory)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Workers: each runs in its own process and prints one JSON line.
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def build_system(system: str, cfg: ModelConfig, tok_info: dict):
+    """(model, loss function (model, batch) -> (summed loss, target tokens)) for one system."""
+    from baselines import PlainTransformer, build_hf_m2m100, hf_logits, label_smoothed_ce
+
+    from fs2mini.model import build_model
+    from fs2mini.task import Seq2Seq
+    from fs2mini.tokenizer import VocabInfo
+
+    vocab = VocabInfo(**tok_info["vocab"])
+    pad = vocab.pad_idx
+    match system:
+        case "fs2mini" | "fs2mini-compile":
+            model = build_model(cfg, vocab)
+            task = Seq2Seq(0.1, pad)
+            forward = torch.compile(model) if system == "fs2mini-compile" else model
+            return model, lambda batch: task.compute_loss(forward, batch)
+        case "torch":
+            model = PlainTransformer(cfg, vocab.size, pad)
+            return model, lambda batch: (label_smoothed_ce(model(batch.source, batch.source_lengths, batch.target_input),
+                                                           batch.target_output, pad), batch.num_target_tokens)
+        case "hf":
+            model = build_hf_m2m100(cfg, vocab.size, pad, vocab.eos_idx)
+            return model, lambda batch: (label_smoothed_ce(hf_logits(model, batch.source, batch.target_input, pad),
+                                                           batch.target_output, pad), batch.num_target_tokens)
+    raise ValueError(f"unknown system {system}")
+
+
+def train_worker(job: dict) -> dict:
+    from fs2mini.optim import AdamWConfig, build_optimizer
+
+    torch.manual_seed(0)
+    cfg = SIZES[job["size"]]
+    batches: list[Seq2SeqBatch] = torch.load(job["batches"], weights_only=False)
+    model, compute_loss = build_system(job["system"], cfg, job["tok"])
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = build_optimizer(AdamWConfig(lr=1e-4), params)  # AdamW, foreach=True, for every system
+
+    def step(batch: Seq2SeqBatch) -> float:
+        optimizer.zero_grad(set_to_none=True)
+        loss, num_tokens = compute_loss(batch)
+        loss.backward()
+        for p in params:
+            if p.grad is not None:
+                p.grad.div_(num_tokens)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        return float(loss.detach()) / num_tokens
+
+    start = time.perf_counter()
+    for batch in batches[: job["warmup"]]:
+        step(batch)
+    warmup_s = time.perf_counter() - start
+    timed = batches[job["warmup"] : job["warmup"] + job["steps"]]
+    times, losses = [], []
+    for batch in timed:
+        start = time.perf_counter()
+        losses.append(step(batch))
+        times.append(time.perf_counter() - start)
+    total = sum(times)
+    target_tokens = sum(b.num_target_tokens for b in timed)
+    source_tokens = sum(int(b.source_lengths.sum()) for b in timed)
+    return {
+        "target_tokens_per_s": target_tokens / total,
+        "tokens_per_s": (target_tokens + source_tokens) / total,
+        "step_s": statistics.median(times),
+        "total_s": total,
+        "warmup_s": warmup_s,
+        "flops": sum(train_flops(cfg, VOCAB_SIZE, b) for b in timed),
+        "first_loss": losses[0],
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def train_flops(cfg: ModelConfig, vocab: int, batch: Seq2SeqBatch) -> float:
+    """Matmul FLOPs of one training step on this (padded) batch; formula in the module docstring."""
+    b, s = batch.source.shape
+    t = batch.target_input.size(1)
+    d, f = cfg.model_dim, cfg.ffn_inner_dim
+    encoder = cfg.num_encoder_layers * (b * s * (4 * d * d + 2 * d * f) + 2 * b * s * s * d)
+    decoder = cfg.num_decoder_layers * (b * t * (6 * d * d + 2 * d * f) + 2 * d * d * b * s + 2 * b * t * t * d + 2 * b * t * s * d)
+    output = b * t * vocab * d
+    return 6.0 * (encoder + decoder + output)
+
+
+def generate_worker(job: dict) -> dict:
+    """Greedy and beam-4 sentences/s; forced = every output exactly FORCED_LEN tokens + </s>."""
+    torch.manual_seed(0)
+    cfg = SIZES["small"]
+    sources: list[list[int]] = job["sources"]
+    tok = job["tok"]
+    eos, pad, lang = tok["vocab"]["eos_idx"], tok["vocab"]["pad_idx"], tok["target_lang_id"]
+    batches = [collate([(s, [eos, lang, eos]) for s in sources[i : i + GEN_BATCH]], pad) for i in range(0, len(sources), GEN_BATCH)]
+    if job["system"] == "fs2mini":
+        run = _fs2mini_generate(cfg, tok)
+    else:
+        run = _hf_generate(cfg, tok)
+    results = {}
+    run(batches[0], 1, True)  # warm-up
+    for name, beam, forced in [("greedy_forced", 1, True), ("beam4_forced", 4, True),
+                               ("greedy", 1, False), ("beam4", 4, False)]:
+        if job["forced_only"] and not forced:
+            continue
+        start = time.perf_counter()
+        lengths = [n for batch in batches for n in run(batch, beam, forced)]
+        elapsed = time.perf_counter() - start
+        results[name] = {"sentences_per_s": len(sources) / elapsed, "mean_output_len": statistics.mean(lengths)}
+    results["peak_rss_mb"] = peak_rss_mb()
+    return results
+
+
+def _fs2mini_generate(cfg: ModelConfig, tok: dict):
+    from torch import Tensor
+
+    from fs2mini.generation import GenerationConfig, generate
+    from fs2mini.model import EncoderDecoderModel, build_model
+    from fs2mini.tokenizer import VocabInfo
+
+    vocab = VocabInfo(**tok["vocab"])
+
+    class NoEarlyEos(EncoderDecoderModel):
+        """</s> gets -1e4 added to its logit: never chosen unless the search forces it at max length."""
+
+        def project(self, decoder_out: Tensor) -> Tensor:
+            logits = super().project(decoder_out)
+            logits[..., vocab.eos_idx] -= 1e4
+            return logits
+
+    model = build_model(cfg, vocab).eval()
+    forced_model = copy.copy(model)  # same modules and weights; only `project` differs
+    forced_model.__class__ = NoEarlyEos
+    prefix = [vocab.eos_idx, tok["target_lang_id"]]
+    banned = [vocab.pad_idx, vocab.bos_idx, *tok["lang_ids"]]
+
+    def run(batch: Seq2SeqBatch, beam: int, forced: bool) -> list[int]:
+        gen_cfg = GenerationConfig(beam_size=beam, max_len_a=0.0, max_len_b=FORCED_LEN) if forced else GenerationConfig(beam_size=beam)
+        hyps = generate(forced_model if forced else model, batch.source, batch.source_lengths, prefix, gen_cfg,
+                        eos_idx=vocab.eos_idx, banned_ids=banned)
+        return [len(h[0].tokens) for h in hyps]
+
+    return run
+
+
+def _hf_generate(cfg: ModelConfig, tok: dict):
+    from baselines import build_hf_m2m100
+
+    vocab = tok["vocab"]
+    model = build_hf_m2m100(cfg, vocab["size"], vocab["pad_idx"], vocab["eos_idx"]).eval()
+    pad = vocab["pad_idx"]
+
+    @torch.no_grad()
+    def run(batch: Seq2SeqBatch, beam: int, forced: bool) -> list[int]:
+        # Decoder steps: fs2mini feeds `</s> __fra__` at once and then FORCED_LEN tokens, predicting
+        # FORCED_LEN + 1 times; HF predicts __fra__ (forced) then FORCED_LEN tokens: the same count.
+        if forced:
+            length = dict(max_new_tokens=FORCED_LEN + 1, min_new_tokens=FORCED_LEN + 1)
+        else:
+            length = dict(max_new_tokens=int(1.2 * batch.source.size(1) + 10) + 2)
+        out = model.generate(
+            input_ids=batch.source, attention_mask=(batch.source != pad).long(), num_beams=beam, do_sample=False,
+            forced_bos_token_id=tok["target_lang_id"], length_penalty=1.0, **length,
+        )
+        # Output row: </s> __fra__ tokens... [</s>] [pad...]
+        return [int(((row != pad) & (row != vocab["eos_idx"])).sum()) - 1 for row in out]
+
+    return run
+
+
+def data_worker(job: dict) -> dict:
+    """One epoch of the training split on one CPU core: fs2mini's pipeline or a naive loop."""
+    os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+    torch.set_num_threads(1)
+    tokenizer = Tokenizer(Path(job["tok"]["path"]), job["tok"]["langs"])
+    corpus = BibleCorpus()
+    sentences = real = padded = batches = 0
+    start = time.perf_counter()
+    if job["impl"] == "fs2mini":
+        for batch in Seq2SeqBatches(DataConfig(max_tokens=MAX_TOKENS), "train", tokenizer, seed=1, shuffle=True):
+            sentences += batch.source.size(0)
+            batches += 1
+            real += int(batch.source_lengths.sum()) + batch.num_target_tokens
+            padded += batch.source.numel() + batch.target_input.numel()
+    else:
+        for batch in naive_batches(tokenizer, corpus, 110):
+            sentences += batch.source.size(0)
+            batches += 1
+            real += int(batch.source_lengths.sum()) + batch.num_target_tokens
+            padded += batch.source.numel() + batch.target_input.numel()
+    elapsed = time.perf_counter() - start
+    return {"sentences_per_s": sentences / elapsed, "sentences": sentences, "batches": batches,
+            "padding": 1 - real / padded, "seconds": elapsed, "peak_rss_mb": peak_rss_mb()}
+
+
+def naive_batches(tokenizer: Tokenizer, corpus: BibleCorpus, batch_size: int):
+    """What one writes first: encode each pair on its own, take `batch_size` at a time, pad."""
+    source_lang, target_lang = corpus_languages(corpus)
+    pad = tokenizer.vocab_info.pad_idx
+    current = []
+    for source, target in read_pairs(corpus, "train", Skipped()):
+        current.append((tokenizer.encode_source([source], source_lang)[0], tokenizer.encode_target([target], target_lang)[0]))
+        if len(current) == batch_size:
+            yield naive_collate(current, pad)
+            current = []
+    if current:
+        yield naive_collate(current, pad)
+
+
+def naive_collate(examples: list[tuple[list[int], list[int]]], pad: int) -> Seq2SeqBatch:
+    src_len = max(len(s) for s, _ in examples)
+    tgt_len = max(len(t) for _, t in examples)
+    source = torch.tensor([s + [pad] * (src_len - len(s)) for s, _ in examples])
+    target = torch.tensor([t + [pad] * (tgt_len - len(t)) for _, t in examples])
+    lengths = torch.tensor([len(t) - 1 for _, t in examples])
+    target_input = target[:, :-1].clone()
+    target_input[torch.arange(tgt_len - 1) >= lengths.unsqueeze(1)] = pad
+    return Seq2SeqBatch(source, torch.tensor([len(s) for s, _ in examples]), target_input, target[:, 1:],
+                        lengths, int(lengths.sum()))
+
+
+def mm_worker(job: dict) -> dict:
+    """fp32 matmul peak of this machine: median of large square `torch.mm`s."""
+    results = {}
+    for n in (1024, 2048):
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        for _ in range(3):
+            torch.mm(a, b)
+        times = []
+        for _ in range(10):
+            start = time.perf_counter()
+            torch.mm(a, b)
+            times.append(time.perf_counter() - start)
+        results[str(n)] = 2 * n**3 / statistics.median(times)
+    return {"flops_per_s": max(results.values()), "by_size": results, "threads": torch.get_num_threads()}
+
+
+WORKERS = {"train": train_worker, "generate": generate_worker, "data": data_worker, "mm": mm_worker}
+
+
+# --------------------------------------------------------------------------------------------
+# The driver.
+
+
+def run_job(job: dict) -> dict:
+    """Run one worker in a fresh Python process; its last stdout line is the JSON result."""
+    proc = subprocess.run([sys.executable, __file__, "_worker", json.dumps(job)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"worker {job.get('kind')}/{job.get('system', job.get('impl'))} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def prepare(workdir: Path, steps_needed: int, num_gen: int) -> tuple[dict, dict[str, Path], list[list[int]]]:
+    """Tokenizer (vocab 8000, cached), the shared training batches, the generation sources."""
+    corpus = BibleCorpus()
+    langs = corpus_languages(corpus)
+    tokenizer = load_or_train_tokenizer(TokenizerConfig(vocab_size=VOCAB_SIZE), training_sentences(corpus, Skipped()), langs)
+    vocab = tokenizer.vocab_info
+    tok = {"path": str(tokenizer.model_path), "langs": list(langs), "target_lang_id": tokenizer.lang_ids[langs[1]],
+           "lang_ids": list(tokenizer.lang_ids.values()),
+           "vocab": {"size": vocab.size, "pad_idx": vocab.pad_idx, "bos_idx": vocab.bos_idx, "eos_idx": vocab.eos_idx,
+                     "unk_idx": vocab.unk_idx}}
+    stream = iter(Seq2SeqBatches(DataConfig(max_tokens=MAX_TOKENS), "train", tokenizer, seed=1, shuffle=True))
+    batches = [next(stream) for _ in range(steps_needed)]
+    path = workdir / "train_batches.pt"
+    torch.save(batches, path)
+    test_sources = [source for source, _ in read_pairs(corpus, "test", Skipped())][:num_gen]
+    sources = tokenizer.encode_source(test_sources, langs[0])
+    return tok, {"train": path}, sources
+
+
+def median_of(runs: list[dict], key: str) -> float:
+    return statistics.median(run[key] for run in runs)
+
+
+def main(cfg: BenchConfig) -> dict:
+    started = time.perf_counter()
+    hf_available = cfg.hf and _has_transformers()
+    systems = [s for s in SYSTEMS if s != "hf" or hf_available]
+    if cfg.compile:
+        systems.insert(1, "fs2mini-compile")
+    repeats = 1 if cfg.quick else cfg.repeats
+    plan = {"small": (2, 3) if cfg.quick else (3, cfg.small_steps), "base": (1, 1) if cfg.quick else (1, cfg.base_steps)}
+    num_gen = 50 if cfg.quick else 200
+    results: dict = {"machine": machine_info(), "config": {"quick": cfg.quick, "repeats": repeats, "plan": plan,
+                                                             "max_tokens": MAX_TOKENS, "vocab": VOCAB_SIZE}}
+    with tempfile.TemporaryDirectory(dir=cfg.workdir) as tmp:
+        tok, paths, gen_sources = prepare(Path(tmp), max(w + s for w, s in plan.values()), num_gen)
+        results["mm"] = run_job({"kind": "mm"})
+        log(f"fp32 torch.mm peak: {results['mm']['flops_per_s'] / 1e9:.1f} GFLOP/s")
+
+        results["train"] = {}
+        for size, (warmup, steps) in plan.items():
+            runs: dict[str, list[dict]] = {s: [] for s in systems}
+            for repeat in range(repeats):
+                for system in systems:
+                    job = {"kind": "train", "system": system, "size": size, "batches": str(paths["train"]),
+                           "warmup": warmup + (2 if system == "fs2mini-compile" else 0), "steps": steps, "tok": tok}
+                    runs[system].append(run_job(job))
+                    log(f"train {size} {system} #{repeat + 1}: {runs[system][-1]['target_tokens_per_s']:.0f} target tok/s")
+            results["train"][size] = {s: summarise_train(r) for s, r in runs.items()}
+
+        results["generate"] = {}
+        gen_systems = [s for s in ("fs2mini", "hf") if s in systems]
+        gen_runs: dict[str, list[dict]] = {s: [] for s in gen_systems}
+        for repeat in range(repeats):
+            for system in gen_systems:
+                gen_runs[system].append(run_job({"kind": "generate", "system": system, "sources": gen_sources, "tok": tok,
+                                                 "forced_only": cfg.quick}))
+                log(f"generate {system} #{repeat + 1}: " + ", ".join(
+                    f"{k} {v['sentences_per_s']:.0f}/s" for k, v in gen_runs[system][-1].items() if isinstance(v, dict)))
+        for system, runs in gen_runs.items():
+            modes = [k for k in runs[0] if isinstance(runs[0][k], dict)]
+            results["generate"][system] = {m: {"sentences_per_s": statistics.median(r[m]["sentences_per_s"] for r in runs),
+                                               "mean_output_len": runs[0][m]["mean_output_len"]} for m in modes}
+            results["generate"][system]["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
+
+        data_runs: dict[str, list[dict]] = {"fs2mini": [], "naive": []}
+        for repeat in range(1 if cfg.quick else 2):
+            for impl in data_runs:
+                data_runs[impl].append(run_job({"kind": "data", "impl": impl, "tok": tok}))
+                log(f"data {impl} #{repeat + 1}: {data_runs[impl][-1]['sentences_per_s']:.0f} sentences/s")
+        results["data"] = {impl: {**runs[0], "sentences_per_s": median_of(runs, "sentences_per_s")} for impl, runs in data_runs.items()}
+
+    for size in plan:
+        own = results["train"][size]["fs2mini"]
+        own["mm_efficiency"] = own["flops_per_s"] / results["mm"]["flops_per_s"]
+    results["wall_s"] = time.perf_counter() - started
+    return results
+
+
+def summarise_train(runs: list[dict]) -> dict:
+    out = {k: median_of(runs, k) for k in ("target_tokens_per_s", "tokens_per_s", "step_s", "warmup_s")}
+    out["flops_per_s"] = statistics.median(r["flops"] / r["total_s"] for r in runs)
+    out["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
+    out["parameters"] = runs[0]["parameters"]
+    out["first_loss"] = runs[0]["first_loss"]
+    out["runs"] = [round(r["target_tokens_per_s"], 1) for r in runs]
+    return out
+
+
+def _has_transformers() -> bool:
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        log("transformers is not installed: skipping HF M2M100 (pip install -e '.[bench]')")
+        return False
+    return True
+
+
+def machine_info() -> dict:
+    info = {"python": platform.python_version(), "torch": torch.__version__, "cpus": len(os.sched_getaffinity(0)),
+            "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine()}
+    try:
+        import transformers
+        info["transformers"] = transformers.__version__
+    except ImportError:
+        pass
+    try:
+        model = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name"))
+        info["cpu"] = model.split(":", 1)[1].strip()
+    except (OSError, StopIteration):
+        pass
+    return info
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def print_report(results: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    m = results["machine"]
+    console.print(f"[bold]fs2mini benchmark[/bold] — {m['cpu']}, {m['cpus']} CPUs, torch {m['torch']}, "
+                  f"{results['wall_s']:.0f} s")
+    for size, systems in results["train"].items():
+        table = Table(title=f"training {size.upper()} (fp32 CPU, {MAX_TOKENS}-token batches, median of {results['config']['repeats']})")
+        for col in ("system", "target tok/s", "src+tgt tok/s", "vs HF", "step s", "peak RSS MB", "runs"):
+            table.add_column(col, justify="left" if col == "system" else "right")
+        ref = systems.get("hf", {}).get("target_tokens_per_s")
+        for system, r in systems.items():
+            table.add_row(SYSTEM_NAMES[system], f"{r['target_tokens_per_s']:.0f}", f"{r['tokens_per_s']:.0f}",
+                          f"{r['target_tokens_per_s'] / ref:.2f}×" if ref else "-", f"{r['step_s']:.3f}",
+                          f"{r['peak_rss_mb']:.0f}", " ".join(f"{x:.0f}" for x in r["runs"]))
+        console.print(table)
+    table = Table(title=f"generation SMALL (random weights, batches of {GEN_BATCH}; forced = {FORCED_LEN} tokens + </s>)")
+    for col in ("system", "mode", "sentences/s", "vs HF", "mean output len"):
+        table.add_column(col, justify="left" if col in ("system", "mode") else "right")
+    hf = results["generate"].get("hf", {})
+    for system, modes in results["generate"].items():
+        for mode, r in modes.items():
+            if not isinstance(r, dict):
+                continue
+            ref = hf.get(mode, {}).get("sentences_per_s")
+            table.add_row(SYSTEM_NAMES[system], mode, f"{r['sentences_per_s']:.1f}",
+                          f"{r['sentences_per_s'] / ref:.2f}×" if ref else "-", f"{r['mean_output_len']:.1f}")
+    console.print(table)
+    table = Table(title="data pipeline (one epoch of the Bible training split, one CPU core)")
+    for col in ("pipeline", "sentences/s", "padding", "batches", "seconds"):
+        table.add_column(col, justify="left" if col == "pipeline" else "right")
+    for impl, r in results["data"].items():
+        name = "fs2mini Seq2SeqBatches" if impl == "fs2mini" else "naive per-sentence loop (110/batch)"
+        table.add_row(name, f"{r['sentences_per_s']:.0f}", f"{r['padding']:.1%}", str(r["batches"]), f"{r['seconds']:.2f}")
+    console.print(table)
+    peak = results["mm"]["flops_per_s"]
+    for size, systems in results["train"].items():
+        r = systems["fs2mini"]
+        console.print(f"efficiency {size.upper()}: fs2mini step {r['flops_per_s'] / 1e9:.1f} GFLOP/s of matmul "
+                      f"/ torch.mm fp32 peak {peak / 1e9:.1f} GFLOP/s = {r['mm_efficiency']:.0%}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "_worker":
+        job = json.loads(sys.argv[2])
+        print(json.dumps(WORKERS[job["kind"]](job)))
+    else:
+        cfg = tyro.cli(BenchConfig)
+        results = main(cfg)
+        cfg.output.parent.mkdir(parents=True, exist_ok=True)
+        cfg.output.write_text(json.dumps(results, indent=2) + "\n")
+        print_report(results)
+        print(f"results written to {cfg.output}")
