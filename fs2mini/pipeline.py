@@ -12,7 +12,7 @@ import random
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from fs2mini.errors import UserError
 
@@ -114,9 +114,10 @@ def chunk(items: Iterable[T], size: int) -> Iterator[list[T]]:
 
 
 def batch_by_max_tokens(
-    items: list[T], size_of: Callable[[T], int], max_tokens: int, skipped: Skipped
+    items: list[T], size_of: Callable[[T], int], max_tokens: int, skipped: Skipped,
+    *, sort_key: Callable[[T], Any] | None = None,
 ) -> list[list[T]]:
-    """Sort `items` by size and cut them into batches whose padded size stays within budget.
+    """Sort `items` (by `sort_key`, default by size) and cut them into batches within budget.
 
     The budget counts padding, like fairseq's `--max-tokens`: a batch costs
     `len(batch) * max(size_of(item))`. Sorting first keeps similar lengths together, which is
@@ -125,7 +126,7 @@ def batch_by_max_tokens(
     batches: list[list[T]] = []
     current: list[T] = []
     current_max = 0
-    for item in sorted(items, key=size_of):
+    for item in sorted(items, key=sort_key or size_of):
         size = size_of(item)
         if size > max_tokens:
             skipped.add("longer than max_tokens")

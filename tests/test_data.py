@@ -56,3 +56,23 @@ def test_collate_pads_and_shifts_targets():
     assert batch.target_output.tolist() == [[9, 7, EOS_ID, PAD_ID, PAD_ID], [9, 7, 8, 8, EOS_ID]]
     assert batch.target_lengths.tolist() == [3, 5] and batch.num_target_tokens == 8
     assert batch.source.dtype == torch.long
+
+
+def test_length_order_pads_less_than_sorting_by_the_longer_side():
+    import random
+
+    from fs2mini.data import length_order
+    from fs2mini.pipeline import Skipped, batch_by_max_tokens
+
+    rng = random.Random(0)
+    lengths = [(n, max(1, n + rng.randint(-8, 8))) for n in (rng.randint(3, 60) for _ in range(3000))]
+    examples = [([4] * s, [EOS_ID] * (t + 1)) for s, t in lengths]
+    size = lambda e: max(len(e[0]), len(e[1]) - 1)  # noqa: E731
+
+    def padding(sort_key) -> float:
+        batches = [collate(b, PAD_ID) for b in batch_by_max_tokens(examples, size, 512, Skipped(), sort_key=sort_key)]
+        assert sum(b.source.size(0) for b in batches) == len(examples)
+        return sum(b.padding_fraction * (b.source.numel() + b.target_input.numel()) for b in batches) / sum(
+            b.source.numel() + b.target_input.numel() for b in batches)
+
+    assert padding(length_order) < 0.75 * padding(None)
