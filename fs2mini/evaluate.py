@@ -1,0 +1,161 @@
+"""Score translations: BLEU and chrF with sacrebleu, and `python -m fs2mini.evaluate RUN_DIR --split test`.
+
+`score_translations` and `translate_and_score` are what a training loop calls to report BLEU during
+validation; the command line adds the teacher-forced loss and perplexity of the same split and
+writes sources, references, hypotheses and scores to files for a closer look. Scores use sacrebleu's
+`BLEU()` and `CHRF()` with their default settings (13a tokenisation, mixed case), and the
+signatures printed with them say exactly that, so numbers can be compared across papers and runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, get_args
+
+import tyro
+from sacrebleu.metrics import BLEU, CHRF
+
+from fs2mini.config import load_config
+from fs2mini.corpus import Split, read_pairs
+from fs2mini.data import Seq2SeqBatches
+from fs2mini.errors import UserError, exit_on_user_error
+from fs2mini.generation import GenerationConfig, check_generation_config
+from fs2mini.pipeline import Skipped
+from fs2mini.task import build_task
+from fs2mini.trainer import validate
+from fs2mini.translate import Translator, use_utf8
+
+
+@dataclass(frozen=True)
+class TranslationScores:
+    """Corpus-level scores and the sacrebleu signatures that say how they were computed."""
+
+    bleu: float
+    chrf: float
+    bleu_signature: str
+    chrf_signature: str
+
+
+def score_translations(hypotheses: Sequence[str], references: Sequence[str]) -> TranslationScores:
+    """Corpus BLEU and chrF of `hypotheses` against one reference each (sacrebleu defaults)."""
+    if len(hypotheses) != len(references):
+        raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references")
+    if not hypotheses:
+        raise ValueError("no translations to score")
+    bleu, chrf = BLEU(), CHRF()
+    bleu_score = bleu.corpus_score(list(hypotheses), [list(references)])
+    chrf_score = chrf.corpus_score(list(hypotheses), [list(references)])
+    return TranslationScores(bleu_score.score, chrf_score.score, str(bleu.get_signature()), str(chrf.get_signature()))
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What `translate_and_score` translated, what it produced, and the scores."""
+
+    sources: list[str]
+    references: list[str]
+    hypotheses: list[str]
+    scores: TranslationScores
+
+
+def translate_and_score(
+    translator: Translator, pairs: Sequence[tuple[str, str]], cfg: GenerationConfig, max_sentences: int | None = None
+) -> Evaluation:
+    """Translate the sources of the first `max_sentences` (source, reference) pairs (all if None) and score them."""
+    if max_sentences is not None and max_sentences <= 0:
+        raise UserError(f"--max-sentences must be a positive integer, got {max_sentences}")
+    pairs = list(pairs[:max_sentences] if max_sentences is not None else pairs)
+    if not pairs:
+        raise UserError("no sentence pairs to translate")
+    sources = [source for source, _ in pairs]
+    references = [reference for _, reference in pairs]
+    hypotheses = translator.translate(sources, cfg)
+    return Evaluation(sources, references, hypotheses, score_translations(hypotheses, references))
+
+
+@dataclass(frozen=True)
+class EvaluateArgs:
+    """Evaluate a run on one split: loss and perplexity (teacher-forced), BLEU and chrF (translated).
+
+    Writes the sources, references and hypotheses (one sentence per line, aligned) and a JSON file
+    with every score next to each other: by default RUN_DIR/eval/SPLIT.{src,ref,hyp,json}.
+    """
+
+    run_dir: tyro.conf.Positional[Path]
+    """Run directory written by python -m fs2mini.train."""
+    split: str = "test"
+    """Which split of the run's corpus: train, valid or test."""
+    max_sentences: int | None = None
+    """Translate only the first N pairs for BLEU/chrF (loss and perplexity always cover the whole split)."""
+    checkpoint: str | None = None
+    """Checkpoint file, or its name in RUN_DIR/checkpoints (best, step_00000600); default best.pt, else the newest step."""
+    device: str = "auto"
+    """cpu, cuda, cuda:N, or auto (CUDA when available)."""
+    output: Path | None = None
+    """Hypothesis file; .src, .ref and .json files go next to it. Default RUN_DIR/eval/SPLIT.hyp."""
+    generation: Annotated[GenerationConfig, tyro.conf.arg(name="")] = GenerationConfig()
+
+
+def evaluate(args: EvaluateArgs) -> dict:
+    """Run the evaluation described by `args`, print a report, write the files; returns the JSON record."""
+    splits = get_args(Split)
+    if args.split not in splits:
+        raise UserError(f"--split {args.split!r} is not a split; expected one of {', '.join(splits)}")
+    check_generation_config(args.generation)
+    output = args.output if args.output is not None else args.run_dir / "eval" / f"{args.split}.hyp"
+    if output.suffix in (".src", ".ref", ".json"):
+        raise UserError(f"--output {output} would be overwritten by the {output.suffix} file; expected e.g. {output.with_suffix('.hyp')}")
+    translator = Translator.from_run(args.run_dir, args.checkpoint, args.device)
+    cfg = load_config(args.run_dir / "config.json")
+    skipped = Skipped(cfg.data.strict)
+    pairs = list(read_pairs(cfg.data.corpus, args.split, skipped))
+    if not pairs:
+        raise UserError(f"the {args.split} split of {args.run_dir}'s corpus has no sentence pairs"
+                        + (f" (skipped: {skipped.summary()})" if skipped else ""))
+
+    batches = Seq2SeqBatches(cfg.data, args.split, translator.tokenizer, seed=0, shuffle=False)
+    losses = validate(translator.model, build_task(cfg.task, translator.tokenizer.vocab_info.pad_idx), batches,
+                      translator.device, "off")
+    result = translate_and_score(translator, pairs, args.generation, args.max_sentences)
+    scores = result.scores
+
+    paths = {suffix: output.with_suffix(suffix) for suffix in (".src", ".ref", ".hyp", ".json")}
+    record = {
+        "run_dir": str(args.run_dir), "checkpoint": str(translator.checkpoint_path), "step": translator.step,
+        "split": args.split, "pairs": len(pairs), "translated": len(result.hypotheses),
+        **losses, "bleu": scores.bleu, "chrf": scores.chrf,
+        "bleu_signature": scores.bleu_signature, "chrf_signature": scores.chrf_signature,
+        "generation": dataclasses.asdict(args.generation),
+    }
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        for suffix, lines in ((".src", result.sources), (".ref", result.references), (".hyp", result.hypotheses)):
+            paths[suffix].write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+        paths[".json"].write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    except OSError as err:
+        raise UserError(f"--output {output}: cannot write ({err.strerror}); expected a writable location") from None
+
+    print(f"run {args.run_dir} | checkpoint {translator.checkpoint_path} (step {translator.step}) | split {args.split}: {len(pairs)} pairs")
+    print(f"loss {losses['loss']:.4f}  nll {losses['nll']:.4f}  ppl {losses['ppl']:.3f}  "
+          f"(teacher-forced over {losses['tokens']} target tokens)")
+    print(f"BLEU {scores.bleu:.2f}  chrF {scores.chrf:.2f}  ({len(result.hypotheses)} sentences, beam {args.generation.beam_size})")
+    print(f"BLEU signature: {scores.bleu_signature}")
+    print(f"chrF signature: {scores.chrf_signature}")
+    print(f"wrote {paths['.hyp']} (and .src, .ref, .json next to it)")
+    return record
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = tyro.cli(EvaluateArgs, args=None if argv is None else list(argv))
+    with exit_on_user_error():
+        use_utf8(sys.stdout)
+        evaluate(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,290 @@
+"""Translate text with a trained run: the `Translator` API and `python -m fs2mini.translate RUN_DIR`.
+
+`Translator` pairs a model with its tokenizer and language pair. Build it from a run directory
+(`Translator.from_run`) or from objects already in memory (the trainer's model and tokenizer), then
+call it on strings; sentences are sorted by length into batches so padding stays small, and results
+come back in input order. The command line reads one sentence per line and prints one translation
+per line, so its output lines up with its input (an empty line gives an empty line).
+
+Sources longer than the model's `max_seq_len` are truncated to fit (keeping the language token and
+the final `</s>`), with a warning on stderr naming the line: one odd line should not stop a file.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, TextIO
+
+import torch
+import tyro
+
+from fs2mini.checkpoint import list_checkpoints, load_checkpoint
+from fs2mini.config import load_config
+from fs2mini.corpus import corpus_languages
+from fs2mini.errors import UserError, exit_on_user_error
+from fs2mini.generation import GenerationConfig, Hypothesis, check_generation_config, generate
+from fs2mini.model import EncoderDecoderModel, build_model
+from fs2mini.tokenizer import Tokenizer
+
+# Called with (index of the text, its length in tokens, the length it was cut to).
+TruncationCallback = Callable[[int, int, int], None]
+
+
+def warn_truncated(index: int, length: int, limit: int) -> None:
+    """The default `TruncationCallback`: one line on stderr, counting sentences from 1."""
+    print(f"warning: sentence {index + 1} has {length} tokens; truncated to the model's max_seq_len {limit}", file=sys.stderr)
+
+
+class Translator:
+    """Text in, text out: a model, its tokenizer and the language pair it was trained on."""
+
+    def __init__(
+        self,
+        model: EncoderDecoderModel,
+        tokenizer: Tokenizer,
+        source_lang: str,
+        target_lang: str,
+        *,
+        checkpoint_path: Path | None = None,
+        step: int | None = None,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.source_lang = source_lang
+        self.target_lang = target_lang
+        self.checkpoint_path = checkpoint_path
+        """The checkpoint the weights came from, when built by `from_run` (for reports)."""
+        self.step = step
+        """That checkpoint's training step, when known."""
+        vocab = tokenizer.vocab_info
+        self.eos_idx = vocab.eos_idx
+        # Pad and BOS never appear in a target; language tokens only as the forced prefix.
+        self.banned_ids = sorted({vocab.pad_idx, vocab.bos_idx, *tokenizer.lang_ids.values()})
+
+    @classmethod
+    def from_run(cls, run_dir: Path | str, checkpoint: str | None = None, device: str = "auto") -> Translator:
+        """Load `config.json`, `tokenizer.model` and a checkpoint (see `find_checkpoint`) of a run directory."""
+        run_dir = Path(run_dir)
+        if not run_dir.is_dir():
+            raise UserError(f"run directory {run_dir} does not exist; expected a directory written by python -m fs2mini.train")
+        cfg = load_config(run_dir / "config.json")
+        tokenizer_path = run_dir / "tokenizer.model"
+        if not tokenizer_path.is_file():
+            raise UserError(f"{tokenizer_path} does not exist; expected the tokenizer the run was trained with")
+        source_lang, target_lang = corpus_languages(cfg.data.corpus)
+        tokenizer = Tokenizer(tokenizer_path, (source_lang, target_lang))
+        path = find_checkpoint(run_dir, checkpoint)
+        torch_device = resolve_device(device)
+        state = load_checkpoint(path, map_location="cpu")
+        model = build_model(cfg.model, tokenizer.vocab_info)
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError as err:
+            lines = str(err).splitlines()
+            raise UserError(f"checkpoint {path} does not fit the model in {run_dir / 'config.json'}: "
+                            f"{(lines[1] if len(lines) > 1 else lines[0]).strip()}") from None
+        model.to(torch_device).eval()
+        step = state.get("step")
+        return cls(model, tokenizer, source_lang, target_lang, checkpoint_path=path, step=step if isinstance(step, int) else None)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def __call__(self, text: str, cfg: GenerationConfig = GenerationConfig()) -> str:
+        """The best translation of one sentence."""
+        return self.translate([text], cfg)[0]
+
+    def translate(self, texts: Sequence[str], cfg: GenerationConfig = GenerationConfig(),
+                  on_truncated: TruncationCallback = warn_truncated) -> list[str]:
+        """The best translation of each text, in input order; an empty (or blank) text gives ""."""
+        return [self.tokenizer.decode(hyps[0].tokens) for hyps in self.search(texts, cfg, on_truncated)]
+
+    def translate_nbest(self, texts: Sequence[str], cfg: GenerationConfig = GenerationConfig(),
+                        on_truncated: TruncationCallback = warn_truncated) -> list[list[tuple[str, float]]]:
+        """Up to `cfg.nbest` (translation, score) pairs per text, best first."""
+        return [[(self.tokenizer.decode(hyp.tokens), hyp.score) for hyp in hyps] for hyps in self.search(texts, cfg, on_truncated)]
+
+    def search(self, texts: Sequence[str], cfg: GenerationConfig = GenerationConfig(),
+               on_truncated: TruncationCallback = warn_truncated) -> list[list[Hypothesis]]:
+        """Hypotheses (token ids and scores) per text, in input order; blank texts get one empty hypothesis."""
+        check_generation_config(cfg)
+        results: list[list[Hypothesis]] = [[Hypothesis((), 0.0, ())] for _ in texts]
+        todo = [i for i, text in enumerate(texts) if text.strip()]
+        if not todo:
+            return results
+        sources = self.tokenizer.encode_source([texts[i].strip() for i in todo], self.source_lang)
+        limit = self.model.max_seq_len
+        for position, ids in enumerate(sources):
+            if len(ids) > limit:
+                on_truncated(todo[position], len(ids), limit)
+                sources[position] = ids[: limit - 1] + [self.eos_idx]
+        prefix = self.tokenizer.target_prefix(self.target_lang)
+        pad_idx = self.tokenizer.vocab_info.pad_idx
+        # Sorted by length, so each batch holds similar lengths and little padding.
+        order = sorted(range(len(sources)), key=lambda position: len(sources[position]))
+        for start in range(0, len(order), cfg.batch_size):
+            batch = order[start : start + cfg.batch_size]
+            source, source_lengths = pad_sources([sources[p] for p in batch], pad_idx, self.device)
+            found = generate(self.model, source, source_lengths, prefix, cfg, eos_idx=self.eos_idx, banned_ids=self.banned_ids)
+            for position, hyps in zip(batch, found):
+                results[todo[position]] = hyps
+        return results
+
+
+def pad_sources(sources: Sequence[list[int]], pad_idx: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(batch, longest) padded ids and (batch,) lengths, on `device`."""
+    longest = max(map(len, sources))
+    source = torch.tensor([ids + [pad_idx] * (longest - len(ids)) for ids in sources], dtype=torch.long)
+    lengths = torch.tensor([len(ids) for ids in sources], dtype=torch.long)
+    return source.to(device), lengths.to(device)
+
+
+def find_checkpoint(run_dir: Path, checkpoint: str | None) -> Path:
+    """`--checkpoint` as a path or a name in RUN_DIR/checkpoints; by default best.pt, else the newest step."""
+    directory = run_dir / "checkpoints"
+    if checkpoint is not None:
+        for candidate in (Path(checkpoint), directory / checkpoint, directory / f"{checkpoint}.pt"):
+            if candidate.is_file():
+                return candidate
+        names = sorted(p.name for p in directory.glob("*.pt")) if directory.is_dir() else []
+        raise UserError(f"--checkpoint {checkpoint}: no such file, nor in {directory}; "
+                        f"expected a path or one of: {', '.join(names) or 'no checkpoints there'}")
+    best = directory / "best.pt"
+    if best.is_file():
+        return best
+    steps = list_checkpoints(directory)
+    if not steps:
+        raise UserError(f"no checkpoint in {directory}; train the run first (python -m fs2mini.train --output-dir {run_dir}) "
+                        "or pass --checkpoint PATH")
+    return steps[-1]
+
+
+def resolve_device(name: str) -> torch.device:
+    """`--device` value → a usable device (auto = CUDA when available)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name!r} is not a device; expected cpu, cuda, cuda:N or auto") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available on this machine; use cpu or auto")
+    return device
+
+
+@dataclass(frozen=True)
+class TranslateArgs:
+    """Translate one sentence per line (stdin or --input) to one line per translation on stdout.
+
+    Empty input lines give empty output lines. Lines longer than the model's max_seq_len are
+    truncated with a warning on stderr. With --nbest N > 1 each input line gives N lines (fewer only
+    if the search found fewer) of the form `LINE_NUMBER<TAB>SCORE<TAB>TRANSLATION`, best first.
+    On a terminal, without --input, it prompts and translates each line as it is entered.
+    """
+
+    run_dir: tyro.conf.Positional[Path]
+    """Run directory written by python -m fs2mini.train."""
+    input: Path | None = None
+    """UTF-8 text file with one sentence per line; default stdin."""
+    checkpoint: str | None = None
+    """Checkpoint file, or its name in RUN_DIR/checkpoints (best, step_00000600); default best.pt, else the newest step."""
+    device: str = "auto"
+    """cpu, cuda, cuda:N, or auto (CUDA when available)."""
+    generation: Annotated[GenerationConfig, tyro.conf.arg(name="")] = GenerationConfig()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = tyro.cli(TranslateArgs, args=None if argv is None else list(argv))
+    with exit_on_user_error():
+        check_generation_config(args.generation)
+        translator = Translator.from_run(args.run_dir, args.checkpoint, args.device)
+        try:
+            use_utf8(sys.stdout)
+            if args.input is None:
+                use_utf8(sys.stdin)
+                if sys.stdin.isatty():
+                    _interactive(translator, args.generation)
+                else:
+                    _translate_stream(translator, sys.stdin, "stdin", args.generation)
+            else:
+                try:
+                    handle = args.input.open(encoding="utf-8")
+                except OSError as err:
+                    raise UserError(f"--input {args.input}: {err.strerror}; expected a readable text file") from None
+                with handle:
+                    _translate_stream(translator, handle, str(args.input), args.generation)
+        except BrokenPipeError:
+            # The reader went away (e.g. `| head`): stop quietly, as command-line tools do.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(141)
+
+
+def use_utf8(stream: TextIO) -> None:
+    """Read and write UTF-8 whatever the locale says (a C locale would otherwise fail on accents)."""
+    reconfigure = getattr(stream, "reconfigure", None)  # absent on test doubles such as io.StringIO
+    if reconfigure is not None:
+        reconfigure(encoding="utf-8")
+
+
+def _translate_stream(translator: Translator, handle: TextIO, name: str, cfg: GenerationConfig) -> None:
+    """Translate a chunk of lines at a time, so output starts early and memory stays bounded."""
+    chunk_lines = cfg.batch_size * 16
+    first_line = 1
+    for chunk in _chunks(_lines(handle, name), chunk_lines):
+        _print_translations(translator, chunk, first_line, cfg)
+        first_line += len(chunk)
+
+
+def _lines(handle: TextIO, name: str) -> Iterator[str]:
+    line_number = 0
+    try:
+        for line_number, line in enumerate(handle, start=1):
+            yield line.rstrip("\r\n")
+    except UnicodeDecodeError:
+        raise UserError(f"{name}: line {line_number + 1} is not valid UTF-8; expected UTF-8 text") from None
+
+
+def _chunks(items: Iterable[str], size: int) -> Iterator[list[str]]:
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
+
+
+def _print_translations(translator: Translator, lines: list[str], first_line: int, cfg: GenerationConfig) -> None:
+    def warn(index: int, length: int, limit: int) -> None:
+        print(f"warning: line {first_line + index} has {length} tokens; truncated to the model's max_seq_len {limit}",
+              file=sys.stderr)
+
+    if cfg.nbest == 1:
+        for text in translator.translate(lines, cfg, on_truncated=warn):
+            print(text)
+    else:
+        for index, hyps in enumerate(translator.translate_nbest(lines, cfg, on_truncated=warn)):
+            for text, score in hyps:
+                print(f"{first_line + index}\t{score:.4f}\t{text}")
+    sys.stdout.flush()
+
+
+def _interactive(translator: Translator, cfg: GenerationConfig) -> None:
+    """Prompt on stderr, translate each line as it is entered, stop at end of input (Ctrl-D)."""
+    print(f"Translating {translator.source_lang}→{translator.target_lang} with {translator.checkpoint_path}; "
+          "one sentence per line, Ctrl-D to quit.", file=sys.stderr)
+    line_number = 0
+    while True:
+        print("> ", end="", file=sys.stderr, flush=True)
+        line = sys.stdin.readline()
+        if not line:
+            print(file=sys.stderr)
+            return
+        line_number += 1
+        _print_translations(translator, [line.rstrip("\r\n")], line_number, cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""Evaluation: sacrebleu scores with signatures, the evaluate CLI's report and files, clean errors."""
+
+import json
+import shutil
+
+import pytest
+
+from fs2mini.evaluate import main, score_translations, translate_and_score
+from fs2mini.generation import GenerationConfig
+from fs2mini.translate import Translator
+
+
+def test_scores_and_signatures_use_sacrebleu_defaults():
+    perfect = score_translations(["the cat sat .", "a dog"], ["the cat sat .", "a dog"])
+    assert perfect.bleu == pytest.approx(100.0) and perfect.chrf == pytest.approx(100.0)
+    assert "nrefs:1" in perfect.bleu_signature and "tok:13a" in perfect.bleu_signature
+    assert "nrefs:1" in perfect.chrf_signature
+    assert score_translations(["x y z w"], ["the cat sat ."]).bleu < 1.0
+    with pytest.raises(ValueError):
+        score_translations(["a"], ["a", "b"])
+
+
+def test_translate_and_score_takes_the_first_max_sentences(trained_reversal_run):
+    translator = Translator.from_run(trained_reversal_run, device="cpu")
+    pairs = [("a b c", "c b a"), ("k j i h", "h i j k"), ("h i", "i h")]
+    result = translate_and_score(translator, pairs, GenerationConfig(beam_size=2), max_sentences=2)
+    assert result.sources == ["a b c", "k j i h"] and result.references == ["c b a", "h i j k"]
+    assert len(result.hypotheses) == 2 and result.hypotheses[0] == "c b a"
+    assert result.scores == score_translations(result.hypotheses, result.references)
+
+
+def test_cli_reports_loss_ppl_bleu_chrf_and_writes_aligned_files(trained_reversal_run, tmp_path, capsys):
+    output = tmp_path / "out" / "test.hyp"
+    main([str(trained_reversal_run), "--split", "test", "--beam-size", "2", "--output", str(output)])
+    report = capsys.readouterr().out
+    for field in ("loss", "ppl", "BLEU", "chrF", "BLEU signature: nrefs:1", "chrF signature: nrefs:1"):
+        assert field in report
+    record = json.loads(output.with_suffix(".json").read_text())
+    assert record["split"] == "test" and record["step"] == 600 and record["generation"]["beam_size"] == 2
+    assert record["bleu"] > 90 and record["chrf"] > 90 and record["loss"] < 0.2 and record["ppl"] < 1.2
+    sources, references, hypotheses = (output.with_suffix(s).read_text().splitlines() for s in (".src", ".ref", ".hyp"))
+    assert len(sources) == len(references) == len(hypotheses) == record["pairs"] == record["translated"] > 0
+    assert references[0] == " ".join(reversed(sources[0].split()))
+
+
+def test_cli_writes_under_the_run_directory_by_default(trained_reversal_run, capsys):
+    main([str(trained_reversal_run), "--split", "valid", "--beam-size", "1", "--max-sentences", "5"])
+    assert len((trained_reversal_run / "eval" / "valid.hyp").read_text().splitlines()) == 5
+    assert json.loads((trained_reversal_run / "eval" / "valid.json").read_text())["translated"] == 5
+
+
+def run_main(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    return exit_info.value.code, capsys.readouterr().err
+
+
+def test_unknown_split_is_a_one_line_error(trained_reversal_run, capsys):
+    code, err = run_main([str(trained_reversal_run), "--split", "dev"], capsys)
+    assert code == 2 and err == "error: --split 'dev' is not a split; expected one of train, valid, test\n"
+
+
+def test_missing_run_is_a_one_line_error(tmp_path, capsys):
+    code, err = run_main([str(tmp_path / "nope"), "--split", "test"], capsys)
+    assert code == 2 and err.startswith("error: run directory") and err.count("\n") == 1
+
+
+def test_empty_split_is_a_one_line_error(trained_reversal_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(trained_reversal_run, run, ignore=shutil.ignore_patterns("eval"))
+    config = json.loads((run / "config.json").read_text())
+    config["data"]["corpus"]["test_percent"] = 0.0
+    (run / "config.json").write_text(json.dumps(config))
+    code, err = run_main([str(run), "--split", "test"], capsys)
+    assert code == 2 and "test split" in err and "no sentence pairs" in err and err.count("\n") == 1

@@ -1,0 +1,167 @@
+"""Generation: cached decoding is exact, beam 1 is greedy, beams are sorted and distinct, limits hold."""
+
+import pytest
+import torch
+
+from fs2mini.errors import UserError
+from fs2mini.generation import (GenerationConfig, beam_search, check_generation_config, generate, greedy_search,
+                                max_output_lengths)
+from fs2mini.model import EncoderDecoderModel, ModelConfig, build_model
+from fs2mini.tokenizer import VocabInfo
+
+VOCAB = VocabInfo(size=40, pad_idx=0, bos_idx=2, eos_idx=3, unk_idx=1)
+LANG_IDS = (4, 5)  # stand-ins for __eng__ and __fra__
+PREFIX = (3, 5)  # </s> __fra__
+BANNED = (0, 2, *LANG_IDS)
+
+
+def tiny_model(seed=0, max_seq_len=1024):
+    torch.manual_seed(seed)
+    cfg = ModelConfig(model_dim=32, max_seq_len=max_seq_len, num_encoder_layers=2, num_decoder_layers=2,
+                      num_encoder_attn_heads=4, num_decoder_attn_heads=4, ffn_inner_dim=64, dropout_p=0.1)
+    return build_model(cfg, VOCAB).eval()
+
+
+def source_batch(lengths, seed=0):
+    """(batch, longest) `__eng__ tokens </s>` rows padded with 0, and their lengths."""
+    generator = torch.Generator().manual_seed(seed)
+    longest = max(lengths)
+    source = torch.zeros((len(lengths), longest), dtype=torch.long)
+    for row, length in enumerate(lengths):
+        source[row, 0] = LANG_IDS[0]
+        source[row, 1 : length - 1] = torch.randint(6, VOCAB.size, (length - 2,), generator=generator)
+        source[row, length - 1] = VOCAB.eos_idx
+    return source, torch.tensor(lengths)
+
+
+def bias_logits(model, bias):
+    """Make `model.project` add `bias` (vocab,) to every logit: steers a random model towards or away from tokens."""
+    model.project = lambda hidden: EncoderDecoderModel.project(model, hidden) + bias
+    return model
+
+
+def teacher_forced_log_probs(model, source, length, tokens):
+    """Log-probs of `tokens` then </s> after the prefix, recomputed without cache for one unpadded sentence."""
+    target = torch.tensor([[*PREFIX, *tokens]])
+    with torch.no_grad():
+        lprobs = torch.log_softmax(model(source[None, :length], torch.tensor([length]), target).float(), dim=-1)
+    expected = torch.tensor([*tokens, VOCAB.eos_idx])
+    return lprobs[0, len(PREFIX) - 1 :].gather(1, expected[:, None]).squeeze(1)
+
+
+def test_cached_decoding_gives_the_log_probs_of_full_recomputation():
+    model = tiny_model()
+    source, lengths = source_batch([9, 4, 6])
+    encoder_out, encoder_mask = model.encode(source, lengths)
+    state = model.new_decoder_state()
+    target = torch.tensor(PREFIX).expand(3, -1)
+    step_input, cached = target, []
+    with torch.no_grad():
+        for _ in range(8):  # greedy, feeding only the new token each time
+            lprobs = torch.log_softmax(model.project(model.decode(step_input, encoder_out, encoder_mask, state)[:, -1]), -1)
+            cached.append(lprobs)
+            step_input = lprobs.argmax(-1, keepdim=True)
+            target = torch.cat([target, step_input], dim=1)
+        full = torch.log_softmax(model(source, lengths, target[:, :-1]), -1)  # (batch, 9, vocab)
+    torch.testing.assert_close(torch.stack(cached, dim=1), full[:, len(PREFIX) - 1 :], atol=1e-5, rtol=0)
+
+
+def test_greedy_positional_scores_match_unbatched_recomputation():
+    model = bias_logits(tiny_model(), torch.zeros(VOCAB.size).index_fill(0, torch.tensor([VOCAB.eos_idx]), 3.0))
+    source, lengths = source_batch([9, 3, 6, 12, 5])
+    max_lens = max_output_lengths(lengths, 1.2, 10, model.max_seq_len - len(PREFIX))
+    hyps = greedy_search(model, source, lengths, PREFIX, max_lens, 1.0, eos_idx=VOCAB.eos_idx, banned_ids=BANNED)
+    assert len({len(h.tokens) for h in hyps}) > 1, "sentences should end at different steps"
+    for row, hyp in enumerate(hyps):
+        expected = teacher_forced_log_probs(model, source[row], int(lengths[row]), hyp.tokens)
+        torch.testing.assert_close(torch.tensor(hyp.positional_scores), expected, atol=1e-5, rtol=0)
+        assert hyp.score == pytest.approx(sum(hyp.positional_scores) / (len(hyp.tokens) + 1))
+
+
+@pytest.mark.parametrize("seed,eos_bias", [(0, 0.0), (1, 2.0), (2, 4.0)])
+def test_beam_size_1_gives_exactly_greedy_tokens(seed, eos_bias):
+    model = bias_logits(tiny_model(seed), torch.zeros(VOCAB.size).index_fill(0, torch.tensor([VOCAB.eos_idx]), eos_bias))
+    source, lengths = source_batch([9, 3, 6, 12, 5, 7], seed=seed)
+    max_lens = max_output_lengths(lengths, 1.2, 10, model.max_seq_len - len(PREFIX))
+    greedy = greedy_search(model, source, lengths, PREFIX, max_lens, 1.0, eos_idx=VOCAB.eos_idx, banned_ids=BANNED)
+    beam = beam_search(model, source, lengths, PREFIX, max_lens, 1, 1.0, eos_idx=VOCAB.eos_idx, banned_ids=BANNED)
+    assert [h.tokens for h in greedy] == [hyps[0].tokens for hyps in beam]
+    assert [h.score for h in greedy] == pytest.approx([hyps[0].score for hyps in beam], abs=1e-5)
+
+
+def test_beam_search_returns_nbest_distinct_hypotheses_sorted_by_score_with_exact_scores():
+    model = bias_logits(tiny_model(3), torch.zeros(VOCAB.size).index_fill(0, torch.tensor([VOCAB.eos_idx]), 2.0))
+    source, lengths = source_batch([9, 3, 6, 12], seed=3)
+    cfg = GenerationConfig(beam_size=4, nbest=4, len_penalty=1.0)
+    found = generate(model, source, lengths, PREFIX, cfg, eos_idx=VOCAB.eos_idx, banned_ids=BANNED)
+    assert len(found) == 4
+    for row, hyps in enumerate(found):
+        assert len(hyps) == 4
+        assert len({h.tokens for h in hyps}) == 4
+        assert [h.score for h in hyps] == sorted((h.score for h in hyps), reverse=True)
+        for hyp in hyps:  # the cache followed the beams: scores equal a fresh teacher-forced pass
+            expected = teacher_forced_log_probs(model, source[row], int(lengths[row]), hyp.tokens)
+            torch.testing.assert_close(torch.tensor(hyp.positional_scores), expected, atol=1e-5, rtol=0)
+            assert hyp.score == pytest.approx(sum(hyp.positional_scores) / (len(hyp.tokens) + 1), abs=1e-5)
+
+
+def test_beam_search_finds_at_least_the_greedy_score_on_average():
+    model = tiny_model(4)
+    source, lengths = source_batch([7, 8, 9, 10, 11, 12], seed=4)
+    greedy = generate(model, source, lengths, PREFIX, GenerationConfig(beam_size=1), eos_idx=3, banned_ids=BANNED)
+    beam = generate(model, source, lengths, PREFIX, GenerationConfig(beam_size=5), eos_idx=3, banned_ids=BANNED)
+    assert sum(h[0].score for h in beam) >= sum(h[0].score for h in greedy)
+
+
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_pad_bos_and_language_tokens_are_never_generated(beam_size):
+    bias = torch.zeros(VOCAB.size)
+    bias[list(BANNED)] = 50.0  # the model would pick them at every step if they were allowed
+    model = bias_logits(tiny_model(), bias)
+    source, lengths = source_batch([5, 8])
+    cfg = GenerationConfig(beam_size=beam_size, nbest=beam_size, max_len_a=1.0, max_len_b=4)
+    for hyps in generate(model, source, lengths, PREFIX, cfg, eos_idx=VOCAB.eos_idx, banned_ids=BANNED):
+        for hyp in hyps:
+            assert hyp.tokens and not set(hyp.tokens) & set(BANNED)
+
+
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_eos_is_allowed_from_the_first_step(beam_size):
+    bias = torch.zeros(VOCAB.size).index_fill(0, torch.tensor([VOCAB.eos_idx]), 50.0)
+    model = bias_logits(tiny_model(), bias)
+    source, lengths = source_batch([5, 8])
+    found = generate(model, source, lengths, PREFIX, GenerationConfig(beam_size=beam_size), eos_idx=3, banned_ids=BANNED)
+    assert [hyps[0].tokens for hyps in found] == [(), ()]
+
+
+@pytest.mark.parametrize("beam_size", [1, 4])
+def test_outputs_stop_at_their_maximum_length_and_the_model_limit(beam_size):
+    bias = torch.zeros(VOCAB.size).index_fill(0, torch.tensor([VOCAB.eos_idx]), -50.0)  # never ends by itself
+    model = bias_logits(tiny_model(max_seq_len=14), bias)
+    source, lengths = source_batch([3, 6, 14])
+    cfg = GenerationConfig(beam_size=beam_size, nbest=beam_size, max_len_a=0.5, max_len_b=3)
+    found = generate(model, source, lengths, PREFIX, cfg, eos_idx=VOCAB.eos_idx, banned_ids=BANNED)
+    # int(0.5 * source_len + 3): 4, 6 and 10 tokens, all within max_seq_len 14 - prefix 2 = 12
+    assert [[len(h.tokens) for h in hyps] for hyps in found] == [[n] * beam_size for n in (4, 6, 10)]
+    capped = GenerationConfig(beam_size=beam_size, nbest=1, max_len_a=2.0, max_len_b=3)
+    found = generate(model, source, lengths, PREFIX, capped, eos_idx=VOCAB.eos_idx, banned_ids=BANNED)
+    assert [len(hyps[0].tokens) for hyps in found] == [9, 12, 12]  # 2 * 6 + 3 = 15 and 31 are capped at 12
+
+
+def test_generate_restores_training_mode():
+    model = tiny_model().train()
+    source, lengths = source_batch([5])
+    generate(model, source, lengths, PREFIX, GenerationConfig(beam_size=2), eos_idx=3, banned_ids=BANNED)
+    assert model.training
+
+
+@pytest.mark.parametrize("cfg,flag", [
+    (GenerationConfig(beam_size=0), "--beam-size"),
+    (GenerationConfig(beam_size=2, nbest=3), "--nbest"),
+    (GenerationConfig(batch_size=0), "--batch-size"),
+    (GenerationConfig(max_len_a=-1.0), "--max-len-a"),
+    (GenerationConfig(max_len_a=0.0, max_len_b=0), "--max-len-a"),
+])
+def test_bad_generation_settings_are_rejected_with_the_flag(cfg, flag):
+    with pytest.raises(UserError, match=flag):
+        check_generation_config(cfg)
