@@ -161,7 +161,7 @@ class SelfAttention(nn.Module):
         batch, seq_len, model_dim = x.shape
         # (3, batch, heads, seq_len, head_dim)
         qkv = self.qkv_proj(x).view(batch, seq_len, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]
+        q, k, v = qkv.unbind(0)  # unbind, not qkv[i]: its backward is one stack, not 3 zero-filled buffers
         if cache is not None:
             past = cache[layer_index]
             if past is not None:
@@ -207,7 +207,7 @@ class EncoderDecoderAttention(nn.Module):
             src_len = encoder_out.size(1)
             # (2, batch, heads, src_len, head_dim)
             kv_all = self.kv_proj(encoder_out).view(batch, src_len, 2, self.num_heads, -1).permute(2, 0, 3, 1, 4)
-            kv = (kv_all[0], kv_all[1])
+            kv = tuple(kv_all.unbind(0))
             if cache is not None:
                 cache[layer_index] = kv
         out = F.scaled_dot_product_attention(
