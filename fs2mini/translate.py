@@ -183,8 +183,8 @@ class TranslateArgs:
     """Translate one sentence per line (stdin or --input) to one line per translation on stdout.
 
     Empty input lines give empty output lines. Lines longer than the model's max_seq_len are
-    truncated with a warning on stderr. With --nbest N > 1 each input line gives N lines (fewer only
-    if the search found fewer) of the form `LINE_NUMBER<TAB>SCORE<TAB>TRANSLATION`, best first.
+    truncated with a warning on stderr. With --nbest N > 1 each input line gives N lines of the form
+    `LINE_NUMBER<TAB>SCORE<TAB>TRANSLATION`, best first (an empty input line gives one, with score 0).
     On a terminal, without --input, it prompts and translates each line as it is entered.
     """
 
