@@ -200,29 +200,32 @@ class TranslateArgs:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = tyro.cli(TranslateArgs, args=None if argv is None else list(argv))
+    try:
+        _run(tyro.cli(TranslateArgs, args=None if argv is None else list(argv)))
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`): stop quietly, as command-line tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)
+
+
+def _run(args: TranslateArgs) -> None:
     with exit_on_user_error():
         check_generation_config(args.generation)
         translator = Translator.from_run(args.run_dir, args.checkpoint, args.device)
-        try:
-            use_utf8(sys.stdout)
-            if args.input is None:
-                use_utf8(sys.stdin)
-                if sys.stdin.isatty():
-                    _interactive(translator, args.generation)
-                else:
-                    _translate_stream(translator, sys.stdin, "stdin", args.generation)
+        use_utf8(sys.stdout)
+        if args.input is None:
+            use_utf8(sys.stdin)
+            if sys.stdin.isatty():
+                _interactive(translator, args.generation)
             else:
-                try:
-                    handle = args.input.open(encoding="utf-8")
-                except OSError as err:
-                    raise UserError(f"--input {args.input}: {err.strerror}; expected a readable text file") from None
-                with handle:
-                    _translate_stream(translator, handle, str(args.input), args.generation)
-        except BrokenPipeError:
-            # The reader went away (e.g. `| head`): stop quietly, as command-line tools do.
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            sys.exit(141)
+                _translate_stream(translator, sys.stdin, "stdin", args.generation)
+        else:
+            try:
+                handle = args.input.open(encoding="utf-8")
+            except OSError as err:
+                raise UserError(f"--input {args.input}: {err.strerror}; expected a readable text file") from None
+            with handle:
+                _translate_stream(translator, handle, str(args.input), args.generation)
 
 
 def use_utf8(stream: TextIO) -> None:

