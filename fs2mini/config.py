@@ -52,6 +52,12 @@ class TrainerConfig:
     """Under torchrun: ddp replicates the model, fsdp shards it per layer (FSDP2); none = single process only."""
     autocast: Literal["auto", "bf16", "off"] = "auto"
     """bf16 autocast: auto = on CUDA only (bf16 matmuls are slow on most CPUs)."""
+    valid_translate_sentences: int = 100
+    """Validation also translates the first N validation sentences and logs BLEU/chrF (0 = loss only)."""
+    valid_beam_size: int = 1
+    """Beam size of that validation decoding (1 = greedy, the fastest)."""
+    best_metric: Literal["loss", "bleu"] = "loss"
+    """Validation metric that decides checkpoints/best.pt (lowest loss or highest BLEU)."""
     max_bad_steps: int = 5
     """Stop after this many consecutive updates with a non-finite loss or gradient (each is skipped)."""
     progress: Literal["auto", "bar", "lines"] = "auto"

@@ -27,8 +27,8 @@ from fs2mini.errors import UserError, exit_on_user_error
 from fs2mini.generation import GenerationConfig, check_generation_config
 from fs2mini.pipeline import Skipped
 from fs2mini.task import build_task
-from fs2mini.trainer import validate
 from fs2mini.translate import Translator, use_utf8
+from fs2mini.validation import validate
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ position inside the epoch and RNG states), so rerunning the same command continu
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
 import random
@@ -23,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from fs2mini.checkpoint import (
     checkpoint_path,
@@ -34,8 +32,8 @@ from fs2mini.checkpoint import (
     save_atomically,
 )
 from fs2mini.config import TrainConfig, TrainerConfig, config_to_json, incompatible_fields, load_config, save_config
-from fs2mini.corpus import corpus_languages, describe_corpus, training_sentences
-from fs2mini.data import Seq2SeqBatch, Seq2SeqBatches, check_data_config, collate
+from fs2mini.corpus import corpus_languages, describe_corpus, read_pairs, training_sentences
+from fs2mini.data import Seq2SeqBatch, Seq2SeqBatches, check_data_config
 from fs2mini.distributed import (
     DistEnv,
     all_reduce_max,
@@ -46,23 +44,22 @@ from fs2mini.distributed import (
     init_distributed,
     load_optimizer_state,
     shutdown,
+    unwrap,
     wrap_model,
 )
 from fs2mini.errors import RunStopped, UserError
+from fs2mini.evaluate import translate_and_score
+from fs2mini.generation import GenerationConfig
 from fs2mini.metrics import MetricsLog, ProgressDisplay
 from fs2mini.pipeline import Skipped
 from fs2mini.model import build_model, check_model_config
 from fs2mini.optim import build_lr_schedule, build_optimizer, check_lr_scheduler_config, check_optimizer_config
 from fs2mini.task import Seq2Seq, TaskConfig, build_task, check_task_config
-from fs2mini.tokenizer import EOS_ID, PAD_ID, Tokenizer, load_or_train_tokenizer
+from fs2mini.tokenizer import Tokenizer, load_or_train_tokenizer
+from fs2mini.translate import Translator
+from fs2mini.validation import autocast_for, validate
 
 TaskBuilder = Callable[[TaskConfig, int], Seq2Seq]
-
-
-def autocast_for(device: torch.device, mode: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA by default; on CPU only when asked (it is slower there)."""
-    enabled = mode == "bf16" or (mode == "auto" and device.type == "cuda")
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
 def check_trainer_config(cfg: TrainerConfig) -> None:
@@ -74,6 +71,7 @@ def check_trainer_config(cfg: TrainerConfig) -> None:
         ("--trainer.keep-last-checkpoints", cfg.keep_last_checkpoints),
         ("--trainer.log-every", cfg.log_every),
         ("--trainer.max-bad-steps", cfg.max_bad_steps),
+        ("--trainer.valid-beam-size", cfg.valid_beam_size),
     ]:
         if value <= 0:
             raise UserError(f"{flag} must be a positive integer, got {value}")
@@ -81,6 +79,10 @@ def check_trainer_config(cfg: TrainerConfig) -> None:
         raise UserError(f"--trainer.max-epochs must be a positive integer, got {cfg.max_epochs}")
     if cfg.max_grad_norm < 0:
         raise UserError(f"--trainer.max-grad-norm must be >= 0, got {cfg.max_grad_norm}")
+    if cfg.valid_translate_sentences < 0:
+        raise UserError(f"--trainer.valid-translate-sentences must be >= 0, got {cfg.valid_translate_sentences}")
+    if cfg.best_metric == "bleu" and cfg.valid_translate_sentences == 0:
+        raise UserError("--trainer.best-metric bleu needs --trainer.valid-translate-sentences > 0")
 
 
 def check_config(cfg: TrainConfig) -> None:
@@ -112,38 +114,6 @@ def epoch_batches(batches: Seq2SeqBatches, epoch: int, skip: int) -> Iterator[tu
     for position, batch in enumerate(batches.iter_epoch(epoch), start=1):
         if position > skip:
             yield position, batch
-
-
-@torch.no_grad()
-def validate(model: nn.Module, task: Seq2Seq, batches: Seq2SeqBatches, device: torch.device, autocast_mode: str,
-             env: DistEnv = DistEnv()) -> dict[str, float]:
-    """Loss (the training objective) and NLL/perplexity per target token over the whole split.
-
-    Under torchrun each rank evaluates its shard and the sums are all-reduced. Ranks with fewer
-    batches repeat a forward pass whose result is discarded, because FSDP needs every rank to run
-    the same number of forward passes.
-    """
-    model.eval()
-    own = list(batches)
-    rounds = all_reduce_max(len(own), env, device)
-    filler = own[0] if own else collate([([EOS_ID], [EOS_ID, EOS_ID])], PAD_ID)
-    loss_sum = nll_sum = 0.0
-    tokens = 0
-    for index in range(rounds):
-        batch = (own[index] if index < len(own) else filler).to(device)
-        with autocast_for(device, autocast_mode):
-            loss, num_tokens = task.compute_loss(model, batch)
-            nll, _ = task.compute_nll(model, batch)
-        if index < len(own):
-            loss_sum += float(loss)
-            nll_sum += float(nll)
-            tokens += num_tokens
-    model.train()
-    loss_sum, nll_sum, tokens = all_reduce_sum([loss_sum, nll_sum, tokens], env, device)
-    if tokens == 0:
-        raise UserError(f"the {batches.split} split has no usable sentence pairs (skipped: {batches.skipped.summary() or 'nothing'})")
-    nll_per_token = nll_sum / tokens
-    return {"loss": loss_sum / tokens, "nll": nll_per_token, "ppl": math.exp(min(nll_per_token, 100.0)), "tokens": int(tokens)}
 
 
 def _prepare_run_dir(run_dir: Path) -> None:
@@ -194,7 +164,9 @@ def train(cfg: TrainConfig, make_task: TaskBuilder = build_task) -> Path:
     check_config(cfg)
     env, device = init_distributed(cfg.trainer.device)
     try:
-        return _train(cfg, make_task, env, device)
+        run_dir = _train(cfg, make_task, env, device)
+        barrier(env)  # leave together: a rank tearing down Gloo while a peer still talks to it aborts
+        return run_dir
     except RuntimeError as err:
         # Another rank died (that rank prints its own error): say so in one line, not a traceback.
         if not (env.active and (isinstance(err, torch.distributed.DistError) or "closed by peer" in str(err))):
@@ -226,7 +198,7 @@ def _train(cfg: TrainConfig, make_task: TaskBuilder, env: DistEnv, device: torch
     model = build_model(cfg.model, tokenizer.vocab_info).to(device)
     num_parameters = model.num_parameters()
 
-    step, epoch, position = 0, 0, 0
+    step, epoch, position, best_value = 0, 0, 0, None
     if checkpoint is not None:
         try:
             model.load_state_dict(checkpoint["model"])
@@ -234,6 +206,7 @@ def _train(cfg: TrainConfig, make_task: TaskBuilder, env: DistEnv, device: torch
             first_problem = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
             raise UserError(f"the checkpoint in {run_dir / 'checkpoints'} does not fit the configured model: {first_problem}") from None
         step, epoch, position = checkpoint["step"], checkpoint["epoch"], checkpoint["position"]
+        best_value = checkpoint["best_value"]
     model = wrap_model(model, tc.data_parallel, env, device)
     task = make_task(cfg.task, tokenizer.vocab_info.pad_idx)
     optimizer = build_optimizer(cfg.optimizer, model.parameters())
@@ -261,13 +234,37 @@ def _train(cfg: TrainConfig, make_task: TaskBuilder, env: DistEnv, device: torch
         if metrics is not None:
             metrics.write(record)
 
-    def validate_and_log() -> None:
-        result = validate(model, task, valid_batches, device, tc.autocast, env)
-        log({"step": step, "split": "valid", **result})
-        display.message(f"valid step {step}: loss {result['loss']:.3f}  nll {result['nll']:.3f}  ppl {result['ppl']:.2f}")
+    # Translating needs whole parameters: with FSDP they are sharded, so only the loss is validated.
+    translate_in_validation = tc.valid_translate_sentences > 0 and not (env.active and tc.data_parallel == "fsdp")
+    if tc.best_metric == "bleu" and not translate_in_validation:
+        raise UserError("--trainer.best-metric bleu is not available with --trainer.data-parallel fsdp; use loss")
+    valid_pairs = list(itertools.islice(read_pairs(cfg.data.corpus, "valid", Skipped()), tc.valid_translate_sentences))
+    translator = Translator(unwrap(model), tokenizer, *langs)
+    generation = GenerationConfig(beam_size=tc.valid_beam_size)
 
-    def save() -> None:
-        _save(run_dir, cfg, model, optimizer, step, epoch, position, device, env)
+    def validate_and_log() -> dict[str, float]:
+        result = validate(model, task, valid_batches, device, tc.autocast, env)
+        if translate_in_validation:
+            # Rank 0 translates (the unwrapped replica, no collectives); the scores reach every rank.
+            scores = translate_and_score(translator, valid_pairs, generation).scores if env.is_main else None
+            bleu, chrf = all_reduce_sum([scores.bleu, scores.chrf] if scores else [0.0, 0.0], env, device)
+            result.update(bleu=bleu, chrf=chrf)
+        log({"step": step, "split": "valid", **result})
+        display.message(
+            f"valid step {step}: loss {result['loss']:.3f}  nll {result['nll']:.3f}  ppl {result['ppl']:.2f}"
+            + (f"  BLEU {result['bleu']:.2f}  chrF {result['chrf']:.2f}" if "bleu" in result else "")
+        )
+        return result
+
+    def save(path: Path | None = None) -> None:
+        _save(run_dir, cfg, model, optimizer, step, epoch, position, best_value, device, env, path)
+
+    def save_if_best(result: dict[str, float]) -> None:
+        nonlocal best_value
+        value = result[tc.best_metric]
+        if best_value is None or (value < best_value if tc.best_metric == "loss" else value > best_value):
+            best_value = value
+            save(run_dir / "checkpoints" / "best.pt")
 
     batches = epoch_batches(train_batches, epoch, position)
     model.train()
@@ -342,7 +339,7 @@ def _train(cfg: TrainConfig, make_task: TaskBuilder, env: DistEnv, device: torch
                 window_tokens, window_start = 0, time.perf_counter()
             last_step = step == tc.max_steps
             if step % tc.validate_every == 0 or last_step:
-                validate_and_log()
+                save_if_best(validate_and_log())
             if step % tc.checkpoint_every == 0 or last_step:
                 save()
                 saved_step = step
@@ -356,7 +353,7 @@ def _train(cfg: TrainConfig, make_task: TaskBuilder, env: DistEnv, device: torch
                     128 + signum,
                 )
         if saved_step != step:  # stopped early by --trainer.max-epochs
-            validate_and_log()
+            save_if_best(validate_and_log())
             save()
         display.message(f"done: {step} steps, checkpoints in {run_dir / 'checkpoints'}")
         return run_dir
@@ -388,8 +385,11 @@ def _restore_signal_handlers(previous: dict[int, Any]) -> None:
 
 
 def _save(run_dir: Path, cfg: TrainConfig, model, optimizer, step: int, epoch: int, position: int,
-          device: torch.device, env: DistEnv) -> None:
-    """Gather full state dicts (a collective under FSDP) and let the main process write them."""
+          best_value: float | None, device: torch.device, env: DistEnv, path: Path | None = None) -> None:
+    """Gather full state dicts (a collective under FSDP) and let the main process write them.
+
+    Without `path` this is the step checkpoint (older ones are pruned); `best.pt` is never pruned.
+    """
     model_state, optimizer_state = full_state_dicts(model, optimizer)
     if not env.is_main:
         return
@@ -399,10 +399,14 @@ def _save(run_dir: Path, cfg: TrainConfig, model, optimizer, step: int, epoch: i
         "step": step,
         "epoch": epoch,
         "position": position,
+        "best_value": best_value,
         "config": config_to_json(cfg),
         "rng": {"python": random.getstate(), "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
     }
     checkpoint_dir = run_dir / "checkpoints"
+    if path is not None:
+        save_atomically(state, path)
+        return
     save_atomically(state, checkpoint_path(checkpoint_dir, step))
     prune_checkpoints(checkpoint_dir, cfg.trainer.keep_last_checkpoints)
