@@ -69,15 +69,16 @@ def init_distributed(requested_device: str) -> tuple[DistEnv, torch.device]:
     return env, device
 
 
-def pick_device(name: str) -> torch.device:
+def pick_device(name: str, flag: str = "--trainer.device") -> torch.device:
+    """A device flag's value (`flag` names it in errors) → a usable device; auto = CUDA when available."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UserError(f"--trainer.device {name!r} is not a device; expected cpu, cuda, cuda:N or auto") from None
+        raise UserError(f"{flag} {name!r} is not a device; expected cpu, cuda, cuda:N or auto") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--trainer.device {name}: CUDA is not available on this machine; use cpu or auto")
+        raise UserError(f"{flag} {name}: CUDA is not available on this machine; use cpu or auto")
     return device
 
 

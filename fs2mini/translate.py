@@ -26,6 +26,7 @@ import tyro
 from fs2mini.checkpoint import list_checkpoints, load_checkpoint
 from fs2mini.config import load_config
 from fs2mini.corpus import corpus_languages
+from fs2mini.distributed import pick_device
 from fs2mini.errors import UserError, exit_on_user_error
 from fs2mini.generation import GenerationConfig, Hypothesis, check_generation_config, generate
 from fs2mini.model import EncoderDecoderModel, build_model
@@ -79,7 +80,7 @@ class Translator:
         source_lang, target_lang = corpus_languages(cfg.data.corpus)
         tokenizer = Tokenizer(tokenizer_path, (source_lang, target_lang))
         path = find_checkpoint(run_dir, checkpoint)
-        torch_device = resolve_device(device)
+        torch_device = pick_device(device, "--device")
         state = load_checkpoint(path, map_location="cpu")
         model = build_model(cfg.model, tokenizer.vocab_info)
         try:
@@ -163,19 +164,6 @@ def find_checkpoint(run_dir: Path, checkpoint: str | None) -> Path:
         raise UserError(f"no checkpoint in {directory}; train the run first (python -m fs2mini.train --output-dir {run_dir}) "
                         "or pass --checkpoint PATH")
     return steps[-1]
-
-
-def resolve_device(name: str) -> torch.device:
-    """`--device` value → a usable device (auto = CUDA when available)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device {name!r} is not a device; expected cpu, cuda, cuda:N or auto") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: CUDA is not available on this machine; use cpu or auto")
-    return device
 
 
 @dataclass(frozen=True)

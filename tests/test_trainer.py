@@ -24,6 +24,22 @@ def test_reversal_task_is_learned_to_near_zero_loss(reversal_tsv, tokenizer_cach
     assert [m["step"] for m in valid] == [0, 300, 600]
     assert valid[-1]["loss"] < 0.05, valid
     assert valid[-1]["ppl"] < 1.06
+    assert valid[-1]["bleu"] > 90 and valid[-1]["chrf"] > 90, valid  # validation also translates
+    best = load_checkpoint(run_dir / "checkpoints" / "best.pt")  # default --trainer.best-metric loss
+    best_record = min(valid[1:], key=lambda m: m["loss"])  # step 0 (untrained) is never "best"
+    assert best["step"] == best_record["step"] and best["best_value"] == pytest.approx(best_record["loss"])
+
+
+def test_best_checkpoint_by_bleu_is_kept_apart_from_the_latest(reversal_tsv, tokenizer_cache, tmp_path):
+    cfg = tiny_config(reversal_tsv, tmp_path / "run", tokenizer_cache, max_steps=12, validate_every=3, checkpoint_every=6,
+                      keep_last_checkpoints=1, best_metric="bleu", valid_translate_sentences=20, valid_beam_size=2)
+    run_dir = train(cfg)
+    valid = [m for m in read_metrics(run_dir / "metrics.jsonl") if m["split"] == "valid"]
+    assert [m["step"] for m in valid] == [0, 3, 6, 9, 12] and all(0 <= m["bleu"] <= 100 for m in valid)
+    best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    first_max = max(valid[1:], key=lambda m: m["bleu"])  # max() keeps the first of equal values, as the trainer does
+    assert best["step"] == first_max["step"] and best["best_value"] == pytest.approx(first_max["bleu"])
+    assert [p.name for p in list_checkpoints(run_dir / "checkpoints")] == ["step_00000012.pt"]  # pruning spares best.pt
 
 
 def test_run_directory_has_config_tokenizer_checkpoints_and_metrics(reversal_tsv, tokenizer_cache, tmp_path):
