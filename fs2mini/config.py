@@ -52,6 +52,9 @@ class TrainerConfig:
     """Under torchrun: ddp replicates the model, fsdp shards it per layer (FSDP2); none = single process only."""
     autocast: Literal["auto", "bf16", "off"] = "auto"
     """bf16 autocast: auto = on CUDA only (bf16 matmuls are slow on most CPUs)."""
+    compile: bool = False
+    """Compile the model's forward with torch.compile (dynamic shapes). Off by default: on CPU it was
+    measured slower than eager (see README, Performance) and the first steps wait for compilation."""
     valid_translate_sentences: int = 100
     """Validation also translates the first N validation sentences and logs BLEU/chrF (0 = loss only)."""
     valid_beam_size: int = 1

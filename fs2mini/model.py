@@ -23,6 +23,7 @@ import tyro
 from torch import Tensor, nn
 
 from fs2mini.errors import UserError
+from fs2mini.loss import linear_cross_entropy
 from fs2mini.tokenizer import VocabInfo
 
 
@@ -351,10 +352,20 @@ class EncoderDecoderModel(nn.Module):
     def new_decoder_state(self) -> DecoderState:
         return DecoderState(num_layers=len(self.decoder_layers))
 
-    def forward(self, source: Tensor, source_lengths: Tensor, target_input: Tensor) -> Tensor:
-        """Teacher-forced logits (batch, tgt_len, vocab_size)."""
+    def forward(self, source: Tensor, source_lengths: Tensor, target_input: Tensor, target_output: Tensor | None = None,
+                label_smoothing: float = 0.0) -> Tensor:
+        """Teacher-forced logits (batch, tgt_len, vocab_size); given `target_output`, the loss instead.
+
+        The loss is the summed label-smoothed cross-entropy over non-pad targets, fused with the
+        output projection (fs2mini/loss.py) so the logits are never materialised. It is computed
+        here rather than in the task because DDP and FSDP only manage what runs inside `forward`,
+        and the projection uses the shared embedding table.
+        """
         encoder_out, encoder_mask = self.encode(source, source_lengths)
-        return self.project(self.decode(target_input, encoder_out, encoder_mask))
+        decoder_out = self.decode(target_input, encoder_out, encoder_mask)
+        if target_output is None:
+            return self.project(decoder_out)
+        return linear_cross_entropy(decoder_out, self.embed.weight, target_output, self.pad_idx, label_smoothing)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

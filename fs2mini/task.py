@@ -10,7 +10,6 @@ batches instead of averaging averages.
 from __future__ import annotations
 
 from dataclasses import dataclass
-import torch.nn.functional as F
 from torch import Tensor
 
 from fs2mini.data import Seq2SeqBatch
@@ -34,29 +33,19 @@ class Seq2Seq:
         self.pad_idx = pad_idx
 
     def compute_loss(self, model: EncoderDecoderModel, batch: Seq2SeqBatch) -> tuple[Tensor, int]:
-        """(loss summed over non-pad target tokens, number of those tokens); what training minimises."""
-        logits = model(batch.source, batch.source_lengths, batch.target_input)
-        return self.label_smoothed_nll(logits, batch.target_output), batch.num_target_tokens
+        """(loss summed over non-pad target tokens, number of those tokens); what training minimises.
 
-    def label_smoothed_nll(self, logits: Tensor, target: Tensor, label_smoothing: float | None = None) -> Tensor:
-        """Summed (1-ε)·NLL + ε·mean over the vocabulary of -log p, skipping pad targets.
-
-        This is PyTorch's own `cross_entropy(label_smoothing=ε)`, which fuses the log-softmax and
-        never materialises a smoothed target distribution.
+        Passing `target_output` makes the model fuse its output projection with the loss
+        (fs2mini/loss.py), equal to `F.cross_entropy(logits, target, label_smoothing=ε,
+        ignore_index=pad, reduction="sum")` without materialising the logits. A custom loss calls
+        `model(source, source_lengths, target_input)` for the logits instead.
         """
-        smoothing = self.label_smoothing if label_smoothing is None else label_smoothing
-        return F.cross_entropy(
-            logits.flatten(0, 1).float(),
-            target.flatten(),
-            ignore_index=self.pad_idx,
-            reduction="sum",
-            label_smoothing=smoothing,
-        )
+        loss = model(batch.source, batch.source_lengths, batch.target_input, batch.target_output, self.label_smoothing)
+        return loss, batch.num_target_tokens
 
     def compute_nll(self, model: EncoderDecoderModel, batch: Seq2SeqBatch) -> tuple[Tensor, int]:
         """Unsmoothed summed NLL: what perplexity is computed from."""
-        logits = model(batch.source, batch.source_lengths, batch.target_input)
-        return self.label_smoothed_nll(logits, batch.target_output, 0.0), batch.num_target_tokens
+        return model(batch.source, batch.source_lengths, batch.target_input, batch.target_output, 0.0), batch.num_target_tokens
 
 
 def check_task_config(cfg: TaskConfig) -> None:

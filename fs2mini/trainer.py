@@ -207,6 +207,8 @@ def _train(cfg: TrainConfig, make_task: TaskBuilder, env: DistEnv, device: torch
             raise UserError(f"the checkpoint in {run_dir / 'checkpoints'} does not fit the configured model: {first_problem}") from None
         step, epoch, position = checkpoint["step"], checkpoint["epoch"], checkpoint["position"]
         best_value = checkpoint["best_value"]
+    if tc.compile:
+        model.compile(dynamic=True)  # in place: parameter names and checkpoints stay the same
     model = wrap_model(model, tc.data_parallel, env, device)
     task = make_task(cfg.task, tokenizer.vocab_info.pad_idx)
     optimizer = build_optimizer(cfg.optimizer, model.parameters())

@@ -1,26 +1,23 @@
-"""Loss: the label-smoothed NLL equals a hand computation, summed over non-pad tokens."""
+"""Loss: the fused projection + label-smoothed NLL equals a hand computation and PyTorch's own
+cross-entropy (value and gradients), summed over non-pad tokens."""
 
+import pytest
 import torch
+import torch.nn.functional as F
 
 from fs2mini.data import collate
+from fs2mini.loss import linear_cross_entropy
+from fs2mini.model import ModelConfig, build_model
 from fs2mini.task import Seq2Seq
+from fs2mini.tokenizer import VocabInfo
 
 
-class FixedLogits(torch.nn.Module):
-    def __init__(self, logits):
-        super().__init__()
-        self.logits = logits
-
-    def forward(self, source, source_lengths, target_input):
-        return self.logits
-
-
-def test_loss_equals_hand_computed_label_smoothed_cross_entropy():
+def test_fused_loss_equals_hand_computed_label_smoothed_cross_entropy():
     torch.manual_seed(0)
     batch = collate([([4, 5, 3], [3, 6, 7, 3]), ([4, 3], [3, 8, 3])], pad_idx=0)
-    vocab, eps = 9, 0.1
-    logits = torch.randn(2, batch.target_output.size(1), vocab)
-    loss, num_tokens = Seq2Seq(eps, pad_idx=0).compute_loss(FixedLogits(logits), batch)
+    vocab, dim, eps = 9, 5, 0.1
+    hidden, weight = torch.randn(2, batch.target_output.size(1), dim), torch.randn(vocab, dim)
+    loss = linear_cross_entropy(hidden, weight, batch.target_output, pad_idx=0, label_smoothing=eps, chunk_rows=2)
 
     expected = 0.0
     for b in range(2):
@@ -28,15 +25,51 @@ def test_loss_equals_hand_computed_label_smoothed_cross_entropy():
             gold = int(batch.target_output[b, t])
             if gold == 0:
                 continue
-            log_probs = torch.log_softmax(logits[b, t], dim=-1)
+            log_probs = torch.log_softmax(weight @ hidden[b, t], dim=-1)
             expected += (1 - eps) * -log_probs[gold] + eps * -log_probs.mean()
-    assert num_tokens == 5
     torch.testing.assert_close(loss, torch.as_tensor(expected), atol=1e-5, rtol=1e-5)
 
 
-def test_nll_is_unsmoothed():
-    batch = collate([([4, 3], [3, 5, 3])], pad_idx=0)
-    logits = torch.zeros(1, 2, 6)
-    nll, n = Seq2Seq(0.1, pad_idx=0).compute_nll(FixedLogits(logits), batch)
-    torch.testing.assert_close(nll, torch.tensor(2 * torch.log(torch.tensor(6.0)).item()))
-    assert n == 2
+@pytest.mark.parametrize("eps,chunk_rows", [(0.0, 7), (0.1, 7), (0.2, 1000)])
+def test_fused_loss_and_gradients_match_pytorch_cross_entropy(eps, chunk_rows):
+    torch.manual_seed(1)
+    hidden = torch.randn(3, 11, 16, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(50, 16, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(1, 50, (3, 11))
+    target[1, 6:] = 0  # padding
+    fused = linear_cross_entropy(hidden, weight, target, 0, eps, chunk_rows)
+    reference = F.cross_entropy(F.linear(hidden, weight).flatten(0, 1), target.flatten(), ignore_index=0,
+                                reduction="sum", label_smoothing=eps)
+    torch.testing.assert_close(fused, reference)
+    grads = torch.autograd.grad(2.5 * fused, [hidden, weight])  # the upstream gradient is applied
+    expected = torch.autograd.grad(2.5 * reference, [hidden, weight])
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    assert grads[0][1, 6:].abs().sum() == 0  # pad positions get no gradient
+
+
+def test_fused_loss_under_bf16_autocast_is_close_to_fp32():
+    torch.manual_seed(2)
+    hidden, weight = torch.randn(64, 32, requires_grad=True), torch.randn(100, 32, requires_grad=True)
+    target = torch.randint(1, 100, (64,))
+    exact = linear_cross_entropy(hidden, weight, target, 0, 0.1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = linear_cross_entropy(hidden, weight, target, 0, 0.1)
+    low.backward()
+    assert low.dtype == torch.float32 and hidden.grad.dtype == weight.grad.dtype == torch.float32
+    torch.testing.assert_close(low, exact, rtol=2e-2, atol=0)
+
+
+def test_task_loss_is_the_model_logits_cross_entropy_and_nll_is_unsmoothed():
+    torch.manual_seed(3)
+    vocab = VocabInfo(size=30, pad_idx=0, bos_idx=1, eos_idx=2, unk_idx=3)
+    model = build_model(ModelConfig(model_dim=16, num_encoder_layers=1, num_decoder_layers=1, num_encoder_attn_heads=2,
+                                    num_decoder_attn_heads=2, ffn_inner_dim=32, dropout_p=0.0), vocab).eval()
+    batch = collate([([4, 5, 2], [2, 6, 7, 2]), ([4, 2], [2, 8, 2])], pad_idx=0)
+    logits = model(batch.source, batch.source_lengths, batch.target_input)
+    task = Seq2Seq(0.1, pad_idx=0)
+    for (value, tokens), eps in [(task.compute_loss(model, batch), 0.1), (task.compute_nll(model, batch), 0.0)]:
+        expected = F.cross_entropy(logits.flatten(0, 1), batch.target_output.flatten(), ignore_index=0,
+                                   reduction="sum", label_smoothing=eps)
+        torch.testing.assert_close(value, expected, rtol=1e-5, atol=1e-5)
+        assert tokens == 5

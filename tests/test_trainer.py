@@ -95,3 +95,16 @@ def test_pinned_loss_of_a_tiny_deterministic_run(reversal_tsv, tokenizer_cache, 
     assert record["step"] == 5
     assert record["loss"] == pytest.approx(PINNED_LOSS_AT_STEP_5, rel=1e-3)
 
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager(reversal_tsv, tokenizer_cache, tmp_path):
+    """--trainer.compile changes speed, not results: same losses, loadable checkpoints with the same names."""
+    eager = train(tiny_config(reversal_tsv, tmp_path / "eager", tokenizer_cache, max_steps=3, log_every=1, validate_every=3,
+                              valid_translate_sentences=0))
+    compiled = train(tiny_config(reversal_tsv, tmp_path / "compiled", tokenizer_cache, max_steps=3, log_every=1,
+                                 validate_every=3, valid_translate_sentences=0, compile=True))
+    losses = [[m["loss"] for m in read_metrics(run / "metrics.jsonl")] for run in (eager, compiled)]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4)
+    names = [set(load_checkpoint(run / "checkpoints" / "step_00000003.pt")["model"]) for run in (eager, compiled)]
+    assert names[0] == names[1]

@@ -1,0 +1,72 @@
+"""Output projection fused with label-smoothed cross-entropy, computed in chunks of target tokens.
+
+Why: with a vocabulary of V and N target tokens, the plain route (`logits = h @ Wᵀ`, then
+`cross_entropy`) writes an N×V logits tensor, an N×V log-softmax kept for backward, and in backward
+an N×V zero-filled gradient and another N×V softmax gradient: four passes over tensors of
+~130 MB for 4096 tokens × 8000 pieces, which on a CPU cost as much as the matmuls around them.
+Here each chunk of rows computes its logits, its loss and its gradient while the chunk is still in
+cache, and keeps only the gradients with respect to the hidden states and the weight (N×d and V×d)
+for backward. Pad targets are dropped before the projection, so padding costs no vocabulary work.
+
+The value is exactly PyTorch's `F.cross_entropy(h @ Wᵀ, target, ignore_index=pad,
+label_smoothing=ε, reduction="sum")`: per token (1-ε)·(-log p[gold]) + ε·mean over the vocabulary
+of (-log p).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+CHUNK_ROWS = 512
+"""Target tokens per chunk (512 × 8000 fp32 logits = 16 MB). Measured on one core, 4096 tokens ×
+vocab 8000 × dim 128, forward + backward: unfused 610–620 ms; chunks of 128–1024 rows 350–410 ms
+(within noise of each other); 4096 rows (one chunk) 453 ms. Smaller chunks re-read the weight more
+often; larger ones fall out of cache."""
+
+
+def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, pad_idx: int, label_smoothing: float,
+                         chunk_rows: int = CHUNK_ROWS) -> Tensor:
+    """Summed label-smoothed cross-entropy of `hidden @ weight.T` against `target`, skipping pad targets.
+
+    hidden: (..., model_dim); weight: (vocab, model_dim); target: hidden's leading shape.
+    """
+    keep = target.reshape(-1) != pad_idx
+    rows = hidden.reshape(-1, hidden.size(-1))[keep]
+    return _LinearCrossEntropy.apply(rows, weight, target.reshape(-1)[keep], label_smoothing, chunk_rows)
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, rows: Tensor, weight: Tensor, target: Tensor, label_smoothing: float, chunk_rows: int) -> Tensor:
+        need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        vocab = weight.size(0)
+        loss_dtype = torch.promote_types(rows.dtype, torch.float32)  # bf16/fp16 logits are summed in fp32
+        loss = torch.zeros((), dtype=loss_dtype, device=rows.device)
+        grad_rows = torch.empty_like(rows) if need_grad else None
+        grad_weight = torch.zeros(weight.shape, dtype=loss_dtype, device=weight.device) if need_grad else None
+        for start in range(0, rows.size(0), chunk_rows):
+            chunk = rows[start : start + chunk_rows]
+            gold = target[start : start + chunk_rows].unsqueeze(1)
+            logits = (chunk @ weight.T).to(loss_dtype)
+            log_z = torch.logsumexp(logits, dim=-1, keepdim=True)
+            gold_logit = logits.gather(1, gold)
+            # -log p[gold] = log_z - logit[gold];  mean_v(-log p[v]) = log_z - mean_v(logit[v])
+            nll = log_z - gold_logit
+            smooth = log_z - logits.mean(dim=-1, keepdim=True)
+            loss += ((1.0 - label_smoothing) * nll + label_smoothing * smooth).sum()
+            if need_grad:
+                # d loss / d logits = softmax - (1-ε)·onehot(gold) - ε/V, written over the logits buffer.
+                grad_logits = logits.sub_(log_z).exp_().sub_(label_smoothing / vocab)
+                grad_logits.scatter_add_(1, gold, torch.full_like(gold, label_smoothing - 1.0, dtype=grad_logits.dtype))
+                grad_logits = grad_logits.to(chunk.dtype)
+                grad_rows[start : start + chunk_rows] = grad_logits @ weight.to(chunk.dtype)
+                grad_weight += (grad_logits.T @ chunk).to(loss_dtype)
+        if need_grad:
+            ctx.save_for_backward(grad_rows, grad_weight.to(weight.dtype))
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss: Tensor):
+        grad_rows, grad_weight = ctx.saved_tensors
+        return grad_rows * grad_loss.to(grad_rows.dtype), grad_weight * grad_loss.to(grad_weight.dtype), None, None, None
