@@ -22,6 +22,7 @@ import torch.nn.functional as F
 import tyro
 from torch import Tensor, nn
 
+from fs2mini.dropout import Dropout
 from fs2mini.errors import UserError
 from fs2mini.loss import linear_cross_entropy
 from fs2mini.tokenizer import VocabInfo
@@ -223,7 +224,7 @@ class FeedForward(nn.Module):
     def __init__(self, model_dim: int, inner_dim: int, dropout_p: float) -> None:
         super().__init__()
         self.inner_proj = nn.Linear(model_dim, inner_dim)
-        self.dropout = nn.Dropout(dropout_p)
+        self.dropout = Dropout(dropout_p)
         self.out_proj = nn.Linear(inner_dim, model_dim)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -237,7 +238,7 @@ class EncoderLayer(nn.Module):
         self.self_attn = SelfAttention(model_dim, num_heads, dropout_p)
         self.ffn_norm = nn.LayerNorm(model_dim)
         self.ffn = FeedForward(model_dim, ffn_inner_dim, dropout_p)
-        self.dropout = nn.Dropout(dropout_p)
+        self.dropout = Dropout(dropout_p)
 
     def forward(self, x: Tensor, key_mask: Tensor | None) -> Tensor:
         x = x + self.dropout(self.self_attn(self.self_attn_norm(x), key_mask, causal=False))
@@ -253,7 +254,7 @@ class DecoderLayer(nn.Module):
         self.encoder_decoder_attn = EncoderDecoderAttention(model_dim, num_heads, dropout_p)
         self.ffn_norm = nn.LayerNorm(model_dim)
         self.ffn = FeedForward(model_dim, ffn_inner_dim, dropout_p)
-        self.dropout = nn.Dropout(dropout_p)
+        self.dropout = Dropout(dropout_p)
 
     def forward(
         self, x: Tensor, encoder_out: Tensor, encoder_mask: Tensor | None, state: DecoderState | None, index: int
@@ -292,7 +293,7 @@ class EncoderDecoderModel(nn.Module):
         self.embed = nn.Embedding(vocab_size, model_dim, padding_idx=pad_idx)
         self.register_buffer("positions", sinusoidal_positions(max_seq_len, model_dim), persistent=False)
         self.embed_scale = math.sqrt(model_dim)
-        self.dropout = nn.Dropout(dropout_p)
+        self.dropout = Dropout(dropout_p)
         self.encoder_layers = nn.ModuleList(
             EncoderLayer(model_dim, num_encoder_attn_heads, ffn_inner_dim, dropout_p) for _ in range(num_encoder_layers)
         )

@@ -1,0 +1,58 @@
+"""Dropout that draws its CPU mask from 16-bit random numbers.
+
+Why: on CPU, `F.dropout` draws one Bernoulli sample per element (`bernoulli_`), which took 15% of a
+SMALL training step, more than any operation but the matmuls. Filling a quarter as many int64
+values with random bits and reading them as four 16-bit lanes each is 7× cheaper, and the whole
+dropout 2.5× cheaper (4096 × 512 floats, one core: 13.2 ms → 5.2 ms). The drop probability is
+rounded to a multiple of 1/65536 (0.1 becomes 0.100006). The mask comes from torch's CPU generator,
+so seeding and the RNG state saved in checkpoints make it reproducible like any other draw. On
+other devices `F.dropout`'s fused kernel is used as is.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class Dropout(nn.Module):
+    """Drop-in for `nn.Dropout(p)`: zeroes elements with probability p in training, scales the rest."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        if x.device.type != "cpu":
+            return F.dropout(x, self.p, training=True)
+        return _CpuDropout.apply(x, self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+def keep_mask(shape: torch.Size, p: float) -> Tensor:
+    """Boolean mask, True with probability 1 - p (p rounded to a multiple of 1/65536)."""
+    numel = shape.numel()
+    bits = torch.empty((numel + 3) // 4, dtype=torch.int64).random_(-(2**63), None)  # all 64 bits uniform
+    lanes = bits.view(torch.int16)[:numel].view(shape)  # uniform over [-32768, 32767]
+    return lanes >= round(p * 65536) - 32768
+
+
+class _CpuDropout(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, p: float) -> Tensor:
+        keep = keep_mask(x.shape, p)
+        ctx.scale = 1.0 / (1.0 - p)
+        ctx.save_for_backward(keep)  # one byte per element, as F.dropout keeps
+        return (x * keep).mul_(ctx.scale)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (keep,) = ctx.saved_tensors
+        return (grad * keep).mul_(ctx.scale), None
