@@ -122,10 +122,11 @@ def max_output_lengths(source_lengths: Tensor, max_len_a: float, max_len_b: int,
 def _start(
     model: EncoderDecoderModel, source: Tensor, source_lengths: Tensor, prefix: Sequence[int], copies: int
 ) -> tuple[Tensor, Tensor, DecoderState, Tensor]:
-    """Encode, feed the prefix once per sentence, then repeat each sentence's rows `copies` times (beams).
+    """Encode, feed the prefix once per sentence, then repeat each sentence's decoder rows `copies` times (beams).
 
-    Returns encoder_out (batch*copies, src_len, dim), encoder_mask (batch*copies, 1, 1, src_len),
-    the decoder state and the decoder output at the last prefix position (batch*copies, dim).
+    Returns encoder_out (batch, src_len, dim) and encoder_mask (batch, 1, 1, src_len), one row per
+    sentence (the encoder–decoder cache stays per sentence: beams share it), the decoder state and
+    the decoder output at the last prefix position (batch*copies, dim).
     """
     batch = source.size(0)
     encoder_out, encoder_mask = model.encode(source, source_lengths)
@@ -133,19 +134,22 @@ def _start(
     prefix_tokens = torch.tensor(list(prefix), dtype=torch.long, device=source.device).expand(batch, -1)
     hidden = model.decode(prefix_tokens, encoder_out, encoder_mask, state)[:, -1]  # (batch, dim)
     if copies > 1:
-        # Each sentence's cache is copied, not recomputed: encoder–decoder K/V were made above.
+        # Each sentence's self-attention cache is copied, not recomputed.
         rows = torch.arange(batch, device=source.device).repeat_interleave(copies)
         state.reorder(rows)
-        encoder_out, encoder_mask, hidden = encoder_out[rows], encoder_mask[rows], hidden[rows]
+        hidden = hidden[rows]
     return encoder_out, encoder_mask, state, hidden
 
 
-def _log_probs(model: EncoderDecoderModel, hidden: Tensor, banned: Tensor, eos_idx: int, force_eos: Tensor) -> Tensor:
-    """(rows, vocab) fp32 log-probabilities; banned ids -inf; rows where `force_eos` may only end."""
+def _log_probs(model: EncoderDecoderModel, hidden: Tensor, banned: Tensor, eos_idx: int, force_eos: Tensor | None) -> Tensor:
+    """(rows, vocab) fp32 log-probabilities; banned ids -inf; rows where `force_eos` (if given) may only end."""
     lprobs = F.log_softmax(model.project(hidden).float(), dim=-1)
     lprobs[:, banned] = -torch.inf
-    not_eos = torch.arange(lprobs.size(1), device=lprobs.device) != eos_idx  # (vocab,)
-    return lprobs.masked_fill(force_eos.unsqueeze(1) & not_eos, -torch.inf)
+    if force_eos is not None:
+        eos = lprobs[:, eos_idx].clone()
+        lprobs.masked_fill_(force_eos.unsqueeze(1), -torch.inf)
+        lprobs[:, eos_idx] = eos
+    return lprobs
 
 
 @torch.no_grad()
@@ -166,12 +170,14 @@ def greedy_search(
     banned = torch.tensor(list(banned_ids), dtype=torch.long, device=device)
     max_lens = max_lens.to(device)
     encoder_out, encoder_mask, state, hidden = _start(model, source, source_lengths, prefix, 1)
-    longest = int(max_lens.max())
+    longest, shortest = int(max_lens.max()), int(max_lens.min())
     tokens = torch.full((batch, longest + 1), eos_idx, dtype=torch.long, device=device)
     scores = torch.zeros((batch, longest + 1), device=device)
     rows = torch.arange(batch, device=device)  # (active,) sentence of each row still decoding
     for step in range(longest + 1):
-        lprobs = _log_probs(model, hidden, banned, eos_idx, step >= max_lens[rows])  # (active, vocab)
+        # No row can be at its maximum length before `shortest`: skip the mask (and its device work).
+        force_eos = step >= max_lens[rows] if step >= shortest else None
+        lprobs = _log_probs(model, hidden, banned, eos_idx, force_eos)  # (active, vocab)
         score, token = lprobs.max(dim=-1)  # (active,)
         tokens[rows, step] = token
         scores[rows, step] = score
@@ -182,7 +188,7 @@ def greedy_search(
             keep = (~ended).nonzero().squeeze(1)
             rows, token = rows[keep], token[keep]
             encoder_out, encoder_mask = encoder_out[keep], encoder_mask[keep]
-            state.reorder(keep)
+            state.reorder(keep, keep)
         hidden = model.decode(token.unsqueeze(1), encoder_out, encoder_mask, state)[:, -1]
     return [_hypothesis(row_tokens, row_scores, eos_idx, len_penalty) for row_tokens, row_scores in zip(tokens.tolist(), scores.tolist())]
 
@@ -213,7 +219,7 @@ def beam_search(
     banned = torch.tensor(list(banned_ids), dtype=torch.long, device=device)
     max_lens = max_lens.to(device)
     encoder_out, encoder_mask, state, hidden = _start(model, source, source_lengths, prefix, beam)
-    longest = int(max_lens.max())
+    longest, shortest = int(max_lens.max()), int(max_lens.min())
 
     # Finished hypotheses. A sentence stops once it has `beam`, and one step adds at most `beam`,
     # so 2 * beam slots per sentence always suffice.
@@ -233,7 +239,7 @@ def beam_search(
 
     for step in range(longest + 1):
         active = sentences.numel()
-        force_eos = (step >= max_lens[sentences]).repeat_interleave(beam)  # (active*beam,)
+        force_eos = (step >= max_lens[sentences]).repeat_interleave(beam) if step >= shortest else None  # (active*beam,)
         lprobs = _log_probs(model, hidden, banned, eos_idx, force_eos)  # (active*beam, vocab)
         vocab = lprobs.size(1)
         flat = lprobs.view(active, beam * vocab)
@@ -270,13 +276,14 @@ def beam_search(
             keep = (~done).nonzero().squeeze(1)
             sentences, cumulative, new_tokens, new_lprobs, parents = (
                 sentences[keep], cumulative[keep], new_tokens[keep], new_lprobs[keep], parents[keep])
-            # The beams of one sentence share its encoder rows, so those only follow whole sentences.
-            keep_rows = (keep.unsqueeze(1) * beam + torch.arange(beam, device=device)).view(-1)
-            encoder_out, encoder_mask = encoder_out[keep_rows], encoder_mask[keep_rows]
+            # The beams of one sentence share its encoder rows and cache, so those only follow whole sentences.
+            encoder_out, encoder_mask = encoder_out[keep], encoder_mask[keep]
+        else:
+            keep = None
         parents = parents.view(-1)  # (active*beam,) rows of the previous step to continue
         history = torch.cat([history[parents], new_tokens.view(-1, 1)], dim=1)
         positional = torch.cat([positional[parents], new_lprobs.view(-1, 1)], dim=1)
-        state.reorder(parents)
+        state.reorder(parents, keep)
         hidden = model.decode(new_tokens.view(-1, 1), encoder_out, encoder_mask, state)[:, -1]
 
     return _collect(finished_tokens, finished_positional, finished_scores, finished_lengths, num_finished)

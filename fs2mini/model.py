@@ -110,8 +110,14 @@ def build_model(cfg: ModelConfig, vocab_info: VocabInfo) -> EncoderDecoderModel:
 class DecoderState:
     """Key/value cache for incremental decoding; one entry per decoder layer.
 
-    `self_kv[i]` grows by one position per step: (batch, heads, steps so far, head_dim).
-    `cross_kv[i]` is the encoder output projected once: (batch, heads, src_len, head_dim).
+    Rows of the decoder input may come in groups that share one source sentence (the beams of beam
+    search): `rows = sentences * group`, sentence-major. Self-attention keys/values belong to rows;
+    encoder–decoder keys/values belong to sentences, so beams never copy them.
+
+    `self_kv[i]` is a preallocated pair of buffers (rows, heads, capacity, head_dim) whose first
+    `num_steps` positions are filled; `capacity` doubles when full, so a step writes one position
+    instead of concatenating the whole past.
+    `cross_kv[i]` is the encoder output projected once: (sentences, heads, src_len, head_dim).
     """
 
     num_layers: int
@@ -123,11 +129,35 @@ class DecoderState:
         self.self_kv = [None] * self.num_layers
         self.cross_kv = [None] * self.num_layers
 
-    def reorder(self, index: Tensor) -> None:
-        """Keep rows `index` (batch dimension) of every cached tensor, e.g. to follow beams."""
-        select = lambda kv: None if kv is None else (kv[0].index_select(0, index), kv[1].index_select(0, index))  # noqa: E731
-        self.self_kv = [select(kv) for kv in self.self_kv]
-        self.cross_kv = [select(kv) for kv in self.cross_kv]
+    def append_self_kv(self, index: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store layer `index`'s new (rows, heads, new, head_dim) keys/values; return all of them so far."""
+        end = self.num_steps + k.size(2)
+        buffers = self.self_kv[index]
+        if buffers is None or buffers[0].size(2) < end:
+            capacity = max(end, 2 * buffers[0].size(2) if buffers is not None else 16)
+            grown = tuple(k.new_empty(k.size(0), k.size(1), capacity, k.size(3)) for _ in range(2))
+            if buffers is not None:
+                for new, old in zip(grown, buffers):
+                    new[:, :, : self.num_steps] = old[:, :, : self.num_steps]
+            buffers = self.self_kv[index] = grown
+        buffers[0][:, :, self.num_steps : end] = k
+        buffers[1][:, :, self.num_steps : end] = v
+        return buffers[0][:, :, :end], buffers[1][:, :, :end]
+
+    def reorder(self, rows: Tensor, sentences: Tensor | None = None) -> None:
+        """Keep `rows` of the self-attention cache (e.g. to follow beams) and, when given, `sentences`
+        of the encoder–decoder cache (when sentences leave the batch)."""
+        steps = self.num_steps
+        for i, buffers in enumerate(self.self_kv):
+            if buffers is not None:
+                # Only the filled positions are gathered, into fresh buffers of the same capacity.
+                gathered = tuple(b.new_empty(rows.numel(), *b.shape[1:]) for b in buffers)
+                for new, old in zip(gathered, buffers):
+                    torch.index_select(old[:, :, :steps], 0, rows, out=new[:, :, :steps])
+                self.self_kv[i] = gathered
+        if sentences is not None:
+            self.cross_kv = [None if kv is None else (kv[0].index_select(0, sentences), kv[1].index_select(0, sentences))
+                             for kv in self.cross_kv]
 
 
 def sinusoidal_positions(max_len: int, dim: int) -> Tensor:
@@ -156,19 +186,17 @@ class SelfAttention(nn.Module):
         x: Tensor,
         key_mask: Tensor | None,
         causal: bool,
-        cache: list[tuple[Tensor, Tensor] | None] | None = None,
+        state: DecoderState | None = None,
         layer_index: int = 0,
-        past_len: int = 0,
     ) -> Tensor:
         batch, seq_len, model_dim = x.shape
         # (3, batch, heads, seq_len, head_dim)
         qkv = self.qkv_proj(x).view(batch, seq_len, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # unbind, not qkv[i]: its backward is one stack, not 3 zero-filled buffers
-        if cache is not None:
-            past = cache[layer_index]
-            if past is not None:
-                k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
-            cache[layer_index] = (k, v)
+        past_len = 0
+        if state is not None:
+            past_len = state.num_steps
+            k, v = state.append_self_kv(layer_index, k, v)  # (batch, heads, past_len + seq_len, head_dim)
         attn_mask, is_causal = key_mask, False
         if causal:
             if past_len == 0:
@@ -199,19 +227,24 @@ class EncoderDecoderAttention(nn.Module):
         x: Tensor,
         encoder_out: Tensor,
         encoder_mask: Tensor | None,
-        cache: list[tuple[Tensor, Tensor] | None] | None = None,
+        state: DecoderState | None = None,
         layer_index: int = 0,
     ) -> Tensor:
+        """x: (batch, seq_len, model_dim). With `state`, `encoder_out`/`encoder_mask` may hold one row per
+        sentence and x `batch = sentences * group` rows (sentence-major): a group's queries share its keys/values."""
         batch, seq_len, model_dim = x.shape
-        q = self.q_proj(x).view(batch, seq_len, self.num_heads, -1).transpose(1, 2)
-        kv = cache[layer_index] if cache is not None else None
+        kv = state.cross_kv[layer_index] if state is not None else None
         if kv is None:
-            src_len = encoder_out.size(1)
-            # (2, batch, heads, src_len, head_dim)
-            kv_all = self.kv_proj(encoder_out).view(batch, src_len, 2, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+            sentences, src_len = encoder_out.shape[:2]
+            # (2, sentences, heads, src_len, head_dim)
+            kv_all = self.kv_proj(encoder_out).view(sentences, src_len, 2, self.num_heads, -1).permute(2, 0, 3, 1, 4)
             kv = tuple(kv_all.unbind(0))
-            if cache is not None:
-                cache[layer_index] = kv
+            if state is not None:
+                # Made contiguous once: every later step reads them, and SDPA reads contiguous ones faster.
+                kv = state.cross_kv[layer_index] = (kv[0].contiguous(), kv[1].contiguous())
+        sentences = kv[0].size(0)
+        # (sentences, heads, group * seq_len, head_dim): the queries of a sentence's rows side by side
+        q = self.q_proj(x).view(sentences, batch // sentences * seq_len, self.num_heads, -1).transpose(1, 2)
         out = F.scaled_dot_product_attention(
             q, kv[0], kv[1], attn_mask=encoder_mask, dropout_p=self.dropout_p if self.training else 0.0
         )
@@ -259,12 +292,9 @@ class DecoderLayer(nn.Module):
     def forward(
         self, x: Tensor, encoder_out: Tensor, encoder_mask: Tensor | None, state: DecoderState | None, index: int
     ) -> Tensor:
-        self_cache = state.self_kv if state is not None else None
-        cross_cache = state.cross_kv if state is not None else None
-        past_len = state.num_steps if state is not None else 0
-        attn = self.self_attn(self.self_attn_norm(x), None, True, self_cache, index, past_len)
+        attn = self.self_attn(self.self_attn_norm(x), None, True, state, index)
         x = x + self.dropout(attn)
-        attn = self.encoder_decoder_attn(self.encoder_decoder_attn_norm(x), encoder_out, encoder_mask, cross_cache, index)
+        attn = self.encoder_decoder_attn(self.encoder_decoder_attn_norm(x), encoder_out, encoder_mask, state, index)
         x = x + self.dropout(attn)
         return x + self.dropout(self.ffn(self.ffn_norm(x)))
 

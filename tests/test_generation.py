@@ -66,6 +66,38 @@ def test_cached_decoding_gives_the_log_probs_of_full_recomputation():
     torch.testing.assert_close(torch.stack(cached, dim=1), full[:, len(PREFIX) - 1 :], atol=1e-5, rtol=0)
 
 
+def test_cache_shared_by_beams_grows_and_follows_reordering():
+    """Rows grouped per sentence share its encoder–decoder cache; the self-attention cache grows past its
+    first capacity and follows `reorder`, including when a sentence leaves the batch."""
+    model = tiny_model()
+    source, lengths = source_batch([9, 4, 6])
+    encoder_out, encoder_mask = model.encode(source, lengths)
+    group, steps = 3, 40  # 42 positions: the self-attention buffers grow twice
+    generator = torch.Generator().manual_seed(0)
+    sentence_of_row = torch.arange(3).repeat_interleave(group)
+    target = torch.tensor(PREFIX).expand(3 * group, -1)
+    state = model.new_decoder_state()
+    with torch.no_grad():
+        model.decode(torch.tensor(PREFIX).expand(3, -1), encoder_out, encoder_mask, state)
+        state.reorder(sentence_of_row)
+        sentences = torch.arange(3)
+        for step in range(steps):
+            if step == 20:  # sentence 1 leaves; its rows and its encoder rows go
+                keep = torch.tensor([0, 2])
+                rows = (keep.unsqueeze(1) * group + torch.arange(group)).view(-1)
+                sentences, target, encoder_out, encoder_mask = sentences[keep], target[rows], encoder_out[keep], encoder_mask[keep]
+                state.reorder(rows, keep)
+            # each row continues a random row of the same sentence, as beams do
+            parents = (torch.arange(sentences.numel()).repeat_interleave(group) * group
+                       + torch.randint(0, group, (sentences.numel() * group,), generator=generator))
+            tokens = torch.randint(6, VOCAB.size, (parents.numel(), 1), generator=generator)
+            target = torch.cat([target[parents], tokens], dim=1)
+            state.reorder(parents)
+            cached = model.project(model.decode(tokens, encoder_out, encoder_mask, state)[:, -1])
+        full = model(source[sentences].repeat_interleave(group, 0), lengths[sentences].repeat_interleave(group), target)
+    torch.testing.assert_close(cached, full[:, -1], atol=1e-5, rtol=0)
+
+
 def test_greedy_positional_scores_match_unbatched_recomputation():
     model = bias_logits(tiny_model(), torch.zeros(VOCAB.size).index_fill(0, torch.tensor([VOCAB.eos_idx]), 3.0))
     source, lengths = source_batch([9, 3, 6, 12, 5])
