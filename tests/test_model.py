@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from fs2mini.errors import UserError
-from fs2mini.model import ARCHS, ModelConfig, build_model, check_model_config
+from fs2mini.dropout import Dropout
+from fs2mini.model import ARCHS, ModelConfig, attention, build_model, check_model_config
 from fs2mini.tokenizer import VocabInfo
 
 VOCAB = VocabInfo(size=50, pad_idx=0, bos_idx=2, eos_idx=3, unk_idx=1)
@@ -70,3 +71,17 @@ def test_model_dim_not_divisible_by_heads_is_a_clear_error():
         check_model_config(ModelConfig(model_dim=128, num_encoder_attn_heads=3))
     with pytest.raises(UserError, match=r"--model.model-dim must be a positive integer, got 0"):
         check_model_config(ModelConfig(model_dim=0))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_cpu_training_attention_is_sdpa_math_with_fs2mini_dropout(causal):
+    """The unfused CPU path (taken only with attention dropout) computes what SDPA computes."""
+    torch.manual_seed(0)
+    q, k, v = torch.randn(3, 2, 5, 8), torch.randn(3, 2, 5, 8), torch.randn(3, 2, 5, 8)
+    mask = None if causal else (torch.arange(5) < torch.tensor([5, 3, 1]).unsqueeze(1))[:, None, None, :]
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+    # p = 1e-9 takes the dropout path but its mask (p rounded to 1/65536) keeps everything.
+    torch.testing.assert_close(attention(q, k, v, mask, causal, Dropout(1e-9).train()), expected)
+    dropped = attention(q, k, v, mask, causal, Dropout(0.5).train())
+    assert not torch.allclose(dropped, expected)
+    torch.testing.assert_close(attention(q, k, v, mask, causal, Dropout(0.5).eval()), expected)
