@@ -23,7 +23,7 @@ train: install
 test: install
 	$(PY) -m pytest -q tests
 
-# Speed benchmark (benchmarks/bench.py): prints tables, writes benchmarks/results.json (~10 min on 2 cores).
+# Speed benchmark (benchmarks/bench.py): prints tables, writes benchmarks/results.json (~6 min on 2 cores).
 bench: install
 	$(PY) -m pip install --quiet -e ".[bench]"
 	$(PY) benchmarks/bench.py $(ARGS)

@@ -1,6 +1,6 @@
 """Speed benchmark: fs2mini vs a hand-written `nn.Transformer` vs Hugging Face M2M100, on one machine.
 
-    make bench                                  # the full suite (~10 min on 2 CPU cores)
+    make bench                                  # the full suite (~6 min on 2 CPU cores)
     python benchmarks/bench.py --quick          # a ~1-minute smoke run
     python benchmarks/bench.py --compile        # also fs2mini under torch.compile (slow start)
 
