@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from fs2mini.errors import UserError
 
@@ -33,14 +33,22 @@ class Skipped(Counter):
         self.strict = strict
         self.locations: dict[str, list[str]] = {}
 
-    def add(self, reason: str, location: str | None = None) -> None:
+    def add(self, reason: str, location: str | None = None, count: int = 1) -> None:
         if self.strict and location is not None:
             raise UserError(f"{location}: {reason}; expected source<TAB>target lines of UTF-8 text (--data.strict)")
-        self[reason] += 1
+        if count <= 0:
+            return
+        self[reason] += count
         if location is not None:
             seen = self.locations.setdefault(reason, [])
             if len(seen) < MAX_LOCATIONS_PER_REASON:
                 seen.append(location)
+
+    def copy(self) -> Skipped:
+        other = Skipped(self.strict)
+        other.update(self)
+        other.locations = {reason: list(where) for reason, where in self.locations.items()}
+        return other
 
     def summary(self) -> str:
         """`no tab: 3 (a.tsv:5, a.tsv:9, a.tsv:12)` for every reason, most frequent first."""
@@ -113,29 +121,26 @@ def chunk(items: Iterable[T], size: int) -> Iterator[list[T]]:
         yield current
 
 
-def batch_by_max_tokens(
-    items: list[T], size_of: Callable[[T], int], max_tokens: int, skipped: Skipped,
-    *, sort_key: Callable[[T], Any] | None = None,
-) -> list[list[T]]:
-    """Sort `items` (by `sort_key`, default by size) and cut them into batches within budget.
+def batch_by_max_tokens(sizes: Sequence[int], order: Iterable[int], max_tokens: int, skipped: Skipped) -> list[list[int]]:
+    """Cut the items `order` lists (indices into `sizes`, already sorted) into batches within budget.
 
     The budget counts padding, like fairseq's `--max-tokens`: a batch costs
-    `len(batch) * max(size_of(item))`. Sorting first keeps similar lengths together, which is
-    what makes padding small. An item larger than the whole budget is dropped and counted.
+    `len(batch) * max(sizes[i] for i in batch)`. Sorting by length first is what makes padding
+    small. An item larger than the whole budget is dropped and counted. Returns lists of indices.
     """
-    batches: list[list[T]] = []
-    current: list[T] = []
+    batches: list[list[int]] = []
+    current: list[int] = []
     current_max = 0
-    for item in sorted(items, key=sort_key or size_of):
-        size = size_of(item)
+    for index in order:
+        size = sizes[index]
         if size > max_tokens:
             skipped.add("longer than max_tokens")
             continue
-        new_max = max(current_max, size)
+        new_max = size if size > current_max else current_max
         if current and new_max * (len(current) + 1) > max_tokens:
             batches.append(current)
             current, new_max = [], size
-        current.append(item)
+        current.append(index)
         current_max = new_max
     if current:
         batches.append(current)

@@ -67,12 +67,40 @@ def test_length_order_pads_less_than_sorting_by_the_longer_side():
     rng = random.Random(0)
     lengths = [(n, max(1, n + rng.randint(-8, 8))) for n in (rng.randint(3, 60) for _ in range(3000))]
     examples = [([4] * s, [EOS_ID] * (t + 1)) for s, t in lengths]
-    size = lambda e: max(len(e[0]), len(e[1]) - 1)  # noqa: E731
+    source_lengths, target_lengths = torch.tensor([s for s, _ in lengths]), torch.tensor([t for _, t in lengths])
+    sizes = torch.maximum(source_lengths, target_lengths).tolist()
 
-    def padding(sort_key) -> float:
-        batches = [collate(b, PAD_ID) for b in batch_by_max_tokens(examples, size, 512, Skipped(), sort_key=sort_key)]
+    def padding(key) -> float:
+        order = torch.sort(key, stable=True).indices.tolist()
+        batches = [collate([examples[i] for i in b], PAD_ID) for b in batch_by_max_tokens(sizes, order, 512, Skipped())]
         assert sum(b.source.size(0) for b in batches) == len(examples)
         return sum(b.padding_fraction * (b.source.numel() + b.target_input.numel()) for b in batches) / sum(
             b.source.numel() + b.target_input.numel() for b in batches)
 
-    assert padding(length_order) < 0.75 * padding(None)
+    assert padding(length_order(source_lengths, target_lengths)) < 0.75 * padding(torch.tensor(sizes))
+
+
+def test_encode_rows_matches_the_tokenizer_layout(reversal_tokenizer):
+    from fs2mini.data import Rows, encode_rows
+
+    tok = reversal_tokenizer
+    lang = tok.langs[0]
+    texts = ["a b c", "c", "b a b a"]
+    for expected, prefix in ((tok.encode_source(texts, lang), [tok.lang_ids[lang]]), (tok.encode_target(texts, lang), tok.target_prefix(lang))):
+        rows = encode_rows(tok, texts, prefix)
+        assert [rows.tokens[s : s + n].tolist() for s, n in zip(rows.starts.tolist(), rows.lengths.tolist())] == expected
+        assert rows.padded(torch.tensor([1, 0]), PAD_ID).tolist() == [expected[1] + [PAD_ID] * (len(expected[0]) - len(expected[1])), expected[0]]
+    assert Rows.from_lists([[5, 6], [7]], [1], [3]).tokens.tolist() == [1, 5, 6, 3, 1, 7, 3]
+
+
+def test_cached_corpus_gives_the_same_epochs_and_skips_as_a_fresh_read(tmp_path, reversal_tokenizer):
+    tsv = tmp_path / "c.tsv"
+    tsv.write_text("".join(f"{'a b ' * (i % 7)}c\t{'b ' * (i % 5)}a\n" for i in range(300)) + "no tab\n")
+    cached = make_batches(tsv, reversal_tokenizer, seed=2)
+    epochs = [rows(cached) for _ in range(3)]  # epochs 1 and 2 reuse the pairs read in epoch 0
+    for epoch in range(3):
+        fresh = make_batches(tsv, reversal_tokenizer, seed=2)
+        assert rows(fresh.iter_epoch(epoch)) == epochs[epoch]
+        assert fresh.skipped == cached.skipped == {"no tab": 1}
+        assert fresh.skipped.locations == cached.skipped.locations == {"no tab": [f"{tsv}:301"]}
+    assert rows(cached.iter_epoch(1)) == epochs[1]
