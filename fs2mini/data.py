@@ -26,7 +26,7 @@ from torch import Tensor
 from fs2mini.corpus import BibleCorpus, Corpus, Split, corpus_languages, read_pairs
 from fs2mini.errors import UserError
 from fs2mini.pipeline import Skipped, batch_by_max_tokens, chunk, shard, shuffle_window
-from fs2mini.tokenizer import EOS_ID, Tokenizer
+from fs2mini.tokenizer import SUFFIX, Tokenizer
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ class Rows:
 
 def encode_rows(tokenizer: Tokenizer, texts: list[str], prefix: list[int]) -> Rows:
     """`prefix pieces </s>` for each text (the layout of `Tokenizer.encode_source/encode_target`), as `Rows`."""
-    return Rows.from_lists(tokenizer.sp.encode(texts), prefix, [EOS_ID])
+    return Rows.from_lists(tokenizer.piece_ids(texts), prefix, SUFFIX)
 
 
 def collate(examples: list[tuple[list[int], list[int]]], pad_idx: int) -> Seq2SeqBatch:
@@ -208,7 +208,7 @@ class Seq2SeqBatches:
             pairs = shuffle_window(pairs, self.cfg.shuffle_window, rng)
         pairs = shard(pairs, self.rank, self.world_size)
         cfg, pad_idx = self.cfg, self.tokenizer.vocab_info.pad_idx
-        source_prefix = [self.tokenizer.lang_ids[self.source_lang]]
+        source_prefix = self.tokenizer.source_prefix(self.source_lang)
         target_prefix = self.tokenizer.target_prefix(self.target_lang)
         for pool in chunk(pairs, cfg.pool_size):
             sources = encode_rows(self.tokenizer, [source for source, _ in pool], source_prefix)

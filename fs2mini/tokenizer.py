@@ -28,6 +28,8 @@ import sentencepiece as spm
 from fs2mini.errors import UserError
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+SUFFIX = [EOS_ID]
+"""The end of every source and target sequence."""
 
 
 @dataclass(frozen=True)
@@ -82,13 +84,21 @@ class Tokenizer:
 
     def encode_source(self, texts: list[str], lang: str) -> list[list[int]]:
         """`__lang__ pieces </s>` for each text (batch call: sentencepiece encodes in C++)."""
-        prefix = [self.lang_ids[lang]]
-        return [prefix + ids + [EOS_ID] for ids in self.sp.encode(texts)]
+        prefix = self.source_prefix(lang)
+        return [prefix + ids + SUFFIX for ids in self.piece_ids(texts)]
 
     def encode_target(self, texts: list[str], lang: str) -> list[list[int]]:
         """`</s> __lang__ pieces </s>`: the decoder input is [:-1] and the expected output [1:]."""
-        prefix = [EOS_ID, self.lang_ids[lang]]
-        return [prefix + ids + [EOS_ID] for ids in self.sp.encode(texts)]
+        prefix = self.target_prefix(lang)
+        return [prefix + ids + SUFFIX for ids in self.piece_ids(texts)]
+
+    def piece_ids(self, texts: list[str]) -> list[list[int]]:
+        """Piece ids of each text without any special token; `prefix + piece_ids + SUFFIX` is a sequence."""
+        return self.sp.encode(texts)
+
+    def source_prefix(self, lang: str) -> list[int]:
+        """The start of every source sequence: `__lang__`."""
+        return [self.lang_ids[lang]]
 
     def target_prefix(self, lang: str) -> list[int]:
         """The forced start of every target sequence: `</s> __lang__`."""
