@@ -164,6 +164,8 @@ def train(cfg: TrainConfig, make_task: TaskBuilder = build_task) -> Path:
     check_config(cfg)
     env, device = init_distributed(cfg.trainer.device)
     try:
+        if cfg.trainer.best_metric == "bleu" and _sharded(cfg.trainer, env):
+            raise UserError("--trainer.best-metric bleu is not available with --trainer.data-parallel fsdp; use loss")
         run_dir = _train(cfg, make_task, env, device)
         barrier(env)  # leave together: a rank tearing down Gloo while a peer still talks to it aborts
         return run_dir
@@ -174,6 +176,11 @@ def train(cfg: TrainConfig, make_task: TaskBuilder = build_task) -> Path:
         raise UserError(f"rank {env.rank}: another process of the job failed or stopped, so this one stops too") from None
     finally:
         shutdown(env)
+
+
+def _sharded(tc: TrainerConfig, env: DistEnv) -> bool:
+    """FSDP shards the parameters, so no rank has whole weights to translate with during validation."""
+    return env.active and tc.data_parallel == "fsdp"
 
 
 def _train(cfg: TrainConfig, make_task: TaskBuilder, env: DistEnv, device: torch.device) -> Path:
@@ -236,13 +243,11 @@ def _train(cfg: TrainConfig, make_task: TaskBuilder, env: DistEnv, device: torch
         if metrics is not None:
             metrics.write(record)
 
-    # Translating needs whole parameters: with FSDP they are sharded, so only the loss is validated.
-    translate_in_validation = tc.valid_translate_sentences > 0 and not (env.active and tc.data_parallel == "fsdp")
-    if tc.best_metric == "bleu" and not translate_in_validation:
-        raise UserError("--trainer.best-metric bleu is not available with --trainer.data-parallel fsdp; use loss")
-    valid_pairs = list(itertools.islice(read_pairs(cfg.data.corpus, "valid", Skipped()), tc.valid_translate_sentences))
-    translator = Translator(unwrap(model), tokenizer, *langs)
-    generation = GenerationConfig(beam_size=tc.valid_beam_size)
+    translate_in_validation = tc.valid_translate_sentences > 0 and not _sharded(tc, env)
+    if translate_in_validation and env.is_main:  # only rank 0 translates
+        valid_pairs = list(itertools.islice(read_pairs(cfg.data.corpus, "valid", Skipped()), tc.valid_translate_sentences))
+        translator = Translator(unwrap(model), tokenizer, *langs)
+        generation = GenerationConfig(beam_size=tc.valid_beam_size)
 
     def validate_and_log() -> dict[str, float]:
         result = validate(model, task, valid_batches, device, tc.autocast, env)

@@ -111,6 +111,11 @@ CASES = [
     Case("negative warmup", ["--lr-scheduler.warmup-steps", "-1"], 2, "--lr-scheduler.warmup-steps must be >= 0, got -1"),
     Case("zero grad accumulation", ["--trainer.grad-accum-steps", "0"], 2, "--trainer.grad-accum-steps must be a positive integer"),
     Case("unknown device", ["--trainer.device", "tpu9"], 2, "--trainer.device 'tpu9' is not a device"),
+    Case("negative validation sentences", ["--trainer.valid-translate-sentences", "-1"], 2,
+         "--trainer.valid-translate-sentences must be >= 0, got -1"),
+    Case("zero validation beam", ["--trainer.valid-beam-size", "0"], 2, "--trainer.valid-beam-size must be a positive integer, got 0"),
+    Case("best by BLEU without translation", ["--trainer.best-metric", "bleu", "--trainer.valid-translate-sentences", "0"], 2,
+         "--trainer.best-metric bleu needs --trainer.valid-translate-sentences > 0"),
     Case("not a number", ["--model.model-dim", "wide"], 2, "--model.model-dim", one_line=False),
     # Checkpoints.
     Case("truncated checkpoint", ["--trainer.max-steps", "4"], 2, "no readable checkpoint in", train_then(truncate)),

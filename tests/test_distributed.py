@@ -126,3 +126,14 @@ def test_a_failing_rank_ends_the_job_with_its_message(identical_corpus, tmp_path
     assert result.returncode != 0
     assert "error: rank 1 found a bad shard (simulated)" in result.stderr
     assert elapsed < 60, f"the job took {elapsed:.0f}s to stop"
+
+
+def test_best_by_bleu_under_fsdp_is_refused_before_any_work(identical_corpus, tmp_path):
+    """FSDP ranks hold only shards of the weights, so validation cannot translate: say so at once."""
+    run = tmp_path / "run"
+    result = torchrun(2, *flags(identical_corpus, run, tmp_path / "cache", 2, "--trainer.data-parallel", "fsdp",
+                                "--trainer.best-metric", "bleu"), timeout=120)
+    assert result.returncode != 0
+    assert "error: --trainer.best-metric bleu is not available with --trainer.data-parallel fsdp; use loss" in result.stderr
+    assert "fs2mini/trainer.py" not in result.stderr  # no traceback from our code (torchrun prints its own summary)
+    assert not (run / "checkpoints").exists() and not (run / "tokenizer.model").exists()
