@@ -182,6 +182,7 @@ class Seq2SeqBatches:
         """Sentences skipped in the most recent epoch, by reason."""
         self._pairs: list[tuple[str, str]] | None = None
         self._read_skipped = Skipped(cfg.strict)
+        """What reading the corpus skipped; every epoch's `skipped` starts from a copy."""
 
     def __iter__(self) -> Iterator[Seq2SeqBatch]:
         epoch = self.next_epoch
@@ -190,19 +191,16 @@ class Seq2SeqBatches:
 
     def iter_epoch(self, epoch: int) -> Iterator[Seq2SeqBatch]:
         """The batches of one epoch; the same (seed, epoch) always gives the same batches."""
-        self.skipped = Skipped(self.cfg.strict)
         rng = random.Random(f"{self.seed}-{epoch}-{self.split}")
-        # The corpus is fixed, so its pairs are read once and kept (opened here so that a missing
-        # file fails now, not at the first batch); later epochs replay the reading's skips.
-        pairs = self._pairs if self._pairs is not None else read_pairs(self.cfg.corpus, self.split, self.skipped)
-        return self._batches(pairs, rng, warn=epoch == 0)
-
-    def _batches(self, pairs, rng: random.Random, warn: bool) -> Iterator[Seq2SeqBatch]:
+        # The corpus is fixed, so its pairs are read once, at the first epoch, and kept; later
+        # epochs start from the skips that reading counted (with their locations).
         if self._pairs is None:
-            self._pairs = list(pairs)
-            self._read_skipped = self.skipped.copy()
-        else:
-            self.skipped = self._read_skipped.copy()
+            self._read_skipped = Skipped(self.cfg.strict)
+            self._pairs = list(read_pairs(self.cfg.corpus, self.split, self._read_skipped))
+        self.skipped = self._read_skipped.copy()
+        return self._batches(rng, warn=epoch == 0)
+
+    def _batches(self, rng: random.Random, warn: bool) -> Iterator[Seq2SeqBatch]:
         pairs = iter(self._pairs)
         if self.shuffle:
             pairs = shuffle_window(pairs, self.cfg.shuffle_window, rng)
