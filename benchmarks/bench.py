@@ -3,6 +3,12 @@
     make bench                                  # the full suite (~6 min on 2 CPU cores)
     python benchmarks/bench.py --quick          # a ~1-minute smoke run
     python benchmarks/bench.py --compile        # also fs2mini under torch.compile (slow start)
+    python benchmarks/bench.py --device cuda    # the same on a CUDA GPU, bf16 autocast, + dense_600m
+
+On CUDA every system trains under bf16 autocast (as `fs2mini.train` does there), batches hold
+`--cuda-max-tokens` tokens (a 4096-token batch leaves a GPU mostly idle), the sizes include NLLB's
+dense_600m, efficiency is measured against the bf16 `torch.mm` peak of the GPU (i.e. MFU), memory
+is the peak CUDA allocation, and the data pipeline (CPU-only) is not re-measured.
 
 What is measured (every measurement runs in its own subprocess, so peak RSS is per system, and the
 systems alternate A B C A B C so that drift of the machine is shared out evenly):
@@ -39,6 +45,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 import tyro
@@ -51,7 +58,7 @@ from fs2mini.model import ARCHS, ModelConfig  # noqa: E402
 from fs2mini.pipeline import Skipped  # noqa: E402
 from fs2mini.tokenizer import Tokenizer, TokenizerConfig, load_or_train_tokenizer  # noqa: E402
 
-SIZES: dict[str, ModelConfig] = {"small": ARCHS["small"], "base": ARCHS["base"]}
+SIZES: dict[str, ModelConfig] = {"small": ARCHS["small"], "base": ARCHS["base"], "dense_600m": ARCHS["dense_600m"]}
 SYSTEMS = ("fs2mini", "torch", "hf")
 SYSTEM_NAMES = {"fs2mini": "fs2mini", "fs2mini-compile": "fs2mini + torch.compile",
                 "torch": "plain nn.Transformer", "hf": "HF M2M100"}
@@ -81,6 +88,10 @@ class BenchConfig:
     """Where the JSON results are written."""
     workdir: Path | None = None
     """Scratch directory for the shared batches (default: a temporary directory)."""
+    device: Literal["cpu", "cuda"] = "cpu"
+    """cpu: fp32, the CI-like figures. cuda: bf16 autocast, larger batches, dense_600m too, MFU."""
+    cuda_max_tokens: int = 16384
+    """Token budget of each training batch on CUDA (CPU uses 4096)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -89,6 +100,22 @@ class BenchConfig:
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak CUDA allocation on a GPU, peak RSS of the process on CPU."""
+    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else peak_rss_mb()
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued GPU work, so that wall-clock timings measure it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA (what `fs2mini.train` does there); plain fp32 on CPU."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
 def build_system(system: str, cfg: ModelConfig, tok_info: dict):
@@ -122,16 +149,18 @@ def train_worker(job: dict) -> dict:
     from fs2mini.optim import AdamWConfig, build_optimizer
 
     torch.manual_seed(0)
+    device = torch.device(job["device"])
     cfg = SIZES[job["size"]]
-    batches: list[Seq2SeqBatch] = torch.load(job["batches"], weights_only=False)
+    batches: list[Seq2SeqBatch] = [b.to(device) for b in torch.load(job["batches"], weights_only=False)]
     model, compute_loss = build_system(job["system"], cfg, job["tok"])
-    model.train()
+    model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(AdamWConfig(lr=1e-4), params)  # AdamW, foreach=True, for every system
 
     def step(batch: Seq2SeqBatch) -> float:
         optimizer.zero_grad(set_to_none=True)
-        loss, num_tokens = compute_loss(batch)
+        with autocast(device):
+            loss, num_tokens = compute_loss(batch)
         loss.backward()
         for p in params:
             if p.grad is not None:
@@ -143,12 +172,14 @@ def train_worker(job: dict) -> dict:
     start = time.perf_counter()
     for batch in batches[: job["warmup"]]:
         step(batch)
+    sync(device)
     warmup_s = time.perf_counter() - start
     timed = batches[job["warmup"] : job["warmup"] + job["steps"]]
     times, losses = [], []
     for batch in timed:
         start = time.perf_counter()
-        losses.append(step(batch))
+        losses.append(step(batch))  # float(loss) waits for the step's GPU work
+        sync(device)
         times.append(time.perf_counter() - start)
     total = sum(times)
     target_tokens = sum(b.num_target_tokens for b in timed)
@@ -162,7 +193,7 @@ def train_worker(job: dict) -> dict:
         "flops": sum(train_flops(cfg, VOCAB_SIZE, b) for b in timed),
         "first_loss": losses[0],
         "parameters": sum(p.numel() for p in model.parameters()),
-        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb": peak_memory_mb(device),
     }
 
 
@@ -180,30 +211,35 @@ def train_flops(cfg: ModelConfig, vocab: int, batch: Seq2SeqBatch) -> float:
 def generate_worker(job: dict) -> dict:
     """Greedy and beam-4 sentences/s; forced = every output exactly FORCED_LEN tokens + </s>."""
     torch.manual_seed(0)
+    device = torch.device(job["device"])
     cfg = SIZES["small"]
     sources: list[list[int]] = job["sources"]
     tok = job["tok"]
     eos, pad, lang = tok["vocab"]["eos_idx"], tok["vocab"]["pad_idx"], tok["target_lang_id"]
-    batches = [collate([(s, [eos, lang, eos]) for s in sources[i : i + GEN_BATCH]], pad) for i in range(0, len(sources), GEN_BATCH)]
+    batches = [collate([(s, [eos, lang, eos]) for s in sources[i : i + GEN_BATCH]], pad).to(device)
+               for i in range(0, len(sources), GEN_BATCH)]
     if job["system"] == "fs2mini":
-        run = _fs2mini_generate(cfg, tok)
+        run = _fs2mini_generate(cfg, tok, device)
     else:
-        run = _hf_generate(cfg, tok)
+        run = _hf_generate(cfg, tok, device)
     results = {}
     run(batches[0], 1, True)  # warm-up
+    run(batches[0], 4, True)
     for name, beam, forced in [("greedy_forced", 1, True), ("beam4_forced", 4, True),
                                ("greedy", 1, False), ("beam4", 4, False)]:
         if job["forced_only"] and not forced:
             continue
+        sync(device)
         start = time.perf_counter()
         lengths = [n for batch in batches for n in run(batch, beam, forced)]
+        sync(device)
         elapsed = time.perf_counter() - start
         results[name] = {"sentences_per_s": len(sources) / elapsed, "mean_output_len": statistics.mean(lengths)}
-    results["peak_rss_mb"] = peak_rss_mb()
+    results["peak_rss_mb"] = peak_memory_mb(device)
     return results
 
 
-def _fs2mini_generate(cfg: ModelConfig, tok: dict):
+def _fs2mini_generate(cfg: ModelConfig, tok: dict, device: torch.device):
     from torch import Tensor
 
     from fs2mini.generation import GenerationConfig, generate
@@ -220,7 +256,7 @@ def _fs2mini_generate(cfg: ModelConfig, tok: dict):
             logits[..., vocab.eos_idx] -= 1e4
             return logits
 
-    model = build_model(cfg, vocab).eval()
+    model = build_model(cfg, vocab).to(device).eval()
     forced_model = copy.copy(model)  # same modules and weights; only `project` differs
     forced_model.__class__ = NoEarlyEos
     prefix = [vocab.eos_idx, tok["target_lang_id"]]
@@ -235,11 +271,11 @@ def _fs2mini_generate(cfg: ModelConfig, tok: dict):
     return run
 
 
-def _hf_generate(cfg: ModelConfig, tok: dict):
+def _hf_generate(cfg: ModelConfig, tok: dict, device: torch.device):
     from baselines import build_hf_m2m100
 
     vocab = tok["vocab"]
-    model = build_hf_m2m100(cfg, vocab["size"], vocab["pad_idx"], vocab["eos_idx"]).eval()
+    model = build_hf_m2m100(cfg, vocab["size"], vocab["pad_idx"], vocab["eos_idx"]).to(device).eval()
     pad = vocab["pad_idx"]
 
     @torch.no_grad()
@@ -312,19 +348,24 @@ def naive_collate(examples: list[tuple[list[int], list[int]]], pad: int) -> Seq2
 
 
 def mm_worker(job: dict) -> dict:
-    """fp32 matmul peak of this machine: median of large square `torch.mm`s."""
+    """Matmul peak of this machine: median of large square `torch.mm`s (fp32 on CPU, bf16 on CUDA)."""
+    device = torch.device(job["device"])
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     results = {}
-    for n in (1024, 2048):
-        a, b = torch.randn(n, n), torch.randn(n, n)
+    for n in (1024, 2048) if device.type == "cpu" else (4096, 8192):
+        a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
         for _ in range(3):
             torch.mm(a, b)
         times = []
         for _ in range(10):
+            sync(device)
             start = time.perf_counter()
             torch.mm(a, b)
+            sync(device)
             times.append(time.perf_counter() - start)
         results[str(n)] = 2 * n**3 / statistics.median(times)
-    return {"flops_per_s": max(results.values()), "by_size": results, "threads": torch.get_num_threads()}
+    return {"flops_per_s": max(results.values()), "by_size": results, "threads": torch.get_num_threads(),
+            "dtype": str(dtype).removeprefix("torch.")}
 
 
 WORKERS = {"train": train_worker, "generate": generate_worker, "data": data_worker, "mm": mm_worker}
@@ -342,7 +383,7 @@ def run_job(job: dict) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def prepare(workdir: Path, steps_needed: int, num_gen: int) -> tuple[dict, dict[str, Path], list[list[int]]]:
+def prepare(workdir: Path, steps_needed: int, num_gen: int, max_tokens: int) -> tuple[dict, dict[str, Path], list[list[int]]]:
     """Tokenizer (vocab 8000, cached), the shared training batches, the generation sources."""
     corpus = BibleCorpus()
     langs = corpus_languages(corpus)
@@ -352,7 +393,7 @@ def prepare(workdir: Path, steps_needed: int, num_gen: int) -> tuple[dict, dict[
            "lang_ids": list(tokenizer.lang_ids.values()),
            "vocab": {"size": vocab.size, "pad_idx": vocab.pad_idx, "bos_idx": vocab.bos_idx, "eos_idx": vocab.eos_idx,
                      "unk_idx": vocab.unk_idx}}
-    stream = iter(Seq2SeqBatches(DataConfig(max_tokens=MAX_TOKENS), "train", tokenizer, seed=1, shuffle=True))
+    stream = iter(Seq2SeqBatches(DataConfig(max_tokens=max_tokens), "train", tokenizer, seed=1, shuffle=True))
     batches = [next(stream) for _ in range(steps_needed)]
     path = workdir / "train_batches.pt"
     torch.save(batches, path)
@@ -372,14 +413,24 @@ def main(cfg: BenchConfig) -> dict:
     if cfg.compile:
         systems.insert(1, "fs2mini-compile")
     repeats = 1 if cfg.quick else cfg.repeats
-    plan = {"small": (1, 2)} if cfg.quick else {"small": (2, cfg.small_steps), "base": (1, cfg.base_steps)}
+    on_cuda = cfg.device == "cuda"
+    if on_cuda and not torch.cuda.is_available():
+        sys.exit("bench.py: --device cuda but CUDA is not available on this machine")
+    if cfg.quick:
+        plan = {"small": (1, 2)}
+    elif on_cuda:  # GPU steps are short: more of them, and NLLB's own size
+        plan = {"small": (3, 20), "base": (3, 20), "dense_600m": (2, 10)}
+    else:
+        plan = {"small": (2, cfg.small_steps), "base": (1, cfg.base_steps)}
+    max_tokens = cfg.cuda_max_tokens if on_cuda else MAX_TOKENS
     num_gen = 50 if cfg.quick else 200
-    results: dict = {"machine": machine_info(), "config": {"quick": cfg.quick, "repeats": repeats, "plan": plan,
-                                                             "max_tokens": MAX_TOKENS, "vocab": VOCAB_SIZE}}
+    results: dict = {"machine": machine_info(cfg.device),
+                     "config": {"quick": cfg.quick, "repeats": repeats, "plan": plan, "device": cfg.device,
+                                "max_tokens": max_tokens, "vocab": VOCAB_SIZE}}
     with tempfile.TemporaryDirectory(dir=cfg.workdir) as tmp:
-        tok, paths, gen_sources = prepare(Path(tmp), max(w + s for w, s in plan.values()), num_gen)
-        results["mm"] = run_job({"kind": "mm"})
-        log(f"fp32 torch.mm peak: {results['mm']['flops_per_s'] / 1e9:.1f} GFLOP/s")
+        tok, paths, gen_sources = prepare(Path(tmp), max(w + s for w, s in plan.values()), num_gen, max_tokens)
+        results["mm"] = run_job({"kind": "mm", "device": cfg.device})
+        log(f"{results['mm']['dtype']} torch.mm peak: {results['mm']['flops_per_s'] / 1e9:.1f} GFLOP/s")
 
         results["train"] = {}
         for size, (warmup, steps) in plan.items():
@@ -387,7 +438,7 @@ def main(cfg: BenchConfig) -> dict:
             for repeat in range(repeats):
                 for system in systems:
                     job = {"kind": "train", "system": system, "size": size, "batches": str(paths["train"]),
-                           "warmup": warmup + (2 if system == "fs2mini-compile" else 0), "steps": steps, "tok": tok}
+                           "device": cfg.device, "warmup": warmup + (2 if system == "fs2mini-compile" else 0), "steps": steps, "tok": tok}
                     runs[system].append(run_job(job))
                     log(f"train {size} {system} #{repeat + 1}: {runs[system][-1]['target_tokens_per_s']:.0f} target tok/s")
             results["train"][size] = {s: summarise_train(r) for s, r in runs.items()}
@@ -398,7 +449,7 @@ def main(cfg: BenchConfig) -> dict:
         for repeat in range(repeats):
             for system in gen_systems:
                 gen_runs[system].append(run_job({"kind": "generate", "system": system, "sources": gen_sources, "tok": tok,
-                                                 "forced_only": cfg.quick}))
+                                                 "device": cfg.device, "forced_only": cfg.quick}))
                 log(f"generate {system} #{repeat + 1}: " + ", ".join(
                     f"{k} {v['sentences_per_s']:.0f}/s" for k, v in gen_runs[system][-1].items() if isinstance(v, dict)))
         for system, runs in gen_runs.items():
@@ -407,7 +458,7 @@ def main(cfg: BenchConfig) -> dict:
                                                "mean_output_len": runs[0][m]["mean_output_len"]} for m in modes}
             results["generate"][system]["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
 
-        data_runs: dict[str, list[dict]] = {"fs2mini": [], "naive": []}
+        data_runs: dict[str, list[dict]] = {} if on_cuda else {"fs2mini": [], "naive": []}  # CPU-only work
         for repeat in range(1 if cfg.quick else 2):
             for impl in data_runs:
                 data_runs[impl].append(run_job({"kind": "data", "impl": impl, "tok": tok}))
@@ -440,9 +491,11 @@ def _has_transformers() -> bool:
     return True
 
 
-def machine_info() -> dict:
+def machine_info(device: str) -> dict:
     info = {"python": platform.python_version(), "torch": torch.__version__, "cpus": len(os.sched_getaffinity(0)),
             "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine()}
+    if device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name()
     try:
         import transformers
         info["transformers"] = transformers.__version__
@@ -465,12 +518,15 @@ def print_report(results: dict) -> None:
     from rich.table import Table
 
     console = Console()
-    m = results["machine"]
-    console.print(f"[bold]fs2mini benchmark[/bold] — {m['cpu']}, {m['cpus']} CPUs, torch {m['torch']}, "
+    m, config = results["machine"], results["config"]
+    on_cuda = config.get("device") == "cuda"
+    where = f"{m['gpu']}, bf16 autocast" if on_cuda else "fp32 CPU"
+    memory = "peak CUDA MB" if on_cuda else "peak RSS MB"
+    console.print(f"[bold]fs2mini benchmark[/bold] — {m.get('gpu', m['cpu'])}, {m['cpus']} CPUs, torch {m['torch']}, "
                   f"{results['wall_s']:.0f} s")
     for size, systems in results["train"].items():
-        table = Table(title=f"training {size.upper()} (fp32 CPU, {MAX_TOKENS}-token batches, median of {results['config']['repeats']})")
-        for col in ("system", "target tok/s", "src+tgt tok/s", "vs HF", "step s", "peak RSS MB", "runs"):
+        table = Table(title=f"training {size.upper()} ({where}, {config['max_tokens']}-token batches, median of {config['repeats']})")
+        for col in ("system", "target tok/s", "src+tgt tok/s", "vs HF", "step s", memory, "runs"):
             table.add_column(col, justify="left" if col == "system" else "right")
         ref = systems.get("hf", {}).get("target_tokens_per_s")
         for system, r in systems.items():
@@ -478,7 +534,8 @@ def print_report(results: dict) -> None:
                           f"{r['target_tokens_per_s'] / ref:.2f}×" if ref else "-", f"{r['step_s']:.3f}",
                           f"{r['peak_rss_mb']:.0f}", " ".join(f"{x:.0f}" for x in r["runs"]))
         console.print(table)
-    table = Table(title=f"generation SMALL (random weights, batches of {GEN_BATCH}; forced = {FORCED_LEN} tokens + </s>)")
+    table = Table(title=f"generation SMALL ({'CUDA fp32' if on_cuda else 'CPU fp32'}, random weights, batches of {GEN_BATCH}; "
+                        f"forced = {FORCED_LEN} tokens + </s>)")
     for col in ("system", "mode", "sentences/s", "vs HF", "mean output len"):
         table.add_column(col, justify="left" if col in ("system", "mode") else "right")
     hf = results["generate"].get("hf", {})
@@ -496,12 +553,13 @@ def print_report(results: dict) -> None:
     for impl, r in results["data"].items():
         name = "fs2mini Seq2SeqBatches" if impl == "fs2mini" else "naive per-sentence loop (110/batch)"
         table.add_row(name, f"{r['sentences_per_s']:.0f}", f"{r['padding']:.1%}", str(r["batches"]), f"{r['seconds']:.2f}")
-    console.print(table)
-    peak = results["mm"]["flops_per_s"]
+    if results["data"]:
+        console.print(table)
+    peak, dtype = results["mm"]["flops_per_s"], results["mm"].get("dtype", "float32")
     for size, systems in results["train"].items():
         r = systems["fs2mini"]
         console.print(f"efficiency {size.upper()}: fs2mini step {r['flops_per_s'] / 1e9:.1f} GFLOP/s of matmul "
-                      f"/ torch.mm fp32 peak {peak / 1e9:.1f} GFLOP/s = {r['mm_efficiency']:.0%}")
+                      f"/ torch.mm {dtype} peak {peak / 1e9:.1f} GFLOP/s = {r['mm_efficiency']:.0%}")
 
 
 if __name__ == "__main__":

@@ -25,11 +25,16 @@ function 320 ms. Chunks of 128–1024 rows were within noise of each other, one 
 slower: smaller chunks re-read the weight more often, larger ones fall out of cache."""
 
 
+@torch.compiler.disable
 def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, pad_idx: int, label_smoothing: float,
                          chunk_rows: int = CHUNK_ROWS) -> Tensor:
     """Summed label-smoothed cross-entropy of `hidden @ weight.T` against `target`, skipping pad targets.
 
     hidden: (..., model_dim); weight: (vocab, model_dim); target: hidden's leading shape.
+
+    Kept out of torch.compile: the pad filter has a data-dependent size and the chunk loop's length
+    depends on it, so dynamo specialised on every batch's target-token count and recompiled until
+    its recompile limit (seen under --trainer.compile: "hit config.recompile_limit (8)").
     """
     keep = target.reshape(-1) != pad_idx
     rows = hidden.reshape(-1, hidden.size(-1))[keep]
