@@ -169,12 +169,15 @@ def train_worker(job: dict) -> dict:
         optimizer.step()
         return float(loss.detach()) / num_tokens
 
+    timed = batches[job["warmup"] : job["warmup"] + job["steps"]]
+    # On CUDA a batch shape's first step pays one-time costs (kernel plans, allocator growth; with
+    # cuDNN attention ~0.3 s, see cuda_probe.py), so the timed batches are also run once untimed.
+    warmup = batches[: job["warmup"]] + (timed if device.type == "cuda" else [])
     start = time.perf_counter()
-    for batch in batches[: job["warmup"]]:
+    for batch in warmup:
         step(batch)
     sync(device)
     warmup_s = time.perf_counter() - start
-    timed = batches[job["warmup"] : job["warmup"] + job["steps"]]
     times, losses = [], []
     for batch in timed:
         start = time.perf_counter()

@@ -1,0 +1,130 @@
+"""Three CUDA measurements behind README's "On CUDA" figures (~40 s on an H200):
+
+    python benchmarks/cuda_probe.py              # needs a CUDA GPU; `cpu` as argument for a smoke run
+
+1. the cost of a new batch shape: SMALL training steps on 25 batches never seen before, then on the
+   same 25 again, with cuDNN attention allowed (PyTorch's default on Hopper) and with fs2mini's
+   `CUDA_SDPA_BACKENDS` (cuDNN excluded);
+2. steady-state training throughput and MFU (achieved matmul FLOP/s ÷ measured bf16 `torch.mm`
+   peak) for SMALL, BASE and dense_600m with 32k-token batches, shapes repeated;
+3. fs2mini vs Hugging Face M2M100 (same shapes, same loss, same step) on BASE and dense_600m.
+
+Every step is `benchmarks/bench.py`'s: bf16 autocast, summed label-smoothed CE, gradients ÷ target
+tokens, clip to 1, AdamW(foreach). Batches are random ids with Bible-like lengths (12–90 tokens),
+so no tokenizer or corpus is needed.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.nn.attention import SDPBackend
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import fs2mini.model  # noqa: E402
+from bench import SIZES, build_system, train_flops  # noqa: E402
+from fs2mini.data import Seq2SeqBatch, collate  # noqa: E402
+from fs2mini.optim import AdamWConfig, build_optimizer  # noqa: E402
+
+VOCAB = {"size": 8000, "pad_idx": 1, "bos_idx": 0, "eos_idx": 2, "unk_idx": 3}
+
+
+def random_batches(count: int, max_tokens: int, seed: int, device: torch.device) -> list[Seq2SeqBatch]:
+    """Batches of random ids; each has its own longest length, so shapes differ batch to batch."""
+    rng = random.Random(seed)
+    batches = []
+    for _ in range(count):
+        longest = rng.randint(12, 90)
+        pairs = []
+        for _ in range(max(1, max_tokens // (2 * longest))):
+            source = [rng.randint(10, 7999) for _ in range(rng.randint(longest - 8, longest))]
+            target = [2, 5] + [rng.randint(10, 7999) for _ in range(rng.randint(longest - 8, longest))] + [2]
+            pairs.append((source, target))
+        batches.append(collate(pairs, VOCAB["pad_idx"]).to(device))
+    return batches
+
+
+def make_step(system: str, size: str, device: torch.device):
+    """One training step of `system` at `size`, as `bench.py` times it."""
+    torch.manual_seed(0)
+    model, compute_loss = build_system(system, SIZES[size], {"vocab": VOCAB})
+    model.to(device).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = build_optimizer(AdamWConfig(lr=1e-4), params)
+
+    def step(batch: Seq2SeqBatch) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss, num_tokens = compute_loss(batch)
+        loss.backward()
+        for p in params:
+            if p.grad is not None:
+                p.grad.div_(num_tokens)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+
+    return step
+
+
+def timed(step, batches: list[Seq2SeqBatch], device: torch.device) -> list[float]:
+    times = []
+    for batch in batches:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        step(batch)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def mm_peak(device: torch.device) -> float:
+    """bf16 `torch.mm` FLOP/s on 8192² matrices (fp32 1024² on CPU)."""
+    n, dtype = (8192, torch.bfloat16) if device.type == "cuda" else (1024, torch.float32)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ a
+    times = timed(lambda _: a @ a, [None] * 10, device)
+    return 2 * n**3 / statistics.median(times)
+
+
+def main(device: torch.device) -> None:
+    smoke = device.type == "cpu"
+    print(f"torch {torch.__version__} | {torch.cuda.get_device_name(device) if not smoke else 'CPU smoke run'}")
+    with_cudnn = [SDPBackend.CUDNN_ATTENTION, *fs2mini.model.CUDA_SDPA_BACKENDS]
+    for label, backends in [("cuDNN attention allowed", with_cudnn), ("fs2mini's backends", fs2mini.model.CUDA_SDPA_BACKENDS)]:
+        fs2mini.model.CUDA_SDPA_BACKENDS = backends  # read by fs2mini.model.attention at each call
+        step = make_step("fs2mini", "small", device)
+        step(random_batches(1, 4096, 99, device)[0])
+        batches = random_batches(3 if smoke else 25, 4096, len(label), device)
+        new, again = timed(step, batches, device), timed(step, batches, device)
+        print(f"SMALL, {label}: new shapes {statistics.median(new) * 1e3:.1f} ms/step, "
+              f"same shapes again {statistics.median(again) * 1e3:.1f} ms/step", flush=True)
+
+    peak = mm_peak(device)
+    print(f"{'bf16' if not smoke else 'fp32'} torch.mm peak {peak / 1e12:.1f} TFLOP/s")
+    max_tokens = 2048 if smoke else 32768
+    for size in ("small",) if smoke else ("small", "base", "dense_600m"):
+        for system in ("fs2mini", "hf") if size != "small" else ("fs2mini",):
+            step = make_step(system, size, device)
+            batches = random_batches(2 if smoke else 6, max_tokens, 7, device)
+            timed(step, batches, device)  # first pass: every shape's one-time costs
+            seconds = sum(timed(step, batches, device))
+            flops = sum(train_flops(SIZES[size], VOCAB["size"], b) for b in batches)
+            print(f"{size} {system}, {max_tokens}-token batches: "
+                  f"{sum(b.num_target_tokens for b in batches) / seconds:,.0f} target tok/s, "
+                  f"{flops / seconds / 1e12:.1f} TFLOP/s = {flops / seconds / peak:.1%} of the mm peak", flush=True)
+            del step
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main(torch.device(sys.argv[1] if len(sys.argv) > 1 else "cuda"))
