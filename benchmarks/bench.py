@@ -145,19 +145,19 @@ def build_system(system: str, cfg: ModelConfig, tok_info: dict):
     raise ValueError(f"unknown system {system}")
 
 
-def train_worker(job: dict) -> dict:
+def make_train_step(system: str, cfg: ModelConfig, tok_info: dict, device: torch.device):
+    """(model, step): one timed training step of `system`, the same for every system: forward under
+    `autocast(device)`, loss, backward, gradients ÷ target tokens, clip to 1, AdamW(foreach)."""
     from fs2mini.optim import AdamWConfig, build_optimizer
 
     torch.manual_seed(0)
-    device = torch.device(job["device"])
-    cfg = SIZES[job["size"]]
-    batches: list[Seq2SeqBatch] = [b.to(device) for b in torch.load(job["batches"], weights_only=False)]
-    model, compute_loss = build_system(job["system"], cfg, job["tok"])
+    model, compute_loss = build_system(system, cfg, tok_info)
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(AdamWConfig(lr=1e-4), params)  # AdamW, foreach=True, for every system
 
     def step(batch: Seq2SeqBatch) -> float:
+        """Returns the loss per target token."""
         optimizer.zero_grad(set_to_none=True)
         with autocast(device):
             loss, num_tokens = compute_loss(batch)
@@ -169,6 +169,14 @@ def train_worker(job: dict) -> dict:
         optimizer.step()
         return float(loss.detach()) / num_tokens
 
+    return model, step
+
+
+def train_worker(job: dict) -> dict:
+    device = torch.device(job["device"])
+    cfg = SIZES[job["size"]]
+    batches: list[Seq2SeqBatch] = [b.to(device) for b in torch.load(job["batches"], weights_only=False)]
+    model, step = make_train_step(job["system"], cfg, job["tok"], device)
     timed = batches[job["warmup"] : job["warmup"] + job["steps"]]
     # On CUDA a batch shape's first step pays one-time costs (kernel plans, allocator growth; with
     # cuDNN attention ~0.3 s, see cuda_probe.py), so the timed batches are also run once untimed.

@@ -9,9 +9,9 @@
    peak) for SMALL, BASE and dense_600m with 32k-token batches, shapes repeated;
 3. fs2mini vs Hugging Face M2M100 (same shapes, same loss, same step) on BASE and dense_600m.
 
-Every step is `benchmarks/bench.py`'s: bf16 autocast, summed label-smoothed CE, gradients ÷ target
-tokens, clip to 1, AdamW(foreach). Batches are random ids with Bible-like lengths (12–90 tokens),
-so no tokenizer or corpus is needed.
+Every step is `benchmarks/bench.py`'s `make_train_step` (bf16 autocast, summed label-smoothed CE,
+gradients ÷ target tokens, clip to 1, AdamW(foreach)). Batches are random ids with Bible-like
+lengths (12–90 tokens), so no tokenizer or corpus is needed.
 """
 
 from __future__ import annotations
@@ -28,9 +28,8 @@ from torch.nn.attention import SDPBackend
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fs2mini.model  # noqa: E402
-from bench import SIZES, build_system, train_flops  # noqa: E402
+from bench import SIZES, make_train_step, train_flops  # noqa: E402
 from fs2mini.data import Seq2SeqBatch, collate  # noqa: E402
-from fs2mini.optim import AdamWConfig, build_optimizer  # noqa: E402
 
 VOCAB = {"size": 8000, "pad_idx": 1, "bos_idx": 0, "eos_idx": 2, "unk_idx": 3}
 
@@ -48,28 +47,6 @@ def random_batches(count: int, max_tokens: int, seed: int, device: torch.device)
             pairs.append((source, target))
         batches.append(collate(pairs, VOCAB["pad_idx"]).to(device))
     return batches
-
-
-def make_step(system: str, size: str, device: torch.device):
-    """One training step of `system` at `size`, as `bench.py` times it."""
-    torch.manual_seed(0)
-    model, compute_loss = build_system(system, SIZES[size], {"vocab": VOCAB})
-    model.to(device).train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = build_optimizer(AdamWConfig(lr=1e-4), params)
-
-    def step(batch: Seq2SeqBatch) -> None:
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            loss, num_tokens = compute_loss(batch)
-        loss.backward()
-        for p in params:
-            if p.grad is not None:
-                p.grad.div_(num_tokens)
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-
-    return step
 
 
 def timed(step, batches: list[Seq2SeqBatch], device: torch.device) -> list[float]:
@@ -101,7 +78,7 @@ def main(device: torch.device) -> None:
     with_cudnn = [SDPBackend.CUDNN_ATTENTION, *fs2mini.model.CUDA_SDPA_BACKENDS]
     for label, backends in [("cuDNN attention allowed", with_cudnn), ("fs2mini's backends", fs2mini.model.CUDA_SDPA_BACKENDS)]:
         fs2mini.model.CUDA_SDPA_BACKENDS = backends  # read by fs2mini.model.attention at each call
-        step = make_step("fs2mini", "small", device)
+        _, step = make_train_step("fs2mini", SIZES["small"], {"vocab": VOCAB}, device)
         step(random_batches(1, 4096, 99, device)[0])
         batches = random_batches(3 if smoke else 25, 4096, len(label), device)
         new, again = timed(step, batches, device), timed(step, batches, device)
@@ -113,7 +90,7 @@ def main(device: torch.device) -> None:
     max_tokens = 2048 if smoke else 32768
     for size in ("small",) if smoke else ("small", "base", "dense_600m"):
         for system in ("fs2mini", "hf") if size != "small" else ("fs2mini",):
-            step = make_step(system, size, device)
+            _, step = make_train_step(system, SIZES[size], {"vocab": VOCAB}, device)
             batches = random_batches(2 if smoke else 6, max_tokens, 7, device)
             timed(step, batches, device)  # first pass: every shape's one-time costs
             seconds = sum(timed(step, batches, device))
