@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # fs2mini's CUDA paths, checked end to end on a GPU machine (CI has none, so this is run by hand):
 #
-#     bash benchmarks/cuda_check.sh [OUT_DIR]          # ~6 min on one H100/H200
+#     bash benchmarks/cuda_check.sh [OUT_DIR]   # stages 1-3: ~4 min on an H200; stage 4 not yet timed
 #
 # 1. trains the default model on CUDA (bf16 autocast, the default there) with BLEU validation;
 # 2. translates (beam 4) and evaluates that run on CUDA through `Translator.from_run`;
