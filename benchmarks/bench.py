@@ -57,6 +57,7 @@ from fs2mini.data import DataConfig, Seq2SeqBatch, Seq2SeqBatches, collate  # no
 from fs2mini.model import ARCHS, ModelConfig  # noqa: E402
 from fs2mini.pipeline import Skipped  # noqa: E402
 from fs2mini.tokenizer import Tokenizer, TokenizerConfig, load_or_train_tokenizer  # noqa: E402
+from fs2mini.validation import autocast_for  # noqa: E402
 
 SIZES: dict[str, ModelConfig] = {"small": ARCHS["small"], "base": ARCHS["base"], "dense_600m": ARCHS["dense_600m"]}
 SYSTEMS = ("fs2mini", "torch", "hf")
@@ -113,11 +114,6 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA (what `fs2mini.train` does there); plain fp32 on CPU."""
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-
 def build_system(system: str, cfg: ModelConfig, tok_info: dict):
     """(model, loss function (model, batch) -> (summed loss, target tokens)) for one system."""
     from baselines import PlainTransformer, build_hf_m2m100, hf_logits, label_smoothed_ce
@@ -147,7 +143,8 @@ def build_system(system: str, cfg: ModelConfig, tok_info: dict):
 
 def make_train_step(system: str, cfg: ModelConfig, tok_info: dict, device: torch.device):
     """(model, step): one timed training step of `system`, the same for every system: forward under
-    `autocast(device)`, loss, backward, gradients ÷ target tokens, clip to 1, AdamW(foreach)."""
+    fs2mini.train's default autocast (bf16 on CUDA, none on CPU), loss, backward, gradients ÷ target
+    tokens, clip to 1, AdamW(foreach)."""
     from fs2mini.optim import AdamWConfig, build_optimizer
 
     torch.manual_seed(0)
@@ -159,7 +156,7 @@ def make_train_step(system: str, cfg: ModelConfig, tok_info: dict, device: torch
     def step(batch: Seq2SeqBatch) -> float:
         """Returns the loss per target token."""
         optimizer.zero_grad(set_to_none=True)
-        with autocast(device):
+        with autocast_for(device, "auto"):
             loss, num_tokens = compute_loss(batch)
         loss.backward()
         for p in params:
@@ -427,6 +424,8 @@ def main(cfg: BenchConfig) -> dict:
     on_cuda = cfg.device == "cuda"
     if on_cuda and not torch.cuda.is_available():
         sys.exit("bench.py: --device cuda but CUDA is not available on this machine")
+    if cfg.cuda_max_tokens <= 0:
+        sys.exit(f"bench.py: --cuda-max-tokens must be a positive integer, got {cfg.cuda_max_tokens}")
     if cfg.quick:
         plan = {"small": (1, 2)}
     elif on_cuda:  # GPU steps are short: more of them, and NLLB's own size

@@ -28,7 +28,7 @@ from torch.nn.attention import SDPBackend
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fs2mini.model  # noqa: E402
-from bench import SIZES, make_train_step, train_flops  # noqa: E402
+from bench import SIZES, make_train_step, sync, train_flops  # noqa: E402
 from fs2mini.data import Seq2SeqBatch, collate  # noqa: E402
 
 VOCAB = {"size": 8000, "pad_idx": 1, "bos_idx": 0, "eos_idx": 2, "unk_idx": 3}
@@ -52,12 +52,10 @@ def random_batches(count: int, max_tokens: int, seed: int, device: torch.device)
 def timed(step, batches: list[Seq2SeqBatch], device: torch.device) -> list[float]:
     times = []
     for batch in batches:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        sync(device)
         start = time.perf_counter()
         step(batch)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        sync(device)
         times.append(time.perf_counter() - start)
     return times
 
