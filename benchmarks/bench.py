@@ -120,7 +120,7 @@ def build_system(system: str, cfg: ModelConfig, tok_info: dict):
 
     from fs2mini.model import build_model
     from fs2mini.task import Seq2Seq
-    from fs2mini.tokenizer import VocabInfo
+    from fs2mini.vocab import VocabInfo
 
     vocab = VocabInfo(**tok_info["vocab"])
     pad = vocab.pad_idx
@@ -252,7 +252,7 @@ def _fs2mini_generate(cfg: ModelConfig, tok: dict, device: torch.device):
 
     from fs2mini.generation import GenerationConfig, generate
     from fs2mini.model import EncoderDecoderModel, build_model
-    from fs2mini.tokenizer import VocabInfo
+    from fs2mini.vocab import VocabInfo
 
     vocab = VocabInfo(**tok["vocab"])
 

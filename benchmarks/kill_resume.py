@@ -27,7 +27,9 @@ import tyro
 
 from fs2mini.checkpoint import list_checkpoints
 from fs2mini.errors import UserError
-from fs2mini.synthetic import write_reversal_tsv
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from synthetic import write_reversal_tsv  # noqa: E402  (the tests' learnable corpus)
 
 
 @dataclass(frozen=True)

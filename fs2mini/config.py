@@ -1,27 +1,40 @@
 """The top-level training config, the training loop's settings, and how it is written to / read from a run directory.
 
 `TrainConfig` nests one frozen dataclass per component; `tyro` turns it into the command line
-(`--model.model-dim 128`, `optimizer:sgd`, ...). A run directory stores it as `config.json`:
-plain JSON where each dataclass carries its class name in `"_type"`, so a reader sees every value
-and `load_config` rebuilds exactly the same object (including which alternative of a Union).
+(`--model.model-dim 128`, `optimizer:sgd`, ...; see fs2mini/train.py, which also adds a recipe's
+own alternatives). A run directory stores it as `config.json`: plain JSON where each dataclass
+carries its class name in `"_type"`, so a reader sees every value and `load_config` rebuilds
+exactly the same object (including which alternative was chosen). A class defined outside fs2mini
+also records where it lives: `"_module"` (an importable module) or `"_file"` (the recipe file that
+was run), so `translate`, `evaluate` and a resume rebuild a recipe's own model, task or corpus.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import importlib.util
 import json
+import sys
 import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
+import tyro
+
 from fs2mini.data import DataConfig
 from fs2mini.errors import UserError
-from fs2mini.model import ARCHS, ModelArch
-from fs2mini.optim import AdamWConfig, InverseSqrtConfig, LRSchedulerConfig, OptimizerConfig
+from fs2mini.model import ARCHS
+from fs2mini.optim import LR_SCHEDULERS, OPTIMIZERS
 from fs2mini.task import TaskConfig
 from fs2mini.tokenizer import TokenizerConfig
+
+# The built-in alternatives as types (the command line rebuilds them with a recipe's own ones added).
+ModelChoice = tyro.extras.subcommand_type_from_defaults(ARCHS)
+OptimizerChoice = tyro.extras.subcommand_type_from_defaults(OPTIMIZERS)
+LRSchedulerChoice = tyro.extras.subcommand_type_from_defaults(LR_SCHEDULERS)
 
 
 @dataclass(frozen=True)
@@ -77,11 +90,11 @@ class TrainConfig:
     """Run directory (config, tokenizer, checkpoints, metrics.jsonl); default runs/<run_name>."""
     tokenizer: TokenizerConfig = TokenizerConfig()
     data: DataConfig = DataConfig()
-    model: ModelArch = ARCHS["small"]
+    model: ModelChoice = ARCHS["small"]
     """Model shape; `model:NAME` picks a preset whose fields can then be overridden."""
     task: TaskConfig = TaskConfig()
-    optimizer: OptimizerConfig = AdamWConfig()
-    lr_scheduler: LRSchedulerConfig = InverseSqrtConfig()
+    optimizer: OptimizerChoice = OPTIMIZERS["adamw"]
+    lr_scheduler: LRSchedulerChoice = LR_SCHEDULERS["inverse-sqrt"]
     trainer: TrainerConfig = TrainerConfig()
 
     @property
@@ -89,14 +102,74 @@ class TrainConfig:
         return self.output_dir if self.output_dir is not None else Path("runs") / self.run_name
 
 
-# Sections whose change makes an existing checkpoint mean something else.
+# Sections whose change makes an existing checkpoint mean something else (where the tokenizer
+# cache lives does not: the run directory keeps its own copy of the tokenizer).
 INCOMPATIBLE_SECTIONS = ("tokenizer", "model")
+IGNORED_FOR_COMPATIBILITY = ("tokenizer.cache_dir",)
+
+
+def class_location(cls: type) -> dict[str, str]:
+    """Where a config class outside fs2mini lives: its module, or the file of the script that ran."""
+    module = cls.__module__
+    if module.startswith("fs2mini.") or module == "fs2mini":
+        return {}
+    if module == "__main__":
+        main_file = getattr(sys.modules["__main__"], "__file__", None)
+        if main_file is None:
+            raise UserError(f"config class {cls.__qualname__} is defined in an interactive session; define it in a "
+                            "file (a recipe) so the run directory can rebuild it")
+        return {"_file": str(Path(main_file).resolve())}
+    return {"_module": module}
+
+
+def import_config_class(value: dict[str, Any], where: Path | None) -> type:
+    """The class a tagged dict names through `_module` or `_file`; one sentence if it is gone."""
+    name = value["_type"]
+    source = value.get("_module") or value.get("_file")
+    prefix = f"{where}: " if where is not None else ""
+    try:
+        if "_module" in value:
+            module = importlib.import_module(value["_module"])
+        else:
+            module = _import_recipe_file(Path(value["_file"]))
+    except UserError:
+        raise
+    except Exception as err:  # an import runs the user's code: any error means "cannot rebuild"
+        raise UserError(f"{prefix}cannot import {source} for {name} ({type(err).__name__}: {err}); "
+                        "expected the recipe that trained this run to be importable") from None
+    cls = getattr(module, name, None)
+    if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+        raise UserError(f"{prefix}{source} has no dataclass {name}; expected the recipe that trained this run")
+    return cls
+
+
+def _import_recipe_file(path: Path) -> types.ModuleType:
+    """Import a recipe file as a module (its `if __name__ == "__main__"` part does not run).
+
+    The recipe running right now is `__main__` already: its classes are used as they are."""
+    main = sys.modules.get("__main__")
+    if getattr(main, "__file__", None) and Path(main.__file__).resolve() == path:
+        return main
+    module_name = f"fs2mini_recipe_{path.stem}_{abs(hash(str(path))):x}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    if not path.is_file():
+        raise UserError(f"recipe file {path} does not exist")
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[module_name]
+        raise
+    return module
 
 
 def config_to_json(cfg: Any) -> Any:
-    """JSON-ready nested dicts; dataclasses are tagged with their class name."""
+    """JSON-ready nested dicts; dataclasses are tagged with their class name (and location, see `class_location`)."""
     if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
-        out: dict[str, Any] = {"_type": type(cfg).__name__}
+        out: dict[str, Any] = {"_type": type(cfg).__name__, **class_location(type(cfg))}
         for f in dataclasses.fields(cfg):
             out[f.name] = config_to_json(getattr(cfg, f.name))
         return out
@@ -107,11 +180,13 @@ def config_to_json(cfg: Any) -> Any:
     return cfg
 
 
-def config_from_json(tp: Any, value: Any) -> Any:
-    """Inverse of `config_to_json` for a value of declared type `tp`."""
+def config_from_json(tp: Any, value: Any, where: Path | None = None) -> Any:
+    """Inverse of `config_to_json` for a value of declared type `tp` (`where`: the file, for messages)."""
+    if isinstance(value, dict) and ("_module" in value or "_file" in value):
+        tp = import_config_class(value, where)
     origin = typing.get_origin(tp)
     if origin is Annotated:
-        return config_from_json(typing.get_args(tp)[0], value)
+        return config_from_json(typing.get_args(tp)[0], value, where)
     if origin in (Union, types.UnionType):
         options = typing.get_args(tp)
         if value is None:
@@ -119,24 +194,35 @@ def config_from_json(tp: Any, value: Any) -> Any:
         for option in options:
             base = typing.get_args(option)[0] if typing.get_origin(option) is Annotated else option
             if isinstance(value, dict) and getattr(base, "__name__", None) == value.get("_type"):
-                return config_from_json(base, value)
+                return config_from_json(base, value, where)
         non_none = [o for o in options if o is not type(None)]
-        return config_from_json(non_none[0], value)
+        return config_from_json(non_none[0], value, where)
     if origin is tuple:
         args = typing.get_args(tp)
         item_types = [args[0]] * len(value) if len(args) == 2 and args[1] is Ellipsis else list(args)
-        return tuple(config_from_json(t, v) for t, v in zip(item_types, value))
+        return tuple(config_from_json(t, v, where) for t, v in zip(item_types, value))
     if origin is Literal:
         return value
     if dataclasses.is_dataclass(tp):
         hints = typing.get_type_hints(tp, include_extras=True)
-        kwargs = {f.name: config_from_json(hints[f.name], value[f.name]) for f in dataclasses.fields(tp) if f.name in value}
+        kwargs = {f.name: config_from_json(hints[f.name], value[f.name], where) for f in dataclasses.fields(tp) if f.name in value}
         return tp(**kwargs)
     if tp is Path:
         return Path(value)
     if tp is float and isinstance(value, int):
         return float(value)
     return value
+
+
+def resolve_paths(cfg: Any) -> Any:
+    """`cfg` with every `Path` field made absolute (recipe classes included), so a run directory's
+    config.json means the same files from any working directory."""
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        changes = {f.name: resolve_paths(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+        return dataclasses.replace(cfg, **changes)
+    if isinstance(cfg, Path):
+        return cfg.expanduser().resolve()
+    return cfg
 
 
 def save_config(cfg: TrainConfig, path: Path) -> None:
@@ -146,7 +232,7 @@ def save_config(cfg: TrainConfig, path: Path) -> None:
 def load_config(path: Path) -> TrainConfig:
     try:
         raw = json.loads(path.read_text())
-        return config_from_json(TrainConfig, raw)
+        return config_from_json(TrainConfig, raw, path)
     except FileNotFoundError:
         raise UserError(f"{path} does not exist; expected a run directory written by fs2mini.train") from None
     except (json.JSONDecodeError, KeyError, TypeError) as err:
@@ -161,7 +247,7 @@ def incompatible_fields(old: TrainConfig, new: TrainConfig) -> list[str]:
         if isinstance(a, dict) and isinstance(b, dict):
             for key in sorted(set(a) | set(b)):
                 compare(f"{prefix}.{key}", a.get(key), b.get(key))
-        elif a != b:
+        elif a != b and prefix not in IGNORED_FOR_COMPATIBILITY:
             differing.append(prefix)
 
     old_json, new_json = config_to_json(old), config_to_json(new)

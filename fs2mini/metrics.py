@@ -50,10 +50,6 @@ def _step_of(line: str) -> float:
         return float("inf")  # a line cut short by a crash: drop it
 
 
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 class ProgressDisplay:
     """Live bar or periodic lines; `update` every step, `message` for validation results."""
 

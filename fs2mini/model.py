@@ -1,9 +1,14 @@
-"""An NLLB-style encoder–decoder Transformer, with named presets and one builder.
+"""An NLLB-style encoder–decoder Transformer, the protocol every fs2mini model follows, and presets.
 
-The architecture follows NLLB / fairseq2's `nllb` models: pre-LayerNorm layers with a final
-LayerNorm on each stack, sinusoidal positions, embeddings scaled by √model_dim, a single embedding
-table shared by the encoder, the decoder and the output projection, ReLU feed-forward blocks, and
-dropout on embeddings, attention weights and residual branches. Attention goes through
+`Seq2SeqModel` is what the trainer, validation and generation call: `forward` for teacher-forced
+training, `encode` / `decode` / `project` and a `DecoderState` for incremental decoding. A model of
+your own (a recipe's) only has to be an `nn.Module` with those methods, built by the `build(vocab)`
+method of a frozen config dataclass; see recipes/custom_model.py.
+
+The built-in architecture follows NLLB / fairseq2's `nllb` models: pre-LayerNorm layers with a
+final LayerNorm on each stack, sinusoidal positions, embeddings scaled by √model_dim, a single
+embedding table shared by the encoder, the decoder and the output projection, ReLU feed-forward
+blocks, and dropout on embeddings, attention weights and residual branches. Attention goes through
 `F.scaled_dot_product_attention` so PyTorch picks the fastest kernel for the device.
 
 The decoder takes an optional `DecoderState` (a key/value cache): with it, `decode` consumes only
@@ -17,17 +22,70 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
-import tyro
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from fs2mini.dropout import Dropout
 from fs2mini.errors import UserError
 from fs2mini.loss import linear_cross_entropy
-from fs2mini.tokenizer import VocabInfo
+from fs2mini.vocab import VocabInfo
+
+
+@dataclass
+class DecoderOutput:
+    """What `forward` returns: teacher-forced decoder states and the output projection's weight.
+
+    The loss is taken from here rather than from materialised logits: `loss` fuses the projection
+    with label-smoothed cross-entropy (fs2mini/loss.py) and never builds the (tokens × vocab)
+    logits; `logits` builds them for losses that need every probability (recipes/custom_loss.py).
+    Both run after `forward` has returned, which DDP and FSDP allow: the weight is the module's
+    own parameter, gathered by FSDP for this forward, and its gradient flows back in `backward`.
+    """
+
+    hidden: Tensor  # (batch, tgt_len, model_dim)
+    output_weight: Tensor  # (vocab_size, model_dim)
+
+    def logits(self) -> Tensor:
+        """(batch, tgt_len, vocab_size) unnormalised scores."""
+        return F.linear(self.hidden, self.output_weight)
+
+    def loss(self, target_output: Tensor, pad_idx: int, label_smoothing: float) -> Tensor:
+        """Label-smoothed cross-entropy summed over the non-pad positions of `target_output`."""
+        return linear_cross_entropy(self.hidden, self.output_weight, target_output, pad_idx, label_smoothing)
+
+
+@runtime_checkable
+class Seq2SeqModel(Protocol):
+    """What the trainer, validation and generation need of a model (besides being an `nn.Module`).
+
+    - `forward(source, source_lengths, target_input) -> DecoderOutput`: teacher-forced; what a
+      task's `compute_loss` calls (through DDP/FSDP wrappers, which only see `forward`).
+    - `encode(source, source_lengths) -> (encoder_out, encoder_mask)`: encoder_out is
+      (batch, src_len, model_dim); the mask is whatever `decode` wants back.
+    - `decode(target_input, encoder_out, encoder_mask, state=None) -> (batch, tgt_len, model_dim)`:
+      with a `DecoderState`, only the new positions (and the state grows by them).
+    - `project(hidden) -> (..., vocab_size)` logits, `new_decoder_state() -> DecoderState`.
+    - `max_seq_len`: the longest sequence it accepts (generation stops before it).
+    Parameters must not depend on anything but the config and the vocabulary, so a checkpoint's
+    state dict loads into a freshly built model.
+    """
+
+    max_seq_len: int
+
+    def forward(self, source: Tensor, source_lengths: Tensor, target_input: Tensor) -> DecoderOutput: ...
+
+    def encode(self, source: Tensor, source_lengths: Tensor) -> tuple[Tensor, Tensor]: ...
+
+    def decode(self, target_input: Tensor, encoder_out: Tensor, encoder_mask: Tensor,
+               state: DecoderState | None = None) -> Tensor: ...
+
+    def project(self, decoder_out: Tensor) -> Tensor: ...
+
+    def new_decoder_state(self) -> DecoderState: ...
 
 
 @dataclass(frozen=True)
@@ -52,7 +110,25 @@ class ModelConfig:
     """Dropout on embeddings, attention weights and residual branches."""
 
 
-# Named presets. The CLI offers them as `model:NAME` subcommands (underscores become dashes).
+    def build(self, vocab: VocabInfo) -> EncoderDecoderModel:
+        """The built-in architecture with this shape (see `build_model` for any model config)."""
+        check_model_config(self)
+        return EncoderDecoderModel(
+            vocab_size=vocab.size,
+            pad_idx=vocab.pad_idx,
+            model_dim=self.model_dim,
+            max_seq_len=self.max_seq_len,
+            num_encoder_layers=self.num_encoder_layers,
+            num_decoder_layers=self.num_decoder_layers,
+            num_encoder_attn_heads=self.num_encoder_attn_heads,
+            num_decoder_attn_heads=self.num_decoder_attn_heads,
+            ffn_inner_dim=self.ffn_inner_dim,
+            dropout_p=self.dropout_p,
+        )
+
+
+# Named presets. The CLI offers them as `model:NAME` subcommands (underscores become dashes);
+# a recipe adds its own with `main(..., models={"my-arch": MyConfig()})`.
 ARCHS: dict[str, ModelConfig] = {
     "tiny": ModelConfig(model_dim=64, num_encoder_layers=2, num_decoder_layers=2, num_encoder_attn_heads=4,
                         num_decoder_attn_heads=4, ffn_inner_dim=256, dropout_p=0.0),
@@ -64,9 +140,6 @@ ARCHS: dict[str, ModelConfig] = {
                               num_encoder_attn_heads=16, num_decoder_attn_heads=16, ffn_inner_dim=4096,
                               dropout_p=0.1),
 }
-
-ModelArch = tyro.extras.subcommand_type_from_defaults(ARCHS)
-
 
 def check_model_config(cfg: ModelConfig) -> None:
     """Reject shapes that cannot build, naming the flag and what was expected."""
@@ -91,21 +164,23 @@ def check_model_config(cfg: ModelConfig) -> None:
         raise UserError(f"--model.dropout-p must be in [0, 1), got {cfg.dropout_p}")
 
 
-def build_model(cfg: ModelConfig, vocab_info: VocabInfo) -> EncoderDecoderModel:
-    """The only code that reads `ModelConfig`: layers below take plain arguments."""
-    check_model_config(cfg)
-    return EncoderDecoderModel(
-        vocab_size=vocab_info.size,
-        pad_idx=vocab_info.pad_idx,
-        model_dim=cfg.model_dim,
-        max_seq_len=cfg.max_seq_len,
-        num_encoder_layers=cfg.num_encoder_layers,
-        num_decoder_layers=cfg.num_decoder_layers,
-        num_encoder_attn_heads=cfg.num_encoder_attn_heads,
-        num_decoder_attn_heads=cfg.num_decoder_attn_heads,
-        ffn_inner_dim=cfg.ffn_inner_dim,
-        dropout_p=cfg.dropout_p,
-    )
+def build_model(cfg, vocab: VocabInfo) -> nn.Module:
+    """The model a config describes: `cfg.build(vocab)`, checked against `Seq2SeqModel`.
+
+    `cfg` is `ModelConfig` or any frozen dataclass with a `build(vocab)` method (a recipe's own
+    architecture); a missing method fails here with one sentence instead of deep in training.
+    """
+    name = type(cfg).__qualname__
+    if not callable(getattr(cfg, "build", None)):
+        raise UserError(f"model config {name} has no build(vocab) method; expected a dataclass whose "
+                        "build(vocab: VocabInfo) returns an nn.Module following fs2mini.model.Seq2SeqModel")
+    model = cfg.build(vocab)
+    missing = [m for m in ("forward", "encode", "decode", "project", "new_decoder_state", "max_seq_len")
+               if not hasattr(model, m)]
+    if not isinstance(model, nn.Module) or missing:
+        raise UserError(f"{name}.build returned {type(model).__qualname__}, which is not an nn.Module with "
+                        f"{', '.join(missing) or 'parameters'}; expected a model following fs2mini.model.Seq2SeqModel")
+    return model
 
 
 @dataclass
@@ -376,8 +451,14 @@ class EncoderDecoderModel(nn.Module):
         seq_len = tokens.size(1)
         if offset + seq_len > self.max_seq_len:
             raise ValueError(f"sequence of {offset + seq_len} tokens exceeds max_seq_len {self.max_seq_len}")
-        x = self.embed(tokens) * self.embed_scale + self.positions[offset : offset + seq_len]
+        x = self.embed(tokens) * self.embed_scale + self.position_embeddings(offset, seq_len)
         return self.dropout(x)
+
+    def position_embeddings(self, offset: int, seq_len: int) -> Tensor:
+        """(seq_len, model_dim) added to the embeddings of positions offset … offset+seq_len-1.
+
+        Sinusoidal here; a subclass may learn them instead (recipes/custom_model.py)."""
+        return self.positions[offset : offset + seq_len]
 
     def encoder_mask(self, source_lengths: Tensor, src_len: int) -> Tensor:
         """(batch, 1, 1, src_len) True where a key is a real token, shaped to broadcast over heads and queries."""
@@ -411,20 +492,10 @@ class EncoderDecoderModel(nn.Module):
     def new_decoder_state(self) -> DecoderState:
         return DecoderState(num_layers=len(self.decoder_layers))
 
-    def forward(self, source: Tensor, source_lengths: Tensor, target_input: Tensor, target_output: Tensor | None = None,
-                label_smoothing: float = 0.0) -> Tensor:
-        """Teacher-forced logits (batch, tgt_len, vocab_size); given `target_output`, the loss instead.
-
-        The loss is the summed label-smoothed cross-entropy over non-pad targets, fused with the
-        output projection (fs2mini/loss.py) so the logits are never materialised. It is computed
-        here rather than in the task because DDP and FSDP only manage what runs inside `forward`,
-        and the projection uses the shared embedding table.
-        """
+    def forward(self, source: Tensor, source_lengths: Tensor, target_input: Tensor) -> DecoderOutput:
+        """Teacher-forced decoder states (batch, tgt_len, model_dim) and the shared output weight."""
         encoder_out, encoder_mask = self.encode(source, source_lengths)
-        decoder_out = self.decode(target_input, encoder_out, encoder_mask)
-        if target_output is None:
-            return self.project(decoder_out)
-        return linear_cross_entropy(decoder_out, self.embed.weight, target_output, self.pad_idx, label_smoothing)
+        return DecoderOutput(self.decode(target_input, encoder_out, encoder_mask), self.embed.weight)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

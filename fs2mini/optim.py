@@ -3,6 +3,11 @@
 A schedule is `lr_at(step) -> float`, a function of the step alone. The trainer sets the learning
 rate from it before every update, so there is no scheduler state to save, restore or get out of
 step with the optimizer when a run resumes.
+
+Each config builds its own object (`AdamWConfig.build(params)`, `CosineConfig.build(peak_lr,
+max_steps)`), so a recipe adds an optimizer or a schedule by writing one frozen dataclass with the
+same method and passing it to `fs2mini.train.main(..., optimizers={...})`; `build_optimizer` and
+`build_lr_schedule` are the one place the trainer calls, and they check what they get.
 """
 
 from __future__ import annotations
@@ -10,10 +15,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Annotated, Union
 
 import torch
-import tyro
 
 from fs2mini.errors import UserError
 
@@ -31,6 +34,11 @@ class AdamWConfig:
     weight_decay: float = 0.0
     """Decoupled weight decay."""
 
+    def build(self, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+        # foreach: one fused kernel launch per parameter group instead of one per tensor.
+        return torch.optim.AdamW(params, lr=self.lr, betas=self.betas, eps=self.eps, weight_decay=self.weight_decay,
+                                 foreach=True)
+
 
 @dataclass(frozen=True)
 class SGDConfig:
@@ -43,11 +51,12 @@ class SGDConfig:
     weight_decay: float = 0.0
     """L2 penalty."""
 
+    def build(self, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+        return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
 
-OptimizerConfig = Union[
-    Annotated[AdamWConfig, tyro.conf.subcommand("adamw")],
-    Annotated[SGDConfig, tyro.conf.subcommand("sgd")],
-]
+
+# The CLI's `optimizer:NAME` choices; a recipe adds its own with `main(..., optimizers={...})`.
+OPTIMIZERS = {"adamw": AdamWConfig(), "sgd": SGDConfig()}
 
 
 @dataclass(frozen=True)
@@ -59,6 +68,16 @@ class InverseSqrtConfig:
     init_lr: float = 1e-7
     """Learning rate at step 0."""
 
+    def build(self, peak_lr: float, max_steps: int) -> Callable[[int], float]:
+        warmup, init_lr = self.warmup_steps, self.init_lr
+
+        def lr_at(step: int) -> float:
+            if step < warmup:
+                return init_lr + (peak_lr - init_lr) * step / warmup
+            return peak_lr * math.sqrt(max(warmup, 1) / step)
+
+        return lr_at
+
 
 @dataclass(frozen=True)
 class CosineConfig:
@@ -69,6 +88,17 @@ class CosineConfig:
     final_lr_scale: float = 0.01
     """Final learning rate as a fraction of the peak."""
 
+    def build(self, peak_lr: float, max_steps: int) -> Callable[[int], float]:
+        warmup, final_lr = self.warmup_steps, peak_lr * self.final_lr_scale
+
+        def lr_at(step: int) -> float:
+            if step < warmup:
+                return peak_lr * step / warmup
+            progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
+            return final_lr + (peak_lr - final_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        return lr_at
+
 
 @dataclass(frozen=True)
 class ConstantConfig:
@@ -77,61 +107,44 @@ class ConstantConfig:
     warmup_steps: int = 0
     """Steps of linear warmup from 0."""
 
-
-LRSchedulerConfig = Union[
-    Annotated[InverseSqrtConfig, tyro.conf.subcommand("inverse-sqrt")],
-    Annotated[CosineConfig, tyro.conf.subcommand("cosine")],
-    Annotated[ConstantConfig, tyro.conf.subcommand("constant")],
-]
+    def build(self, peak_lr: float, max_steps: int) -> Callable[[int], float]:
+        warmup = self.warmup_steps
+        return lambda step: peak_lr * step / warmup if step < warmup else peak_lr
 
 
-def check_optimizer_config(cfg: OptimizerConfig) -> None:
+# The CLI's `lr-scheduler:NAME` choices; a recipe adds its own with `main(..., lr_schedulers={...})`.
+LR_SCHEDULERS = {"inverse-sqrt": InverseSqrtConfig(), "cosine": CosineConfig(), "constant": ConstantConfig()}
+
+
+def check_optimizer_config(cfg) -> None:
+    """Settings every optimizer config must have: a positive peak `lr` and a `build(params)` method."""
+    name = type(cfg).__qualname__
+    if not callable(getattr(cfg, "build", None)) or not isinstance(getattr(cfg, "lr", None), (int, float)):
+        raise UserError(f"optimizer config {name} needs an lr field and a build(params) method returning a "
+                        "torch.optim.Optimizer")
     if cfg.lr <= 0:
         raise UserError(f"--optimizer.lr must be positive, got {cfg.lr}")
 
 
-def check_lr_scheduler_config(cfg: LRSchedulerConfig) -> None:
-    if cfg.warmup_steps < 0:
-        raise UserError(f"--lr-scheduler.warmup-steps must be >= 0, got {cfg.warmup_steps}")
+def check_lr_scheduler_config(cfg) -> None:
+    name = type(cfg).__qualname__
+    if not callable(getattr(cfg, "build", None)):
+        raise UserError(f"lr scheduler config {name} has no build(peak_lr, max_steps) method returning lr_at(step)")
+    warmup = getattr(cfg, "warmup_steps", 0)
+    if warmup < 0:
+        raise UserError(f"--lr-scheduler.warmup-steps must be >= 0, got {warmup}")
 
 
-def build_optimizer(cfg: OptimizerConfig, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+def build_optimizer(cfg, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """`cfg.build(params)` for AdamWConfig, SGDConfig or a recipe's optimizer config."""
     check_optimizer_config(cfg)
-    match cfg:
-        case AdamWConfig():
-            # foreach: one fused kernel launch per parameter group instead of one per tensor.
-            return torch.optim.AdamW(
-                params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay, foreach=True
-            )
-        case SGDConfig():
-            return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    optimizer = cfg.build(params)
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise UserError(f"{type(cfg).__qualname__}.build returned {type(optimizer).__qualname__}; expected a torch.optim.Optimizer")
+    return optimizer
 
 
-def build_lr_schedule(cfg: LRSchedulerConfig, peak_lr: float, max_steps: int) -> Callable[[int], float]:
-    """`lr_at(step)` for step = 1, 2, ... (the update about to be made)."""
+def build_lr_schedule(cfg, peak_lr: float, max_steps: int) -> Callable[[int], float]:
+    """`lr_at(step)` for step = 1, 2, ... (the update about to be made), from `cfg.build(peak_lr, max_steps)`."""
     check_lr_scheduler_config(cfg)
-    warmup = cfg.warmup_steps
-    match cfg:
-        case InverseSqrtConfig():
-            init_lr = cfg.init_lr
-
-            def lr_at(step: int) -> float:
-                if step < warmup:
-                    return init_lr + (peak_lr - init_lr) * step / warmup
-                return peak_lr * math.sqrt(max(warmup, 1) / step)
-
-        case CosineConfig():
-            final_lr = peak_lr * cfg.final_lr_scale
-
-            def lr_at(step: int) -> float:
-                if step < warmup:
-                    return peak_lr * step / warmup
-                progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
-                return final_lr + (peak_lr - final_lr) * 0.5 * (1 + math.cos(math.pi * progress))
-
-        case ConstantConfig():
-
-            def lr_at(step: int) -> float:
-                return peak_lr * step / warmup if step < warmup else peak_lr
-
-    return lr_at
+    return cfg.build(peak_lr, max_steps)

@@ -26,6 +26,7 @@ from typing import Literal
 import sentencepiece as spm
 
 from fs2mini.errors import UserError
+from fs2mini.vocab import VocabInfo
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 SUFFIX = [EOS_ID]
@@ -46,17 +47,6 @@ class TokenizerConfig:
     """Sentencepiece samples at most this many sentences to train the model."""
     cache_dir: Path = Path(".cache/fs2mini/tokenizers")
     """Where trained models are kept, keyed by a hash of the training text and these settings."""
-
-
-@dataclass(frozen=True)
-class VocabInfo:
-    """What a model needs to know about the vocabulary."""
-
-    size: int
-    pad_idx: int
-    bos_idx: int
-    eos_idx: int
-    unk_idx: int
 
 
 def lang_token(lang: str) -> str:

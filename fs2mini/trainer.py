@@ -1,38 +1,38 @@
-"""The training loop, written out by hand: one function, one update per iteration, top to bottom.
+"""The training loop in three parts: components built from the config, one update (`train_step`), a short loop.
 
-`train(cfg)` builds every component from its config, then repeats: set the learning rate → run
-`task.compute_loss` on each micro-batch and backpropagate → divide gradients by the total number
-of target tokens → clip → step → log → validate/checkpoint at their intervals. A run directory that
-already has checkpoints is resumed from the newest readable one (model, optimizer, step, epoch,
-position inside the epoch and RNG states), so rerunning the same command continues a stopped run.
+- `build_components` (fs2mini/components.py) makes every ingredient from the config;
+- `train_step` makes one update: set the learning rate → `task.compute_loss` on each micro-batch
+  and backpropagate → divide gradients by the update's total target tokens → clip → step. It is the
+  one place to read a step, and the benchmarks time this same function;
+- `TrainState` is where the run stands (step, epoch, position in the epoch, best validation value,
+  counters, RNG states), saved in every checkpoint and restored from it;
+- `train` runs the loop: next micro-batches → `train_step` → log → validate/checkpoint at their
+  intervals. A run directory that already has checkpoints is resumed from the newest readable one,
+  so rerunning the same command continues a stopped run, bit for bit on CPU.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import random
-import shutil
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor, nn
 
-from fs2mini.checkpoint import (
-    checkpoint_path,
-    list_checkpoints,
-    load_checkpoint,
-    prune_checkpoints,
-    remove_partial_writes,
-    save_atomically,
-)
-from fs2mini.config import TrainConfig, TrainerConfig, config_to_json, incompatible_fields, load_config, save_config
-from fs2mini.corpus import corpus_languages, describe_corpus, read_pairs, training_sentences
+from fs2mini.checkpoint import checkpoint_path, prune_checkpoints, remove_partial_writes, save_atomically
+from fs2mini.components import Components, build_components, newest_checkpoint, run_tokenizer
+from fs2mini.config import TrainConfig, TrainerConfig, config_to_json, resolve_paths, save_config
+from fs2mini.corpus import corpus_languages, read_pairs
 from fs2mini.data import Seq2SeqBatch, Seq2SeqBatches, check_data_config
 from fs2mini.distributed import (
     DistEnv,
@@ -42,24 +42,95 @@ from fs2mini.distributed import (
     full_state_dicts,
     gradient_sync,
     init_distributed,
-    load_optimizer_state,
     shutdown,
     unwrap,
-    wrap_model,
 )
 from fs2mini.errors import RunStopped, UserError
 from fs2mini.evaluate import translate_and_score
 from fs2mini.generation import GenerationConfig
 from fs2mini.metrics import MetricsLog, ProgressDisplay
+from fs2mini.model import ModelConfig, check_model_config
+from fs2mini.optim import check_lr_scheduler_config, check_optimizer_config
 from fs2mini.pipeline import Skipped
-from fs2mini.model import build_model, check_model_config
-from fs2mini.optim import build_lr_schedule, build_optimizer, check_lr_scheduler_config, check_optimizer_config
-from fs2mini.task import Seq2Seq, TaskConfig, build_task, check_task_config
-from fs2mini.tokenizer import Tokenizer, load_or_train_tokenizer
+from fs2mini.task import TaskConfig, check_task_config
 from fs2mini.translate import Translator
 from fs2mini.validation import autocast_for, validate
 
-TaskBuilder = Callable[[TaskConfig, int], Seq2Seq]
+LossFunction = Callable[[nn.Module, Seq2SeqBatch], tuple[Tensor, int]]
+"""(model, batch) -> (loss summed over the batch's target tokens, their number): `Task.compute_loss`."""
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one update did, summed over every micro-batch (and every rank)."""
+
+    loss: float  # per target token
+    num_tokens: int
+    grad_norm: float  # before clipping
+    applied: bool  # False: the loss or gradient was not finite and the update was skipped
+
+
+def train_step(model: nn.Module, compute_loss: LossFunction, optimizer: torch.optim.Optimizer,
+               micro_batches: Sequence[Seq2SeqBatch], lr: float, *, max_grad_norm: float, device: torch.device,
+               autocast: str, env: DistEnv = DistEnv()) -> StepResult:
+    """One optimizer update over `micro_batches` (gradient accumulation), exact per target token."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.zero_grad(set_to_none=True)
+    loss_sum = torch.zeros((), device=device)
+    num_tokens = 0
+    for index, batch in enumerate(micro_batches):
+        with gradient_sync(model, index == len(micro_batches) - 1), autocast_for(device, autocast):
+            loss, n = compute_loss(model, batch.to(device))
+            loss.backward()
+        loss_sum += loss.detach()
+        num_tokens += n
+    loss_all, tokens_all = all_reduce_sum([float(loss_sum), num_tokens], env, device)
+    # Summed losses → gradient of the mean over every target token of the update, on all ranks.
+    # (DDP and FSDP average gradients over ranks, hence the world size.)
+    for p in model.parameters():
+        if p.grad is not None:
+            p.grad.div_(tokens_all / env.world_size)
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm if max_grad_norm > 0 else math.inf)
+    grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+    loss_per_token = loss_all / tokens_all
+    applied = math.isfinite(loss_per_token) and math.isfinite(grad_norm)
+    if applied:
+        optimizer.step()
+    return StepResult(loss_per_token, int(tokens_all), grad_norm, applied)
+
+
+@dataclass
+class TrainState:
+    """Where a run stands: what a checkpoint restores besides the weights and the optimizer state."""
+
+    step: int = 0
+    epoch: int = 0
+    position: int = 0
+    """Batches of `epoch` already consumed (a resumed run skips them)."""
+    best_value: float | None = None
+    """Best validation `--trainer.best-metric` so far (what best.pt holds)."""
+    bad_steps: int = 0
+    """Consecutive updates skipped for a non-finite loss or gradient."""
+    skipped_steps: int = 0
+    """All updates skipped so far (logged)."""
+
+    def state_dict(self, device: torch.device) -> dict[str, Any]:
+        rng = {"python": random.getstate(), "torch": torch.get_rng_state(),
+               "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+        return {**dataclasses.asdict(self), "rng": rng}
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
+        for f in dataclasses.fields(self):
+            if f.name in state:  # checkpoints of older versions lack the counters
+                setattr(self, f.name, state[f.name])
+        random.setstate(state["rng"]["python"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if device.type == "cuda" and state["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(state["rng"]["cuda"], device)
+
+    def improves(self, value: float, metric: str) -> bool:
+        return self.best_value is None or (value < self.best_value if metric == "loss" else value > self.best_value)
 
 
 def check_trainer_config(cfg: TrainerConfig) -> None:
@@ -85,28 +156,221 @@ def check_trainer_config(cfg: TrainerConfig) -> None:
         raise UserError("--trainer.best-metric bleu needs --trainer.valid-translate-sentences > 0")
 
 
-def check_config(cfg: TrainConfig) -> None:
+def check_config(cfg: TrainConfig, env: DistEnv = DistEnv()) -> None:
     """Reject every bad setting before any slow work (tokenizer training, data reading)."""
     corpus_languages(cfg.data.corpus)
     check_data_config(cfg.data)
-    check_model_config(cfg.model)
-    check_task_config(cfg.task)
+    if isinstance(cfg.model, ModelConfig):
+        check_model_config(cfg.model)
+    if isinstance(cfg.task, TaskConfig):
+        check_task_config(cfg.task)
     check_optimizer_config(cfg.optimizer)
     check_lr_scheduler_config(cfg.lr_scheduler)
     check_trainer_config(cfg.trainer)
+    if cfg.trainer.best_metric == "bleu" and _sharded(cfg.trainer, env):
+        raise UserError("--trainer.best-metric bleu is not available with --trainer.data-parallel fsdp; use loss")
 
 
-def build_tokenizer(cfg: TrainConfig) -> Tokenizer:
-    """The tokenizer for `cfg`'s corpus: from the cache, or trained on the training split."""
-    langs = corpus_languages(cfg.data.corpus)
-    skipped = Skipped(cfg.data.strict)
-    sentences = training_sentences(cfg.data.corpus, skipped)
-    if not sentences:
+def train(cfg: TrainConfig) -> Path:
+    """Train (or resume) the run described by `cfg`; returns the run directory.
+
+    Under `torchrun` this runs in every process; see fs2mini/distributed.py.
+    """
+    cfg = resolve_paths(dataclasses.replace(cfg, output_dir=cfg.run_dir))
+    check_config(cfg)
+    env, device = init_distributed(cfg.trainer.device)
+    try:
+        check_config(cfg, env)
+        run_dir = _train(cfg, env, device)
+        barrier(env)  # leave together: a rank tearing down Gloo while a peer still talks to it aborts
+        return run_dir
+    except RuntimeError as err:
+        # Another rank died (that rank prints its own error): say so in one line, not a traceback.
+        if not (env.active and (isinstance(err, torch.distributed.DistError) or "closed by peer" in str(err))):
+            raise
+        raise UserError(f"rank {env.rank}: another process of the job failed or stopped, so this one stops too") from None
+    finally:
+        shutdown(env)
+
+
+def _sharded(tc: TrainerConfig, env: DistEnv) -> bool:
+    """FSDP shards the parameters, so no rank has whole weights to translate with during validation."""
+    return env.active and tc.data_parallel == "fsdp"
+
+
+def _train(cfg: TrainConfig, env: DistEnv, device: torch.device) -> Path:
+    tc, run_dir = cfg.trainer, cfg.run_dir
+    if env.is_main:
+        _prepare_run_dir(run_dir)
+    barrier(env)
+    checkpoint = newest_checkpoint(cfg, env)
+    tokenizer = run_tokenizer(cfg, checkpoint is not None, env)
+    parts = build_components(cfg, tokenizer, device, env, checkpoint)
+    state = TrainState()
+    if checkpoint is not None:
+        state.load_state_dict(checkpoint, device)
+    if env.rank > 0:
+        torch.manual_seed(tc.seed + 1000 * env.rank + state.step)  # different dropout masks on each rank
+    if env.is_main:
+        save_config(cfg, run_dir / "config.json")  # only now: a refused resume leaves the old one intact
+    display = ProgressDisplay(tc.max_steps, state.step, tc.progress if env.is_main else "off", tc.log_every)
+    display.message(
+        f"run {run_dir} | device {device} | {parts.num_parameters:,} parameters | vocab {tokenizer.vocab_info.size}"
+        + (f" | {env.world_size} processes ({tc.data_parallel})" if env.active else "")
+        + (f" | resumed at step {state.step}" if checkpoint is not None else "")
+    )
+    metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step=state.step) if env.is_main else None
+    stop_requests: list[int] = []
+    previous_handlers = _catch_stop_signals(stop_requests, env)
+    try:
+        _loop(cfg, parts, state, Validator(cfg, parts, env, device, metrics, display), metrics, display, stop_requests,
+              env, device)
+        return run_dir
+    finally:
+        _restore_signal_handlers(previous_handlers)
+        display.close()
+        if metrics is not None:
+            metrics.close()
+
+
+def _loop(cfg: TrainConfig, parts: Components, state: TrainState, validate_now: Validator, metrics: MetricsLog | None,
+          display: ProgressDisplay, stop_requests: list[int], env: DistEnv, device: torch.device) -> None:
+    """Updates until max_steps (or max_epochs, or a stop signal), validating and saving at their intervals."""
+    tc = cfg.trainer
+
+    def save_best(result: dict[str, float]) -> None:
+        if state.improves(result[tc.best_metric], tc.best_metric):
+            state.best_value = result[tc.best_metric]
+            save_checkpoint(cfg, parts, state, device, env, cfg.run_dir / "checkpoints" / "best.pt")
+
+    batches = epoch_batches(parts.train_batches, state.epoch, state.position)
+    saved_step = state.step
+    parts.model.train()
+    if state.step == 0:
+        validate_now(state.step)  # the untrained baseline, so the curve starts where training does
+    speed = TokenRate()
+    while state.step < tc.max_steps:
+        micro_batches = list(itertools.islice(batches, tc.grad_accum_steps))
+        # Every rank must make the same updates: the epoch ends for all as soon as one rank cannot
+        # fill a whole update (uneven shards; its leftover batches are reshuffled into later epochs).
+        if all_reduce_max(int(len(micro_batches) < tc.grad_accum_steps), env, device):
+            if state.position == 0:
+                raise UserError(
+                    f"the training split gives fewer than --trainer.grad-accum-steps {tc.grad_accum_steps} batches "
+                    f"per process (skipped: {parts.train_batches.skipped.summary() or 'nothing'})"
+                )
+            state.epoch, state.position = state.epoch + 1, 0
+            if tc.max_epochs is not None and state.epoch >= tc.max_epochs:
+                display.message(f"reached --trainer.max-epochs {tc.max_epochs}")
+                break
+            batches = epoch_batches(parts.train_batches, state.epoch, 0)
+            continue
+        state.position = micro_batches[-1][0]
+        state.step += 1
+        lr = parts.lr_at(state.step)
+        result = train_step(parts.model, parts.task.compute_loss, parts.optimizer, [b for _, b in micro_batches], lr,
+                            max_grad_norm=tc.max_grad_norm, device=device, autocast=tc.autocast, env=env)
+        _count_bad_step(state, result, tc.max_bad_steps)
+        tokens_per_s = speed.add(result.num_tokens)
+        display.update(state.step, result.loss, lr, tokens_per_s)
+        if state.step % tc.log_every == 0:
+            if metrics is not None:
+                metrics.write({"step": state.step, "split": "train", "loss": result.loss, "lr": lr,
+                               "grad_norm": result.grad_norm, "tokens_per_s": tokens_per_s, "epoch": state.epoch,
+                               "skipped_steps": state.skipped_steps})
+            speed = TokenRate()
+        last_step = state.step == tc.max_steps
+        if state.step % tc.validate_every == 0 or last_step:
+            save_best(validate_now(state.step))
+        if state.step % tc.checkpoint_every == 0 or last_step:
+            save_checkpoint(cfg, parts, state, device, env)
+            saved_step = state.step
+        if all_reduce_sum([len(stop_requests)], env, device)[0]:
+            if saved_step != state.step:
+                save_checkpoint(cfg, parts, state, device, env)
+            signum = stop_requests[0] if stop_requests else signal.SIGTERM
+            raise RunStopped(
+                f"stopped by {signal.Signals(signum).name} after step {state.step}; checkpoint saved in "
+                f"{cfg.run_dir / 'checkpoints'}. Run the same command again to resume.",
+                128 + signum,
+            )
+    if saved_step != state.step:  # stopped early by --trainer.max-epochs
+        save_best(validate_now(state.step))
+        save_checkpoint(cfg, parts, state, device, env)
+    display.message(f"done: {state.step} steps, checkpoints in {cfg.run_dir / 'checkpoints'}")
+
+
+def _count_bad_step(state: TrainState, result: StepResult, max_bad_steps: int) -> None:
+    if result.applied:
+        state.bad_steps = 0
+        return
+    state.bad_steps += 1
+    state.skipped_steps += 1
+    if state.bad_steps >= max_bad_steps:
         raise UserError(
-            f"{describe_corpus(cfg.data.corpus)} has no training sentence pairs "
-            f"({'skipped: ' + skipped.summary() if skipped else 'it is empty'})"
+            f"stopping at step {state.step}: {state.bad_steps} consecutive updates had a non-finite loss or gradient "
+            "(try a lower --optimizer.lr); checkpoints are intact"
         )
-    return load_or_train_tokenizer(cfg.tokenizer, sentences, langs)
+
+
+class TokenRate:
+    """Target tokens per second since it was created."""
+
+    def __init__(self) -> None:
+        self.tokens = 0
+        self.started = time.perf_counter()
+
+    def add(self, tokens: int) -> float:
+        self.tokens += tokens
+        elapsed = time.perf_counter() - self.started
+        return self.tokens / elapsed if elapsed > 0 else 0.0
+
+
+class Validator:
+    """Validation loss over the whole split (+ BLEU/chrF of its first sentences, translated on rank 0), logged."""
+
+    def __init__(self, cfg: TrainConfig, parts: Components, env: DistEnv, device: torch.device,
+                 metrics: MetricsLog | None, display: ProgressDisplay) -> None:
+        self.parts, self.env, self.device, self.metrics, self.display = parts, env, device, metrics, display
+        self.autocast = cfg.trainer.autocast
+        tc = cfg.trainer
+        self.translates = tc.valid_translate_sentences > 0 and not _sharded(tc, env)
+        if self.translates and env.is_main:  # only rank 0 translates
+            self.pairs = list(itertools.islice(read_pairs(cfg.data.corpus, "valid", Skipped()), tc.valid_translate_sentences))
+            self.translator = Translator(unwrap(parts.model), parts.tokenizer, *corpus_languages(cfg.data.corpus))
+            self.generation = GenerationConfig(beam_size=tc.valid_beam_size)
+
+    def __call__(self, step: int) -> dict[str, float]:
+        result = validate(self.parts.model, self.parts.task, self.parts.valid_batches, self.device, self.autocast, self.env)
+        if self.translates:
+            # Rank 0 translates (the unwrapped replica, no collectives); the scores reach every rank.
+            scores = translate_and_score(self.translator, self.pairs, self.generation).scores if self.env.is_main else None
+            bleu, chrf = all_reduce_sum([scores.bleu, scores.chrf] if scores else [0.0, 0.0], self.env, self.device)
+            result.update(bleu=bleu, chrf=chrf)
+        if self.metrics is not None:
+            self.metrics.write({"step": step, "split": "valid", **result})
+        self.display.message(
+            f"valid step {step}: loss {result['loss']:.3f}  nll {result['nll']:.3f}  ppl {result['ppl']:.2f}"
+            + (f"  BLEU {result['bleu']:.2f}  chrF {result['chrf']:.2f}" if "bleu" in result else "")
+        )
+        return result
+
+
+def save_checkpoint(cfg: TrainConfig, parts: Components, state: TrainState, device: torch.device, env: DistEnv,
+                    path: Path | None = None) -> None:
+    """Gather full state dicts (a collective under FSDP) and let the main process write them.
+
+    Without `path` this is the step checkpoint (older ones are pruned); `best.pt` is never pruned.
+    """
+    model_state, optimizer_state = full_state_dicts(parts.model, parts.optimizer)
+    if not env.is_main:
+        return
+    checkpoint = {"model": model_state, "optimizer": optimizer_state, "config": config_to_json(cfg),
+                  **state.state_dict(device)}
+    checkpoint_dir = cfg.run_dir / "checkpoints"
+    save_atomically(checkpoint, path if path is not None else checkpoint_path(checkpoint_dir, state.step))
+    if path is None:
+        prune_checkpoints(checkpoint_dir, cfg.trainer.keep_last_checkpoints)
 
 
 def epoch_batches(batches: Seq2SeqBatches, epoch: int, skip: int) -> Iterator[tuple[int, Seq2SeqBatch]]:
@@ -128,249 +392,6 @@ def _prepare_run_dir(run_dir: Path) -> None:
     remove_partial_writes(run_dir / "checkpoints")
 
 
-def _newest_checkpoint(cfg: TrainConfig, env: DistEnv) -> dict[str, Any] | None:
-    """The newest readable checkpoint of the run directory, if it is resumed (checked against `cfg`)."""
-    run_dir = cfg.run_dir
-    checkpoint = None
-    existing = list_checkpoints(run_dir / "checkpoints")
-    for path in reversed(existing):
-        try:
-            checkpoint = load_checkpoint(path)
-            break
-        except UserError as err:
-            if env.is_main:
-                print(f"warning: {err}; trying the previous checkpoint", file=sys.stderr)
-    if existing and checkpoint is None:
-        raise UserError(
-            f"no readable checkpoint in {run_dir / 'checkpoints'} ({len(existing)} corrupt); "
-            "move them away to start this run over, or use another --output-dir"
-        )
-    if checkpoint is not None:
-        previous = load_config(run_dir / "config.json")
-        differing = incompatible_fields(previous, cfg)
-        if differing:
-            raise UserError(
-                f"cannot resume {run_dir}: the checkpoint was trained with different {', '.join(differing)}; "
-                "use another --output-dir or the original settings"
-            )
-    return checkpoint
-
-
-def train(cfg: TrainConfig, make_task: TaskBuilder = build_task) -> Path:
-    """Train (or resume) the run described by `cfg`; returns the run directory.
-
-    Under `torchrun` this runs in every process; see fs2mini/distributed.py.
-    """
-    check_config(cfg)
-    env, device = init_distributed(cfg.trainer.device)
-    try:
-        if cfg.trainer.best_metric == "bleu" and _sharded(cfg.trainer, env):
-            raise UserError("--trainer.best-metric bleu is not available with --trainer.data-parallel fsdp; use loss")
-        run_dir = _train(cfg, make_task, env, device)
-        barrier(env)  # leave together: a rank tearing down Gloo while a peer still talks to it aborts
-        return run_dir
-    except RuntimeError as err:
-        # Another rank died (that rank prints its own error): say so in one line, not a traceback.
-        if not (env.active and (isinstance(err, torch.distributed.DistError) or "closed by peer" in str(err))):
-            raise
-        raise UserError(f"rank {env.rank}: another process of the job failed or stopped, so this one stops too") from None
-    finally:
-        shutdown(env)
-
-
-def _sharded(tc: TrainerConfig, env: DistEnv) -> bool:
-    """FSDP shards the parameters, so no rank has whole weights to translate with during validation."""
-    return env.active and tc.data_parallel == "fsdp"
-
-
-def _train(cfg: TrainConfig, make_task: TaskBuilder, env: DistEnv, device: torch.device) -> Path:
-    tc = cfg.trainer
-    run_dir = cfg.run_dir
-    if env.is_main:
-        _prepare_run_dir(run_dir)
-    barrier(env)
-    checkpoint = _newest_checkpoint(cfg, env)
-    torch.manual_seed(tc.seed)  # the same initial weights on every rank
-    random.seed(tc.seed)
-
-    langs = corpus_languages(cfg.data.corpus)
-    tokenizer_path = run_dir / "tokenizer.model"
-    if env.is_main and (checkpoint is None or not tokenizer_path.exists()):
-        shutil.copyfile(build_tokenizer(cfg).model_path, tokenizer_path)
-    barrier(env)
-    tokenizer = Tokenizer(tokenizer_path, langs)
-    shard = {"rank": env.rank, "world_size": env.world_size}
-    train_batches = Seq2SeqBatches(cfg.data, "train", tokenizer, seed=tc.seed, shuffle=True, **shard)
-    valid_batches = Seq2SeqBatches(cfg.data, "valid", tokenizer, seed=tc.seed, shuffle=False, **shard)
-    model = build_model(cfg.model, tokenizer.vocab_info).to(device)
-    num_parameters = model.num_parameters()
-
-    step, epoch, position, best_value = 0, 0, 0, None
-    if checkpoint is not None:
-        try:
-            model.load_state_dict(checkpoint["model"])
-        except RuntimeError as err:
-            first_problem = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
-            raise UserError(f"the checkpoint in {run_dir / 'checkpoints'} does not fit the configured model: {first_problem}") from None
-        step, epoch, position = checkpoint["step"], checkpoint["epoch"], checkpoint["position"]
-        best_value = checkpoint["best_value"]
-    if tc.compile:
-        model.compile(dynamic=True)  # in place: parameter names and checkpoints stay the same
-    model = wrap_model(model, tc.data_parallel, env, device)
-    task = make_task(cfg.task, tokenizer.vocab_info.pad_idx)
-    optimizer = build_optimizer(cfg.optimizer, model.parameters())
-    lr_at = build_lr_schedule(cfg.lr_scheduler, cfg.optimizer.lr, tc.max_steps)
-    if checkpoint is not None:
-        load_optimizer_state(model, optimizer, checkpoint["optimizer"])
-        random.setstate(checkpoint["rng"]["python"])
-        torch.set_rng_state(checkpoint["rng"]["torch"])
-        if device.type == "cuda" and checkpoint["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(checkpoint["rng"]["cuda"], device)
-    if env.rank > 0:
-        torch.manual_seed(tc.seed + 1000 * env.rank + step)  # different dropout masks on each rank
-
-    if env.is_main:
-        save_config(cfg, run_dir / "config.json")  # only now: a refused resume leaves the old one intact
-    display = ProgressDisplay(tc.max_steps, step, tc.progress if env.is_main else "off", tc.log_every)
-    display.message(
-        f"run {run_dir} | device {device} | {num_parameters:,} parameters | vocab {tokenizer.vocab_info.size}"
-        + (f" | {env.world_size} processes ({tc.data_parallel})" if env.active else "")
-        + (f" | resumed at step {step}" if checkpoint is not None else "")
-    )
-    metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step=step) if env.is_main else None
-
-    def log(record: dict[str, Any]) -> None:
-        if metrics is not None:
-            metrics.write(record)
-
-    translate_in_validation = tc.valid_translate_sentences > 0 and not _sharded(tc, env)
-    if translate_in_validation and env.is_main:  # only rank 0 translates
-        valid_pairs = list(itertools.islice(read_pairs(cfg.data.corpus, "valid", Skipped()), tc.valid_translate_sentences))
-        translator = Translator(unwrap(model), tokenizer, *langs)
-        generation = GenerationConfig(beam_size=tc.valid_beam_size)
-
-    def validate_and_log() -> dict[str, float]:
-        result = validate(model, task, valid_batches, device, tc.autocast, env)
-        if translate_in_validation:
-            # Rank 0 translates (the unwrapped replica, no collectives); the scores reach every rank.
-            scores = translate_and_score(translator, valid_pairs, generation).scores if env.is_main else None
-            bleu, chrf = all_reduce_sum([scores.bleu, scores.chrf] if scores else [0.0, 0.0], env, device)
-            result.update(bleu=bleu, chrf=chrf)
-        log({"step": step, "split": "valid", **result})
-        display.message(
-            f"valid step {step}: loss {result['loss']:.3f}  nll {result['nll']:.3f}  ppl {result['ppl']:.2f}"
-            + (f"  BLEU {result['bleu']:.2f}  chrF {result['chrf']:.2f}" if "bleu" in result else "")
-        )
-        return result
-
-    def save(path: Path | None = None) -> None:
-        _save(run_dir, cfg, model, optimizer, step, epoch, position, best_value, device, env, path)
-
-    def save_if_best(result: dict[str, float]) -> None:
-        nonlocal best_value
-        value = result[tc.best_metric]
-        if best_value is None or (value < best_value if tc.best_metric == "loss" else value > best_value):
-            best_value = value
-            save(run_dir / "checkpoints" / "best.pt")
-
-    batches = epoch_batches(train_batches, epoch, position)
-    model.train()
-    bad_steps = skipped_steps = 0
-    saved_step = step
-    stop_requests: list[int] = []
-    previous_handlers = _catch_stop_signals(stop_requests, env)
-    try:
-        if step == 0:
-            validate_and_log()  # the untrained baseline, so the curve starts where training does
-        window_tokens, window_start = 0, time.perf_counter()
-        while step < tc.max_steps:
-            micro_batches = list(itertools.islice(batches, tc.grad_accum_steps))
-            # Every rank must make the same updates: the epoch ends for all as soon as one rank cannot
-            # fill a whole update (uneven shards; its leftover batches are reshuffled into later epochs).
-            if all_reduce_max(int(len(micro_batches) < tc.grad_accum_steps), env, device):
-                if position == 0:
-                    raise UserError(
-                        f"the training split gives fewer than --trainer.grad-accum-steps {tc.grad_accum_steps} batches "
-                        f"per process (skipped: {train_batches.skipped.summary() or 'nothing'})"
-                    )
-                epoch, position = epoch + 1, 0
-                if tc.max_epochs is not None and epoch >= tc.max_epochs:
-                    display.message(f"reached --trainer.max-epochs {tc.max_epochs}")
-                    break
-                batches = epoch_batches(train_batches, epoch, 0)
-                continue
-            position = micro_batches[-1][0]
-            step += 1
-
-            lr = lr_at(step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            optimizer.zero_grad(set_to_none=True)
-            loss_sum = torch.zeros((), device=device)
-            num_tokens = 0
-            for index, (_, batch) in enumerate(micro_batches):
-                last_micro_batch = index == len(micro_batches) - 1
-                with gradient_sync(model, last_micro_batch), autocast_for(device, tc.autocast):
-                    loss, n = task.compute_loss(model, batch.to(device))
-                    loss.backward()
-                loss_sum += loss.detach()
-                num_tokens += n
-            loss_sum_all, tokens_all, stop_all = all_reduce_sum([float(loss_sum), num_tokens, len(stop_requests)], env, device)
-            # Summed losses → gradient of the mean over every target token of the update, on all ranks.
-            # (DDP and FSDP average gradients over ranks, hence the world size.)
-            for p in model.parameters():
-                if p.grad is not None:
-                    p.grad.div_(tokens_all / env.world_size)
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.max_grad_norm if tc.max_grad_norm > 0 else math.inf)
-            grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
-            loss_per_token = loss_sum_all / tokens_all
-            if math.isfinite(loss_per_token) and math.isfinite(grad_norm):
-                optimizer.step()
-                bad_steps = 0
-            else:
-                bad_steps += 1
-                skipped_steps += 1
-                if bad_steps >= tc.max_bad_steps:
-                    raise UserError(
-                        f"stopping at step {step}: {bad_steps} consecutive updates had a non-finite loss or gradient "
-                        "(try a lower --optimizer.lr); checkpoints are intact"
-                    )
-
-            window_tokens += tokens_all
-            elapsed = time.perf_counter() - window_start
-            tokens_per_s = window_tokens / elapsed if elapsed > 0 else 0.0
-            display.update(step, loss_per_token, lr, tokens_per_s)
-            if step % tc.log_every == 0:
-                log({"step": step, "split": "train", "loss": loss_per_token, "lr": lr, "grad_norm": grad_norm,
-                     "tokens_per_s": tokens_per_s, "epoch": epoch, "skipped_steps": skipped_steps})
-                window_tokens, window_start = 0, time.perf_counter()
-            last_step = step == tc.max_steps
-            if step % tc.validate_every == 0 or last_step:
-                save_if_best(validate_and_log())
-            if step % tc.checkpoint_every == 0 or last_step:
-                save()
-                saved_step = step
-            if stop_all:
-                if saved_step != step:
-                    save()
-                signum = stop_requests[0] if stop_requests else signal.SIGTERM
-                raise RunStopped(
-                    f"stopped by {signal.Signals(signum).name} after step {step}; checkpoint saved in "
-                    f"{run_dir / 'checkpoints'}. Run the same command again to resume.",
-                    128 + signum,
-                )
-        if saved_step != step:  # stopped early by --trainer.max-epochs
-            save_if_best(validate_and_log())
-            save()
-        display.message(f"done: {step} steps, checkpoints in {run_dir / 'checkpoints'}")
-        return run_dir
-    finally:
-        _restore_signal_handlers(previous_handlers)
-        display.close()
-        if metrics is not None:
-            metrics.close()
-
-
 def _catch_stop_signals(requests: list[int], env: DistEnv) -> dict[int, Any]:
     """SIGINT/SIGTERM finish the current step, save and stop; a second signal interrupts at once."""
     if threading.current_thread() is not threading.main_thread():
@@ -389,31 +410,3 @@ def _catch_stop_signals(requests: list[int], env: DistEnv) -> dict[int, Any]:
 def _restore_signal_handlers(previous: dict[int, Any]) -> None:
     for sig, handler in previous.items():
         signal.signal(sig, handler)
-
-
-def _save(run_dir: Path, cfg: TrainConfig, model, optimizer, step: int, epoch: int, position: int,
-          best_value: float | None, device: torch.device, env: DistEnv, path: Path | None = None) -> None:
-    """Gather full state dicts (a collective under FSDP) and let the main process write them.
-
-    Without `path` this is the step checkpoint (older ones are pruned); `best.pt` is never pruned.
-    """
-    model_state, optimizer_state = full_state_dicts(model, optimizer)
-    if not env.is_main:
-        return
-    state = {
-        "model": model_state,
-        "optimizer": optimizer_state,
-        "step": step,
-        "epoch": epoch,
-        "position": position,
-        "best_value": best_value,
-        "config": config_to_json(cfg),
-        "rng": {"python": random.getstate(), "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
-    }
-    checkpoint_dir = run_dir / "checkpoints"
-    if path is not None:
-        save_atomically(state, path)
-        return
-    save_atomically(state, checkpoint_path(checkpoint_dir, step))
-    prune_checkpoints(checkpoint_dir, cfg.trainer.keep_last_checkpoints)

@@ -29,7 +29,7 @@ from fs2mini.corpus import corpus_languages
 from fs2mini.distributed import pick_device
 from fs2mini.errors import UserError, exit_on_user_error
 from fs2mini.generation import GenerationConfig, Hypothesis, check_generation_config, generate
-from fs2mini.model import EncoderDecoderModel, build_model
+from fs2mini.model import Seq2SeqModel, build_model
 from fs2mini.tokenizer import Tokenizer
 
 # Called with (index of the text, its length in tokens, the length it was cut to).
@@ -46,7 +46,7 @@ class Translator:
 
     def __init__(
         self,
-        model: EncoderDecoderModel,
+        model: Seq2SeqModel,
         tokenizer: Tokenizer,
         source_lang: str,
         target_lang: str,

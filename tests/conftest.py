@@ -16,7 +16,7 @@ from fs2mini.data import DataConfig
 from fs2mini.model import ModelConfig
 from fs2mini.optim import AdamWConfig, InverseSqrtConfig
 from fs2mini.pipeline import Skipped
-from fs2mini.synthetic import write_reversal_tsv
+from synthetic import write_reversal_tsv
 from fs2mini.task import TaskConfig
 from fs2mini.tokenizer import Tokenizer, TokenizerConfig, load_or_train_tokenizer
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from fs2mini.config import TrainConfig
-from fs2mini.synthetic import write_reversal_tsv
+from synthetic import write_reversal_tsv
 from fs2mini.train import main
 
 from conftest import tiny_config
@@ -87,8 +87,8 @@ CASES = [
          write_bytes("corpus.tsv", b"")),
     Case("only malformed lines", ["check", "tokenizer"], 2, "has no training sentence pairs (skipped: no tab: 2",
          write_bytes("corpus.tsv", b"x\ny\n")),
-    Case("missing file", ["check", "data", "--data.corpus.path", "nope.tsv"], 2, "--data.corpus.path nope.tsv does not exist"),
-    Case("directory instead of file", ["check", "data", "--data.corpus.path", "."], 2, ". is a directory; expected a text file"),
+    Case("missing file", ["check", "data", "--data.corpus.path", "nope.tsv"], 2, "nope.tsv does not exist"),
+    Case("directory instead of file", ["check", "data", "--data.corpus.path", "."], 2, "is a directory; expected a text file"),
     # Command-line values.
     Case("model_dim not divisible by heads", ["check", "model", "--model.model-dim", "30"], 2,
          "--model.num-encoder-attn-heads 4 must divide --model.model-dim 30"),
@@ -125,7 +125,7 @@ CASES = [
     Case("resume with a different model shape", ["--trainer.max-steps", "4", "--model.ffn-inner-dim", "96"], 2,
          "trained with different model.ffn_inner_dim", train_then(lambda path: None)),
     # Run directory.
-    Case("run dir not writable", ["--output-dir", "corpus.tsv/run"], 2, "--output-dir corpus.tsv/run is not writable"),
+    Case("run dir not writable", ["--output-dir", "corpus.tsv/run"], 2, "corpus.tsv/run is not writable"),
 ]
 
 

@@ -73,7 +73,7 @@ def test_check_each_component(component, reversal_tsv, tokenizer_cache, tmp_path
         (["check"], "check: name a component"),
         (["check", "model", "--model.model-dim", "100", "--model.num-encoder-attn-heads", "3"],
          "--model.num-encoder-attn-heads 3 must divide --model.model-dim 100"),
-        (["check", "tokenizer", "data.corpus:tsv", "--data.corpus.path", "missing.tsv"], "--data.corpus.path missing.tsv does not exist"),
+        (["check", "tokenizer", "data.corpus:tsv", "--data.corpus.path", "missing.tsv"], "missing.tsv does not exist"),
         (["check", "tokenizer", "--data.corpus.source-bible", "zz"], "unknown Bible code 'zz'"),
         (["check", "trainer", "--trainer.max-steps", "0"], "--trainer.max-steps must be a positive integer, got 0"),
         (["check", "optimizer", "--optimizer.lr", "-0.1", "--model.num-encoder-layers", "1"], "--optimizer.lr must be positive"),

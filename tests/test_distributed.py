@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from fs2mini.checkpoint import list_checkpoints, load_checkpoint
-from fs2mini.metrics import read_metrics
+from helpers import read_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -111,14 +111,18 @@ def test_a_failing_rank_ends_the_job_with_its_message(identical_corpus, tmp_path
     recipe = tmp_path / "failing.py"
     recipe.write_text(
         "import os\n"
+        "from dataclasses import dataclass\n"
+        "from fs2mini.config import TrainConfig\n"
         "from fs2mini.errors import UserError\n"
-        "from fs2mini.task import build_task\n"
+        "from fs2mini.task import TaskConfig\n"
         "from fs2mini.train import main\n\n"
-        "def make_task(cfg, pad_idx):\n"
-        "    if os.environ['RANK'] == '1':\n"
-        "        raise UserError('rank 1 found a bad shard (simulated)')\n"
-        "    return build_task(cfg, pad_idx)\n\n"
-        "main(make_task=make_task)\n"
+        "@dataclass(frozen=True)\n"
+        "class FailingOnRank1(TaskConfig):\n"
+        "    def build(self, vocab):\n"
+        "        if os.environ['RANK'] == '1':\n"
+        "            raise UserError('rank 1 found a bad shard (simulated)')\n"
+        "        return super().build(vocab)\n\n"
+        "main(TrainConfig(task=FailingOnRank1()))\n"
     )
     started = time.monotonic()
     result = torchrun(2, str(recipe), *flags(identical_corpus, tmp_path / "run", tmp_path / "cache", 50), module="", timeout=120)

@@ -7,7 +7,7 @@ from fs2mini.errors import UserError
 from fs2mini.generation import (GenerationConfig, beam_search, check_generation_config, generate, greedy_search,
                                 max_output_lengths)
 from fs2mini.model import EncoderDecoderModel, ModelConfig, build_model
-from fs2mini.tokenizer import VocabInfo
+from fs2mini.vocab import VocabInfo
 
 VOCAB = VocabInfo(size=40, pad_idx=0, bos_idx=2, eos_idx=3, unk_idx=1)
 LANG_IDS = (4, 5)  # stand-ins for __eng__ and __fra__
@@ -44,7 +44,7 @@ def teacher_forced_log_probs(model, source, length, tokens):
     """Log-probs of `tokens` then </s> after the prefix, recomputed without cache for one unpadded sentence."""
     target = torch.tensor([[*PREFIX, *tokens]])
     with torch.no_grad():
-        lprobs = torch.log_softmax(model(source[None, :length], torch.tensor([length]), target).float(), dim=-1)
+        lprobs = torch.log_softmax(model.project(model(source[None, :length], torch.tensor([length]), target).hidden).float(), dim=-1)
     expected = torch.tensor([*tokens, VOCAB.eos_idx])
     return lprobs[0, len(PREFIX) - 1 :].gather(1, expected[:, None]).squeeze(1)
 
@@ -62,7 +62,7 @@ def test_cached_decoding_gives_the_log_probs_of_full_recomputation():
             cached.append(lprobs)
             step_input = lprobs.argmax(-1, keepdim=True)
             target = torch.cat([target, step_input], dim=1)
-        full = torch.log_softmax(model(source, lengths, target[:, :-1]), -1)  # (batch, 9, vocab)
+        full = torch.log_softmax(model(source, lengths, target[:, :-1]).logits(), -1)  # (batch, 9, vocab)
     torch.testing.assert_close(torch.stack(cached, dim=1), full[:, len(PREFIX) - 1 :], atol=1e-5, rtol=0)
 
 
@@ -94,7 +94,7 @@ def test_cache_shared_by_beams_grows_and_follows_reordering():
             target = torch.cat([target[parents], tokens], dim=1)
             state.reorder(parents)
             cached = model.project(model.decode(tokens, encoder_out, encoder_mask, state)[:, -1])
-        full = model(source[sentences].repeat_interleave(group, 0), lengths[sentences].repeat_interleave(group), target)
+        full = model(source[sentences].repeat_interleave(group, 0), lengths[sentences].repeat_interleave(group), target).logits()
     torch.testing.assert_close(cached, full[:, -1], atol=1e-5, rtol=0)
 
 

@@ -6,7 +6,7 @@ import torch
 from fs2mini.errors import UserError
 from fs2mini.dropout import Dropout
 from fs2mini.model import ARCHS, ModelConfig, attention, build_model, check_model_config
-from fs2mini.tokenizer import VocabInfo
+from fs2mini.vocab import VocabInfo
 
 VOCAB = VocabInfo(size=50, pad_idx=0, bos_idx=2, eos_idx=3, unk_idx=1)
 
@@ -22,18 +22,18 @@ def test_padding_does_not_change_outputs():
     model = tiny_model()
     source = torch.tensor([[4, 5, 6, 7, 3]])
     target = torch.tensor([[3, 8, 9, 10]])
-    alone = model(source, torch.tensor([5]), target)
+    alone = model(source, torch.tensor([5]), target).logits()
     padded_source = torch.tensor([[4, 5, 6, 7, 3, 0, 0], [4, 5, 6, 7, 8, 9, 3]])
     padded_target = torch.tensor([[3, 8, 9, 10, 0, 0], [3, 8, 9, 10, 11, 12]])
-    batched = model(padded_source, torch.tensor([5, 7]), padded_target)
+    batched = model(padded_source, torch.tensor([5, 7]), padded_target).logits()
     torch.testing.assert_close(batched[0, :4], alone[0], atol=1e-5, rtol=1e-5)
 
 
 def test_future_target_tokens_do_not_affect_earlier_positions():
     model = tiny_model()
     source, lengths = torch.tensor([[4, 5, 6, 3]]), torch.tensor([4])
-    a = model(source, lengths, torch.tensor([[3, 8, 9, 10, 11]]))
-    b = model(source, lengths, torch.tensor([[3, 8, 9, 20, 30]]))
+    a = model(source, lengths, torch.tensor([[3, 8, 9, 10, 11]])).logits()
+    b = model(source, lengths, torch.tensor([[3, 8, 9, 20, 30]])).logits()
     torch.testing.assert_close(a[:, :3], b[:, :3])
     assert not torch.allclose(a[:, 3:], b[:, 3:])
 

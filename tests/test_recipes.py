@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fs2mini.metrics import read_metrics
+from helpers import read_metrics
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 

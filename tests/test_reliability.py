@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ import torch
 import fs2mini.checkpoint
 from fs2mini.checkpoint import list_checkpoints, load_checkpoint
 from fs2mini.errors import UserError
-from fs2mini.metrics import read_metrics
+from helpers import read_metrics
 from fs2mini.task import Seq2Seq
 from fs2mini.trainer import train
 
@@ -108,11 +109,17 @@ class NaNAfter(Seq2Seq):
         return loss, n
 
 
+@dataclass(frozen=True)
+class NaNAfterConfig:
+    def build(self, vocab):
+        return NaNAfter(0.0, vocab.pad_idx)
+
+
 def test_non_finite_updates_are_skipped_then_the_run_stops(reversal_tsv, tokenizer_cache, tmp_path):
     cfg = tiny_config(reversal_tsv, tmp_path / "run", tokenizer_cache, max_steps=50, checkpoint_every=2, log_every=1, keep_last_checkpoints=5,
                       max_bad_steps=4)
     with pytest.raises(UserError, match=r"stopping at step 7: 4 consecutive updates had a non-finite loss or gradient"):
-        train(cfg, make_task=lambda task_cfg, pad: NaNAfter(0.0, pad))
+        train(dataclasses.replace(cfg, task=NaNAfterConfig()))
     before_nan = load_checkpoint(tmp_path / "run" / "checkpoints" / "step_00000002.pt")
     assert before_nan["step"] == 2
     skipped = [m["skipped_steps"] for m in read_metrics(tmp_path / "run" / "metrics.jsonl") if m["split"] == "train"]

@@ -9,7 +9,7 @@ from fs2mini.data import collate
 from fs2mini.loss import linear_cross_entropy
 from fs2mini.model import ModelConfig, build_model
 from fs2mini.task import Seq2Seq
-from fs2mini.tokenizer import VocabInfo
+from fs2mini.vocab import VocabInfo
 
 
 def test_fused_loss_equals_hand_computed_label_smoothed_cross_entropy():
@@ -66,7 +66,7 @@ def test_task_loss_is_the_model_logits_cross_entropy_and_nll_is_unsmoothed():
     model = build_model(ModelConfig(model_dim=16, num_encoder_layers=1, num_decoder_layers=1, num_encoder_attn_heads=2,
                                     num_decoder_attn_heads=2, ffn_inner_dim=32, dropout_p=0.0), vocab).eval()
     batch = collate([([4, 5, 2], [2, 6, 7, 2]), ([4, 2], [2, 8, 2])], pad_idx=0)
-    logits = model(batch.source, batch.source_lengths, batch.target_input)
+    logits = model(batch.source, batch.source_lengths, batch.target_input).logits()
     task = Seq2Seq(0.1, pad_idx=0)
     for (value, tokens), eps in [(task.compute_loss(model, batch), 0.1), (task.compute_nll(model, batch), 0.0)]:
         expected = F.cross_entropy(logits.flatten(0, 1), batch.target_output.flatten(), ignore_index=0,

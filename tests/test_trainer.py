@@ -9,7 +9,7 @@ import torch
 from fs2mini.checkpoint import list_checkpoints, load_checkpoint
 from fs2mini.config import load_config
 from fs2mini.errors import UserError
-from fs2mini.metrics import read_metrics
+from helpers import read_metrics
 from fs2mini.optim import CosineConfig
 from fs2mini.trainer import train
 

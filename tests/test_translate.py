@@ -10,7 +10,7 @@ import tyro
 from sacrebleu.metrics import BLEU
 
 from fs2mini.generation import GenerationConfig
-from fs2mini.synthetic import reversal_pairs
+from synthetic import reversal_pairs
 from fs2mini.translate import TranslateArgs, Translator, main
 
 

@@ -1,6 +1,6 @@
 """A synthetic corpus whose task is known to be learnable: reverse a sequence of letters.
 
-Tests, smoke checks and the kill/resume soak script need a corpus that is small, offline, and
+Tests and the kill/resume soak script (benchmarks/kill_resume.py) need a corpus that is small, offline, and
 that a tiny model learns exactly in seconds, so success and failure are unambiguous.
 """
 
