@@ -10,7 +10,6 @@ optimizer (over the wrapped parameters) → optimizer state.
 from __future__ import annotations
 
 import random
-import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -64,12 +63,18 @@ def build_tokenizer(cfg: TrainConfig) -> Tokenizer:
 
 
 def run_tokenizer(cfg: TrainConfig, resuming: bool, env: DistEnv) -> Tokenizer:
-    """The run directory's tokenizer.model: kept when resuming, else copied from the (cached) trained one."""
-    path = cfg.run_dir / "tokenizer.model"
-    if env.is_main and (not resuming or not path.exists()):
-        shutil.copyfile(build_tokenizer(cfg).model_path, path)
+    """The tokenizer of the run: the run directory's own copy when resuming, else the (cached) trained one.
+
+    Nothing is written to the run directory here (the trainer copies the model there once every
+    component has been built), so a corpus that cannot be read leaves the directory untouched.
+    """
+    kept = cfg.run_dir / "tokenizer.model"
+    if resuming and kept.exists():
+        return Tokenizer(kept, corpus_languages(cfg.data.corpus))
+    if env.is_main:
+        tokenizer = build_tokenizer(cfg)  # trains it once, into the cache
     barrier(env)
-    return Tokenizer(path, corpus_languages(cfg.data.corpus))
+    return tokenizer if env.is_main else build_tokenizer(cfg)  # the other ranks find it in the cache
 
 
 def newest_checkpoint(cfg: TrainConfig, env: DistEnv) -> dict[str, Any] | None:

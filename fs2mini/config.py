@@ -127,13 +127,14 @@ def import_config_class(value: dict[str, Any], where: Path | None) -> type:
     name = value["_type"]
     source = value.get("_module") or value.get("_file")
     prefix = f"{where}: " if where is not None else ""
+    if "_file" in value and not Path(value["_file"]).is_file():
+        raise UserError(f"{prefix}recipe file {source} does not exist; expected the recipe that trained this run "
+                        f"(it defines {name})")
     try:
         if "_module" in value:
             module = importlib.import_module(value["_module"])
         else:
             module = _import_recipe_file(Path(value["_file"]))
-    except UserError:
-        raise
     except Exception as err:  # an import runs the user's code: any error means "cannot rebuild"
         raise UserError(f"{prefix}cannot import {source} for {name} ({type(err).__name__}: {err}); "
                         "expected the recipe that trained this run to be importable") from None
@@ -153,8 +154,6 @@ def _import_recipe_file(path: Path) -> types.ModuleType:
     module_name = f"fs2mini_recipe_{path.stem}_{abs(hash(str(path))):x}"
     if module_name in sys.modules:
         return sys.modules[module_name]
-    if not path.is_file():
-        raise UserError(f"recipe file {path} does not exist")
     spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module

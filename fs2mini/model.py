@@ -113,18 +113,15 @@ class ModelConfig:
     def build(self, vocab: VocabInfo) -> EncoderDecoderModel:
         """The built-in architecture with this shape (see `build_model` for any model config)."""
         check_model_config(self)
-        return EncoderDecoderModel(
-            vocab_size=vocab.size,
-            pad_idx=vocab.pad_idx,
-            model_dim=self.model_dim,
-            max_seq_len=self.max_seq_len,
-            num_encoder_layers=self.num_encoder_layers,
-            num_decoder_layers=self.num_decoder_layers,
-            num_encoder_attn_heads=self.num_encoder_attn_heads,
-            num_decoder_attn_heads=self.num_decoder_attn_heads,
-            ffn_inner_dim=self.ffn_inner_dim,
-            dropout_p=self.dropout_p,
-        )
+        return EncoderDecoderModel(**self.module_arguments(vocab))
+
+    def module_arguments(self, vocab: VocabInfo) -> dict[str, int | float]:
+        """`EncoderDecoderModel`'s keyword arguments for this shape (a subclass's `build` reuses them)."""
+        return dict(vocab_size=vocab.size, pad_idx=vocab.pad_idx, model_dim=self.model_dim,
+                    max_seq_len=self.max_seq_len, num_encoder_layers=self.num_encoder_layers,
+                    num_decoder_layers=self.num_decoder_layers, num_encoder_attn_heads=self.num_encoder_attn_heads,
+                    num_decoder_attn_heads=self.num_decoder_attn_heads, ffn_inner_dim=self.ffn_inner_dim,
+                    dropout_p=self.dropout_p)
 
 
 # Named presets. The CLI offers them as `model:NAME` subcommands (underscores become dashes);

@@ -16,7 +16,9 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import os
 import random
+import shutil
 import signal
 import sys
 import threading
@@ -200,9 +202,7 @@ def _sharded(tc: TrainerConfig, env: DistEnv) -> bool:
 
 def _train(cfg: TrainConfig, env: DistEnv, device: torch.device) -> Path:
     tc, run_dir = cfg.trainer, cfg.run_dir
-    if env.is_main:
-        _prepare_run_dir(run_dir)
-    barrier(env)
+    _check_writable(run_dir)
     checkpoint = newest_checkpoint(cfg, env)
     tokenizer = run_tokenizer(cfg, checkpoint is not None, env)
     parts = build_components(cfg, tokenizer, device, env, checkpoint)
@@ -211,8 +211,12 @@ def _train(cfg: TrainConfig, env: DistEnv, device: torch.device) -> Path:
         state.load_state_dict(checkpoint, device)
     if env.rank > 0:
         torch.manual_seed(tc.seed + 1000 * env.rank + state.step)  # different dropout masks on each rank
-    if env.is_main:
-        save_config(cfg, run_dir / "config.json")  # only now: a refused resume leaves the old one intact
+    if env.is_main:  # only now: a refused resume or a failed build leaves the directory as it was
+        _prepare_run_dir(run_dir)
+        if tokenizer.model_path != run_dir / "tokenizer.model":
+            shutil.copyfile(tokenizer.model_path, run_dir / "tokenizer.model")
+        save_config(cfg, run_dir / "config.json")
+    barrier(env)
     display = ProgressDisplay(tc.max_steps, state.step, tc.progress if env.is_main else "off", tc.log_every)
     display.message(
         f"run {run_dir} | device {device} | {parts.num_parameters:,} parameters | vocab {tokenizer.vocab_info.size}"
@@ -378,6 +382,15 @@ def epoch_batches(batches: Seq2SeqBatches, epoch: int, skip: int) -> Iterator[tu
     for position, batch in enumerate(batches.iter_epoch(epoch), start=1):
         if position > skip:
             yield position, batch
+
+
+def _check_writable(run_dir: Path) -> None:
+    """Fail before any slow work when the run directory cannot be created or written (nothing is created here)."""
+    existing = next(p for p in (run_dir, *run_dir.parents) if p.exists())
+    if not existing.is_dir():
+        raise UserError(f"--output-dir {run_dir} is not writable: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"--output-dir {run_dir} is not writable: Permission denied")
 
 
 def _prepare_run_dir(run_dir: Path) -> None:
