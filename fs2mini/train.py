@@ -24,17 +24,19 @@ from typing import Any
 import torch
 import tyro
 
-from fs2mini.components import build_components, build_tokenizer, newest_checkpoint
+from fs2mini.components import Components, build_components, build_tokenizer, newest_checkpoint
 from fs2mini.config import TrainConfig, resolve_paths
 from fs2mini.corpus import CORPORA, corpus_languages, read_pairs
-from fs2mini.data import DataConfig
-from fs2mini.distributed import pick_device
+from fs2mini.data import DataConfig, Seq2SeqBatch
+from fs2mini.distributed import DistEnv, pick_device
 from fs2mini.errors import UserError, exit_on_user_error
 from fs2mini.model import ARCHS
-from fs2mini.optim import LR_SCHEDULERS, OPTIMIZERS
+from fs2mini.optim import LR_SCHEDULERS, OPTIMIZERS, build_lr_schedule
 from fs2mini.pipeline import Skipped
 from fs2mini.task import TaskConfig
+from fs2mini.tokenizer import Tokenizer
 from fs2mini.trainer import check_config, train
+from fs2mini.validation import autocast_for
 
 COMPONENTS = ("tokenizer", "data", "model", "task", "optimizer", "lr-scheduler", "trainer")
 
@@ -120,7 +122,7 @@ def check(component: str, cfg: TrainConfig) -> None:
     if component == "trainer":
         _check_trainer(cfg, device)
     if component == "lr-scheduler":
-        lr_at = build_components_schedule(cfg)
+        lr_at = build_lr_schedule(cfg.lr_scheduler, cfg.optimizer.lr, cfg.trainer.max_steps)
         marks = sorted({1, 10, 100, 1000, cfg.trainer.max_steps // 2, cfg.trainer.max_steps})
         print("lr " + "  ".join(f"step {s}: {lr_at(s):.3e}" for s in marks if s > 0))
     if component in ("tokenizer", "data", "model", "task", "optimizer"):
@@ -154,17 +156,11 @@ def check(component: str, cfg: TrainConfig) -> None:
     _done(component, started)
 
 
-def build_components_schedule(cfg: TrainConfig):
-    from fs2mini.optim import build_lr_schedule
-
-    return build_lr_schedule(cfg.lr_scheduler, cfg.optimizer.lr, cfg.trainer.max_steps)
-
-
 def _done(component: str, started: float) -> None:
     print(f"check {component}: OK in {time.perf_counter() - started:.2f}s")
 
 
-def _check_tokenizer(cfg: TrainConfig, tokenizer) -> None:
+def _check_tokenizer(cfg: TrainConfig, tokenizer: Tokenizer) -> None:
     source_lang, target_lang = corpus_languages(cfg.data.corpus)
     vocab = tokenizer.vocab_info
     source, target = next(iter(read_pairs(cfg.data.corpus, "train", Skipped())))
@@ -176,10 +172,8 @@ def _check_tokenizer(cfg: TrainConfig, tokenizer) -> None:
     print(f"decode(source): {tokenizer.decode(tokenizer.encode_source([source], source_lang)[0])}")
 
 
-def _check_model(cfg: TrainConfig, parts, batch) -> None:
+def _check_model(cfg: TrainConfig, parts: Components, batch: Seq2SeqBatch) -> None:
     """One forward and backward pass on a real batch, timed, as a training step makes it (no update)."""
-    from fs2mini.validation import autocast_for
-
     model = parts.model
     print(f"model {type(model).__name__}, {parts.num_parameters:,} parameters: {cfg.model}")
     started = time.perf_counter()
@@ -198,7 +192,7 @@ def _check_model(cfg: TrainConfig, parts, batch) -> None:
 def _check_trainer(cfg: TrainConfig, device: torch.device) -> None:
     """Everything `train` checks before its first step, without writing anything."""
     tc = cfg.trainer
-    checkpoint = newest_checkpoint(cfg, _single_process())
+    checkpoint = newest_checkpoint(cfg, DistEnv())
     print(f"device {device}, {tc.max_steps} steps, autocast {tc.autocast}, run dir {cfg.run_dir}")
     if checkpoint is not None:
         print(f"{cfg.run_dir} has checkpoints: training would resume at step {checkpoint['step']} "
@@ -207,12 +201,6 @@ def _check_trainer(cfg: TrainConfig, device: torch.device) -> None:
         print(f"{cfg.run_dir} exists without checkpoints: training would start at step 0")
     else:
         print(f"{cfg.run_dir} does not exist yet: training would create it and start at step 0")
-
-
-def _single_process():
-    from fs2mini.distributed import DistEnv
-
-    return DistEnv()
 
 
 def main(default: TrainConfig = TrainConfig(), *, description: str | None = None, corpora: Choices = {},

@@ -13,7 +13,6 @@ import torch
 
 from conftest import tiny_config
 from fs2mini.config import config_from_json, config_to_json, load_config
-from fs2mini.corpus import TsvCorpus
 from fs2mini.errors import UserError
 from fs2mini.model import ModelConfig
 from fs2mini.optim import ConstantConfig
