@@ -7,7 +7,9 @@
 
 Every system is trained with `label_smoothed_ce`: `F.cross_entropy(label_smoothing=0.1,
 reduction="sum", ignore_index=pad)` on its logits, i.e. the loss `fs2mini.task.Seq2Seq` computed
-before it was fused with the output projection.
+before it was fused with the output projection. `plain_transformer_loss` and `hf_loss` give it in
+the form `fs2mini.trainer.train_step` calls (`Task.compute_loss`), so the baselines are trained by
+the same step as fs2mini.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import math
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fs2mini.data import Seq2SeqBatch
 from fs2mini.model import ModelConfig, sinusoidal_positions
 
 LABEL_SMOOTHING = 0.1
@@ -84,3 +87,16 @@ def hf_logits(model: nn.Module, source: Tensor, target_input: Tensor, pad_idx: i
         decoder_attention_mask=(target_input != pad_idx).long(), use_cache=False,
     )
     return out.logits
+
+
+def plain_transformer_loss(model: PlainTransformer, batch: Seq2SeqBatch) -> tuple[Tensor, int]:
+    """(summed label-smoothed CE, target tokens) of `PlainTransformer`: a `fs2mini.trainer.LossFunction`."""
+    logits = model(batch.source, batch.source_lengths, batch.target_input)
+    return label_smoothed_ce(logits, batch.target_output, model.pad_idx), batch.num_target_tokens
+
+
+def hf_loss(model: nn.Module, batch: Seq2SeqBatch) -> tuple[Tensor, int]:
+    """(summed label-smoothed CE, target tokens) of the HF model: a `fs2mini.trainer.LossFunction`."""
+    pad = model.config.pad_token_id
+    logits = hf_logits(model, batch.source, batch.target_input, pad)
+    return label_smoothed_ce(logits, batch.target_output, pad), batch.num_target_tokens

@@ -13,10 +13,13 @@ is the peak CUDA allocation, and the data pipeline (CPU-only) is not re-measured
 What is measured (every measurement runs in its own subprocess, so peak RSS is per system, and the
 systems alternate A B C A B C so that drift of the machine is shared out evenly):
 
-- training: one full step (forward, label-smoothed CE summed over non-pad targets, backward,
-  gradients ÷ target tokens, clip to norm 1, AdamW(foreach) step) on identical batches of real
-  Bible verses cut by fs2mini's pipeline at a 4096-token budget; throughput in non-pad target
-  tokens/s and non-pad source+target tokens/s, median over repeats, for SMALL and BASE;
+- training: one update made by `fs2mini.trainer.train_step`, the function `fs2mini.train` runs
+  (forward, label-smoothed CE summed over non-pad targets, backward, gradients ÷ target tokens,
+  clip to norm 1, non-finite check, AdamW(foreach) step at a fixed lr 1e-4), for every system:
+  fs2mini built by `build_components` as a training run builds it, the baselines with the same
+  loss and optimizer; on identical batches of real Bible verses cut by fs2mini's pipeline at a
+  4096-token budget; throughput in non-pad target tokens/s and non-pad source+target tokens/s,
+  median over repeats, for SMALL and BASE;
 - generation: greedy and beam-4 sentences/s on 200 test verses in batches of 50, with the output
   length forced equal for every system (so each does the same work) and unforced;
 - data: sentences/s of one epoch of `Seq2SeqBatches` (read → encode → bucket → collate) vs a naive
@@ -57,7 +60,6 @@ from fs2mini.data import DataConfig, Seq2SeqBatch, Seq2SeqBatches, collate  # no
 from fs2mini.model import ARCHS, ModelConfig  # noqa: E402
 from fs2mini.pipeline import Skipped  # noqa: E402
 from fs2mini.tokenizer import Tokenizer, TokenizerConfig, load_or_train_tokenizer  # noqa: E402
-from fs2mini.validation import autocast_for  # noqa: E402
 
 SIZES: dict[str, ModelConfig] = {"small": ARCHS["small"], "base": ARCHS["base"], "dense_600m": ARCHS["dense_600m"]}
 SYSTEMS = ("fs2mini", "torch", "hf")
@@ -114,57 +116,60 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def build_system(system: str, cfg: ModelConfig, tok_info: dict):
-    """(model, loss function (model, batch) -> (summed loss, target tokens)) for one system."""
-    from baselines import PlainTransformer, build_hf_m2m100, hf_logits, label_smoothed_ce
+LR = 1e-4
+"""Fixed learning rate of every system (no warmup schedule: the timings do not depend on it)."""
 
-    from fs2mini.model import build_model
-    from fs2mini.task import Seq2Seq
+
+def build_system(system: str, cfg: ModelConfig, tok: dict, device: torch.device):
+    """(model, compute_loss(model, batch) -> (summed loss, target tokens), optimizer) of one system.
+
+    fs2mini is built by `fs2mini.components.build_components`, as `fs2mini.train` builds it (with
+    `TrainerConfig(compile=True)` for fs2mini-compile); the baselines get the same label-smoothed
+    CE (baselines.py) and the same AdamW(lr=LR, foreach) from `fs2mini.optim.build_optimizer`.
+    """
+    from baselines import LABEL_SMOOTHING, PlainTransformer, build_hf_m2m100, hf_loss, plain_transformer_loss
+
+    from fs2mini.components import build_components
+    from fs2mini.config import TrainConfig, TrainerConfig
+    from fs2mini.optim import AdamWConfig, build_optimizer
+    from fs2mini.task import TaskConfig
     from fs2mini.vocab import VocabInfo
 
-    vocab = VocabInfo(**tok_info["vocab"])
-    pad = vocab.pad_idx
+    optimizer_cfg = AdamWConfig(lr=LR)
+    vocab = VocabInfo(**tok["vocab"])
     match system:
         case "fs2mini" | "fs2mini-compile":
-            model = build_model(cfg, vocab)
-            task = Seq2Seq(0.1, pad)
-            forward = torch.compile(model) if system == "fs2mini-compile" else model
-            return model, lambda batch: task.compute_loss(forward, batch)
+            train_cfg = TrainConfig(
+                model=cfg, optimizer=optimizer_cfg, task=TaskConfig(label_smoothing=LABEL_SMOOTHING),
+                trainer=TrainerConfig(max_grad_norm=1.0, autocast="auto", seed=0, compile=system == "fs2mini-compile"),
+            )
+            parts = build_components(train_cfg, Tokenizer(Path(tok["path"]), tok["langs"]), device)
+            return parts.model, parts.task.compute_loss, parts.optimizer
         case "torch":
-            model = PlainTransformer(cfg, vocab.size, pad)
-            return model, lambda batch: (label_smoothed_ce(model(batch.source, batch.source_lengths, batch.target_input),
-                                                           batch.target_output, pad), batch.num_target_tokens)
+            model, compute_loss = PlainTransformer(cfg, vocab.size, vocab.pad_idx), plain_transformer_loss
         case "hf":
-            model = build_hf_m2m100(cfg, vocab.size, pad, vocab.eos_idx)
-            return model, lambda batch: (label_smoothed_ce(hf_logits(model, batch.source, batch.target_input, pad),
-                                                           batch.target_output, pad), batch.num_target_tokens)
-    raise ValueError(f"unknown system {system}")
+            model, compute_loss = build_hf_m2m100(cfg, vocab.size, vocab.pad_idx, vocab.eos_idx), hf_loss
+        case _:
+            raise ValueError(f"unknown system {system}")
+    model.to(device)
+    return model, compute_loss, build_optimizer(optimizer_cfg, [p for p in model.parameters() if p.requires_grad])
 
 
-def make_train_step(system: str, cfg: ModelConfig, tok_info: dict, device: torch.device):
-    """(model, step): one timed training step of `system`, the same for every system: forward under
-    fs2mini.train's default autocast (bf16 on CUDA, none on CPU), loss, backward, gradients ÷ target
-    tokens, clip to 1, AdamW(foreach)."""
-    from fs2mini.optim import AdamWConfig, build_optimizer
+def make_train_step(system: str, cfg: ModelConfig, tok: dict, device: torch.device):
+    """(model, step): `step(batch)` is one update of `system` by `fs2mini.trainer.train_step`, the
+    function `fs2mini.train` runs, so the benchmark times the trainer itself: autocast as its default
+    (bf16 on CUDA, none on CPU), summed loss, backward, gradients ÷ target tokens, clip to 1, the
+    non-finite check, AdamW(foreach). One micro-batch per update; `tok` is `bench_tokenizer`'s dict."""
+    from fs2mini.trainer import train_step
 
     torch.manual_seed(0)
-    model, compute_loss = build_system(system, cfg, tok_info)
-    model.to(device).train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = build_optimizer(AdamWConfig(lr=1e-4), params)  # AdamW, foreach=True, for every system
+    model, compute_loss, optimizer = build_system(system, cfg, tok, device)
+    model.train()
 
     def step(batch: Seq2SeqBatch) -> float:
         """Returns the loss per target token."""
-        optimizer.zero_grad(set_to_none=True)
-        with autocast_for(device, "auto"):
-            loss, num_tokens = compute_loss(batch)
-        loss.backward()
-        for p in params:
-            if p.grad is not None:
-                p.grad.div_(num_tokens)
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        return float(loss.detach()) / num_tokens
+        return train_step(model, compute_loss, optimizer, [batch], LR, max_grad_norm=1.0, device=device,
+                          autocast="auto").loss
 
     return model, step
 
@@ -391,8 +396,10 @@ def run_job(job: dict) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def prepare(workdir: Path, steps_needed: int, num_gen: int, max_tokens: int) -> tuple[dict, dict[str, Path], list[list[int]]]:
-    """Tokenizer (vocab 8000, cached), the shared training batches, the generation sources."""
+def bench_tokenizer() -> tuple[Tokenizer, dict]:
+    """The benchmark's tokenizer (Bible corpus, vocab 8000, trained once then cached) and, as JSON for
+    the workers, what they need of it: its model path and languages (fs2mini's components are built
+    from a `Tokenizer`), its special ids, the target language id and every language id."""
     corpus = BibleCorpus()
     langs = corpus_languages(corpus)
     tokenizer = load_or_train_tokenizer(TokenizerConfig(vocab_size=VOCAB_SIZE), training_sentences(corpus, Skipped()), langs)
@@ -401,12 +408,18 @@ def prepare(workdir: Path, steps_needed: int, num_gen: int, max_tokens: int) -> 
            "lang_ids": list(tokenizer.lang_ids.values()),
            "vocab": {"size": vocab.size, "pad_idx": vocab.pad_idx, "bos_idx": vocab.bos_idx, "eos_idx": vocab.eos_idx,
                      "unk_idx": vocab.unk_idx}}
+    return tokenizer, tok
+
+
+def prepare(workdir: Path, steps_needed: int, num_gen: int, max_tokens: int) -> tuple[dict, dict[str, Path], list[list[int]]]:
+    """Tokenizer (vocab 8000, cached), the shared training batches, the generation sources."""
+    tokenizer, tok = bench_tokenizer()
     stream = iter(Seq2SeqBatches(DataConfig(max_tokens=max_tokens), "train", tokenizer, seed=1, shuffle=True))
     batches = [next(stream) for _ in range(steps_needed)]
     path = workdir / "train_batches.pt"
     torch.save(batches, path)
-    test_sources = [source for source, _ in read_pairs(corpus, "test", Skipped())][:num_gen]
-    sources = tokenizer.encode_source(test_sources, langs[0])
+    test_sources = [source for source, _ in read_pairs(BibleCorpus(), "test", Skipped())][:num_gen]
+    sources = tokenizer.encode_source(test_sources, tokenizer.langs[0])
     return tok, {"train": path}, sources
 
 

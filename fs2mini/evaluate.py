@@ -33,12 +33,20 @@ from fs2mini.validation import validate
 
 @dataclass(frozen=True)
 class TranslationScores:
-    """Corpus-level scores and the sacrebleu signatures that say how they were computed."""
+    """Corpus-level scores and the sacrebleu signatures that say how they were computed.
+
+    BLEU's parts are kept because a length problem hides in them: precisions can be good while
+    the brevity penalty (translations shorter than the references) takes the score down."""
 
     bleu: float
     chrf: float
     bleu_signature: str
     chrf_signature: str
+    precisions: tuple[float, ...]
+    """1- to 4-gram precisions (percent)."""
+    brevity_penalty: float
+    length_ratio: float
+    """Hypothesis length / reference length, in 13a tokens (1.0 = as long as the references)."""
 
 
 def score_translations(hypotheses: Sequence[str], references: Sequence[str]) -> TranslationScores:
@@ -50,7 +58,8 @@ def score_translations(hypotheses: Sequence[str], references: Sequence[str]) -> 
     bleu, chrf = BLEU(), CHRF()
     bleu_score = bleu.corpus_score(list(hypotheses), [list(references)])
     chrf_score = chrf.corpus_score(list(hypotheses), [list(references)])
-    return TranslationScores(bleu_score.score, chrf_score.score, str(bleu.get_signature()), str(chrf.get_signature()))
+    return TranslationScores(bleu_score.score, chrf_score.score, str(bleu.get_signature()), str(chrf.get_signature()),
+                             tuple(bleu_score.precisions), bleu_score.bp, bleu_score.sys_len / max(bleu_score.ref_len, 1))
 
 
 @dataclass(frozen=True)
@@ -128,7 +137,8 @@ def evaluate(args: EvaluateArgs) -> dict:
     record = {
         "run_dir": str(args.run_dir), "checkpoint": str(translator.checkpoint_path), "step": translator.step,
         "split": args.split, "pairs": len(pairs), "translated": len(result.hypotheses),
-        **losses, "bleu": scores.bleu, "chrf": scores.chrf,
+        **losses, "bleu": scores.bleu, "chrf": scores.chrf, "precisions": list(scores.precisions),
+        "brevity_penalty": scores.brevity_penalty, "length_ratio": scores.length_ratio,
         "bleu_signature": scores.bleu_signature, "chrf_signature": scores.chrf_signature,
         "generation": dataclasses.asdict(args.generation),
     }
@@ -144,6 +154,8 @@ def evaluate(args: EvaluateArgs) -> dict:
     print(f"loss {losses['loss']:.4f}  nll {losses['nll']:.4f}  ppl {losses['ppl']:.3f}  "
           f"(teacher-forced over {losses['tokens']} target tokens)")
     print(f"BLEU {scores.bleu:.2f}  chrF {scores.chrf:.2f}  ({len(result.hypotheses)} sentences, beam {args.generation.beam_size})")
+    print(f"n-gram precisions {' / '.join(f'{p:.1f}' for p in scores.precisions)}  brevity penalty "
+          f"{scores.brevity_penalty:.3f}  hyp/ref length {scores.length_ratio:.3f}")
     print(f"BLEU signature: {scores.bleu_signature}")
     print(f"chrF signature: {scores.chrf_signature}")
     print(f"wrote {paths['.hyp']} (and .src, .ref, .json next to it)")

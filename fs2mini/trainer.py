@@ -330,6 +330,10 @@ class TokenRate:
         return self.tokens / elapsed if elapsed > 0 else 0.0
 
 
+VALIDATION_SAMPLES = 2
+"""Translations printed next to their references at each validation."""
+
+
 class Validator:
     """Validation loss over the whole split (+ BLEU/chrF of its first sentences, translated on rank 0), logged."""
 
@@ -346,17 +350,25 @@ class Validator:
 
     def __call__(self, step: int) -> dict[str, float]:
         result = validate(self.parts.model, self.parts.task, self.parts.valid_batches, self.device, self.autocast, self.env)
+        samples = []
         if self.translates:
             # Rank 0 translates (the unwrapped replica, no collectives); the scores reach every rank.
-            scores = translate_and_score(self.translator, self.pairs, self.generation).scores if self.env.is_main else None
-            bleu, chrf = all_reduce_sum([scores.bleu, scores.chrf] if scores else [0.0, 0.0], self.env, self.device)
-            result.update(bleu=bleu, chrf=chrf)
+            evaluation = translate_and_score(self.translator, self.pairs, self.generation) if self.env.is_main else None
+            scores = evaluation.scores if evaluation else None
+            bleu, chrf, length_ratio = all_reduce_sum(
+                [scores.bleu, scores.chrf, scores.length_ratio] if scores else [0.0, 0.0, 0.0], self.env, self.device)
+            result.update(bleu=bleu, chrf=chrf, length_ratio=length_ratio)
+            if evaluation is not None:
+                samples = list(zip(evaluation.hypotheses, evaluation.references))[:VALIDATION_SAMPLES]
         if self.metrics is not None:
             self.metrics.write({"step": step, "split": "valid", **result})
         self.display.message(
             f"valid step {step}: loss {result['loss']:.3f}  nll {result['nll']:.3f}  ppl {result['ppl']:.2f}"
-            + (f"  BLEU {result['bleu']:.2f}  chrF {result['chrf']:.2f}" if "bleu" in result else "")
+            + (f"  BLEU {result['bleu']:.2f}  chrF {result['chrf']:.2f}  hyp/ref length {result['length_ratio']:.3f}"
+               if "bleu" in result else "")
         )
+        for hypothesis, reference in samples:  # so a length or repetition problem shows while training
+            self.display.message(f"  hyp: {hypothesis}\n  ref: {reference}")
         return result
 
 
