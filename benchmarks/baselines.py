@@ -64,8 +64,12 @@ class PlainTransformer(nn.Module):
         return F.linear(hidden, self.embed.weight)
 
 
-def build_hf_m2m100(cfg: ModelConfig, vocab_size: int, pad_idx: int, eos_idx: int) -> nn.Module:
-    """Hugging Face's NLLB/M2M100 model with fs2mini's shapes (SDPA attention, no layerdrop)."""
+def build_hf_m2m100(cfg: ModelConfig, vocab_size: int, pad_idx: int, eos_idx: int, *,
+                    attention_dropout: float | None = None, activation_dropout: float | None = None) -> nn.Module:
+    """Hugging Face's NLLB/M2M100 model with fs2mini's shapes (SDPA attention, no layerdrop).
+
+    Its attention and activation dropout follow `cfg` (the speed benchmark: the same work as fs2mini)
+    unless given (the quality benchmark sets them as the HF baseline is usually trained)."""
     from transformers import M2M100Config, M2M100ForConditionalGeneration
 
     config = M2M100Config(
@@ -73,7 +77,8 @@ def build_hf_m2m100(cfg: ModelConfig, vocab_size: int, pad_idx: int, eos_idx: in
         encoder_layers=cfg.num_encoder_layers, decoder_layers=cfg.num_decoder_layers,
         encoder_attention_heads=cfg.num_encoder_attn_heads, decoder_attention_heads=cfg.num_decoder_attn_heads,
         encoder_ffn_dim=cfg.ffn_inner_dim, decoder_ffn_dim=cfg.ffn_inner_dim, dropout=cfg.dropout_p,
-        attention_dropout=cfg.dropout_p, activation_dropout=cfg.dropout_p, encoder_layerdrop=0.0,
+        attention_dropout=cfg.attention_dropout_p if attention_dropout is None else attention_dropout,
+        activation_dropout=cfg.ffn_dropout_p if activation_dropout is None else activation_dropout, encoder_layerdrop=0.0,
         decoder_layerdrop=0.0, activation_function="relu", scale_embedding=True, pad_token_id=pad_idx,
         bos_token_id=2, eos_token_id=eos_idx, decoder_start_token_id=eos_idx, tie_word_embeddings=True,
     )

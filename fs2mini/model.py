@@ -107,7 +107,11 @@ class ModelConfig:
     ffn_inner_dim: int = 512
     """Hidden width of the feed-forward blocks."""
     dropout_p: float = 0.1
-    """Dropout on embeddings, attention weights and residual branches."""
+    """Dropout on embeddings and on each residual branch (attention and FFN outputs)."""
+    attention_dropout_p: float = 0.1
+    """Dropout on attention weights (NLLB configures it apart from dropout_p)."""
+    ffn_dropout_p: float = 0.1
+    """Dropout after the FFN activation (fairseq's activation_dropout)."""
 
 
     def build(self, vocab: VocabInfo) -> EncoderDecoderModel:
@@ -121,14 +125,16 @@ class ModelConfig:
                     max_seq_len=self.max_seq_len, num_encoder_layers=self.num_encoder_layers,
                     num_decoder_layers=self.num_decoder_layers, num_encoder_attn_heads=self.num_encoder_attn_heads,
                     num_decoder_attn_heads=self.num_decoder_attn_heads, ffn_inner_dim=self.ffn_inner_dim,
-                    dropout_p=self.dropout_p)
+                    dropout_p=self.dropout_p, attention_dropout_p=self.attention_dropout_p,
+                    ffn_dropout_p=self.ffn_dropout_p)
 
 
 # Named presets. The CLI offers them as `model:NAME` subcommands (underscores become dashes);
 # a recipe adds its own with `main(..., models={"my-arch": MyConfig()})`.
 ARCHS: dict[str, ModelConfig] = {
     "tiny": ModelConfig(model_dim=64, num_encoder_layers=2, num_decoder_layers=2, num_encoder_attn_heads=4,
-                        num_decoder_attn_heads=4, ffn_inner_dim=256, dropout_p=0.0),
+                        num_decoder_attn_heads=4, ffn_inner_dim=256, dropout_p=0.0, attention_dropout_p=0.0,
+                        ffn_dropout_p=0.0),
     "small": ModelConfig(),  # the default: trains in minutes on a laptop CPU
     "base": ModelConfig(model_dim=512, num_encoder_layers=6, num_decoder_layers=6, num_encoder_attn_heads=8,
                         num_decoder_attn_heads=8, ffn_inner_dim=2048, dropout_p=0.1),
@@ -157,8 +163,10 @@ def check_model_config(cfg: ModelConfig) -> None:
     ]:
         if cfg.model_dim % heads:
             raise UserError(f"{flag} {heads} must divide --model.model-dim {cfg.model_dim}")
-    if not 0.0 <= cfg.dropout_p < 1.0:
-        raise UserError(f"--model.dropout-p must be in [0, 1), got {cfg.dropout_p}")
+    for flag, p in [("--model.dropout-p", cfg.dropout_p), ("--model.attention-dropout-p", cfg.attention_dropout_p),
+                    ("--model.ffn-dropout-p", cfg.ffn_dropout_p)]:
+        if not 0.0 <= p < 1.0:
+            raise UserError(f"{flag} must be in [0, 1), got {p}")
 
 
 def build_model(cfg, vocab: VocabInfo) -> nn.Module:
@@ -365,12 +373,13 @@ class FeedForward(nn.Module):
 
 
 class EncoderLayer(nn.Module):
-    def __init__(self, model_dim: int, num_heads: int, ffn_inner_dim: int, dropout_p: float) -> None:
+    def __init__(self, model_dim: int, num_heads: int, ffn_inner_dim: int, dropout_p: float, attention_dropout_p: float,
+                 ffn_dropout_p: float) -> None:
         super().__init__()
         self.self_attn_norm = nn.LayerNorm(model_dim)
-        self.self_attn = SelfAttention(model_dim, num_heads, dropout_p)
+        self.self_attn = SelfAttention(model_dim, num_heads, attention_dropout_p)
         self.ffn_norm = nn.LayerNorm(model_dim)
-        self.ffn = FeedForward(model_dim, ffn_inner_dim, dropout_p)
+        self.ffn = FeedForward(model_dim, ffn_inner_dim, ffn_dropout_p)
         self.dropout = Dropout(dropout_p)
 
     def forward(self, x: Tensor, key_mask: Tensor | None) -> Tensor:
@@ -379,14 +388,15 @@ class EncoderLayer(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, model_dim: int, num_heads: int, ffn_inner_dim: int, dropout_p: float) -> None:
+    def __init__(self, model_dim: int, num_heads: int, ffn_inner_dim: int, dropout_p: float, attention_dropout_p: float,
+                 ffn_dropout_p: float) -> None:
         super().__init__()
         self.self_attn_norm = nn.LayerNorm(model_dim)
-        self.self_attn = SelfAttention(model_dim, num_heads, dropout_p)
+        self.self_attn = SelfAttention(model_dim, num_heads, attention_dropout_p)
         self.encoder_decoder_attn_norm = nn.LayerNorm(model_dim)
-        self.encoder_decoder_attn = EncoderDecoderAttention(model_dim, num_heads, dropout_p)
+        self.encoder_decoder_attn = EncoderDecoderAttention(model_dim, num_heads, attention_dropout_p)
         self.ffn_norm = nn.LayerNorm(model_dim)
-        self.ffn = FeedForward(model_dim, ffn_inner_dim, dropout_p)
+        self.ffn = FeedForward(model_dim, ffn_inner_dim, ffn_dropout_p)
         self.dropout = Dropout(dropout_p)
 
     def forward(
@@ -415,6 +425,8 @@ class EncoderDecoderModel(nn.Module):
         num_decoder_attn_heads: int,
         ffn_inner_dim: int,
         dropout_p: float,
+        attention_dropout_p: float,
+        ffn_dropout_p: float,
     ) -> None:
         super().__init__()
         self.pad_idx = pad_idx
@@ -425,11 +437,13 @@ class EncoderDecoderModel(nn.Module):
         self.embed_scale = math.sqrt(model_dim)
         self.dropout = Dropout(dropout_p)
         self.encoder_layers = nn.ModuleList(
-            EncoderLayer(model_dim, num_encoder_attn_heads, ffn_inner_dim, dropout_p) for _ in range(num_encoder_layers)
+            EncoderLayer(model_dim, num_encoder_attn_heads, ffn_inner_dim, dropout_p, attention_dropout_p, ffn_dropout_p)
+            for _ in range(num_encoder_layers)
         )
         self.encoder_norm = nn.LayerNorm(model_dim)
         self.decoder_layers = nn.ModuleList(
-            DecoderLayer(model_dim, num_decoder_attn_heads, ffn_inner_dim, dropout_p) for _ in range(num_decoder_layers)
+            DecoderLayer(model_dim, num_decoder_attn_heads, ffn_inner_dim, dropout_p, attention_dropout_p, ffn_dropout_p)
+            for _ in range(num_decoder_layers)
         )
         self.decoder_norm = nn.LayerNorm(model_dim)
         self.reset_parameters()

@@ -1,0 +1,289 @@
+"""Translation quality on equal terms: fs2mini vs Hugging Face M2M100, trained and decoded side by side.
+
+    make quality                                               # both systems, 1200 updates each (~35 min on 2 cores)
+    python benchmarks/quality.py --budget-minutes 18           # both systems, 18 minutes of training each
+    python benchmarks/quality.py --systems fs2mini --label no-attn-dropout \\
+        --fs2mini-model.attention-dropout-p 0                  # one ablation, added to the JSON by its label
+
+Both systems get the same things, so that only the model implementations differ: the offline Bible
+split (KJV → Louis Segond, fs2mini's held-out books), one sentencepiece tokenizer (8k unigram),
+the same batches in the same order (fs2mini's pipeline, `--max-tokens` padded tokens per update),
+the same shape (256 wide, 4+4 layers, FFN 1024, 4 heads), AdamW (lr 1e-3, betas 0.9/0.98, weight
+decay 1e-4), inverse-sqrt schedule with 500 warmup steps, label smoothing 0.1, gradient clipping
+at 1, fp32, and the same update: `fs2mini.trainer.train_step`, with each system's loss function.
+Each system trains in its own process, one after the other (never concurrently), either for
+`--updates` updates or for `--budget-minutes` of training. Then the test split is translated
+greedily and with beam 4 (fs2mini: its `Translator`; Hugging Face: `model.generate` with the same
+forced `</s> __fra__` start and the same maximum length 1.2 · source + 10) and scored with
+sacreBLEU (13a): BLEU, chrF, n-gram precisions, brevity penalty, hyp/ref length ratio.
+
+Results are merged into `--output` (JSON) under `--label`, so ablations accumulate in one file; the
+table printed at the end shows every labelled run in it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+import tyro
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import machine_info  # noqa: E402
+
+from fs2mini.corpus import BibleCorpus, corpus_languages, read_pairs, training_sentences  # noqa: E402
+from fs2mini.data import DataConfig, Seq2SeqBatches  # noqa: E402
+from fs2mini.evaluate import score_translations  # noqa: E402
+from fs2mini.generation import GenerationConfig  # noqa: E402
+from fs2mini.model import ModelConfig  # noqa: E402
+from fs2mini.optim import AdamWConfig, InverseSqrtConfig, build_optimizer  # noqa: E402
+from fs2mini.pipeline import Skipped  # noqa: E402
+from fs2mini.tokenizer import Tokenizer, TokenizerConfig, load_or_train_tokenizer  # noqa: E402
+
+SHAPE = ModelConfig(model_dim=256, num_encoder_layers=4, num_decoder_layers=4, num_encoder_attn_heads=4,
+                    num_decoder_attn_heads=4, ffn_inner_dim=1024, dropout_p=0.1, max_seq_len=512)
+"""The equal-terms shape: Hugging Face's M2M100 gets exactly these sizes (9.4 M parameters at vocab 8k)."""
+
+
+@dataclass(frozen=True)
+class QualityConfig:
+    """Train and decode fs2mini and Hugging Face M2M100 on equal terms; print BLEU and its parts."""
+
+    updates: int = 1200
+    """Updates per system (ignored when --budget-minutes is set)."""
+    budget_minutes: float = 0.0
+    """Train each system for this many minutes of wall-clock time instead of a fixed number of updates."""
+    systems: tuple[Literal["fs2mini", "hf"], ...] = ("fs2mini", "hf")
+    """Which systems to run, in this order."""
+    fs2mini_model: ModelConfig = SHAPE
+    """fs2mini's model (change its dropouts for ablations; keep the sizes for equal terms)."""
+    fs2mini_init: Literal["fs2mini", "hf"] = "fs2mini"
+    """fs2mini's initialisation: its own (Xavier linears, N(0, d^-1/2) embeddings) or HF's (N(0, 0.02) everywhere)."""
+    hf_attention_dropout: float = 0.0
+    """HF M2M100's attention dropout (its default for this comparison: 0)."""
+    hf_activation_dropout: float = 0.0
+    """HF M2M100's dropout after the FFN activation (0)."""
+    hf_init: Literal["hf", "fs2mini"] = "hf"
+    """HF's initialisation: its own, or fs2mini's (for the reverse ablation)."""
+    vocab_size: int = 8000
+    """Sentencepiece vocabulary of the shared tokenizer."""
+    max_tokens: int = 2048
+    """Padded tokens per batch (one batch per update: ~1.8k target tokens)."""
+    lr: float = 1e-3
+    """Peak learning rate."""
+    warmup_steps: int = 500
+    """Inverse-sqrt warmup."""
+    weight_decay: float = 1e-4
+    """AdamW's decoupled weight decay."""
+    label_smoothing: float = 0.1
+    """Label smoothing of both losses."""
+    threads: int = 2
+    """torch threads per system."""
+    seed: int = 1
+    """Initialisation and data-order seed (the same for both systems)."""
+    test_sentences: int = 0
+    """Translate only the first N test pairs (0 = the whole test split)."""
+    label: str = ""
+    """Name of this run in the JSON (default: 'updates-N' or 'budget-Mmin')."""
+    output: Path = Path("benchmarks/quality.json")
+    """JSON file the results are merged into (by label)."""
+
+
+# --------------------------------------------------------------------------------------------
+# The worker: one system, in its own process.
+
+
+def quality_tokenizer(vocab_size: int) -> Tokenizer:
+    corpus = BibleCorpus()
+    langs = corpus_languages(corpus)
+    return load_or_train_tokenizer(TokenizerConfig(vocab_size=vocab_size), training_sentences(corpus, Skipped()), langs)
+
+
+def hf_init_(model: torch.nn.Module, pad_idx: int, std: float = 0.02) -> None:
+    """Hugging Face's M2M100 initialisation (`_init_weights`): N(0, std) linears and embeddings, zero biases."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            torch.nn.init.normal_(module.weight, std=std)
+            torch.nn.init.zeros_(module.bias)
+        elif isinstance(module, torch.nn.Embedding):
+            torch.nn.init.normal_(module.weight, std=std)
+            with torch.no_grad():
+                module.weight[pad_idx].zero_()
+
+
+def fs2mini_init_(model: torch.nn.Module, pad_idx: int, model_dim: int) -> None:
+    """fs2mini's initialisation applied to any model: Xavier linears, N(0, d^-1/2) embeddings."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            torch.nn.init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+        elif isinstance(module, torch.nn.Embedding):
+            torch.nn.init.normal_(module.weight, std=model_dim**-0.5)
+            with torch.no_grad():
+                module.weight[pad_idx].zero_()
+
+
+def build_system(job: dict, tokenizer: Tokenizer):
+    """(model, loss function) of one system, initialised as the job says."""
+    from baselines import build_hf_m2m100, hf_logits
+
+    from fs2mini.task import TaskConfig
+
+    vocab = tokenizer.vocab_info
+    if job["system"] == "fs2mini":
+        cfg = ModelConfig(**job["fs2mini_model"])
+        model = cfg.build(vocab)
+        if job["fs2mini_init"] == "hf":
+            hf_init_(model, vocab.pad_idx)
+        return model, TaskConfig(label_smoothing=job["label_smoothing"]).build(vocab).compute_loss
+    model = build_hf_m2m100(SHAPE, vocab.size, vocab.pad_idx, vocab.eos_idx, attention_dropout=job["hf_attention_dropout"],
+                            activation_dropout=job["hf_activation_dropout"])
+    if job["hf_init"] == "fs2mini":
+        fs2mini_init_(model, vocab.pad_idx, SHAPE.model_dim)
+
+    def hf_loss(model: torch.nn.Module, batch) -> tuple[torch.Tensor, int]:
+        logits = hf_logits(model, batch.source, batch.target_input, vocab.pad_idx)
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch.target_output.flatten(), reduction="sum",
+                                                 ignore_index=vocab.pad_idx, label_smoothing=job["label_smoothing"])
+        return loss, batch.num_target_tokens
+
+    return model, hf_loss
+
+
+def translate(job: dict, model: torch.nn.Module, tokenizer: Tokenizer, sources: list[str], beam: int) -> list[str]:
+    """Test translations: fs2mini's `Translator`, or HF's `generate` with the same forced start and length limit."""
+    from fs2mini.translate import Translator, pad_sources
+
+    source_lang, target_lang = tokenizer.langs
+    model.eval()
+    if job["system"] == "fs2mini":
+        return Translator(model, tokenizer, source_lang, target_lang).translate(sources, GenerationConfig(beam_size=beam))
+    vocab = tokenizer.vocab_info
+    encoded = tokenizer.encode_source(sources, source_lang)
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    outputs = [""] * len(encoded)
+    with torch.no_grad():
+        for start in range(0, len(order), 32):
+            rows = order[start : start + 32]
+            source, lengths = pad_sources([encoded[i] for i in rows], vocab.pad_idx, torch.device("cpu"))
+            generated = model.generate(
+                input_ids=source, attention_mask=(source != vocab.pad_idx).long(), num_beams=beam, do_sample=False,
+                max_new_tokens=int(1.2 * int(lengths.max()) + 10) + 1, decoder_start_token_id=vocab.eos_idx,
+                forced_bos_token_id=tokenizer.lang_ids[target_lang], eos_token_id=vocab.eos_idx,
+                pad_token_id=vocab.pad_idx, length_penalty=1.0,
+            )
+            for row, index in enumerate(rows):
+                outputs[index] = tokenizer.decode(generated[row].tolist())
+    return outputs
+
+
+def worker(job: dict) -> dict:
+    from fs2mini.trainer import train_step
+
+    torch.set_num_threads(job["threads"])
+    tokenizer = Tokenizer(Path(job["tokenizer"]), corpus_languages(BibleCorpus()))
+    torch.manual_seed(job["seed"])
+    model, compute_loss = build_system(job, tokenizer)
+    model.train()
+    optimizer = build_optimizer(AdamWConfig(lr=job["lr"], weight_decay=job["weight_decay"]), model.parameters())
+    lr_at = InverseSqrtConfig(warmup_steps=job["warmup_steps"]).build(job["lr"], job["updates"])
+    batches = Seq2SeqBatches(DataConfig(max_tokens=job["max_tokens"]), "train", tokenizer, seed=job["seed"], shuffle=True)
+    budget_s = job["budget_minutes"] * 60
+    device = torch.device("cpu")
+    step, epoch, tokens, losses = 0, 0, 0, []
+    started = time.perf_counter()
+
+    def done() -> bool:
+        return time.perf_counter() - started >= budget_s if budget_s > 0 else step >= job["updates"]
+
+    while not done():
+        for batch in batches.iter_epoch(epoch):
+            if done():
+                break
+            step += 1
+            result = train_step(model, compute_loss, optimizer, [batch], lr_at(step), max_grad_norm=1.0, device=device,
+                                autocast="off")
+            tokens += result.num_tokens
+            losses.append(result.loss)
+        epoch += 1
+    train_s = time.perf_counter() - started
+
+    pairs = list(read_pairs(BibleCorpus(), "test", Skipped()))
+    if job["test_sentences"]:
+        pairs = pairs[: job["test_sentences"]]
+    sources, references = [s for s, _ in pairs], [t for _, t in pairs]
+    decoded = {}
+    for name, beam in (("greedy", 1), ("beam4", 4)):
+        started = time.perf_counter()
+        hypotheses = translate(job, model, tokenizer, sources, beam)
+        scores = score_translations(hypotheses, references)
+        decoded[name] = {"bleu": scores.bleu, "chrf": scores.chrf, "precisions": list(scores.precisions),
+                         "brevity_penalty": scores.brevity_penalty, "length_ratio": scores.length_ratio,
+                         "seconds": time.perf_counter() - started, "samples": hypotheses[:3]}
+    return {"system": job["system"], "updates": step, "epochs": epoch, "train_s": train_s,
+            "target_tokens_per_s": tokens / train_s, "final_train_loss": sum(losses[-50:]) / len(losses[-50:]),
+            "parameters": sum(p.numel() for p in model.parameters()), "test_pairs": len(pairs),
+            "bleu_signature": scores.bleu_signature, **decoded}
+
+
+# --------------------------------------------------------------------------------------------
+# The driver.
+
+
+def run_worker(job: dict) -> dict:
+    """One system in a fresh Python process (its last stdout line is the JSON result)."""
+    proc = subprocess.run([sys.executable, __file__, "_worker", json.dumps(job)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{job['system']} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(cfg: QualityConfig) -> None:
+    if cfg.updates <= 0 and cfg.budget_minutes <= 0:
+        sys.exit("quality.py: --updates or --budget-minutes must be positive")
+    label = cfg.label or (f"budget-{cfg.budget_minutes:g}min" if cfg.budget_minutes > 0 else f"updates-{cfg.updates}")
+    tokenizer = quality_tokenizer(cfg.vocab_size)
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("systems", "label", "output")}
+    results = {"settings": settings, "machine": machine_info("cpu"), "systems": {}}
+    for system in cfg.systems:
+        job = {**settings, "system": system, "tokenizer": str(tokenizer.model_path)}
+        job["fs2mini_model"] = asdict(cfg.fs2mini_model)
+        print(f"[{label}] training {system} ...", file=sys.stderr, flush=True)
+        results["systems"][system] = run_worker(job)
+        done = results["systems"][system]
+        print(f"[{label}] {system}: {done['updates']} updates in {done['train_s']:.0f}s, beam-4 BLEU "
+              f"{done['beam4']['bleu']:.2f}, hyp/ref {done['beam4']['length_ratio']:.3f}", file=sys.stderr, flush=True)
+    everything = json.loads(cfg.output.read_text()) if cfg.output.exists() else {}
+    everything[label] = results
+    cfg.output.write_text(json.dumps(everything, indent=1, default=str) + "\n")
+    print_table(everything)
+
+
+def print_table(everything: dict) -> None:
+    print("| run | system | updates | train min | decoding | BLEU | precisions 1/2/3/4 | BP | hyp/ref | chrF |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for label, results in everything.items():
+        for system, r in results["systems"].items():
+            for name in ("beam4", "greedy"):
+                d = r[name]
+                precisions = " / ".join(f"{p:.1f}" for p in d["precisions"])
+                print(f"| {label} | {system} | {r['updates']} | {r['train_s'] / 60:.1f} | {name} | {d['bleu']:.2f} | "
+                      f"{precisions} | {d['brevity_penalty']:.3f} | {d['length_ratio']:.3f} | {d['chrf']:.1f} |")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["_worker"]:
+        print(json.dumps(worker(json.loads(sys.argv[2]))))
+    else:
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        main(tyro.cli(QualityConfig))
