@@ -525,8 +525,12 @@ def machine_info(device: str) -> dict:
     except ImportError:
         pass
     try:
-        model = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name"))
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        model = next(line for line in lines if line.startswith("model name"))
         info["cpu"] = model.split(":", 1)[1].strip()
+        flags = set(next(line for line in lines if line.startswith("flags")).split(":", 1)[1].split())
+        # What decides fp32 and bf16 matmul speed on a CPU (figures are only comparable within one kind).
+        info["cpu_flags"] = sorted(flags & {"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile"})
     except (OSError, StopIteration):
         pass
     return info
