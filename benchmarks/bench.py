@@ -357,7 +357,7 @@ def naive_collate(examples: list[tuple[list[int], list[int]]], pad: int) -> Seq2
     target_input = target[:, :-1].clone()
     target_input[torch.arange(tgt_len - 1) >= lengths.unsqueeze(1)] = pad
     return Seq2SeqBatch(source, torch.tensor([len(s) for s, _ in examples]), target_input, target[:, 1:],
-                        lengths, int(lengths.sum()))
+                        int(lengths.sum()))
 
 
 def mm_worker(job: dict) -> dict:

@@ -62,8 +62,7 @@ class Seq2SeqBatch:
     source_lengths: Tensor  # (batch,) tokens per source row, without padding
     target_input: Tensor  # (batch, tgt_len) decoder input
     target_output: Tensor  # (batch, tgt_len) what the decoder must predict; pad where padded
-    target_lengths: Tensor  # (batch,)
-    num_target_tokens: int  # sum of target_lengths, kept as a Python int to avoid a device sync
+    num_target_tokens: int  # non-pad target_output positions, a Python int (no device sync to read it)
 
     def to(self, device: torch.device) -> Seq2SeqBatch:
         move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
@@ -72,7 +71,6 @@ class Seq2SeqBatch:
             move(self.source_lengths),
             move(self.target_input),
             move(self.target_output),
-            move(self.target_lengths),
             self.num_target_tokens,
         )
 
@@ -132,7 +130,6 @@ def collate_rows(sources: Rows, targets: Rows, index: Tensor, pad_idx: int) -> S
         source_lengths=sources.lengths[index],
         target_input=_mask_final_eos(target[:, :-1], target_lengths, pad_idx),
         target_output=target[:, 1:].contiguous(),
-        target_lengths=target_lengths,
         num_target_tokens=int(target_lengths.sum()),
     )
 
