@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.13.0
 ARGS ?=
 
-.PHONY: install train test check clean bench
+.PHONY: install train test check clean bench quality
 
 install: $(VENV)/.installed
 
@@ -27,6 +27,12 @@ test: install
 bench: install
 	$(PY) -m pip install --quiet -e ".[bench]"
 	$(PY) benchmarks/bench.py $(ARGS)
+
+# Translation quality on equal terms with HF M2M100 (benchmarks/quality.py): trains both, one after
+# the other, then prints BLEU and its parts; ~35 min on 2 cores. ARGS="--budget-minutes 18" for a time budget.
+quality: install
+	$(PY) -m pip install --quiet -e ".[bench]"
+	$(PY) benchmarks/quality.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) runs .cache
