@@ -169,7 +169,7 @@ def make_train_step(system: str, cfg: ModelConfig, tok: dict, device: torch.devi
     def step(batch: Seq2SeqBatch) -> float:
         """Returns the loss per target token."""
         return train_step(model, compute_loss, optimizer, [batch], LR, max_grad_norm=1.0, device=device,
-                          autocast="auto").loss
+                          bf16=device.type == "cuda").loss
 
     return model, step
 

@@ -212,7 +212,7 @@ def worker(job: dict) -> dict:
                 break
             step += 1
             result = train_step(model, compute_loss, optimizer, [batch], lr_at(step), max_grad_norm=1.0, device=device,
-                                autocast="off")
+                                bf16=False)
             tokens += result.num_tokens
             losses.append(result.loss)
         epoch += 1

@@ -9,6 +9,7 @@ optimizer (over the wrapped parameters) → optimizer state.
 
 from __future__ import annotations
 
+import json
 import random
 import sys
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fs2mini.checkpoint import list_checkpoints, load_checkpoint
+from fs2mini.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint
 from fs2mini.config import TrainConfig, incompatible_fields, load_config
 from fs2mini.corpus import corpus_languages, describe_corpus, training_sentences
 from fs2mini.data import Seq2SeqBatches
@@ -28,8 +29,9 @@ from fs2mini.errors import UserError
 from fs2mini.model import build_model
 from fs2mini.optim import build_lr_schedule, build_optimizer
 from fs2mini.pipeline import Skipped
+from fs2mini.precision import Precision, choose_precision
 from fs2mini.task import Task, build_task
-from fs2mini.tokenizer import Tokenizer, load_or_train_tokenizer
+from fs2mini.tokenizer import Tokenizer, checked_tokenizer, load_or_train_tokenizer
 
 
 @dataclass
@@ -43,6 +45,11 @@ class Components:
     task: Task
     optimizer: torch.optim.Optimizer
     lr_at: Callable[[int], float]
+    precision: Precision  # bf16 autocast or fp32, and why
+
+    @property
+    def bf16(self) -> bool:
+        return self.precision.bf16
 
     @property
     def num_parameters(self) -> int:
@@ -62,15 +69,17 @@ def build_tokenizer(cfg: TrainConfig) -> Tokenizer:
     return load_or_train_tokenizer(cfg.tokenizer, sentences, langs)
 
 
-def run_tokenizer(cfg: TrainConfig, resuming: bool, env: DistEnv) -> Tokenizer:
-    """The tokenizer of the run: the run directory's own copy when resuming, else the (cached) trained one.
+def run_tokenizer(cfg: TrainConfig, checkpoint: dict[str, Any] | None, env: DistEnv) -> Tokenizer:
+    """The tokenizer of the run: when resuming, the one `checkpoint` was trained with (the run
+    directory's copy, verified, or the checkpoint's own copy if that is missing); else the
+    (cached) trained one.
 
-    Nothing is written to the run directory here (the trainer copies the model there once every
+    Nothing is written to the run directory here (the trainer writes the model there once every
     component has been built), so a corpus that cannot be read leaves the directory untouched.
     """
-    kept = cfg.run_dir / "tokenizer.model"
-    if resuming and kept.exists():
-        return Tokenizer(kept, corpus_languages(cfg.data.corpus))
+    if checkpoint is not None:
+        return checked_tokenizer(cfg.run_dir / "tokenizer.model", corpus_languages(cfg.data.corpus),
+                                 checkpoint.get("tokenizer"), checkpoint_path(cfg.run_dir / "checkpoints", checkpoint["step"]))
     if env.is_main:
         tokenizer = build_tokenizer(cfg)  # trains it once, into the cache
     barrier(env)
@@ -94,6 +103,8 @@ def newest_checkpoint(cfg: TrainConfig, env: DistEnv) -> dict[str, Any] | None:
             f"no readable checkpoint in {run_dir / 'checkpoints'} ({len(existing)} corrupt); "
             "move them away to start this run over, or use another --output-dir"
         )
+    if checkpoint is None:
+        refuse_silent_restart(cfg)
     if checkpoint is not None:
         differing = incompatible_fields(load_config(run_dir / "config.json"), cfg)
         if differing:
@@ -102,6 +113,50 @@ def newest_checkpoint(cfg: TrainConfig, env: DistEnv) -> dict[str, Any] | None:
                 "use another --output-dir or the original settings"
             )
     return checkpoint
+
+
+def refuse_silent_restart(cfg: TrainConfig) -> None:
+    """A run directory without step checkpoints but with signs of training is not started over.
+
+    Starting at step 0 would overwrite `best.pt` with a worse model and the metrics with new ones;
+    a run killed before its first checkpoint (metrics up to fewer steps than the checkpoint
+    interval) is the one case that restarts, with a warning.
+    """
+    run_dir = cfg.run_dir
+    best = run_dir / "checkpoints" / "best.pt"
+    if best.exists():
+        try:
+            step = load_checkpoint(best)["step"]
+            how = f"copy it to {checkpoint_path(best.parent, step).name} to continue from its step {step}"
+        except (UserError, KeyError):
+            how = "it is not readable either"
+        raise UserError(f"{run_dir} has checkpoints/best.pt but no step checkpoint to resume from, and starting over "
+                        f"would overwrite best.pt; {how}, or use another --output-dir to start over")
+    trained = _last_logged_step(run_dir / "metrics.jsonl")
+    if trained >= cfg.trainer.checkpoint_every:
+        raise UserError(f"{run_dir}/metrics.jsonl records training up to step {trained} but {run_dir / 'checkpoints'} has "
+                        "no checkpoint (were they deleted?); starting over would replace that record. Restore the "
+                        "checkpoints, or use another --output-dir to start over")
+    if trained > 0:
+        print(f"warning: {run_dir} was stopped at step {trained}, before its first checkpoint; starting over at step 0",
+              file=sys.stderr)
+
+
+def _last_logged_step(metrics: Path) -> int:
+    """The last training step metrics.jsonl records (0 when none)."""
+    last = 0
+    try:
+        lines = metrics.read_bytes().splitlines()
+    except OSError:
+        return 0
+    for line in lines:
+        try:
+            record = json.loads(line)
+            if record.get("split") == "train" and isinstance(record.get("step"), int):
+                last = max(last, record["step"])
+        except (ValueError, AttributeError):
+            continue
+    return last
 
 
 def build_components(cfg: TrainConfig, tokenizer: Tokenizer, device: torch.device, env: DistEnv = DistEnv(),
@@ -124,7 +179,8 @@ def build_components(cfg: TrainConfig, tokenizer: Tokenizer, device: torch.devic
     if checkpoint is not None:
         load_optimizer_state(model, optimizer, checkpoint["optimizer"])
     lr_at = build_lr_schedule(cfg.lr_scheduler, cfg.optimizer.lr, tc.max_steps)
-    return Components(tokenizer, train_batches, valid_batches, model, task, optimizer, lr_at)
+    precision = choose_precision(tc.autocast, device)
+    return Components(tokenizer, train_batches, valid_batches, model, task, optimizer, lr_at, precision)
 
 
 def load_model_state(model: nn.Module, state: dict[str, Any], source: Path) -> None:

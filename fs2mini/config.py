@@ -24,6 +24,7 @@ from typing import Annotated, Any, Literal, Union
 
 import tyro
 
+from fs2mini.checkpoint import write_atomically
 from fs2mini.data import DataConfig
 from fs2mini.errors import UserError
 from fs2mini.model import ARCHS
@@ -64,7 +65,7 @@ class TrainerConfig:
     data_parallel: Literal["ddp", "fsdp", "none"] = "ddp"
     """Under torchrun: ddp replicates the model, fsdp shards it per layer (FSDP2); none = single process only."""
     autocast: Literal["auto", "bf16", "off"] = "auto"
-    """bf16 autocast: auto = on CUDA only (bf16 matmuls are slow on most CPUs)."""
+    """bf16 autocast: auto = on CUDA, and on CPUs whose bf16 matmuls measure faster than fp32 (AVX512-BF16, AMX)."""
     compile: bool = False
     """Compile the model's forward with torch.compile (dynamic shapes). Off by default: on CPU it was
     measured slower than eager (see README, Performance) and the first steps wait for compilation."""
@@ -179,13 +180,13 @@ def config_to_json(cfg: Any) -> Any:
     return cfg
 
 
-def config_from_json(tp: Any, value: Any, where: Path | None = None) -> Any:
-    """Inverse of `config_to_json` for a value of declared type `tp` (`where`: the file, for messages)."""
+def config_from_json(tp: Any, value: Any, where: Path | None = None, name: str = "") -> Any:
+    """Inverse of `config_to_json` for a value of declared type `tp` (`where`: the file, `name`: the field, for messages)."""
     if isinstance(value, dict) and ("_module" in value or "_file" in value):
         tp = import_config_class(value, where)
     origin = typing.get_origin(tp)
     if origin is Annotated:
-        return config_from_json(typing.get_args(tp)[0], value, where)
+        return config_from_json(typing.get_args(tp)[0], value, where, name)
     if origin in (Union, types.UnionType):
         options = typing.get_args(tp)
         if value is None:
@@ -193,23 +194,35 @@ def config_from_json(tp: Any, value: Any, where: Path | None = None) -> Any:
         for option in options:
             base = typing.get_args(option)[0] if typing.get_origin(option) is Annotated else option
             if isinstance(value, dict) and getattr(base, "__name__", None) == value.get("_type"):
-                return config_from_json(base, value, where)
+                return config_from_json(base, value, where, name)
         non_none = [o for o in options if o is not type(None)]
-        return config_from_json(non_none[0], value, where)
+        return config_from_json(non_none[0], value, where, name)
     if origin is tuple:
         args = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise UserError(f"{where}: {name.lstrip('.')} is {value!r}; expected a list")
         item_types = [args[0]] * len(value) if len(args) == 2 and args[1] is Ellipsis else list(args)
-        return tuple(config_from_json(t, v, where) for t, v in zip(item_types, value))
+        return tuple(config_from_json(t, v, where, name) for t, v in zip(item_types, value))
     if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise UserError(f"{where}: {name.lstrip('.')} is {value!r}; expected one of "
+                            f"{', '.join(map(repr, typing.get_args(tp)))}")
         return value
     if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise UserError(f"{where}: {name.lstrip('.') or 'the file'} is {value!r}; expected a JSON object")
         hints = typing.get_type_hints(tp, include_extras=True)
-        kwargs = {f.name: config_from_json(hints[f.name], value[f.name], where) for f in dataclasses.fields(tp) if f.name in value}
+        kwargs = {f.name: config_from_json(hints[f.name], value[f.name], where, f"{name}.{f.name}")
+                  for f in dataclasses.fields(tp) if f.name in value}
         return tp(**kwargs)
     if tp is Path:
+        if not isinstance(value, str):
+            raise UserError(f"{where}: {name.lstrip('.')} is {value!r}; expected a path (a string)")
         return Path(value)
-    if tp is float and isinstance(value, int):
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp in (int, float, str, bool) and not (isinstance(value, tp) and (tp is bool or not isinstance(value, bool))):
+        raise UserError(f"{where}: {name.lstrip('.')} is {value!r}; expected a value of type {tp.__name__}")
     return value
 
 
@@ -225,17 +238,30 @@ def resolve_paths(cfg: Any) -> Any:
 
 
 def save_config(cfg: TrainConfig, path: Path) -> None:
-    path.write_text(json.dumps(config_to_json(cfg), indent=2) + "\n")
+    text = json.dumps(config_to_json(cfg), indent=2) + "\n"
+    write_atomically(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
 def load_config(path: Path) -> TrainConfig:
+    """The config a run directory was trained with, or one sentence saying what is wrong with the file."""
     try:
-        raw = json.loads(path.read_text())
-        return config_from_json(TrainConfig, raw, path)
+        raw = json.loads(path.read_bytes().decode("utf-8"))
     except FileNotFoundError:
         raise UserError(f"{path} does not exist; expected a run directory written by fs2mini.train") from None
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
+    except IsADirectoryError:
+        raise UserError(f"{path} is a directory; expected the config.json file written by fs2mini.train") from None
+    except OSError as err:
+        raise UserError(f"cannot read {path}: {err.strerror}") from None
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path} is not UTF-8 text (byte {err.start}); expected the config.json written by fs2mini.train") from None
+    except json.JSONDecodeError as err:
         raise UserError(f"{path} is not a valid fs2mini config: {err}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path} holds a JSON {type(raw).__name__}; expected the object written by fs2mini.train")
+    try:
+        return config_from_json(TrainConfig, raw, path)
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise UserError(f"{path} is not a valid fs2mini config: {type(err).__name__}: {err}") from None
 
 
 def incompatible_fields(old: TrainConfig, new: TrainConfig) -> list[str]:

@@ -129,7 +129,7 @@ def evaluate(args: EvaluateArgs) -> dict:
 
     batches = Seq2SeqBatches(cfg.data, args.split, translator.tokenizer, seed=0, shuffle=False)
     losses = validate(translator.model, build_task(cfg.task, translator.tokenizer.vocab_info), batches,
-                      translator.device, "off")
+                      translator.device, bf16=False)
     result = translate_and_score(translator, pairs, args.generation, args.max_sentences)
     scores = result.scores
 

@@ -33,6 +33,7 @@ from fs2mini.errors import UserError, exit_on_user_error
 from fs2mini.model import ARCHS
 from fs2mini.optim import LR_SCHEDULERS, OPTIMIZERS, build_lr_schedule
 from fs2mini.pipeline import Skipped
+from fs2mini.precision import choose_precision
 from fs2mini.task import TaskConfig
 from fs2mini.tokenizer import Tokenizer
 from fs2mini.trainer import check_config, train
@@ -177,7 +178,8 @@ def _check_model(cfg: TrainConfig, parts: Components, batch: Seq2SeqBatch) -> No
     model = parts.model
     print(f"model {type(model).__name__}, {parts.num_parameters:,} parameters: {cfg.model}")
     started = time.perf_counter()
-    with autocast_for(next(model.parameters()).device, cfg.trainer.autocast):
+    print(f"precision: {parts.precision.reason}")
+    with autocast_for(next(model.parameters()).device, parts.bf16):
         encoder_out, _ = model.encode(batch.source, batch.source_lengths)
         loss, num_tokens = parts.task.compute_loss(model, batch)
     loss.backward()
@@ -193,7 +195,7 @@ def _check_trainer(cfg: TrainConfig, device: torch.device) -> None:
     """Everything `train` checks before its first step, without writing anything."""
     tc = cfg.trainer
     checkpoint = newest_checkpoint(cfg, DistEnv())
-    print(f"device {device}, {tc.max_steps} steps, autocast {tc.autocast}, run dir {cfg.run_dir}")
+    print(f"device {device}, {tc.max_steps} steps, {choose_precision(tc.autocast, device).reason}, run dir {cfg.run_dir}")
     if checkpoint is not None:
         print(f"{cfg.run_dir} has checkpoints: training would resume at step {checkpoint['step']} "
               f"(epoch {checkpoint['epoch']})")

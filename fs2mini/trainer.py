@@ -13,12 +13,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import math
 import os
 import random
-import shutil
 import signal
 import sys
 import threading
@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fs2mini.checkpoint import checkpoint_path, prune_checkpoints, remove_partial_writes, save_atomically
+from fs2mini.checkpoint import checkpoint_path, prune_checkpoints, remove_partial_writes, save_atomically, write_atomically
 from fs2mini.components import Components, build_components, newest_checkpoint, run_tokenizer
 from fs2mini.config import TrainConfig, TrainerConfig, config_to_json, resolve_paths, save_config
 from fs2mini.corpus import corpus_languages, read_pairs
@@ -54,6 +54,8 @@ from fs2mini.metrics import MetricsLog, ProgressDisplay
 from fs2mini.model import ModelConfig, check_model_config
 from fs2mini.optim import check_lr_scheduler_config, check_optimizer_config
 from fs2mini.pipeline import Skipped
+from fs2mini.rundir import RunDirectory
+from fs2mini.tokenizer import tokenizer_record
 from fs2mini.task import TaskConfig, check_task_config
 from fs2mini.translate import Translator
 from fs2mini.validation import autocast_for, validate
@@ -74,7 +76,7 @@ class StepResult:
 
 def train_step(model: nn.Module, compute_loss: LossFunction, optimizer: torch.optim.Optimizer,
                micro_batches: Sequence[Seq2SeqBatch], lr: float, *, max_grad_norm: float, device: torch.device,
-               autocast: str, env: DistEnv = DistEnv()) -> StepResult:
+               bf16: bool, env: DistEnv = DistEnv()) -> StepResult:
     """One optimizer update over `micro_batches` (gradient accumulation), exact per target token."""
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -82,7 +84,7 @@ def train_step(model: nn.Module, compute_loss: LossFunction, optimizer: torch.op
     loss_sum = torch.zeros((), device=device)
     num_tokens = 0
     for index, batch in enumerate(micro_batches):
-        with gradient_sync(model, index == len(micro_batches) - 1), autocast_for(device, autocast):
+        with gradient_sync(model, index == len(micro_batches) - 1), autocast_for(device, bf16):
             loss, n = compute_loss(model, batch.to(device))
             loss.backward()
         loss_sum += loss.detach()
@@ -201,10 +203,16 @@ def _sharded(tc: TrainerConfig, env: DistEnv) -> bool:
 
 
 def _train(cfg: TrainConfig, env: DistEnv, device: torch.device) -> Path:
+    _check_writable(cfg.run_dir)
+    # Rank 0 holds the directory's lock for the whole run; a failure before the first write leaves it as it was.
+    with RunDirectory(cfg.run_dir) if env.is_main else contextlib.nullcontext():
+        return _train_locked(cfg, env, device)
+
+
+def _train_locked(cfg: TrainConfig, env: DistEnv, device: torch.device) -> Path:
     tc, run_dir = cfg.trainer, cfg.run_dir
-    _check_writable(run_dir)
     checkpoint = newest_checkpoint(cfg, env)
-    tokenizer = run_tokenizer(cfg, checkpoint is not None, env)
+    tokenizer = run_tokenizer(cfg, checkpoint, env)
     parts = build_components(cfg, tokenizer, device, env, checkpoint)
     state = TrainState()
     if checkpoint is not None:
@@ -213,13 +221,15 @@ def _train(cfg: TrainConfig, env: DistEnv, device: torch.device) -> Path:
         torch.manual_seed(tc.seed + 1000 * env.rank + state.step)  # different dropout masks on each rank
     if env.is_main:  # only now: a refused resume or a failed build leaves the directory as it was
         _prepare_run_dir(run_dir)
-        if tokenizer.model_path != run_dir / "tokenizer.model":
-            shutil.copyfile(tokenizer.model_path, run_dir / "tokenizer.model")
+        kept = run_dir / "tokenizer.model"
+        if not kept.is_file():  # a new run, or a resumed one whose copy was lost (restored from the checkpoint)
+            write_atomically(kept, lambda handle: handle.write(tokenizer.model_bytes))
         save_config(cfg, run_dir / "config.json")
     barrier(env)
     display = ProgressDisplay(tc.max_steps, state.step, tc.progress if env.is_main else "off", tc.log_every)
     display.message(
-        f"run {run_dir} | device {device} | {parts.num_parameters:,} parameters | vocab {tokenizer.vocab_info.size}"
+        f"run {run_dir} | device {device} | {parts.precision.reason} | {parts.num_parameters:,} parameters | "
+        f"vocab {tokenizer.vocab_info.size}"
         + (f" | {env.world_size} processes ({tc.data_parallel})" if env.active else "")
         + (f" | resumed at step {state.step}" if checkpoint is not None else "")
     )
@@ -273,7 +283,7 @@ def _loop(cfg: TrainConfig, parts: Components, state: TrainState, validate_now: 
         state.step += 1
         lr = parts.lr_at(state.step)
         result = train_step(parts.model, parts.task.compute_loss, parts.optimizer, [b for _, b in micro_batches], lr,
-                            max_grad_norm=tc.max_grad_norm, device=device, autocast=tc.autocast, env=env)
+                            max_grad_norm=tc.max_grad_norm, device=device, bf16=parts.bf16, env=env)
         _count_bad_step(state, result, tc.max_bad_steps)
         tokens_per_s = speed.add(result.num_tokens)
         display.update(state.step, result.loss, lr, tokens_per_s)
@@ -340,7 +350,7 @@ class Validator:
     def __init__(self, cfg: TrainConfig, parts: Components, env: DistEnv, device: torch.device,
                  metrics: MetricsLog | None, display: ProgressDisplay) -> None:
         self.parts, self.env, self.device, self.metrics, self.display = parts, env, device, metrics, display
-        self.autocast = cfg.trainer.autocast
+        self.bf16 = parts.bf16
         tc = cfg.trainer
         self.translates = tc.valid_translate_sentences > 0 and not _sharded(tc, env)
         if self.translates and env.is_main:  # only rank 0 translates
@@ -349,7 +359,7 @@ class Validator:
             self.generation = GenerationConfig(beam_size=tc.valid_beam_size)
 
     def __call__(self, step: int) -> dict[str, float]:
-        result = validate(self.parts.model, self.parts.task, self.parts.valid_batches, self.device, self.autocast, self.env)
+        result = validate(self.parts.model, self.parts.task, self.parts.valid_batches, self.device, self.bf16, self.env)
         samples = []
         if self.translates:
             # Rank 0 translates (the unwrapped replica, no collectives); the scores reach every rank.
@@ -382,7 +392,7 @@ def save_checkpoint(cfg: TrainConfig, parts: Components, state: TrainState, devi
     if not env.is_main:
         return
     checkpoint = {"model": model_state, "optimizer": optimizer_state, "config": config_to_json(cfg),
-                  **state.state_dict(device)}
+                  "tokenizer": tokenizer_record(parts.tokenizer), **state.state_dict(device)}
     checkpoint_dir = cfg.run_dir / "checkpoints"
     save_atomically(checkpoint, path if path is not None else checkpoint_path(checkpoint_dir, state.step))
     if path is None:
@@ -414,7 +424,7 @@ def _prepare_run_dir(run_dir: Path) -> None:
         probe.unlink()
     except OSError as err:
         raise UserError(f"--output-dir {run_dir} is not writable: {err.strerror}") from None
-    remove_partial_writes(run_dir / "checkpoints")
+    remove_partial_writes(run_dir, run_dir / "checkpoints")
 
 
 def _catch_stop_signals(requests: list[int], env: DistEnv) -> dict[int, Any]:

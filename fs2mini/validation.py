@@ -19,14 +19,13 @@ from fs2mini.task import Seq2Seq
 from fs2mini.tokenizer import EOS_ID, PAD_ID
 
 
-def autocast_for(device: torch.device, mode: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA by default; on CPU only when asked (it is slower there)."""
-    enabled = mode == "bf16" or (mode == "auto" and device.type == "cuda")
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+def autocast_for(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast when `bf16` (decided once per run by `fs2mini.precision.choose_precision`)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
 @torch.no_grad()
-def validate(model: nn.Module, task: Seq2Seq, batches: Seq2SeqBatches, device: torch.device, autocast_mode: str,
+def validate(model: nn.Module, task: Seq2Seq, batches: Seq2SeqBatches, device: torch.device, bf16: bool,
              env: DistEnv = DistEnv()) -> dict[str, float]:
     """Loss (the training objective) and NLL/perplexity per target token over the whole split.
 
@@ -42,7 +41,7 @@ def validate(model: nn.Module, task: Seq2Seq, batches: Seq2SeqBatches, device: t
     tokens = 0
     for index in range(rounds):
         batch = (own[index] if index < len(own) else filler).to(device)
-        with autocast_for(device, autocast_mode):
+        with autocast_for(device, bf16):
             loss, num_tokens = task.compute_loss(model, batch)
             nll, _ = task.compute_nll(model, batch)
         if index < len(own):
