@@ -2,7 +2,8 @@
 
 A checkpoint is written to a temporary file in the same directory, fsynced, then renamed over the
 final name, and the directory is fsynced: at any moment each `step_*.pt` is either complete or
-absent, so a killed process or a full disk never destroys the previous good checkpoint.
+absent, so a killed process or a full disk never destroys the previous good checkpoint. The run
+directory's other files (config.json, tokenizer.model) are written the same way (`write_atomically`).
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -34,20 +36,31 @@ def list_checkpoints(checkpoint_dir: Path) -> list[Path]:
 
 def save_atomically(state: dict[str, Any], path: Path) -> None:
     """torch.save `state` to `path` so that `path` is either the old file or the complete new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    write_atomically(path, lambda handle: torch.save(state, handle), f"checkpoint {path}", "earlier checkpoints are intact")
+
+
+def write_atomically(path: Path, write: Callable[[BinaryIO], None], what: str | None = None,
+                     kept: str = "the run's other files are intact") -> None:
+    """Call `write(handle)` on a temporary file next to `path`, fsync it, rename it to `path`.
+
+    `path` is either the old file or the complete new one; a failed write (disk full) removes the
+    temporary file and raises `UserError`: `cannot write <what>: <reason>; <kept>`."""
+    tmp_name = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as handle:
-            torch.save(state, handle)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
+        _fsync_dir(path.parent)
     except BaseException as err:
-        Path(tmp_name).unlink(missing_ok=True)
+        if tmp_name is not None:
+            Path(tmp_name).unlink(missing_ok=True)
         if isinstance(err, OSError):
-            raise UserError(f"cannot write checkpoint {path}: {err.strerror or err}; earlier checkpoints are intact") from None
+            raise UserError(f"cannot write {what or path}: {err.strerror or err}; {kept}") from None
         raise
-    _fsync_dir(path.parent)
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -58,9 +71,9 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def remove_partial_writes(checkpoint_dir: Path) -> int:
-    """Delete temporary files left by a write that was killed; returns how many there were."""
-    partial = list(checkpoint_dir.glob(".*.tmp")) if checkpoint_dir.is_dir() else []
+def remove_partial_writes(*directories: Path) -> int:
+    """Delete temporary files left by writes that were killed; returns how many there were."""
+    partial = [p for directory in directories if directory.is_dir() for p in directory.glob(".*.tmp")]
     for path in partial:
         path.unlink(missing_ok=True)
     return len(partial)

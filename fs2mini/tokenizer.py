@@ -11,19 +11,27 @@ Language tokens are sentencepiece *user-defined symbols*, so they are real piece
 ids (never `<unk>`), and they survive any vocabulary size. The trained model is cached under
 `cache_dir` by a key that hashes the training text and every setting, so changing the corpus or the
 vocabulary size trains a new model while rerunning the same command reuses the old one.
+
+Every checkpoint records the tokenizer it was trained with (`tokenizer_record`: a SHA-256 of the
+model file, its size, the language token ids, and the file's bytes, a few hundred KB), because
+embeddings are meaningless with any other tokenizer: `checked_tokenizer` refuses a run
+directory's `tokenizer.model` that differs from its checkpoint's, and restores a missing one from
+the checkpoint instead of training a new one.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import sentencepiece as spm
+import torch
 
 from fs2mini.errors import UserError
 from fs2mini.vocab import VocabInfo
@@ -56,12 +64,16 @@ def lang_token(lang: str) -> str:
 class Tokenizer:
     """A sentencepiece model plus the language-token layout described in the module docstring."""
 
-    def __init__(self, model_path: Path, langs: Sequence[str]) -> None:
+    def __init__(self, model_path: Path, langs: Sequence[str], model_bytes: bytes | None = None) -> None:
+        """Load `model_path`, or `model_bytes` (a copy kept in a checkpoint) when given."""
         self.model_path = Path(model_path)
         try:
-            self.sp = spm.SentencePieceProcessor(model_file=str(self.model_path))
+            self.model_bytes = self.model_path.read_bytes() if model_bytes is None else model_bytes
+            self.sp = spm.SentencePieceProcessor(model_proto=self.model_bytes)
         except (OSError, RuntimeError) as err:
-            raise UserError(f"cannot load tokenizer model {self.model_path}: {err}") from None
+            raise UserError(f"cannot load tokenizer model {self.model_path}: {getattr(err, 'strerror', None) or err}") from None
+        self.fingerprint = hashlib.sha256(self.model_bytes).hexdigest()
+        """SHA-256 of the model file: what a checkpoint records to name its tokenizer."""
         self.langs = tuple(langs)
         self.lang_ids = {}
         for lang in self.langs:
@@ -100,6 +112,41 @@ class Tokenizer:
 
     def pieces(self, ids: Iterable[int]) -> list[str]:
         return [self.sp.id_to_piece(i) for i in ids]
+
+
+def tokenizer_record(tokenizer: Tokenizer) -> dict[str, Any]:
+    """What a checkpoint keeps of its tokenizer: identity (fingerprint, size, language ids) and the file itself."""
+    return {"sha256": tokenizer.fingerprint, "vocab_size": tokenizer.vocab_info.size, "lang_ids": dict(tokenizer.lang_ids),
+            "model_bytes": torch.frombuffer(bytearray(tokenizer.model_bytes), dtype=torch.uint8).clone()}
+
+
+def checked_tokenizer(path: Path, langs: Sequence[str], record: dict[str, Any] | None, checkpoint: Path) -> Tokenizer:
+    """The tokenizer a checkpoint was trained with: `path` verified against the checkpoint's `record`,
+    or (when `path` is missing) the copy inside the checkpoint. Never a newly trained one.
+
+    Checkpoints of older fs2mini versions have no record: `path` is then used unverified."""
+    if record is None:
+        if not path.is_file():
+            raise UserError(f"{path} does not exist and {checkpoint} (written by an older fs2mini) holds no copy of it; "
+                            "expected the tokenizer the run was trained with")
+        print(f"warning: {checkpoint} does not record its tokenizer; using {path} unverified", file=sys.stderr)
+        return Tokenizer(path, langs)
+    kept = bytes(record["model_bytes"].numpy().tobytes())
+    if not path.is_file():
+        print(f"warning: {path} is missing; using the copy kept in {checkpoint} (sha256 {record['sha256'][:12]})",
+              file=sys.stderr)
+        tokenizer = Tokenizer(path, langs, model_bytes=kept)
+    else:
+        tokenizer = Tokenizer(path, langs)
+    found = {"sha256": tokenizer.fingerprint, "vocab_size": tokenizer.vocab_info.size, "lang_ids": dict(tokenizer.lang_ids)}
+    expected = {key: record[key] for key in found}
+    if found != expected:
+        differing = [key for key in found if found[key] != expected[key]]
+        describe = lambda d: f"sha256 {d['sha256'][:12]}, vocab {d['vocab_size']}, language ids {d['lang_ids']}"  # noqa: E731
+        raise UserError(f"{path} ({describe(found)}) is not the tokenizer {checkpoint} was trained with "
+                        f"({describe(expected)}; differing: {', '.join(differing)}); put the original back, or delete "
+                        f"{path.name} to have it restored from the checkpoint")
+    return tokenizer
 
 
 def load_or_train_tokenizer(cfg: TokenizerConfig, sentences: Iterable[str], langs: Sequence[str]) -> Tokenizer:

@@ -30,7 +30,7 @@ from fs2mini.distributed import pick_device
 from fs2mini.errors import UserError, exit_on_user_error
 from fs2mini.generation import GenerationConfig, Hypothesis, check_generation_config, generate
 from fs2mini.model import Seq2SeqModel, build_model
-from fs2mini.tokenizer import Tokenizer
+from fs2mini.tokenizer import Tokenizer, checked_tokenizer
 
 # Called with (index of the text, its length in tokens, the length it was cut to).
 TruncationCallback = Callable[[int, int, int], None]
@@ -69,19 +69,15 @@ class Translator:
 
     @classmethod
     def from_run(cls, run_dir: Path | str, checkpoint: str | None = None, device: str = "auto") -> Translator:
-        """Load `config.json`, `tokenizer.model` and a checkpoint (see `find_checkpoint`) of a run directory."""
+        """Load `config.json`, `tokenizer.model` and the first readable checkpoint (see `find_checkpoints`) of a run directory."""
         run_dir = Path(run_dir)
         if not run_dir.is_dir():
             raise UserError(f"run directory {run_dir} does not exist; expected a directory written by python -m fs2mini.train")
         cfg = load_config(run_dir / "config.json")
-        tokenizer_path = run_dir / "tokenizer.model"
-        if not tokenizer_path.is_file():
-            raise UserError(f"{tokenizer_path} does not exist; expected the tokenizer the run was trained with")
         source_lang, target_lang = corpus_languages(cfg.data.corpus)
-        tokenizer = Tokenizer(tokenizer_path, (source_lang, target_lang))
-        path = find_checkpoint(run_dir, checkpoint)
         torch_device = pick_device(device, "--device")
-        state = load_checkpoint(path, map_location="cpu")
+        path, state = load_first_readable(find_checkpoints(run_dir, checkpoint))
+        tokenizer = checked_tokenizer(run_dir / "tokenizer.model", (source_lang, target_lang), state.get("tokenizer"), path)
         model = build_model(cfg.model, tokenizer.vocab_info)
         try:
             model.load_state_dict(state["model"])
@@ -146,24 +142,35 @@ def pad_sources(sources: Sequence[list[int]], pad_idx: int, device: torch.device
     return source.to(device), lengths.to(device)
 
 
-def find_checkpoint(run_dir: Path, checkpoint: str | None) -> Path:
-    """`--checkpoint` as a path or a name in RUN_DIR/checkpoints; by default best.pt, else the newest step."""
+def find_checkpoints(run_dir: Path, checkpoint: str | None) -> list[Path]:
+    """`--checkpoint` as a path or a name in RUN_DIR/checkpoints; by default best.pt, then the step
+    checkpoints newest first (the fallbacks when one is unreadable, as training does)."""
     directory = run_dir / "checkpoints"
     if checkpoint is not None:
         for candidate in (Path(checkpoint), directory / checkpoint, directory / f"{checkpoint}.pt"):
             if candidate.is_file():
-                return candidate
+                return [candidate]
         names = sorted(p.name for p in directory.glob("*.pt")) if directory.is_dir() else []
         raise UserError(f"--checkpoint {checkpoint}: no such file, nor in {directory}; "
                         f"expected a path or one of: {', '.join(names) or 'no checkpoints there'}")
     best = directory / "best.pt"
-    if best.is_file():
-        return best
-    steps = list_checkpoints(directory)
-    if not steps:
+    found = ([best] if best.is_file() else []) + list(reversed(list_checkpoints(directory)))
+    if not found:
         raise UserError(f"no checkpoint in {directory}; train the run first (python -m fs2mini.train --output-dir {run_dir}) "
                         "or pass --checkpoint PATH")
-    return steps[-1]
+    return found
+
+
+def load_first_readable(paths: Sequence[Path]) -> tuple[Path, dict]:
+    """The first of `paths` that loads; a warning for each unreadable one before it, the error if none loads."""
+    for index, path in enumerate(paths):
+        try:
+            return path, load_checkpoint(path, map_location="cpu")
+        except UserError as err:
+            if index == len(paths) - 1:
+                raise
+            print(f"warning: {err}; trying {paths[index + 1].name}", file=sys.stderr)
+    raise AssertionError("no checkpoint paths")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,153 @@
+"""The run directory: whose it is (a marker file), who is using it (a lock), and leaving it as it was on failure.
+
+fs2mini writes `config.json`, `tokenizer.model`, `metrics.jsonl`, `checkpoints/` and `eval/` into a
+run directory. Those are common names, so it only writes into a directory that it created or that
+carries its marker (`.fs2mini-run`); a user's own non-empty directory is refused with the names of
+the files it would have touched. A run directory written by an older fs2mini (no marker, but a
+`config.json` of a `TrainConfig`) is adopted.
+
+One process at a time: the trainer holds an exclusive `flock` on `.fs2mini-lock` for the whole run,
+so a second training on the same `--output-dir` stops at once with the holder's PID instead of
+interleaving checkpoints and metrics. The kernel drops the lock when its holder dies, however it
+dies; the PID left in the file then only serves to say that a stale lock was taken over.
+
+A run that fails before writing anything (a refused resume, a component that does not build)
+leaves the directory as it found it: what `RunDirectory` created is removed again.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import sys
+from pathlib import Path
+from types import TracebackType
+
+from fs2mini.errors import UserError
+
+MARKER = ".fs2mini-run"
+"""Present in every directory fs2mini writes runs into."""
+LOCK = ".fs2mini-lock"
+"""Locked (flock) by the process training in the directory; holds its PID and host."""
+WRITTEN = ("config.json", "tokenizer.model", "metrics.jsonl", "checkpoints", "eval")
+"""What fs2mini writes in a run directory (besides its marker and lock)."""
+
+
+def check_ownership(run_dir: Path) -> None:
+    """Refuse a directory fs2mini may not write into: one that exists, is not empty and is not a run directory."""
+    if not run_dir.exists():
+        return
+    if not run_dir.is_dir():
+        raise UserError(f"--output-dir {run_dir} is a file; expected a directory (new, empty, or an fs2mini run)")
+    if (run_dir / MARKER).is_file() or _written_by_older_fs2mini(run_dir):
+        return
+    entries = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK)
+    if not entries:
+        return
+    clashes = [name for name in WRITTEN if name in entries]
+    held = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
+    raise UserError(
+        f"--output-dir {run_dir} is not empty and was not created by fs2mini (no {MARKER} file): it holds {held}; "
+        + (f"training would overwrite {', '.join(clashes)}" if clashes else
+           f"training would write {', '.join(WRITTEN[:4])} there")
+        + "; use a new or empty directory"
+    )
+
+
+def _written_by_older_fs2mini(run_dir: Path) -> bool:
+    """A run directory from before the marker existed: its config.json is a serialised `TrainConfig`."""
+    try:
+        return json.loads((run_dir / "config.json").read_bytes()).get("_type") == "TrainConfig"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+class RunDirectory:
+    """`with RunDirectory(path):` checks ownership, creates and marks the directory, and holds its lock.
+
+    On an exception inside the block, a directory (or marker) this object created is removed again
+    when nothing else was written into it, so a failed start leaves no trace.
+    """
+
+    def __init__(self, path: Path, *, lock: bool = True) -> None:
+        self.path = path
+        self.lock = lock
+        self._fd: int | None = None
+        self._created: list[Path] = []  # directories made here, outermost first
+        self._marked = False
+
+    def __enter__(self) -> RunDirectory:
+        check_ownership(self.path)
+        try:
+            missing = [p for p in (self.path, *self.path.parents) if not p.exists()]
+            for directory in reversed(missing):
+                directory.mkdir()
+                self._created.append(directory)
+            if not (self.path / MARKER).is_file():
+                (self.path / MARKER).write_text("This directory holds an fs2mini training run.\n")
+                self._marked = True
+        except OSError as err:
+            self._undo()
+            raise UserError(f"--output-dir {self.path} is not writable: {err.strerror}") from None
+        if self.lock:
+            try:
+                self._acquire()
+            except BaseException:
+                self._undo()
+                raise
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        self._release()
+        if kind is not None:
+            self._undo()
+
+    def _acquire(self) -> None:
+        path = self.path / LOCK
+        while True:
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as err:
+                raise UserError(f"--output-dir {self.path} is not writable: {err.strerror}") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 200).decode("utf-8", "replace").strip() or "unknown"
+                os.close(fd)
+                raise UserError(f"--output-dir {self.path} is in use by another fs2mini training ({holder}); "
+                                "wait for it to finish or stop it, or use another --output-dir") from None
+            # The holder we waited for may have removed the file before we locked it: lock the new one.
+            try:
+                same = os.fstat(fd).st_ino == os.stat(path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        previous = os.read(fd, 200).decode("utf-8", "replace").strip()
+        if previous:
+            print(f"warning: took over the lock of {self.path} left by {previous}, which is no longer running",
+                  file=sys.stderr)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"PID {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        self._fd = fd
+
+    def _release(self) -> None:
+        if self._fd is None:
+            return
+        (self.path / LOCK).unlink(missing_ok=True)  # while still locked, so no one locks a file about to vanish
+        os.close(self._fd)
+        self._fd = None
+
+    def _undo(self) -> None:
+        """Remove the marker and directories made here, if nothing else was written into them."""
+        if self._marked and {p.name for p in self.path.iterdir()} <= {MARKER, LOCK}:
+            (self.path / MARKER).unlink(missing_ok=True)
+            (self.path / LOCK).unlink(missing_ok=True)
+        for directory in reversed(self._created):
+            try:
+                directory.rmdir()
+            except OSError:
+                break  # not empty: something else was written, keep it
