@@ -12,6 +12,7 @@ was run), so `translate`, `evaluate` and a resume rebuild a recipe's own model, 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib
 import importlib.util
 import json
@@ -109,13 +110,17 @@ INCOMPATIBLE_SECTIONS = ("tokenizer", "model")
 IGNORED_FOR_COMPATIBILITY = ("tokenizer.cache_dir",)
 
 
+RECIPE_MODULE_PREFIX = "fs2mini_recipe_"
+"""Name prefix of the modules that recipe files are imported as (they are not importable by name)."""
+
+
 def class_location(cls: type) -> dict[str, str]:
     """Where a config class outside fs2mini lives: its module, or the file of the script that ran."""
     module = cls.__module__
     if module.startswith("fs2mini.") or module == "fs2mini":
         return {}
-    if module == "__main__":
-        main_file = getattr(sys.modules["__main__"], "__file__", None)
+    if module == "__main__" or module.startswith(RECIPE_MODULE_PREFIX):  # a script, or one loaded by `_import_recipe_file`
+        main_file = getattr(sys.modules[module], "__file__", None)
         if main_file is None:
             raise UserError(f"config class {cls.__qualname__} is defined in an interactive session; define it in a "
                             "file (a recipe) so the run directory can rebuild it")
@@ -152,7 +157,7 @@ def _import_recipe_file(path: Path) -> types.ModuleType:
     main = sys.modules.get("__main__")
     if getattr(main, "__file__", None) and Path(main.__file__).resolve() == path:
         return main
-    module_name = f"fs2mini_recipe_{path.stem}_{abs(hash(str(path))):x}"
+    module_name = f"{RECIPE_MODULE_PREFIX}{path.stem}_{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
     if module_name in sys.modules:
         return sys.modules[module_name]
     spec = importlib.util.spec_from_file_location(module_name, path)
@@ -259,9 +264,19 @@ def load_config(path: Path) -> TrainConfig:
     if not isinstance(raw, dict):
         raise UserError(f"{path} holds a JSON {type(raw).__name__}; expected the object written by fs2mini.train")
     try:
-        return config_from_json(TrainConfig, raw, path)
+        return config_from_json(TrainConfig, _upgrade(raw), path)
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise UserError(f"{path} is not a valid fs2mini config: {type(err).__name__}: {err}") from None
+
+
+def _upgrade(raw: dict[str, Any]) -> dict[str, Any]:
+    """A config.json of an earlier fs2mini, read as it was meant: before `attention_dropout_p` and
+    `ffn_dropout_p` existed, `dropout_p` applied to attention weights and FFN activations too."""
+    model = raw.get("model")
+    if isinstance(model, dict) and "dropout_p" in model:
+        for key in ("attention_dropout_p", "ffn_dropout_p"):
+            model.setdefault(key, model["dropout_p"])
+    return raw
 
 
 def incompatible_fields(old: TrainConfig, new: TrainConfig) -> list[str]:

@@ -167,3 +167,23 @@ def test_model_forward_says_what_it_returns():
     expected = torch.nn.functional.cross_entropy(output.logits()[0], target[0], reduction="sum", label_smoothing=0.1)
     torch.testing.assert_close(output.loss(target, 0, 0.1), expected)
     assert isinstance(TaskConfig().build(VocabInfo(20, 0, 2, 3, 1)).pad_idx, int)
+
+
+def test_a_config_json_from_before_the_dropout_split_keeps_its_meaning(tmp_path):
+    old = config_to_json(tiny_config(Path("x.tsv"), tmp_path, tmp_path))
+    old["model"] = {k: v for k, v in old["model"].items() if k not in ("attention_dropout_p", "ffn_dropout_p")}
+    old["model"]["dropout_p"] = 0.3
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    model = load_config(tmp_path / "config.json").model
+    assert (model.dropout_p, model.attention_dropout_p, model.ffn_dropout_p) == (0.3, 0.3, 0.3)
+
+
+def test_a_class_loaded_from_a_recipe_file_is_saved_with_that_file_again(tmp_path):
+    recipe = tmp_path / "my_recipe.py"
+    recipe.write_text("from dataclasses import dataclass\n\n@dataclass(frozen=True)\nclass Sched:\n    lr_scale: float = 1.0\n\n"
+                      "    def build(self, peak_lr, max_steps):\n        return lambda step: peak_lr\n")
+    cfg = config_to_json(tiny_config(Path("x.tsv"), tmp_path, tmp_path))
+    cfg["lr_scheduler"] = {"_type": "Sched", "_file": str(recipe), "lr_scale": 2.0}
+    rebuilt = config_from_json(type(tiny_config(Path("x.tsv"), tmp_path, tmp_path)), cfg)
+    assert rebuilt.lr_scheduler.lr_scale == 2.0
+    assert config_to_json(rebuilt)["lr_scheduler"] == {"_type": "Sched", "_file": str(recipe), "lr_scale": 2.0}
