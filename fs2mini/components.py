@@ -143,7 +143,7 @@ def refuse_silent_restart(cfg: TrainConfig) -> None:
 
 
 def _last_logged_step(metrics: Path) -> int:
-    """The last training step metrics.jsonl records (0 when none)."""
+    """The last step metrics.jsonl records a train or valid line for (0 when none)."""
     last = 0
     try:
         lines = metrics.read_bytes().splitlines()
@@ -152,7 +152,7 @@ def _last_logged_step(metrics: Path) -> int:
     for line in lines:
         try:
             record = json.loads(line)
-            if record.get("split") == "train" and isinstance(record.get("step"), int):
+            if isinstance(record.get("step"), int):
                 last = max(last, record["step"])
         except (ValueError, AttributeError):
             continue
