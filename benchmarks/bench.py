@@ -1,32 +1,46 @@
-"""Speed benchmark: fs2mini vs a hand-written `nn.Transformer` vs Hugging Face M2M100, on one machine.
+"""Speed benchmark: fs2mini vs a hand-written `nn.Transformer` vs Hugging Face M2M100, in fp32 and bf16, on one machine.
 
-    make bench                                  # the full suite (~6 min on 2 CPU cores)
-    python benchmarks/bench.py --quick          # a ~1-minute smoke run
+    make bench                                  # the full suite (~8 min on 2 CPU cores with native bf16)
+    python benchmarks/bench.py --quick          # a ~2-minute smoke run (SMALL, both precisions)
+    python benchmarks/bench.py --precisions fp32  # one precision only (fp32, bf16, both, or auto)
     python benchmarks/bench.py --compile        # also fs2mini under torch.compile (slow start)
     python benchmarks/bench.py --device cuda    # the same on a CUDA GPU, bf16 autocast, + dense_600m
 
-On CUDA every system trains under bf16 autocast (as `fs2mini.train` does there), batches hold
-`--cuda-max-tokens` tokens (a 4096-token batch leaves a GPU mostly idle), the sizes include NLLB's
-dense_600m, efficiency is measured against the bf16 `torch.mm` peak of the GPU (i.e. MFU), memory
-is the peak CUDA allocation, and the data pipeline (CPU-only) is not re-measured.
+Precisions (`--precisions`, default auto): on a CPU every figure is measured in fp32 and, where the
+CPU multiplies bf16 natively (AVX512-BF16 or AMX: `fs2mini.precision.has_native_bf16`), again under
+bf16 autocast, i.e. `train_step(..., bf16=True)` as `fs2mini.train --trainer.autocast bf16` runs it
+(bf16 matmuls, fp32 master weights, optimizer state and loss); on a CPU without native bf16 only
+fp32 (bf16 is emulated there, and far slower). The report's header gives the CPU model, the CPU flags
+that decide matmul speed, and `fs2mini.precision.cpu_matmul_probe` (what `--trainer.autocast auto`
+decides with: native bf16 or not, one-core fp32 vs bf16 GFLOP/s). Every table row is a system at one
+precision; "vs HF" compares with HF at the same precision, and "vs HF fp32" compares fs2mini bf16
+with HF in fp32, what a HF user gets by default.
+
+On CUDA every system trains under bf16 autocast (as `fs2mini.train` does there; `--precisions` can
+add fp32), batches hold `--cuda-max-tokens` tokens (a 4096-token batch leaves a GPU mostly idle), the
+sizes include NLLB's dense_600m, efficiency is measured against the bf16 `torch.mm` peak of the GPU
+(i.e. MFU), memory is the peak CUDA allocation, and the data pipeline (CPU-only) is not re-measured.
 
 What is measured (every measurement runs in its own subprocess, so peak RSS is per system, and the
-systems alternate A B C A B C so that drift of the machine is shared out evenly):
+runs alternate, A B C in fp32 then A B C in bf16, repeated, so that drift of the machine is shared
+out evenly):
 
 - training: one update made by `fs2mini.trainer.train_step`, the function `fs2mini.train` runs
   (forward, label-smoothed CE summed over non-pad targets, backward, gradients ÷ target tokens,
-  clip to norm 1, non-finite check, AdamW(foreach) step at a fixed lr 1e-4), for every system:
-  fs2mini built by `build_components` as a training run builds it, the baselines with the same
-  loss and optimizer; on identical batches of real Bible verses cut by fs2mini's pipeline at a
-  4096-token budget; throughput in non-pad target tokens/s and non-pad source+target tokens/s,
-  median over repeats, for SMALL and BASE;
+  clip to norm 1, non-finite check, AdamW(foreach) step at a fixed lr 1e-4), in fp32 or under bf16
+  autocast, for every system: fs2mini built by `build_components` as a training run builds it, the
+  baselines with the same loss and optimizer; on identical batches of real Bible verses cut by
+  fs2mini's pipeline at a 4096-token budget; throughput in non-pad target tokens/s and non-pad
+  source+target tokens/s, median over repeats, for SMALL and BASE;
 - generation: greedy and beam-4 sentences/s on 200 test verses in batches of 50, with the output
-  length forced equal for every system (so each does the same work) and unforced;
+  length forced equal for every system (so each does the same work) and unforced; for bf16 the
+  search runs under `torch.autocast("cpu", dtype=torch.bfloat16)` (the device's autocast on CUDA);
 - data: sentences/s of one epoch of `Seq2SeqBatches` (read → encode → bucket → collate) vs a naive
   per-sentence loop, both pinned to one CPU core; and the padding of fs2mini's batches;
-- efficiency: achieved matmul FLOP/s of fs2mini's training step over the measured fp32 `torch.mm`
-  peak of this machine. FLOPs per step, with B sentences, S source and T target positions (padding
-  included: it is computed), d model_dim, f ffn_inner_dim, V vocabulary, Le/Ld layers:
+- efficiency: achieved matmul FLOP/s of fs2mini's training step over the measured `torch.mm` peak of
+  this machine in the step's own precision (fp32 `torch.mm` for fp32 steps, bf16 for bf16 steps).
+  FLOPs per step, with B sentences, S source and T target positions (padding included: it is
+  computed), d model_dim, f ffn_inner_dim, V vocabulary, Le/Ld layers:
       encoder MACs = Le·(B·S·(4d² + 2df) + 2·B·S²·d)
       decoder MACs = Ld·(B·T·(6d² + 2df) + 2d²·B·S + 2·B·T²·d + 2·B·T·S·d)
       output MACs  = B·T·V·d
@@ -46,7 +60,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -59,6 +73,7 @@ from fs2mini.corpus import BibleCorpus, corpus_languages, read_pairs, training_s
 from fs2mini.data import DataConfig, Seq2SeqBatch, Seq2SeqBatches, collate  # noqa: E402
 from fs2mini.model import ARCHS, ModelConfig  # noqa: E402
 from fs2mini.pipeline import Skipped  # noqa: E402
+from fs2mini.precision import choose_precision, cpu_matmul_probe, has_native_bf16  # noqa: E402
 from fs2mini.tokenizer import Tokenizer, TokenizerConfig, load_or_train_tokenizer  # noqa: E402
 
 SIZES: dict[str, ModelConfig] = {"small": ARCHS["small"], "base": ARCHS["base"], "dense_600m": ARCHS["dense_600m"]}
@@ -69,6 +84,7 @@ VOCAB_SIZE = 8000
 MAX_TOKENS = 4096
 GEN_BATCH = 50
 FORCED_LEN = 32  # tokens generated before </s> when the output length is forced
+PRECISIONS = ("fp32", "bf16")  # bf16 = bf16 autocast, as `fs2mini.train --trainer.autocast bf16`
 
 
 @dataclass(frozen=True)
@@ -76,9 +92,11 @@ class BenchConfig:
     """Benchmark fs2mini's training, generation and data pipeline against baselines."""
 
     quick: bool = False
-    """A ~1-minute smoke run: one repeat, SMALL only, 2 training steps, 50 sentences, forced-length generation only."""
+    """A ~2-minute smoke run: one repeat, SMALL only, 2 training steps, 50 sentences, forced-length generation only."""
+    precisions: Literal["auto", "fp32", "bf16", "both"] = "auto"
+    """auto: fp32, plus bf16 autocast where the CPU has native bf16 (AVX512-BF16/AMX); bf16 only on CUDA."""
     repeats: int = 2
-    """Alternating rounds of every system (training and generation); the median is reported."""
+    """Alternating rounds of every system at every precision (training and generation); the median is reported."""
     small_steps: int = 5
     """Timed training steps per SMALL run (after 2 warm-up steps)."""
     base_steps: int = 2
@@ -92,7 +110,7 @@ class BenchConfig:
     workdir: Path | None = None
     """Scratch directory for the shared batches (default: a temporary directory)."""
     device: Literal["cpu", "cuda"] = "cpu"
-    """cpu: fp32, the CI-like figures. cuda: bf16 autocast, larger batches, dense_600m too, MFU."""
+    """cpu: the CI-like figures, 4096-token batches. cuda: larger batches, dense_600m too, MFU."""
     cuda_max_tokens: int = 16384
     """Token budget of each training batch on CUDA (CPU uses 4096)."""
 
@@ -120,12 +138,13 @@ LR = 1e-4
 """Fixed learning rate of every system (no warmup schedule: the timings do not depend on it)."""
 
 
-def build_system(system: str, cfg: ModelConfig, tok: dict, device: torch.device):
+def build_system(system: str, cfg: ModelConfig, tok: dict, device: torch.device, *, bf16: bool):
     """(model, compute_loss(model, batch) -> (summed loss, target tokens), optimizer) of one system.
 
     fs2mini is built by `fs2mini.components.build_components`, as `fs2mini.train` builds it (with
-    `TrainerConfig(compile=True)` for fs2mini-compile); the baselines get the same label-smoothed
-    CE (baselines.py) and the same AdamW(lr=LR, foreach) from `fs2mini.optim.build_optimizer`.
+    `TrainerConfig(compile=True)` for fs2mini-compile, and `--trainer.autocast` bf16 or off as
+    `bf16` says); the baselines get the same label-smoothed CE (baselines.py) and the same
+    AdamW(lr=LR, foreach) from `fs2mini.optim.build_optimizer`.
     """
     from baselines import LABEL_SMOOTHING, PlainTransformer, build_hf_m2m100, hf_loss, plain_transformer_loss
 
@@ -141,7 +160,8 @@ def build_system(system: str, cfg: ModelConfig, tok: dict, device: torch.device)
         case "fs2mini" | "fs2mini-compile":
             train_cfg = TrainConfig(
                 model=cfg, optimizer=optimizer_cfg, task=TaskConfig(label_smoothing=LABEL_SMOOTHING),
-                trainer=TrainerConfig(max_grad_norm=1.0, autocast="auto", seed=0, compile=system == "fs2mini-compile"),
+                trainer=TrainerConfig(max_grad_norm=1.0, autocast="bf16" if bf16 else "off", seed=0,
+                                      compile=system == "fs2mini-compile"),
             )
             parts = build_components(train_cfg, Tokenizer(Path(tok["path"]), tok["langs"]), device)
             return parts.model, parts.task.compute_loss, parts.optimizer
@@ -155,21 +175,21 @@ def build_system(system: str, cfg: ModelConfig, tok: dict, device: torch.device)
     return model, compute_loss, build_optimizer(optimizer_cfg, [p for p in model.parameters() if p.requires_grad])
 
 
-def make_train_step(system: str, cfg: ModelConfig, tok: dict, device: torch.device):
+def make_train_step(system: str, cfg: ModelConfig, tok: dict, device: torch.device, *, bf16: bool):
     """(model, step): `step(batch)` is one update of `system` by `fs2mini.trainer.train_step`, the
-    function `fs2mini.train` runs, so the benchmark times the trainer itself: autocast as its default
-    (bf16 on CUDA, none on CPU), summed loss, backward, gradients ÷ target tokens, clip to 1, the
+    function `fs2mini.train` runs, so the benchmark times the trainer itself: bf16 autocast when
+    `bf16` (fp32 otherwise), summed loss, backward, gradients ÷ target tokens, clip to 1, the
     non-finite check, AdamW(foreach). One micro-batch per update; `tok` is `bench_tokenizer`'s dict."""
     from fs2mini.trainer import train_step
 
     torch.manual_seed(0)
-    model, compute_loss, optimizer = build_system(system, cfg, tok, device)
+    model, compute_loss, optimizer = build_system(system, cfg, tok, device, bf16=bf16)
     model.train()
 
     def step(batch: Seq2SeqBatch) -> float:
         """Returns the loss per target token."""
         return train_step(model, compute_loss, optimizer, [batch], LR, max_grad_norm=1.0, device=device,
-                          bf16=device.type == "cuda").loss
+                          bf16=bf16).loss
 
     return model, step
 
@@ -178,7 +198,7 @@ def train_worker(job: dict) -> dict:
     device = torch.device(job["device"])
     cfg = SIZES[job["size"]]
     batches: list[Seq2SeqBatch] = [b.to(device) for b in torch.load(job["batches"], weights_only=False)]
-    model, step = make_train_step(job["system"], cfg, job["tok"], device)
+    model, step = make_train_step(job["system"], cfg, job["tok"], device, bf16=job["precision"] == "bf16")
     timed = batches[job["warmup"] : job["warmup"] + job["steps"]]
     # On CUDA a batch shape's first step pays one-time costs (kernel plans, allocator growth; with
     # cuDNN attention ~0.3 s, see cuda_probe.py), so the timed batches are also run once untimed.
@@ -222,7 +242,10 @@ def train_flops(cfg: ModelConfig, vocab: int, batch: Seq2SeqBatch) -> float:
 
 
 def generate_worker(job: dict) -> dict:
-    """Greedy and beam-4 sentences/s; forced = every output exactly FORCED_LEN tokens + </s>."""
+    """Greedy and beam-4 sentences/s; forced = every output exactly FORCED_LEN tokens + </s>; for bf16
+    every search (warm-up included) runs under bf16 autocast."""
+    from fs2mini.validation import autocast_for
+
     torch.manual_seed(0)
     device = torch.device(job["device"])
     cfg = SIZES["small"]
@@ -232,9 +255,14 @@ def generate_worker(job: dict) -> dict:
     batches = [collate([(s, [eos, lang, eos]) for s in sources[i : i + GEN_BATCH]], pad).to(device)
                for i in range(0, len(sources), GEN_BATCH)]
     if job["system"] == "fs2mini":
-        run = _fs2mini_generate(cfg, tok, device)
+        search = _fs2mini_generate(cfg, tok, device)
     else:
-        run = _hf_generate(cfg, tok, device)
+        search = _hf_generate(cfg, tok, device)
+
+    def run(batch: Seq2SeqBatch, beam: int, forced: bool) -> list[int]:
+        with autocast_for(device, job["precision"] == "bf16"):
+            return search(batch, beam, forced)
+
     results = {}
     run(batches[0], 1, True)  # warm-up
     run(batches[0], 4, True)
@@ -361,9 +389,9 @@ def naive_collate(examples: list[tuple[list[int], list[int]]], pad: int) -> Seq2
 
 
 def mm_worker(job: dict) -> dict:
-    """Matmul peak of this machine: median of large square `torch.mm`s (fp32 on CPU, bf16 on CUDA)."""
+    """Matmul peak of this machine in one precision: median of large square `torch.mm`s, all threads."""
     device = torch.device(job["device"])
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = torch.bfloat16 if job["precision"] == "bf16" else torch.float32
     results = {}
     for n in (1024, 2048) if device.type == "cpu" else (4096, 8192):
         a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
@@ -427,6 +455,19 @@ def median_of(runs: list[dict], key: str) -> float:
     return statistics.median(run[key] for run in runs)
 
 
+def run_precisions(cfg: BenchConfig) -> list[str]:
+    """What `--precisions` means on this machine: auto = fp32, plus bf16 on a CPU with native bf16; bf16 on CUDA."""
+    match cfg.precisions:
+        case "auto" if cfg.device == "cuda":
+            return ["bf16"]
+        case "auto":
+            return list(PRECISIONS) if has_native_bf16() else ["fp32"]
+        case "both":
+            return list(PRECISIONS)
+        case single:
+            return [single]
+
+
 def main(cfg: BenchConfig) -> dict:
     started = time.perf_counter()
     hf_available = cfg.hf and _has_transformers()
@@ -439,6 +480,7 @@ def main(cfg: BenchConfig) -> dict:
         sys.exit("bench.py: --device cuda but CUDA is not available on this machine")
     if cfg.cuda_max_tokens <= 0:
         sys.exit(f"bench.py: --cuda-max-tokens must be a positive integer, got {cfg.cuda_max_tokens}")
+    precisions = run_precisions(cfg)
     if cfg.quick:
         plan = {"small": (1, 2)}
     elif on_cuda:  # GPU steps are short: more of them, and NLLB's own size
@@ -447,39 +489,52 @@ def main(cfg: BenchConfig) -> dict:
         plan = {"small": (2, cfg.small_steps), "base": (1, cfg.base_steps)}
     max_tokens = cfg.cuda_max_tokens if on_cuda else MAX_TOKENS
     num_gen = 50 if cfg.quick else 200
-    results: dict = {"machine": machine_info(cfg.device),
+    machine = machine_info(cfg.device)
+    if not on_cuda:
+        # What `fs2mini.train --trainer.autocast auto` decides with (cached per CPU model and torch).
+        machine["bf16_probe"] = asdict(cpu_matmul_probe())
+        machine["autocast_auto"] = asdict(choose_precision("auto", torch.device("cpu")))
+        if "bf16" in precisions and not machine["bf16_probe"]["native_bf16"]:
+            log("warning: bf16 on a CPU without native bf16 matmuls: emulated, expect it far slower than fp32")
+    results: dict = {"machine": machine,
                      "config": {"quick": cfg.quick, "repeats": repeats, "plan": plan, "device": cfg.device,
-                                "max_tokens": max_tokens, "vocab": VOCAB_SIZE}}
+                                "precisions": precisions, "max_tokens": max_tokens, "vocab": VOCAB_SIZE}}
     with tempfile.TemporaryDirectory(dir=cfg.workdir) as tmp:
         tok, paths, gen_sources = prepare(Path(tmp), max(w + s for w, s in plan.values()), num_gen, max_tokens)
-        results["mm"] = run_job({"kind": "mm", "device": cfg.device})
-        log(f"{results['mm']['dtype']} torch.mm peak: {results['mm']['flops_per_s'] / 1e9:.1f} GFLOP/s")
+        results["mm"] = {}
+        for precision in precisions:
+            results["mm"][precision] = run_job({"kind": "mm", "device": cfg.device, "precision": precision})
+            log(f"{precision} torch.mm peak: {results['mm'][precision]['flops_per_s'] / 1e9:.1f} GFLOP/s")
 
+        # Rounds alternate A B C in fp32, A B C in bf16, so drift of the machine hits every row alike.
         results["train"] = {}
         for size, (warmup, steps) in plan.items():
-            runs: dict[str, list[dict]] = {s: [] for s in systems}
+            runs: dict[tuple[str, str], list[dict]] = {(s, p): [] for s in systems for p in precisions}
             for repeat in range(repeats):
-                for system in systems:
-                    job = {"kind": "train", "system": system, "size": size, "batches": str(paths["train"]),
-                           "device": cfg.device, "warmup": warmup + (2 if system == "fs2mini-compile" else 0), "steps": steps, "tok": tok}
-                    runs[system].append(run_job(job))
-                    log(f"train {size} {system} #{repeat + 1}: {runs[system][-1]['target_tokens_per_s']:.0f} target tok/s")
-            results["train"][size] = {s: summarise_train(r) for s, r in runs.items()}
+                for precision in precisions:
+                    for system in systems:
+                        job = {"kind": "train", "system": system, "size": size, "precision": precision,
+                               "batches": str(paths["train"]), "device": cfg.device, "tok": tok,
+                               "warmup": warmup + (2 if system == "fs2mini-compile" else 0), "steps": steps}
+                        runs[system, precision].append(run_job(job))
+                        log(f"train {size} {system} {precision} #{repeat + 1}: "
+                            f"{runs[system, precision][-1]['target_tokens_per_s']:.0f} target tok/s")
+            results["train"][size] = {s: {p: summarise_train(runs[s, p]) for p in precisions} for s in systems}
 
         results["generate"] = {}
         gen_systems = [s for s in ("fs2mini", "hf") if s in systems]
-        gen_runs: dict[str, list[dict]] = {s: [] for s in gen_systems}
+        gen_runs: dict[tuple[str, str], list[dict]] = {(s, p): [] for s in gen_systems for p in precisions}
         for repeat in range(repeats):
-            for system in gen_systems:
-                gen_runs[system].append(run_job({"kind": "generate", "system": system, "sources": gen_sources, "tok": tok,
-                                                 "device": cfg.device, "forced_only": cfg.quick}))
-                log(f"generate {system} #{repeat + 1}: " + ", ".join(
-                    f"{k} {v['sentences_per_s']:.0f}/s" for k, v in gen_runs[system][-1].items() if isinstance(v, dict)))
-        for system, runs in gen_runs.items():
-            modes = [k for k in runs[0] if isinstance(runs[0][k], dict)]
-            results["generate"][system] = {m: {"sentences_per_s": statistics.median(r[m]["sentences_per_s"] for r in runs),
-                                               "mean_output_len": runs[0][m]["mean_output_len"]} for m in modes}
-            results["generate"][system]["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
+            for precision in precisions:
+                for system in gen_systems:
+                    gen_runs[system, precision].append(run_job({
+                        "kind": "generate", "system": system, "precision": precision, "sources": gen_sources,
+                        "tok": tok, "device": cfg.device, "forced_only": cfg.quick}))
+                    log(f"generate {system} {precision} #{repeat + 1}: " + ", ".join(
+                        f"{k} {v['sentences_per_s']:.0f}/s" for k, v in gen_runs[system, precision][-1].items()
+                        if isinstance(v, dict)))
+        for system in gen_systems:
+            results["generate"][system] = {p: summarise_generate(gen_runs[system, p]) for p in precisions}
 
         data_runs: dict[str, list[dict]] = {} if on_cuda else {"fs2mini": [], "naive": []}  # CPU-only work
         for repeat in range(1 if cfg.quick else 2):
@@ -489,8 +544,8 @@ def main(cfg: BenchConfig) -> dict:
         results["data"] = {impl: {**runs[0], "sentences_per_s": median_of(runs, "sentences_per_s")} for impl, runs in data_runs.items()}
 
     for size in plan:
-        own = results["train"][size]["fs2mini"]
-        own["mm_efficiency"] = own["flops_per_s"] / results["mm"]["flops_per_s"]
+        for precision, own in results["train"][size]["fs2mini"].items():
+            own["mm_efficiency"] = own["flops_per_s"] / results["mm"][precision]["flops_per_s"]
     results["wall_s"] = time.perf_counter() - started
     return results
 
@@ -502,6 +557,14 @@ def summarise_train(runs: list[dict]) -> dict:
     out["parameters"] = runs[0]["parameters"]
     out["first_loss"] = runs[0]["first_loss"]
     out["runs"] = [round(r["target_tokens_per_s"], 1) for r in runs]
+    return out
+
+
+def summarise_generate(runs: list[dict]) -> dict:
+    modes = [k for k in runs[0] if isinstance(runs[0][k], dict)]
+    out: dict = {m: {"sentences_per_s": statistics.median(r[m]["sentences_per_s"] for r in runs),
+                     "mean_output_len": runs[0][m]["mean_output_len"]} for m in modes}
+    out["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
     return out
 
 
@@ -544,36 +607,70 @@ def print_report(results: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 120)  # a log file does not wrap at 80 columns
     m, config = results["machine"], results["config"]
     on_cuda = config.get("device") == "cuda"
-    where = f"{m['gpu']}, bf16 autocast" if on_cuda else "fp32 CPU"
+    precisions = config["precisions"]
+    both = precisions == list(PRECISIONS)  # then fs2mini bf16 is also compared with HF fp32
+    where = m["gpu"] if on_cuda else "CPU"
     memory = "peak CUDA MB" if on_cuda else "peak RSS MB"
     console.print(f"[bold]fs2mini benchmark[/bold] — {m.get('gpu', m['cpu'])}, {m['cpus']} CPUs, torch {m['torch']}, "
                   f"{results['wall_s']:.0f} s")
+    console.print(f"CPU: {m['cpu']}, flags {' '.join(m.get('cpu_flags', [])) or 'unknown'}")
+    if "bf16_probe" in m:
+        probe = m["bf16_probe"]
+        auto = "bf16 autocast" if m["autocast_auto"]["bf16"] else "fp32"
+        console.print(f"bf16 probe (fs2mini.precision, one core): native bf16 {'yes' if probe['native_bf16'] else 'no'}, "
+                      f"fp32 {probe['fp32_gflops']:.0f} vs bf16 {probe['bf16_gflops']:.0f} GFLOP/s "
+                      f"({probe['bf16_gflops'] / probe['fp32_gflops']:.2f}×); --trainer.autocast auto picks {auto}")
+    console.print("torch.mm peak (all threads): " + ", ".join(
+        f"{p} {results['mm'][p]['flops_per_s'] / 1e9:.0f} GFLOP/s" for p in precisions))
+
+    def versus(value: float, ref: float | None) -> str:
+        return f"{value / ref:.2f}×" if ref else "-"
+
+    caption = "vs HF: ÷ HF M2M100 at the same precision" + (
+        "; vs HF fp32: fs2mini bf16 ÷ HF M2M100 fp32 (what HF gives by default)" if both else "")
+
     for size, systems in results["train"].items():
-        table = Table(title=f"training {size.upper()} ({where}, {config['max_tokens']}-token batches, median of {config['repeats']})")
-        for col in ("system", "target tok/s", "src+tgt tok/s", "vs HF", "step s", memory, "runs"):
-            table.add_column(col, justify="left" if col == "system" else "right")
-        ref = systems.get("hf", {}).get("target_tokens_per_s")
-        for system, r in systems.items():
-            table.add_row(SYSTEM_NAMES[system], f"{r['target_tokens_per_s']:.0f}", f"{r['tokens_per_s']:.0f}",
-                          f"{r['target_tokens_per_s'] / ref:.2f}×" if ref else "-", f"{r['step_s']:.3f}",
-                          f"{r['peak_rss_mb']:.0f}", " ".join(f"{x:.0f}" for x in r["runs"]))
+        table = Table(title=f"training {size.upper()} ({where}, {config['max_tokens']}-token batches, "
+                            f"median of {config['repeats']})", caption=caption)
+        columns = ["system", "precision", "target tok/s", "src+tgt tok/s", "vs HF",
+                   *(["vs HF fp32"] if both else []), "step s", memory, "runs"]
+        for col in columns:
+            table.add_column(col, justify="left" if col in ("system", "precision") else "right")
+        hf = {p: r["target_tokens_per_s"] for p, r in systems.get("hf", {}).items()}
+        for system, by_precision in systems.items():
+            for precision, r in by_precision.items():
+                tps = r["target_tokens_per_s"]
+                fp32_ref = [versus(tps, hf.get("fp32")) if system == "fs2mini" and precision == "bf16" else ""] if both else []
+                table.add_row(SYSTEM_NAMES[system], precision, f"{tps:.0f}", f"{r['tokens_per_s']:.0f}",
+                              versus(tps, hf.get(precision)), *fp32_ref, f"{r['step_s']:.3f}",
+                              f"{r['peak_rss_mb']:.0f}", " ".join(f"{x:.0f}" for x in r["runs"]))
+            table.add_section()
         console.print(table)
-    table = Table(title=f"generation SMALL ({'CUDA fp32' if on_cuda else 'CPU fp32'}, random weights, batches of {GEN_BATCH}; "
-                        f"forced = {FORCED_LEN} tokens + </s>)")
-    for col in ("system", "mode", "sentences/s", "vs HF", "mean output len"):
-        table.add_column(col, justify="left" if col in ("system", "mode") else "right")
-    hf = results["generate"].get("hf", {})
-    for system, modes in results["generate"].items():
-        for mode, r in modes.items():
-            if not isinstance(r, dict):
-                continue
-            ref = hf.get(mode, {}).get("sentences_per_s")
-            table.add_row(SYSTEM_NAMES[system], mode, f"{r['sentences_per_s']:.1f}",
-                          f"{r['sentences_per_s'] / ref:.2f}×" if ref else "-", f"{r['mean_output_len']:.1f}")
+
+    table = Table(title=f"generation SMALL ({where}, random weights, batches of {GEN_BATCH}; "
+                        f"forced = {FORCED_LEN} tokens + </s>)", caption=caption)
+    for col in ("mode", "system", "precision", "sentences/s", "vs HF", *(["vs HF fp32"] if both else []),
+                "mean output len"):
+        table.add_column(col, justify="left" if col in ("mode", "system", "precision") else "right")
+    generated = results["generate"]
+    hf = generated.get("hf", {})
+    first = next(iter(next(iter(generated.values())).values()))  # modes, in the order they ran
+    for mode in [k for k, v in first.items() if isinstance(v, dict)]:
+        for system, by_precision in generated.items():
+            for precision, modes in by_precision.items():
+                r = modes[mode]
+                sps = r["sentences_per_s"]
+                fp32_ref = hf.get("fp32", {}).get(mode, {}).get("sentences_per_s")
+                table.add_row(mode, SYSTEM_NAMES[system], precision, f"{sps:.1f}",
+                              versus(sps, hf.get(precision, {}).get(mode, {}).get("sentences_per_s")),
+                              *([versus(sps, fp32_ref) if system == "fs2mini" and precision == "bf16" else ""] if both else []),
+                              f"{r['mean_output_len']:.1f}")
+        table.add_section()
     console.print(table)
+
     table = Table(title="data pipeline (one epoch of the Bible training split, one CPU core)")
     for col in ("pipeline", "sentences/s", "padding", "batches", "seconds"):
         table.add_column(col, justify="left" if col == "pipeline" else "right")
@@ -582,11 +679,11 @@ def print_report(results: dict) -> None:
         table.add_row(name, f"{r['sentences_per_s']:.0f}", f"{r['padding']:.1%}", str(r["batches"]), f"{r['seconds']:.2f}")
     if results["data"]:
         console.print(table)
-    peak, dtype = results["mm"]["flops_per_s"], results["mm"].get("dtype", "float32")
     for size, systems in results["train"].items():
-        r = systems["fs2mini"]
-        console.print(f"efficiency {size.upper()}: fs2mini step {r['flops_per_s'] / 1e9:.1f} GFLOP/s of matmul "
-                      f"/ torch.mm {dtype} peak {peak / 1e9:.1f} GFLOP/s = {r['mm_efficiency']:.0%}")
+        for precision, r in systems["fs2mini"].items():
+            mm = results["mm"][precision]
+            console.print(f"efficiency {size.upper()} {precision}: fs2mini step {r['flops_per_s'] / 1e9:.1f} GFLOP/s of "
+                          f"matmul / torch.mm {mm['dtype']} peak {mm['flops_per_s'] / 1e9:.1f} GFLOP/s = {r['mm_efficiency']:.0%}")
 
 
 if __name__ == "__main__":

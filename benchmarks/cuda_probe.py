@@ -78,7 +78,7 @@ def main(device: torch.device) -> None:
     with_cudnn = [SDPBackend.CUDNN_ATTENTION, *fs2mini.model.CUDA_SDPA_BACKENDS]
     for label, backends in [("cuDNN attention allowed", with_cudnn), ("fs2mini's backends", fs2mini.model.CUDA_SDPA_BACKENDS)]:
         fs2mini.model.CUDA_SDPA_BACKENDS = backends  # read by fs2mini.model.attention at each call
-        _, step = make_train_step("fs2mini", SIZES["small"], tok, device)
+        _, step = make_train_step("fs2mini", SIZES["small"], tok, device, bf16=device.type == "cuda")
         step(random_batches(1, 4096, 99, device, tok)[0])
         batches = random_batches(3 if smoke else 25, 4096, len(label), device, tok)
         new, again = timed(step, batches, device), timed(step, batches, device)
@@ -90,7 +90,7 @@ def main(device: torch.device) -> None:
     max_tokens = 2048 if smoke else 32768
     for size in ("small",) if smoke else ("small", "base", "dense_600m"):
         for system in ("fs2mini", "hf") if size != "small" else ("fs2mini",):
-            _, step = make_train_step(system, SIZES[size], tok, device)
+            _, step = make_train_step(system, SIZES[size], tok, device, bf16=device.type == "cuda")
             batches = random_batches(2 if smoke else 6, max_tokens, 7, device, tok)
             timed(step, batches, device)  # first pass: every shape's one-time costs
             seconds = sum(timed(step, batches, device))
