@@ -23,7 +23,8 @@ train: install
 test: install
 	$(PY) -m pytest -q tests
 
-# Speed benchmark (benchmarks/bench.py): prints tables, writes benchmarks/results.json (~6 min on 2 cores).
+# Speed benchmark (benchmarks/bench.py): fp32 and, where the CPU has it, bf16; prints tables, writes
+# benchmarks/results.json (~8 min on 2 cores).
 bench: install
 	$(PY) -m pip install --quiet -e ".[bench]"
 	$(PY) benchmarks/bench.py $(ARGS)
