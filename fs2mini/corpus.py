@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
 
-from fs2mini.errors import UserError
+from fs2mini.errors import UserError, expect, finite
 from fs2mini.pipeline import Skipped, read_text
 
 Split = Literal["train", "valid", "test"]
@@ -154,6 +154,18 @@ def corpus_languages(corpus: Corpus) -> tuple[str, str]:
                 f"--data.corpus.{side}-lang {lang!r} is not a language code; expected e.g. eng, fra or fra_Latn"
             )
     return langs
+
+
+def check_corpus_config(corpus: Corpus) -> None:
+    """The numeric settings of the built-in corpora (a recipe's corpus checks its own)."""
+    if isinstance(corpus, TsvCorpus):
+        for flag, value in [("--data.corpus.valid-percent", corpus.valid_percent),
+                            ("--data.corpus.test-percent", corpus.test_percent)]:
+            expect(flag, value, finite(value) and 0 <= value <= 100, "a percentage in [0, 100]")
+        expect("--data.corpus.test-percent", corpus.test_percent, corpus.valid_percent + corpus.test_percent < 100,
+               f"at most {100 - corpus.valid_percent:g} with --data.corpus.valid-percent {corpus.valid_percent:g}, "
+               "so some pairs are left to train on")
+        expect("--data.corpus.skip-header", corpus.skip_header, corpus.skip_header >= 0, "an integer >= 0")
 
 
 def describe_corpus(corpus: Corpus) -> str:

@@ -9,6 +9,7 @@ of a traceback; programming errors still raise normally.
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 from collections.abc import Iterator
 
@@ -25,6 +26,17 @@ class RunStopped(Exception):
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def expect(flag: str, value: object, ok: bool, expected: str) -> None:
+    """The check of one numeric flag: unless `ok`, stop with `--flag VALUE: expected ...`."""
+    if not ok:
+        raise UserError(f"{flag} {value}: expected {expected}")
+
+
+def finite(value: object) -> bool:
+    """A real number that is not NaN or ±inf (tyro parses `--lr inf` and `--lr nan` as floats)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @contextlib.contextmanager

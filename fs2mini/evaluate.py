@@ -116,6 +116,8 @@ def evaluate(args: EvaluateArgs) -> dict:
     if args.split not in splits:
         raise UserError(f"--split {args.split!r} is not a split; expected one of {', '.join(splits)}")
     check_generation_config(args.generation)
+    if args.max_sentences is not None and args.max_sentences <= 0:
+        raise UserError(f"--max-sentences must be a positive integer, got {args.max_sentences}")
     output = args.output if args.output is not None else args.run_dir / "eval" / f"{args.split}.hyp"
     if output.suffix in (".src", ".ref", ".json"):
         raise UserError(f"--output {output} would be overwritten by the {output.suffix} file; expected e.g. {output.with_suffix('.hyp')}")

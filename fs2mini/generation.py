@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fs2mini.errors import UserError
+from fs2mini.errors import UserError, expect, finite
 from fs2mini.model import DecoderState, Seq2SeqModel
 
 
@@ -60,6 +60,12 @@ def check_generation_config(cfg: GenerationConfig) -> None:
         raise UserError(f"--max-len-a and --max-len-b must be >= 0, got {cfg.max_len_a} and {cfg.max_len_b}")
     if cfg.max_len_a == 0 and cfg.max_len_b == 0:
         raise UserError("--max-len-a and --max-len-b are both 0, so every output would be empty; expected one of them > 0")
+    expect("--max-len-a", cfg.max_len_a, finite(cfg.max_len_a), "a finite number >= 0")
+    expect("--len-penalty", cfg.len_penalty, finite(cfg.len_penalty), "a finite number (1 = mean log-prob per token)")
+    shortest_source = 3  # __lang__ piece </s>
+    expect("--max-len-a", cfg.max_len_a, int(cfg.max_len_a * shortest_source + cfg.max_len_b) >= 1,
+           f"a value that with --max-len-b {cfg.max_len_b} allows at least one output token for a one-piece sentence "
+           "(every output would be empty)")
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fs2mini.errors import UserError
+from fs2mini.errors import UserError, expect, finite
 
 
 @dataclass(frozen=True)
@@ -124,6 +124,16 @@ def check_optimizer_config(cfg) -> None:
                         "torch.optim.Optimizer")
     if cfg.lr <= 0:
         raise UserError(f"--optimizer.lr must be positive, got {cfg.lr}")
+    expect("--optimizer.lr", cfg.lr, finite(cfg.lr), "a finite positive learning rate")
+    betas = getattr(cfg, "betas", None)
+    if betas is not None:
+        for beta in betas:
+            expect("--optimizer.betas", " ".join(map(str, betas)), finite(beta) and 0 <= beta < 1, "two numbers in [0, 1)")
+    for name, flag in [("eps", "--optimizer.eps"), ("weight_decay", "--optimizer.weight-decay"),
+                       ("momentum", "--optimizer.momentum")]:
+        value = getattr(cfg, name, None)
+        if value is not None:
+            expect(flag, value, finite(value) and value >= 0, "a finite number >= 0")
 
 
 def check_lr_scheduler_config(cfg) -> None:
@@ -133,6 +143,11 @@ def check_lr_scheduler_config(cfg) -> None:
     warmup = getattr(cfg, "warmup_steps", 0)
     if warmup < 0:
         raise UserError(f"--lr-scheduler.warmup-steps must be >= 0, got {warmup}")
+    # A negative learning rate anywhere in the schedule would train by gradient ascent.
+    for name, flag in [("init_lr", "--lr-scheduler.init-lr"), ("final_lr_scale", "--lr-scheduler.final-lr-scale")]:
+        value = getattr(cfg, name, None)
+        if value is not None:
+            expect(flag, value, finite(value) and value >= 0, "a finite number >= 0")
 
 
 def build_optimizer(cfg, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:

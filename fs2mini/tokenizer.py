@@ -33,7 +33,7 @@ from typing import Any, Literal
 import sentencepiece as spm
 import torch
 
-from fs2mini.errors import UserError
+from fs2mini.errors import UserError, expect, finite
 from fs2mini.vocab import VocabInfo
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
@@ -149,10 +149,19 @@ def checked_tokenizer(path: Path, langs: Sequence[str], record: dict[str, Any] |
     return tokenizer
 
 
-def load_or_train_tokenizer(cfg: TokenizerConfig, sentences: Iterable[str], langs: Sequence[str]) -> Tokenizer:
-    """Reuse the cached model for this exact text and settings, or train and cache a new one."""
+def check_tokenizer_config(cfg: TokenizerConfig, langs: Sequence[str]) -> None:
+    """Reject settings sentencepiece cannot train with, before any text is read."""
     if cfg.vocab_size < 8 + len(langs):
         raise UserError(f"--tokenizer.vocab-size {cfg.vocab_size} is too small; expected at least {8 + len(langs)}")
+    expect("--tokenizer.character-coverage", cfg.character_coverage,
+           finite(cfg.character_coverage) and 0 < cfg.character_coverage <= 1, "a number in (0, 1]")
+    expect("--tokenizer.max-training-sentences", cfg.max_training_sentences, cfg.max_training_sentences > 0,
+           "a positive integer")
+
+
+def load_or_train_tokenizer(cfg: TokenizerConfig, sentences: Iterable[str], langs: Sequence[str]) -> Tokenizer:
+    """Reuse the cached model for this exact text and settings, or train and cache a new one."""
+    check_tokenizer_config(cfg, langs)
     text = [s for s in sentences if s]
     key = _cache_key(cfg, text, langs)
     model_path = cfg.cache_dir / f"spm-{cfg.vocab_size}-{key}.model"

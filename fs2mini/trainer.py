@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from fs2mini.checkpoint import checkpoint_path, prune_checkpoints, remove_partial_writes, save_atomically, write_atomically
 from fs2mini.components import Components, build_components, newest_checkpoint, run_tokenizer
 from fs2mini.config import TrainConfig, TrainerConfig, config_to_json, resolve_paths, save_config
-from fs2mini.corpus import corpus_languages, read_pairs
+from fs2mini.corpus import check_corpus_config, corpus_languages, read_pairs
 from fs2mini.data import Seq2SeqBatch, Seq2SeqBatches, check_data_config
 from fs2mini.distributed import (
     DistEnv,
@@ -47,7 +47,7 @@ from fs2mini.distributed import (
     shutdown,
     unwrap,
 )
-from fs2mini.errors import RunStopped, UserError
+from fs2mini.errors import RunStopped, UserError, expect, finite
 from fs2mini.evaluate import translate_and_score
 from fs2mini.generation import GenerationConfig
 from fs2mini.metrics import MetricsLog, ProgressDisplay
@@ -55,7 +55,7 @@ from fs2mini.model import ModelConfig, check_model_config
 from fs2mini.optim import check_lr_scheduler_config, check_optimizer_config
 from fs2mini.pipeline import Skipped
 from fs2mini.rundir import RunDirectory
-from fs2mini.tokenizer import tokenizer_record
+from fs2mini.tokenizer import check_tokenizer_config, tokenizer_record
 from fs2mini.task import TaskConfig, check_task_config
 from fs2mini.translate import Translator
 from fs2mini.validation import autocast_for, validate
@@ -154,6 +154,8 @@ def check_trainer_config(cfg: TrainerConfig) -> None:
         raise UserError(f"--trainer.max-epochs must be a positive integer, got {cfg.max_epochs}")
     if cfg.max_grad_norm < 0:
         raise UserError(f"--trainer.max-grad-norm must be >= 0, got {cfg.max_grad_norm}")
+    expect("--trainer.max-grad-norm", cfg.max_grad_norm, finite(cfg.max_grad_norm), "a finite number >= 0 (0 disables clipping)")
+    expect("--trainer.seed", cfg.seed, 0 <= cfg.seed < 2**63, "an integer in [0, 2**63)")
     if cfg.valid_translate_sentences < 0:
         raise UserError(f"--trainer.valid-translate-sentences must be >= 0, got {cfg.valid_translate_sentences}")
     if cfg.best_metric == "bleu" and cfg.valid_translate_sentences == 0:
@@ -162,10 +164,15 @@ def check_trainer_config(cfg: TrainerConfig) -> None:
 
 def check_config(cfg: TrainConfig, env: DistEnv = DistEnv()) -> None:
     """Reject every bad setting before any slow work (tokenizer training, data reading)."""
-    corpus_languages(cfg.data.corpus)
+    langs = corpus_languages(cfg.data.corpus)
+    check_corpus_config(cfg.data.corpus)
+    check_tokenizer_config(cfg.tokenizer, langs)
     check_data_config(cfg.data)
     if isinstance(cfg.model, ModelConfig):
         check_model_config(cfg.model)
+        longest = max(cfg.data.max_source_len, cfg.data.max_target_len)
+        expect("--model.max-seq-len", cfg.model.max_seq_len, cfg.model.max_seq_len >= longest,
+               f"at least {longest}, the longest sequence --data.max-source-len/--data.max-target-len let through")
     if isinstance(cfg.task, TaskConfig):
         check_task_config(cfg.task)
     check_optimizer_config(cfg.optimizer)
@@ -253,7 +260,7 @@ def _loop(cfg: TrainConfig, parts: Components, state: TrainState, validate_now: 
     tc = cfg.trainer
 
     def save_best(result: dict[str, float]) -> None:
-        if state.improves(result[tc.best_metric], tc.best_metric):
+        if math.isfinite(result[tc.best_metric]) and state.improves(result[tc.best_metric], tc.best_metric):
             state.best_value = result[tc.best_metric]
             save_checkpoint(cfg, parts, state, device, env, cfg.run_dir / "checkpoints" / "best.pt")
 
@@ -282,9 +289,16 @@ def _loop(cfg: TrainConfig, parts: Components, state: TrainState, validate_now: 
         state.position = micro_batches[-1][0]
         state.step += 1
         lr = parts.lr_at(state.step)
+        if not (finite(lr) and lr >= 0):
+            raise UserError(f"the learning-rate schedule gave {lr} at step {state.step}; expected a finite number >= 0 "
+                            "(check --optimizer.lr and the --lr-scheduler settings)")
         result = train_step(parts.model, parts.task.compute_loss, parts.optimizer, [b for _, b in micro_batches], lr,
                             max_grad_norm=tc.max_grad_norm, device=device, bf16=parts.bf16, env=env)
         _count_bad_step(state, result, tc.max_bad_steps)
+        if result.applied and not _weights_finite(parts.model, env, device):
+            raise UserError(f"stopping at step {state.step}: the update made the weights non-finite (lr {lr:.3g}); "
+                            f"nothing was saved from this step, checkpoints up to step {saved_step} are intact "
+                            "(try a lower --optimizer.lr)")
         tokens_per_s = speed.add(result.num_tokens)
         display.update(state.step, result.loss, lr, tokens_per_s)
         if state.step % tc.log_every == 0:
@@ -312,6 +326,14 @@ def _loop(cfg: TrainConfig, parts: Components, state: TrainState, validate_now: 
         save_best(validate_now(state.step))
         save_checkpoint(cfg, parts, state, device, env)
     display.message(f"done: {state.step} steps, checkpoints in {cfg.run_dir / 'checkpoints'}")
+
+
+def _weights_finite(model: nn.Module, env: DistEnv, device: torch.device) -> bool:
+    """Whether every weight is finite (on every rank: FSDP shards them), checked after each update."""
+    with torch.no_grad():
+        local = [p.to_local() if hasattr(p, "to_local") else p for p in model.parameters()]
+        bad = int(not bool(torch.stack([t.abs().max() for t in local if t.numel()]).isfinite().all()))
+    return not all_reduce_max(bad, env, device)
 
 
 def _count_bad_step(state: TrainState, result: StepResult, max_bad_steps: int) -> None:

@@ -51,6 +51,29 @@ def train_then(corrupt: Callable[[Path], None]) -> Callable[[Path], None]:
     return prepare
 
 
+def user_files(files: dict[str, bytes]) -> Callable[[Path], None]:
+    """An --output-dir that already holds the user's own files (not written by fs2mini)."""
+
+    def prepare(ws: Path) -> None:
+        (ws / "run").mkdir()
+        for name, data in files.items():
+            (ws / "run" / name).write_bytes(data)
+
+    return prepare
+
+
+def replace_config_by_directory(path: Path) -> None:
+    config = path.parents[1] / "config.json"
+    config.unlink()
+    config.mkdir()
+    (config / "keep").write_text("")
+
+
+def wrong_type_in_config(path: Path) -> None:
+    config = path.parents[1] / "config.json"
+    config.write_text(config.read_text().replace('"model_dim": 64', '"model_dim": "wide"'))
+
+
 def truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
 
@@ -126,6 +149,49 @@ CASES = [
          "trained with different model.ffn_inner_dim", train_then(lambda path: None)),
     # Run directory.
     Case("run dir not writable", ["--output-dir", "corpus.tsv/run"], 2, "corpus.tsv/run is not writable"),
+    Case("user's own config.json in --output-dir", [], 2, "was not created by fs2mini (no .fs2mini-run file): it holds "
+         "config.json, notes.txt; training would overwrite config.json", user_files({"config.json": b"{}", "notes.txt": b"x"})),
+    Case("user's own metrics.jsonl and tokenizer.model", [], 2, "training would overwrite tokenizer.model, metrics.jsonl",
+         user_files({"metrics.jsonl": b"{}", "tokenizer.model": b"x"})),
+    Case("config.json not UTF-8", ["--trainer.max-steps", "4"], 2, "config.json is not UTF-8 text",
+         train_then(lambda path: (path.parents[1] / "config.json").write_bytes(b"\xff\xfe{}"))),
+    Case("config.json is a directory", ["--trainer.max-steps", "4"], 2, "config.json is a directory",
+         train_then(replace_config_by_directory)),
+    Case("config.json value of the wrong type", ["--trainer.max-steps", "4"], 2,
+         "config.json: model.model_dim is 'wide'; expected a value of type int", train_then(wrong_type_in_config)),
+    Case("only best.pt left", ["--trainer.max-steps", "4"], 2, "has checkpoints/best.pt but no step checkpoint",
+         train_then(lambda path: path.unlink())),
+    # Numeric flags: non-finite, negative, out of range (`--flag VALUE: expected ...`).
+    *[Case(f"{flag} {value}", [flag, *value.split()], 2, f"{flag} {shown}: expected {expected}") for flag, value, shown, expected in [
+        ("--optimizer.lr", "inf", "inf", "a finite positive learning rate"),
+        ("--optimizer.lr", "nan", "nan", "a finite positive learning rate"),
+        ("--optimizer.betas", "0.9 1.0", "0.9 1.0", "two numbers in [0, 1)"),
+        ("--optimizer.betas", "-0.1 0.9", "-0.1 0.9", "two numbers in [0, 1)"),
+        ("--optimizer.eps", "-1e-8", "-1e-08", "a finite number >= 0"),
+        ("--optimizer.eps", "nan", "nan", "a finite number >= 0"),
+        ("--optimizer.weight-decay", "-0.1", "-0.1", "a finite number >= 0"),
+        ("--optimizer.weight-decay", "inf", "inf", "a finite number >= 0"),
+        ("--lr-scheduler.init-lr", "-1", "-1.0", "a finite number >= 0"),
+        ("--trainer.max-grad-norm", "nan", "nan", "a finite number >= 0"),
+        ("--trainer.max-grad-norm", "inf", "inf", "a finite number >= 0"),
+        ("--trainer.seed", "-1", "-1", "an integer in [0, 2**63)"),
+        ("--tokenizer.character-coverage", "0", "0.0", "a number in (0, 1]"),
+        ("--tokenizer.character-coverage", "nan", "nan", "a number in (0, 1]"),
+        ("--tokenizer.max-training-sentences", "0", "0", "a positive integer"),
+        ("--data.corpus.valid-percent", "-1", "-1.0", "a percentage in [0, 100]"),
+        ("--data.corpus.test-percent", "nan", "nan", "a percentage in [0, 100]"),
+        ("--data.corpus.valid-percent", "101", "101.0", "a percentage in [0, 100]"),
+        ("--data.corpus.skip-header", "-2", "-2", "an integer >= 0"),
+        ("--model.max-seq-len", "16", "16", "at least 256"),
+    ]],
+    Case("negative lr through the schedule", ["lr-scheduler:cosine", "--lr-scheduler.final-lr-scale", "-2"], 2,
+         "--lr-scheduler.final-lr-scale -2.0: expected a finite number >= 0"),
+    Case("nothing left to train on", ["--data.corpus.valid-percent", "100"], 2,
+         "--data.corpus.test-percent 3.0: expected at most 0 with --data.corpus.valid-percent 100"),
+    Case("SGD negative momentum", ["optimizer:sgd", "--optimizer.momentum", "-0.5"], 2,
+         "--optimizer.momentum -0.5: expected a finite number >= 0"),
+    Case("dropout nan", ["--model.dropout-p", "nan"], 2, "--model.dropout-p must be in [0, 1), got nan"),
+    Case("label smoothing nan", ["--task.label-smoothing", "nan"], 2, "--task.label-smoothing must be in [0, 1), got nan"),
 ]
 
 
@@ -170,3 +236,39 @@ def test_bad_input(case: Case, tmp_path, monkeypatch, capsys):
 
 def test_table_has_at_least_25_cases():
     assert len(CASES) >= 25
+
+
+GENERATION_CASES = [
+    ("--beam-size", "0", "--beam-size must be a positive integer, got 0"),
+    ("--nbest", "-1", "--nbest must be a positive integer, got -1"),
+    ("--batch-size", "0", "--batch-size must be a positive integer, got 0"),
+    ("--max-len-a", "nan", "--max-len-a nan: expected a finite number >= 0"),
+    ("--max-len-a", "inf", "--max-len-a inf: expected a finite number >= 0"),
+    ("--max-len-a", "-1", "--max-len-a and --max-len-b must be >= 0"),
+    ("--max-len-b", "-3", "--max-len-a and --max-len-b must be >= 0"),
+    ("--len-penalty", "nan", "--len-penalty nan: expected a finite number"),
+    ("--len-penalty", "inf", "--len-penalty inf: expected a finite number"),
+]
+
+
+@pytest.mark.parametrize("command", ["translate", "evaluate"])
+@pytest.mark.parametrize("flag,value,message", GENERATION_CASES + [("--max-len-a", "0.1", "--max-len-a 0.1: expected a value")],
+                         ids=[f"{f} {v}" for f, v, _ in GENERATION_CASES] + ["--max-len-a 0.1 with b 0"])
+def test_numeric_flags_of_translate_and_evaluate(command, flag, value, message, tmp_path, monkeypatch, capsys):
+    """Checked before the run directory is even opened (it does not exist here)."""
+    from fs2mini import evaluate, translate
+
+    extra = ["--max-len-b", "0"] if value == "0.1" else []
+    monkeypatch.setattr("sys.stdin", open(os.devnull))
+    with pytest.raises(SystemExit) as exit_info:
+        (translate if command == "translate" else evaluate).main([str(tmp_path / "no-run"), flag, value, *extra])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1, err
+
+
+def test_numeric_flag_of_evaluate_checked_before_loading(tmp_path, capsys):
+    from fs2mini import evaluate
+
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.main([str(tmp_path / "no-run"), "--max-sentences", "0"])
+    assert exit_info.value.code == 2 and "--max-sentences must be a positive integer, got 0" in capsys.readouterr().err

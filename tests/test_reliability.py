@@ -140,3 +140,34 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(reversal_tsv, 
     err = capsys.readouterr().err
     assert f"warning: checkpoint {newest} is corrupt" in err and "resumed at step 2" in err
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "step_00000006.pt")["step"] == 6
+
+
+class NaNWeightsAdamW(torch.optim.AdamW):
+    """A real AdamW for 2 updates; the 3rd writes NaN into a weight (what an exploding update does)."""
+
+    def step(self, closure=None):
+        result = super().step(closure)
+        self.updates = getattr(self, "updates", 0) + 1
+        if self.updates == 3:
+            with torch.no_grad():
+                self.param_groups[0]["params"][0].fill_(float("nan"))
+        return result
+
+
+@dataclass(frozen=True)
+class NaNWeightsConfig:
+    lr: float = 3e-3
+
+    def build(self, params):
+        return NaNWeightsAdamW(params, lr=self.lr)
+
+
+def test_non_finite_weights_stop_the_run_and_are_never_saved(reversal_tsv, tokenizer_cache, tmp_path):
+    cfg = tiny_config(reversal_tsv, tmp_path / "run", tokenizer_cache, max_steps=6, checkpoint_every=1, validate_every=1,
+                      valid_translate_sentences=2, keep_last_checkpoints=10)
+    with pytest.raises(UserError, match=r"stopping at step 3: the update made the weights non-finite .* up to step 2 are intact"):
+        train(dataclasses.replace(cfg, optimizer=NaNWeightsConfig()))
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert [p.name for p in list_checkpoints(checkpoints)] == ["step_00000001.pt", "step_00000002.pt"]
+    for path in [*list_checkpoints(checkpoints), checkpoints / "best.pt"]:
+        assert all(torch.isfinite(t).all() for t in load_checkpoint(path)["model"].values()), path
