@@ -1,7 +1,11 @@
 """What a run reports: metrics.jsonl lines and the progress display.
 
 `metrics.jsonl` gets one JSON object per line (`step`, `split`, `loss`, ...), flushed immediately so
-a crashed run keeps everything up to its last step and tools can tail the file. The display is a
+a crashed run keeps everything up to its last step and tools can tail the file; a failed write (disk
+full) removes its partial line and stops the run with one sentence.
+
+Progress output is best effort (`BestEffortStream`): when the terminal closes or the reader of a
+pipe goes away (`... 2>&1 | head`), training goes on without it, metrics and checkpoints included. The display is a
 rich progress bar on a terminal and plain periodic lines elsewhere (CI logs, `nohup`), showing the
 same fields: step, loss, lr, tokens/s and the estimated time left.
 """
@@ -18,6 +22,48 @@ from typing import Any, Literal
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from fs2mini.checkpoint import write_atomically
+from fs2mini.errors import UserError
+
+
+class BestEffortStream:
+    """A text stream whose writes never raise: once the reader is gone (EPIPE, or EIO after a hangup)
+    the file descriptor is pointed at /dev/null, so later writes (and the interpreter's own flush at
+    exit) are dropped quietly."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.broken = False
+
+    def write(self, text: str) -> int:
+        if not self.broken:
+            try:
+                return self.stream.write(text)
+            except (OSError, ValueError):
+                self._drop()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.broken:
+            try:
+                self.stream.flush()
+            except (OSError, ValueError):
+                self._drop()
+
+    def _drop(self) -> None:
+        self.broken = True
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self.stream.fileno())
+        except (OSError, ValueError, AttributeError):  # no descriptor (a test double): nothing to redirect
+            pass
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
+def best_effort(stream: Any) -> BestEffortStream:
+    return stream if isinstance(stream, BestEffortStream) else BestEffortStream(stream)
+
 
 class MetricsLog:
     """Append-only JSON-lines file.
@@ -29,15 +75,30 @@ class MetricsLog:
     def __init__(self, path: Path, resume_step: int = 0) -> None:
         self.path = path
         if path.exists():
-            kept = [line for line in path.read_text(encoding="utf-8").splitlines() if _step_of(line) <= resume_step]
-            tmp = path.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-            os.replace(tmp, path)
-        self._handle = path.open("a", encoding="utf-8")
+            kept = [line for line in path.read_bytes().decode("utf-8", "replace").splitlines() if _step_of(line) <= resume_step]
+            text = "".join(line + "\n" for line in kept).encode("utf-8")
+            write_atomically(path, lambda handle: handle.write(text))
+        try:
+            self._handle = open(path, "a", encoding="utf-8")
+        except OSError as err:
+            raise UserError(f"cannot write {path}: {err.strerror}") from None
 
     def write(self, record: dict[str, Any]) -> None:
-        self._handle.write(json.dumps(record) + "\n")
-        self._handle.flush()
+        """Append one line; on a failed write, cut the file back to its last complete line and stop."""
+        end = self._handle.tell()
+        try:
+            self._handle.write(json.dumps(record) + "\n")
+            self._handle.flush()
+        except OSError as err:
+            try:
+                self._handle.close()  # flushes what the buffer still holds of the line, if it can
+            except OSError:
+                pass
+            os.truncate(self.path, end)
+            self._handle = open(self.path, "a", encoding="utf-8")
+            raise UserError(f"cannot write {self.path}: {err.strerror or err}; it keeps every line up to step "
+                            f"{_step_of(self.path.read_text(encoding='utf-8').splitlines()[-1]) if end else 0}, "
+                            "and the checkpoints are intact") from None
 
     def close(self) -> None:
         self._handle.close()
@@ -54,7 +115,7 @@ class ProgressDisplay:
     """Live bar or periodic lines; `update` every step, `message` for validation results."""
 
     def __init__(self, total_steps: int, start_step: int, mode: Literal["auto", "bar", "lines", "off"], line_every: int) -> None:
-        self.console = Console(file=sys.stderr, quiet=mode == "off")
+        self.console = Console(file=best_effort(sys.stderr), quiet=mode == "off")
         self.use_bar = mode == "bar" or (mode == "auto" and self.console.is_terminal)
         self.total_steps = total_steps
         self.start_step = start_step

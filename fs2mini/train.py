@@ -30,6 +30,7 @@ from fs2mini.corpus import CORPORA, corpus_languages, read_pairs
 from fs2mini.data import DataConfig, Seq2SeqBatch
 from fs2mini.distributed import DistEnv, pick_device
 from fs2mini.errors import UserError, exit_on_user_error
+from fs2mini.metrics import best_effort
 from fs2mini.model import ARCHS
 from fs2mini.optim import LR_SCHEDULERS, OPTIMIZERS, build_lr_schedule
 from fs2mini.pipeline import Skipped
@@ -219,7 +220,13 @@ def main(default: TrainConfig = TrainConfig(), *, description: str | None = None
                 raise UserError(f"check: name a component, one of {', '.join(COMPONENTS)}")
             check(args[1], parse_config(default, args[2:], doc, **choices))
         else:
-            train(parse_config(default, args, doc, **choices))
+            # Training outlives its terminal: a closed or broken stdout/stderr only loses the progress output.
+            streams = sys.stdout, sys.stderr
+            sys.stdout, sys.stderr = best_effort(sys.stdout), best_effort(sys.stderr)
+            try:
+                train(parse_config(default, args, doc, **choices))
+            finally:
+                sys.stdout, sys.stderr = streams
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ from fs2mini.distributed import (
 from fs2mini.errors import RunStopped, UserError, expect, finite
 from fs2mini.evaluate import translate_and_score
 from fs2mini.generation import GenerationConfig
-from fs2mini.metrics import MetricsLog, ProgressDisplay
+from fs2mini.metrics import MetricsLog, ProgressDisplay, best_effort
 from fs2mini.model import ModelConfig, check_model_config
 from fs2mini.optim import check_lr_scheduler_config, check_optimizer_config
 from fs2mini.pipeline import Skipped
@@ -450,7 +450,9 @@ def _prepare_run_dir(run_dir: Path) -> None:
 
 
 def _catch_stop_signals(requests: list[int], env: DistEnv) -> dict[int, Any]:
-    """SIGINT/SIGTERM finish the current step, save and stop; a second signal interrupts at once."""
+    """SIGINT/SIGTERM/SIGHUP finish the current step, save and stop; a second signal interrupts at once.
+
+    SIGHUP is what a closed terminal or ssh session sends: a run started without nohup saves too."""
     if threading.current_thread() is not threading.main_thread():
         return {}
 
@@ -459,9 +461,10 @@ def _catch_stop_signals(requests: list[int], env: DistEnv) -> dict[int, Any]:
             raise KeyboardInterrupt
         requests.append(signum)
         if env.is_main:
-            print(f"\n{signal.Signals(signum).name}: finishing this step, then saving a checkpoint", file=sys.stderr, flush=True)
+            print(f"\n{signal.Signals(signum).name}: finishing this step, then saving a checkpoint",
+                  file=best_effort(sys.stderr), flush=True)
 
-    return {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    return {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
 
 
 def _restore_signal_handlers(previous: dict[int, Any]) -> None:

@@ -171,3 +171,61 @@ def test_non_finite_weights_stop_the_run_and_are_never_saved(reversal_tsv, token
     assert [p.name for p in list_checkpoints(checkpoints)] == ["step_00000001.pt", "step_00000002.pt"]
     for path in [*list_checkpoints(checkpoints), checkpoints / "best.pt"]:
         assert all(torch.isfinite(t).all() for t in load_checkpoint(path)["model"].values()), path
+
+
+def test_sighup_saves_a_checkpoint_like_sigterm(reversal_tsv, tokenizer_cache, tmp_path):
+    run = tmp_path / "run"
+    process = subprocess.Popen(cli_args(reversal_tsv, tokenizer_cache, run, 400), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    wait_for_step(run, 5, process)
+    process.send_signal(signal.SIGHUP)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGHUP, stderr
+    assert "stopped by SIGHUP after step" in stderr and "Traceback" not in stderr
+    assert 5 <= load_checkpoint(list_checkpoints(run / "checkpoints")[-1])["step"] < 400
+
+
+def test_a_closed_stderr_does_not_stop_training(reversal_tsv, tokenizer_cache, tmp_path):
+    """`python -m fs2mini.train ... 2>&1 | head -1`: the reader leaves after the first line."""
+    run = tmp_path / "run"
+    process = subprocess.Popen(cli_args(reversal_tsv, tokenizer_cache, run, 30), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT)
+    process.stdout.readline()
+    process.stdout.close()
+    assert process.wait(timeout=120) == 0
+    assert load_checkpoint(list_checkpoints(run / "checkpoints")[-1])["step"] == 30
+    assert [m["step"] for m in read_metrics(run / "metrics.jsonl") if m["split"] == "train"] == list(range(1, 31))
+
+
+def test_disk_full_at_the_start_is_one_sentence_and_leaves_nothing(reversal_tsv, tokenizer_cache, tmp_path, monkeypatch):
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(fs2mini.checkpoint.os, "fsync", no_space)
+    with pytest.raises(UserError, match=r"cannot write .*tokenizer.model: No space left on device"):
+        train(tiny_config(reversal_tsv, tmp_path / "run", tokenizer_cache, max_steps=2))
+    assert not (tmp_path / "run").exists()  # created for the run, removed again: no partial file
+
+
+def test_disk_full_while_logging_keeps_whole_lines_and_stops(reversal_tsv, tokenizer_cache, tmp_path, monkeypatch):
+    import fs2mini.metrics
+
+    class FillsUp:
+        def __init__(self, handle):
+            self.handle, self.lines = handle, 0
+
+        def write(self, text):
+            self.lines += 1
+            if self.lines == 3:
+                self.handle.write(text[:5])
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.handle.write(text)
+
+        def __getattr__(self, name):
+            return getattr(self.handle, name)
+
+    real_open = open
+    monkeypatch.setattr(fs2mini.metrics, "open", lambda *a, **k: FillsUp(real_open(*a, **k)), raising=False)
+    with pytest.raises(UserError, match=r"cannot write .*metrics.jsonl: No space left on device; it keeps every line"):
+        train(tiny_config(reversal_tsv, tmp_path / "run", tokenizer_cache, max_steps=20, log_every=1))
+    assert len(read_metrics(tmp_path / "run" / "metrics.jsonl")) == 2  # whole lines only
