@@ -20,18 +20,29 @@ import torch
 from fs2mini.errors import UserError
 
 _STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
+_BEST_FILE = re.compile(r"^best_step_(\d+)\.pt$")
 
 
 def checkpoint_path(checkpoint_dir: Path, step: int) -> Path:
     return checkpoint_dir / f"step_{step:08d}.pt"
 
 
-def list_checkpoints(checkpoint_dir: Path) -> list[Path]:
-    """Step checkpoints, oldest first."""
+def best_checkpoint_path(checkpoint_dir: Path, step: int) -> Path:
+    """One of the N best validation checkpoints (`--trainer.keep-best-checkpoints`); never resumed from."""
+    return checkpoint_dir / f"best_step_{step:08d}.pt"
+
+
+def list_checkpoints(checkpoint_dir: Path, pattern: re.Pattern[str] = _STEP_FILE) -> list[Path]:
+    """Step checkpoints (or those `pattern` matches, step number in group 1), oldest first."""
     if not checkpoint_dir.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in checkpoint_dir.iterdir() if (m := _STEP_FILE.match(p.name))]
+    found = [(int(m.group(1)), p) for p in checkpoint_dir.iterdir() if (m := pattern.match(p.name))]
     return [path for _, path in sorted(found)]
+
+
+def list_best_checkpoints(checkpoint_dir: Path) -> list[Path]:
+    """The kept `best_step_*.pt` checkpoints, oldest first."""
+    return list_checkpoints(checkpoint_dir, _BEST_FILE)
 
 
 def save_atomically(state: dict[str, Any], path: Path) -> None:

@@ -16,6 +16,7 @@ import hashlib
 import importlib
 import importlib.util
 import json
+import math
 import sys
 import types
 import typing
@@ -70,16 +71,45 @@ class TrainerConfig:
     compile: bool = False
     """Compile the model's forward with torch.compile (dynamic shapes). Off by default: on CPU it was
     measured slower than eager (see README, Performance) and the first steps wait for compilation."""
-    valid_translate_sentences: int = 100
-    """Validation also translates the first N validation sentences and logs BLEU/chrF (0 = loss only)."""
+    valid_translate_sentences: int | None = None
+    """Validation also translates the validation split and logs BLEU/chrF: all of it (None), the first N, or none (0)."""
     valid_beam_size: int = 1
     """Beam size of that validation decoding (1 = greedy, the fastest)."""
     best_metric: Literal["loss", "bleu"] = "loss"
     """Validation metric that decides checkpoints/best.pt (lowest loss or highest BLEU)."""
+    patience: int | None = None
+    """Early stopping: stop after N validations in a row without a better best-metric (None = never)."""
+    keep_best_checkpoints: int = 0
+    """Also keep the N best validation checkpoints as checkpoints/best_step_*.pt (for `fs2mini.average --best`)."""
+    max_time: str | None = None
+    """Wall-clock budget of the training loop, counted across resumes: 18m, 2h, 90s or plain seconds (3600)."""
+    tensorboard: bool = True
+    """Write TensorBoard event files to RUN_DIR/tb (`tensorboard --logdir RUN_DIR/tb`)."""
+    wandb_project: str | None = None
+    """Also log to this Weights & Biases project (needs `pip install wandb`); a resumed run keeps its W&B run."""
     max_bad_steps: int = 5
     """Stop after this many consecutive updates with a non-finite loss or gradient (each is skipped)."""
     progress: Literal["auto", "bar", "lines"] = "auto"
     """Progress display: a live bar on a terminal, periodic lines otherwise."""
+
+    @property
+    def max_seconds(self) -> float | None:
+        """`max_time` in seconds (checked by `fs2mini.trainer.check_trainer_config`)."""
+        return None if self.max_time is None else parse_duration(self.max_time)
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in `18m`, `2h`, `1.5h`, `90s` or `3600`; ValueError for anything else (or not > 0)."""
+    text = text.strip().lower()
+    unit = _DURATION_UNITS.get(text[-1:], None)
+    number = float(text[:-1] if unit is not None else text)  # ValueError on garbage
+    seconds = number * (unit or 1)
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(f"not a positive duration: {text}")
+    return seconds
 
 
 @dataclass(frozen=True)

@@ -24,16 +24,16 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from fs2mini.checkpoint import checkpoint_path, prune_checkpoints, remove_partial_writes, save_atomically, write_atomically
+from fs2mini.checkpoint import best_checkpoint_path, checkpoint_path, prune_checkpoints, remove_partial_writes, save_atomically, write_atomically
 from fs2mini.components import Components, build_components, newest_checkpoint, run_tokenizer
-from fs2mini.config import TrainConfig, TrainerConfig, config_to_json, resolve_paths, save_config
+from fs2mini.config import TrainConfig, TrainerConfig, config_to_json, parse_duration, resolve_paths, save_config
 from fs2mini.corpus import check_corpus_config, corpus_languages, read_pairs
 from fs2mini.data import Seq2SeqBatch, Seq2SeqBatches, check_data_config
 from fs2mini.distributed import (
@@ -50,13 +50,14 @@ from fs2mini.distributed import (
 from fs2mini.errors import RunStopped, UserError, expect, finite
 from fs2mini.evaluate import translate_and_score
 from fs2mini.generation import GenerationConfig
-from fs2mini.metrics import MetricsLog, ProgressDisplay, best_effort
+from fs2mini.metrics import ProgressDisplay, best_effort
 from fs2mini.model import ModelConfig, check_model_config
 from fs2mini.optim import check_lr_scheduler_config, check_optimizer_config
 from fs2mini.pipeline import Skipped
 from fs2mini.rundir import RunDirectory
 from fs2mini.tokenizer import check_tokenizer_config, tokenizer_record
 from fs2mini.task import TaskConfig, check_task_config
+from fs2mini.trackers import RunLog, check_tracker_config
 from fs2mini.translate import Translator
 from fs2mini.validation import autocast_for, validate
 
@@ -118,6 +119,14 @@ class TrainState:
     """Consecutive updates skipped for a non-finite loss or gradient."""
     skipped_steps: int = 0
     """All updates skipped so far (logged)."""
+    patience_count: int = 0
+    """Validations in a row without a better best-metric (early stopping at `--trainer.patience`)."""
+    elapsed_s: float = 0.0
+    """Seconds spent in the training loop so far, all runs of it together (`--trainer.max-time`)."""
+    best_checkpoints: list[list[float]] = field(default_factory=list)
+    """[value, step] of each kept checkpoints/best_step_*.pt, best first (`--trainer.keep-best-checkpoints`)."""
+    wandb_run_id: str | None = None
+    """The W&B run this run logs to, so a resume continues it."""
 
     def state_dict(self, device: torch.device) -> dict[str, Any]:
         rng = {"python": random.getstate(), "torch": torch.get_rng_state(),
@@ -156,10 +165,21 @@ def check_trainer_config(cfg: TrainerConfig) -> None:
         raise UserError(f"--trainer.max-grad-norm must be >= 0, got {cfg.max_grad_norm}")
     expect("--trainer.max-grad-norm", cfg.max_grad_norm, finite(cfg.max_grad_norm), "a finite number >= 0 (0 disables clipping)")
     expect("--trainer.seed", cfg.seed, 0 <= cfg.seed < 2**63, "an integer in [0, 2**63)")
-    if cfg.valid_translate_sentences < 0:
+    if cfg.valid_translate_sentences is not None and cfg.valid_translate_sentences < 0:
         raise UserError(f"--trainer.valid-translate-sentences must be >= 0, got {cfg.valid_translate_sentences}")
     if cfg.best_metric == "bleu" and cfg.valid_translate_sentences == 0:
         raise UserError("--trainer.best-metric bleu needs --trainer.valid-translate-sentences > 0")
+    if cfg.patience is not None:
+        expect("--trainer.patience", cfg.patience, cfg.patience > 0, "a positive number of validations")
+    expect("--trainer.keep-best-checkpoints", cfg.keep_best_checkpoints, cfg.keep_best_checkpoints >= 0,
+           "an integer >= 0 (0 keeps only best.pt)")
+    if cfg.max_time is not None:
+        try:
+            parse_duration(cfg.max_time)
+        except ValueError:
+            raise UserError(f"--trainer.max-time {cfg.max_time}: expected a positive duration such as 18m, 2h, 90s "
+                            "or 3600 (seconds)") from None
+    check_tracker_config(cfg)
 
 
 def check_config(cfg: TrainConfig, env: DistEnv = DistEnv()) -> None:
@@ -240,7 +260,9 @@ def _train_locked(cfg: TrainConfig, env: DistEnv, device: torch.device) -> Path:
         + (f" | {env.world_size} processes ({tc.data_parallel})" if env.active else "")
         + (f" | resumed at step {state.step}" if checkpoint is not None else "")
     )
-    metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step=state.step) if env.is_main else None
+    metrics = RunLog(cfg, state.step, state.wandb_run_id) if env.is_main else None
+    if metrics is not None:
+        state.wandb_run_id = metrics.wandb_run_id
     stop_requests: list[int] = []
     previous_handlers = _catch_stop_signals(stop_requests, env)
     try:
@@ -254,21 +276,44 @@ def _train_locked(cfg: TrainConfig, env: DistEnv, device: torch.device) -> Path:
             metrics.close()
 
 
-def _loop(cfg: TrainConfig, parts: Components, state: TrainState, validate_now: Validator, metrics: MetricsLog | None,
+def _loop(cfg: TrainConfig, parts: Components, state: TrainState, validate_now: Validator, metrics: RunLog | None,
           display: ProgressDisplay, stop_requests: list[int], env: DistEnv, device: torch.device) -> None:
-    """Updates until max_steps (or max_epochs, or a stop signal), validating and saving at their intervals."""
+    """Updates until max_steps (or max_epochs, max_time, patience, a stop signal), validating and saving at their intervals."""
     tc = cfg.trainer
+    checkpoint_dir = cfg.run_dir / "checkpoints"
+    budget = tc.max_seconds
+    clock = time.perf_counter() - state.elapsed_s  # the loop's time so far, earlier runs of it included
 
-    def save_best(result: dict[str, float]) -> None:
-        if math.isfinite(result[tc.best_metric]) and state.improves(result[tc.best_metric], tc.best_metric):
-            state.best_value = result[tc.best_metric]
-            save_checkpoint(cfg, parts, state, device, env, cfg.run_dir / "checkpoints" / "best.pt")
+    def tick() -> None:
+        state.elapsed_s = time.perf_counter() - clock
 
+    def save_best(result: dict[str, float]) -> bool:
+        """Update best.pt, the N best checkpoints and the patience counter; True when patience ran out."""
+        value = result[tc.best_metric]
+        better = math.isfinite(value) and state.improves(value, tc.best_metric)
+        state.patience_count = 0 if better else state.patience_count + 1
+        if better:
+            state.best_value = value
+        dropped = _rank_best(state, value, tc.best_metric, tc.keep_best_checkpoints) if math.isfinite(value) else [state.step]
+        if better:
+            save_checkpoint(cfg, parts, state, device, env, checkpoint_dir / "best.pt")
+        if tc.keep_best_checkpoints and state.step not in dropped:
+            save_checkpoint(cfg, parts, state, device, env, best_checkpoint_path(checkpoint_dir, state.step))
+        for step in dropped if env.is_main else []:
+            best_checkpoint_path(checkpoint_dir, step).unlink(missing_ok=True)
+        return tc.patience is not None and state.patience_count >= tc.patience
+
+    if budget is not None and state.elapsed_s >= budget:
+        display.message(f"this run already used its --trainer.max-time {tc.max_time}; nothing to do")
+        return
+    if tc.patience is not None and state.patience_count >= tc.patience:
+        display.message(f"this run already stopped early (--trainer.patience {tc.patience}); nothing to do")
+        return
     batches = epoch_batches(parts.train_batches, state.epoch, state.position)
     saved_step = state.step
     parts.model.train()
     if state.step == 0:
-        validate_now(state.step)  # the untrained baseline, so the curve starts where training does
+        validate_now(state.step, state.elapsed_s)  # the untrained baseline, so the curve starts where training does
     speed = TokenRate()
     while state.step < tc.max_steps:
         micro_batches = list(itertools.islice(batches, tc.grad_accum_steps))
@@ -299,21 +344,34 @@ def _loop(cfg: TrainConfig, parts: Components, state: TrainState, validate_now: 
             raise UserError(f"stopping at step {state.step}: the update made the weights non-finite (lr {lr:.3g}); "
                             f"nothing was saved from this step, checkpoints up to step {saved_step} are intact "
                             "(try a lower --optimizer.lr)")
+        tick()
         tokens_per_s = speed.add(result.num_tokens)
         display.update(state.step, result.loss, lr, tokens_per_s)
         if state.step % tc.log_every == 0:
             if metrics is not None:
                 metrics.write({"step": state.step, "split": "train", "loss": result.loss, "lr": lr,
                                "grad_norm": result.grad_norm, "tokens_per_s": tokens_per_s, "epoch": state.epoch,
-                               "skipped_steps": state.skipped_steps})
+                               "skipped_steps": state.skipped_steps, "elapsed_s": state.elapsed_s})
             speed = TokenRate()
-        last_step = state.step == tc.max_steps
+        # Every rank must agree to stop: the clock of one decides for all.
+        out_of_time = budget is not None and bool(all_reduce_max(int(state.elapsed_s >= budget), env, device))
+        last_step = state.step == tc.max_steps or out_of_time
+        patience_ran_out = False
         if state.step % tc.validate_every == 0 or last_step:
-            save_best(validate_now(state.step))
-        if state.step % tc.checkpoint_every == 0 or last_step:
+            patience_ran_out = save_best(validate_now(state.step, state.elapsed_s))
+        if state.step % tc.checkpoint_every == 0 or last_step or patience_ran_out:
+            tick()
             save_checkpoint(cfg, parts, state, device, env)
             saved_step = state.step
+        if out_of_time:
+            display.message(f"reached --trainer.max-time {tc.max_time} ({state.elapsed_s:.0f} s of training)")
+            break
+        if patience_ran_out:
+            display.message(f"early stop: {tc.patience} validations without a better {tc.best_metric} "
+                            f"(best {state.best_value:.4g})")
+            break
         if all_reduce_sum([len(stop_requests)], env, device)[0]:
+            tick()
             if saved_step != state.step:
                 save_checkpoint(cfg, parts, state, device, env)
             signum = stop_requests[0] if stop_requests else signal.SIGTERM
@@ -323,9 +381,18 @@ def _loop(cfg: TrainConfig, parts: Components, state: TrainState, validate_now: 
                 128 + signum,
             )
     if saved_step != state.step:  # stopped early by --trainer.max-epochs
-        save_best(validate_now(state.step))
+        save_best(validate_now(state.step, state.elapsed_s))
+        tick()
         save_checkpoint(cfg, parts, state, device, env)
     display.message(f"done: {state.step} steps, checkpoints in {cfg.run_dir / 'checkpoints'}")
+
+
+def _rank_best(state: TrainState, value: float, metric: str, keep: int) -> list[int]:
+    """Put this step's `value` among `state.best_checkpoints` (the `keep` best, best first; the earlier
+    of equal values first); returns the steps that fell out (possibly this one)."""
+    entries = sorted([*state.best_checkpoints, [value, state.step]], key=lambda e: e[0] if metric == "loss" else -e[0])
+    state.best_checkpoints = entries[:keep]
+    return [int(step) for _, step in entries[keep:]]
 
 
 def _weights_finite(model: nn.Module, env: DistEnv, device: torch.device) -> bool:
@@ -367,23 +434,23 @@ VALIDATION_SAMPLES = 2
 
 
 class Validator:
-    """Validation loss over the whole split (+ BLEU/chrF of its first sentences, translated on rank 0), logged."""
+    """Validation loss over the whole split (+ BLEU/chrF of all of it or its first N sentences, translated on rank 0), logged."""
 
     def __init__(self, cfg: TrainConfig, parts: Components, env: DistEnv, device: torch.device,
-                 metrics: MetricsLog | None, display: ProgressDisplay) -> None:
+                 metrics: RunLog | None, display: ProgressDisplay) -> None:
         self.parts, self.env, self.device, self.metrics, self.display = parts, env, device, metrics, display
         self.bf16 = parts.bf16
         tc = cfg.trainer
-        self.translates = tc.valid_translate_sentences > 0 and not _sharded(tc, env)
+        self.translates = tc.valid_translate_sentences != 0 and not _sharded(tc, env)
         if self.translates and env.is_main:  # only rank 0 translates
             self.pairs = list(itertools.islice(read_pairs(cfg.data.corpus, "valid", Skipped()), tc.valid_translate_sentences))
             self.translator = Translator(unwrap(parts.model), parts.tokenizer, *corpus_languages(cfg.data.corpus))
             self.generation = GenerationConfig(beam_size=tc.valid_beam_size)
 
-    def __call__(self, step: int) -> dict[str, float]:
+    def __call__(self, step: int, elapsed_s: float) -> dict[str, float]:
         result = validate(self.parts.model, self.parts.task, self.parts.valid_batches, self.device, self.bf16, self.env)
         samples = []
-        if self.translates:
+        if self.translates and step > 0:  # an untrained model's output runs to the length limit and scores ~0
             # Rank 0 translates (the unwrapped replica, no collectives); the scores reach every rank.
             evaluation = translate_and_score(self.translator, self.pairs, self.generation) if self.env.is_main else None
             scores = evaluation.scores if evaluation else None
@@ -393,7 +460,7 @@ class Validator:
             if evaluation is not None:
                 samples = list(zip(evaluation.hypotheses, evaluation.references))[:VALIDATION_SAMPLES]
         if self.metrics is not None:
-            self.metrics.write({"step": step, "split": "valid", **result})
+            self.metrics.write({"step": step, "split": "valid", **result, "elapsed_s": elapsed_s})
         self.display.message(
             f"valid step {step}: loss {result['loss']:.3f}  nll {result['nll']:.3f}  ppl {result['ppl']:.2f}"
             + (f"  BLEU {result['bleu']:.2f}  chrF {result['chrf']:.2f}  hyp/ref length {result['length_ratio']:.3f}"

@@ -1,0 +1,128 @@
+"""Training curves as a picture, no server needed: `python -m fs2mini.plot RUN_DIR [RUN_DIR ...] -o curves.png`.
+
+Reads each run's `metrics.jsonl` and draws, with matplotlib, train and validation loss, validation
+BLEU and the learning rate against the update step (top row) and against the training loop's wall
+time (bottom row; `elapsed_s`, counted across resumes), several runs on one figure, one colour per
+run: a picture for a paper, a README or a quick look over ssh. TensorBoard (RUN_DIR/tb) is the live
+view; this is the static one, drawn from the same records.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import tyro
+
+from fs2mini.errors import UserError, exit_on_user_error
+
+
+def read_records(run_dir: Path) -> list[dict[str, Any]]:
+    """Every complete record of RUN_DIR/metrics.jsonl, in order (a line cut short by a crash is skipped)."""
+    path = run_dir / "metrics.jsonl"
+    if not run_dir.is_dir():
+        raise UserError(f"run directory {run_dir} does not exist; expected a directory written by python -m fs2mini.train")
+    try:
+        lines = path.read_bytes().decode("utf-8", "replace").splitlines()
+    except OSError as err:
+        raise UserError(f"cannot read {path}: {err.strerror}; expected the metrics of a run written by fs2mini.train") from None
+    records = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record.get("split") in ("train", "valid"):
+            records.append(record)
+    if not records:
+        raise UserError(f"{path} has no train or valid records yet")
+    return records
+
+
+PANELS = (  # (title, y label, [(split, field, line style)]), one column each
+    ("loss", "loss per target token", [("train", "loss", "-"), ("valid", "loss", "o-")]),
+    ("validation BLEU", "BLEU", [("valid", "bleu", "o-")]),
+    ("learning rate", "lr", [("train", "lr", "-")]),
+)
+
+
+def plot_runs(run_dirs: Sequence[Path], output: Path, labels: Sequence[str] | None = None) -> None:
+    """Draw the runs' curves into `output` (PNG, PDF or SVG, by its suffix)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: files only
+    import matplotlib.pyplot as plt
+
+    runs = [read_records(run_dir) for run_dir in run_dirs]
+    labels = list(labels) if labels else _labels(run_dirs)
+    fig, axes = plt.subplots(2, len(PANELS), figsize=(4.2 * len(PANELS), 6.4), squeeze=False)
+    for index, (records, label) in enumerate(zip(runs, labels)):
+        colour = f"C{index % 10}"
+        for column, (_, _, series) in enumerate(PANELS):
+            for split, name, style in series:
+                points = [r for r in records if r["split"] == split and isinstance(r.get(name), (int, float))]
+                if not points:
+                    continue
+                ys = [r[name] for r in points]
+                kwargs = {"color": colour, "markersize": 3, "linewidth": 1.2 if split == "valid" else 0.8,
+                          "alpha": 1.0 if split == "valid" else 0.6,
+                          "label": f"{label} ({split})" if len(series) > 1 else label}
+                axes[0][column].plot([r["step"] for r in points], ys, style, **kwargs)
+                timed = [r for r in points if isinstance(r.get("elapsed_s"), (int, float))]
+                if timed:  # runs from before elapsed_s was logged have no time axis
+                    axes[1][column].plot([r["elapsed_s"] / 60 for r in timed], [r[name] for r in timed], style, **kwargs)
+    for column, (title, ylabel, series) in enumerate(PANELS):
+        for row, xlabel in enumerate(("update step", "training time (min)")):
+            ax = axes[row][column]
+            ax.set_title(title, fontsize=10)
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3)
+            if title == "loss":
+                ax.set_yscale("log")
+            if ax.lines and column == 0 and row == 0:
+                ax.legend(fontsize=7)
+    fig.tight_layout()
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(output, dpi=150)
+    except (OSError, ValueError) as err:
+        raise UserError(f"-o {output}: cannot write the figure ({err}); expected a writable .png, .pdf or .svg path") from None
+    finally:
+        plt.close(fig)
+
+
+def _labels(run_dirs: Sequence[Path]) -> list[str]:
+    """Each run's directory name, or its whole path where two names are the same."""
+    names = [path.resolve().name for path in run_dirs]
+    return [name if names.count(name) == 1 else str(path) for name, path in zip(names, run_dirs)]
+
+
+@dataclass(frozen=True)
+class PlotArgs:
+    """Draw train/valid loss, validation BLEU and lr against step and wall time for one or more runs."""
+
+    run_dirs: tyro.conf.Positional[tuple[Path, ...]]
+    """Run directories written by python -m fs2mini.train (each has a metrics.jsonl)."""
+    output: Annotated[Path, tyro.conf.arg(aliases=("-o",))] = Path("curves.png")
+    """Figure file; .png, .pdf or .svg."""
+    labels: tuple[str, ...] = ()
+    """A legend label per run (default: the directory names)."""
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = tyro.cli(PlotArgs, args=None if argv is None else list(argv))
+    with exit_on_user_error():
+        if not args.run_dirs:
+            raise UserError("give at least one run directory")
+        if args.labels and len(args.labels) != len(args.run_dirs):
+            raise UserError(f"--labels: {len(args.labels)} labels for {len(args.run_dirs)} runs; expected one per run")
+        plot_runs(args.run_dirs, args.output, args.labels)
+        print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
