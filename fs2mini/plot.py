@@ -51,13 +51,25 @@ PANELS = (  # (title, y label, [(split, field, line style)]), one column each
 
 def plot_runs(run_dirs: Sequence[Path], output: Path, labels: Sequence[str] | None = None) -> None:
     """Draw the runs' curves into `output` (PNG, PDF or SVG, by its suffix)."""
+    import matplotlib.pyplot as plt
+
+    fig = draw([read_records(run_dir) for run_dir in run_dirs], list(labels) if labels else _labels(run_dirs))
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(output, dpi=150)
+    except (OSError, ValueError) as err:
+        raise UserError(f"-o {output}: cannot write the figure ({err}); expected a writable .png, .pdf or .svg path") from None
+    finally:
+        plt.close(fig)
+
+
+def draw(runs: Sequence[list[dict[str, Any]]], labels: Sequence[str]) -> Any:
+    """A matplotlib Figure: one column per `PANELS` entry, x = step (top row) and minutes (bottom row)."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display: files only
     import matplotlib.pyplot as plt
 
-    runs = [read_records(run_dir) for run_dir in run_dirs]
-    labels = list(labels) if labels else _labels(run_dirs)
     fig, axes = plt.subplots(2, len(PANELS), figsize=(4.2 * len(PANELS), 6.4), squeeze=False)
     for index, (records, label) in enumerate(zip(runs, labels)):
         colour = f"C{index % 10}"
@@ -86,13 +98,7 @@ def plot_runs(run_dirs: Sequence[Path], output: Path, labels: Sequence[str] | No
             if ax.lines and column == 0 and row == 0:
                 ax.legend(fontsize=7)
     fig.tight_layout()
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(output, dpi=150)
-    except (OSError, ValueError) as err:
-        raise UserError(f"-o {output}: cannot write the figure ({err}); expected a writable .png, .pdf or .svg path") from None
-    finally:
-        plt.close(fig)
+    return fig
 
 
 def _labels(run_dirs: Sequence[Path]) -> list[str]:
