@@ -27,7 +27,7 @@ from torch import Tensor
 from fs2mini.corpus import CORPORA, Split, corpus_languages, read_pairs
 from fs2mini.errors import UserError
 from fs2mini.pipeline import Skipped, batch_by_max_tokens, chunk, shard, shuffle_window
-from fs2mini.tokenizer import SUFFIX, Tokenizer
+from fs2mini.tokenizer import Tokenizer
 
 
 # The built-in corpora as a type (the command line rebuilds it with a recipe's own corpora added).
@@ -111,7 +111,7 @@ class Rows:
 
 def encode_rows(tokenizer: Tokenizer, texts: list[str], prefix: list[int]) -> Rows:
     """`prefix pieces </s>` for each text (the layout of `Tokenizer.encode_source/encode_target`), as `Rows`."""
-    return Rows.from_lists(tokenizer.piece_ids(texts), prefix, SUFFIX)
+    return Rows.from_lists(tokenizer.piece_ids(texts), prefix, tokenizer.suffix)
 
 
 def collate(examples: list[tuple[list[int], list[int]]], pad_idx: int) -> Seq2SeqBatch:

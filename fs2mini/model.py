@@ -112,6 +112,10 @@ class ModelConfig:
     """Dropout on attention weights (NLLB configures it apart from dropout_p)."""
     ffn_dropout_p: float = 0.1
     """Dropout after the FFN activation (fairseq's activation_dropout)."""
+    position_offset: int = 0
+    """Row of the sinusoidal table used by the first token (Hugging Face M2M100/NLLB: pad_idx + 1, as fairseq)."""
+    scale_embeddings: bool = True
+    """Multiply token embeddings by √model_dim (NLLB and fairseq do; M2M100's `scale_embedding`)."""
 
 
     def build(self, vocab: VocabInfo) -> EncoderDecoderModel:
@@ -126,7 +130,8 @@ class ModelConfig:
                     num_decoder_layers=self.num_decoder_layers, num_encoder_attn_heads=self.num_encoder_attn_heads,
                     num_decoder_attn_heads=self.num_decoder_attn_heads, ffn_inner_dim=self.ffn_inner_dim,
                     dropout_p=self.dropout_p, attention_dropout_p=self.attention_dropout_p,
-                    ffn_dropout_p=self.ffn_dropout_p)
+                    ffn_dropout_p=self.ffn_dropout_p, position_offset=self.position_offset,
+                    scale_embeddings=self.scale_embeddings)
 
 
 # Named presets. The CLI offers them as `model:NAME` subcommands (underscores become dashes);
@@ -157,6 +162,8 @@ def check_model_config(cfg: ModelConfig) -> None:
     ]:
         if value <= 0:
             raise UserError(f"{flag} must be a positive integer, got {value}")
+    if cfg.position_offset < 0:
+        raise UserError(f"--model.position-offset must be >= 0, got {cfg.position_offset}")
     for flag, heads in [
         ("--model.num-encoder-attn-heads", cfg.num_encoder_attn_heads),
         ("--model.num-decoder-attn-heads", cfg.num_decoder_attn_heads),
@@ -427,14 +434,17 @@ class EncoderDecoderModel(nn.Module):
         dropout_p: float,
         attention_dropout_p: float,
         ffn_dropout_p: float,
+        position_offset: int = 0,
+        scale_embeddings: bool = True,
     ) -> None:
         super().__init__()
         self.pad_idx = pad_idx
         self.model_dim = model_dim
         self.max_seq_len = max_seq_len
         self.embed = nn.Embedding(vocab_size, model_dim, padding_idx=pad_idx)
-        self.register_buffer("positions", sinusoidal_positions(max_seq_len, model_dim), persistent=False)
-        self.embed_scale = math.sqrt(model_dim)
+        self.position_offset = position_offset
+        self.register_buffer("positions", sinusoidal_positions(position_offset + max_seq_len, model_dim), persistent=False)
+        self.embed_scale = math.sqrt(model_dim) if scale_embeddings else 1.0
         self.dropout = Dropout(dropout_p)
         self.encoder_layers = nn.ModuleList(
             EncoderLayer(model_dim, num_encoder_attn_heads, ffn_inner_dim, dropout_p, attention_dropout_p, ffn_dropout_p)
@@ -468,8 +478,10 @@ class EncoderDecoderModel(nn.Module):
     def position_embeddings(self, offset: int, seq_len: int) -> Tensor:
         """(seq_len, model_dim) added to the embeddings of positions offset … offset+seq_len-1.
 
-        Sinusoidal here; a subclass may learn them instead (recipes/custom_model.py)."""
-        return self.positions[offset : offset + seq_len]
+        Sinusoidal here, starting at row `position_offset` of the table; a subclass may learn them
+        instead (recipes/custom_model.py)."""
+        start = self.position_offset + offset
+        return self.positions[start : start + seq_len]
 
     def encoder_mask(self, source_lengths: Tensor, src_len: int) -> Tensor:
         """(batch, 1, 1, src_len) True where a key is a real token, shaped to broadcast over heads and queries."""

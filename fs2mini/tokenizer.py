@@ -22,11 +22,12 @@ the checkpoint instead of training a new one.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sys
 import tempfile
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,7 +39,7 @@ from fs2mini.vocab import VocabInfo
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 SUFFIX = [EOS_ID]
-"""The end of every source and target sequence."""
+"""The end of every source and target sequence in fs2mini's own layout (`Tokenizer.suffix` in any layout)."""
 
 
 @dataclass(frozen=True)
@@ -61,12 +62,70 @@ def lang_token(lang: str) -> str:
     return f"__{lang}__"
 
 
+LAYOUT_FILE = "tokenizer_layout.json"
+"""Beside a run directory's tokenizer.model when the model's ids are not fs2mini's own (an imported NLLB/M2M100)."""
+
+
+@dataclass(frozen=True)
+class TokenizerLayout:
+    """How a model's token ids relate to the sentencepiece model's; the defaults are fs2mini's own layout.
+
+    NLLB (fairseq's dictionary): <s>=0 <pad>=1 </s>=2 <unk>=3, piece i of the sentencepiece model
+    at i + 1 (its own <unk> <s> </s> at 0-2 are never produced as pieces), then the language codes
+    (eng_Latn, ...) appended after the pieces, then <mask>. `vocab_size` is the embedding table's
+    row count, which may exceed the ids used.
+    """
+
+    pad_id: int = PAD_ID
+    """Model id of padding."""
+    unk_id: int = UNK_ID
+    """Model id of the unknown piece (sentencepiece's <unk> maps here)."""
+    bos_id: int = BOS_ID
+    """Model id of <s> (never generated)."""
+    eos_id: int = EOS_ID
+    """Model id of </s>: ends every sequence and starts the decoder."""
+    piece_offset: int = 0
+    """Model id of sentencepiece piece i is i + piece_offset."""
+    vocab_size: int | None = None
+    """Size of the model's vocabulary; None: the sentencepiece model's size."""
+    lang_ids: dict[str, int] = field(default_factory=dict)
+    """Language code → model id of its token; empty: the `__lang__` pieces of the sentencepiece model."""
+
+    def to_json(self) -> str:
+        return json.dumps({"pad_id": self.pad_id, "unk_id": self.unk_id, "bos_id": self.bos_id, "eos_id": self.eos_id,
+                           "piece_offset": self.piece_offset, "vocab_size": self.vocab_size,
+                           "lang_ids": self.lang_ids}, indent=1) + "\n"
+
+
+def read_layout(path: Path) -> TokenizerLayout:
+    """The layout in `path` (a `LAYOUT_FILE`), or one sentence saying what is wrong with it."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        layout = TokenizerLayout(**raw)
+        ints = [layout.pad_id, layout.unk_id, layout.bos_id, layout.eos_id, layout.piece_offset, *layout.lang_ids.values()]
+        if not all(isinstance(i, int) and i >= 0 for i in ints) or not all(isinstance(k, str) for k in layout.lang_ids):
+            raise ValueError("ids must be integers >= 0")
+    except (OSError, ValueError, TypeError) as err:
+        raise UserError(f"{path} is not a tokenizer layout ({err}); expected the JSON written by fs2mini.hf import") from None
+    return layout
+
+
 class Tokenizer:
     """A sentencepiece model plus the language-token layout described in the module docstring."""
 
-    def __init__(self, model_path: Path, langs: Sequence[str], model_bytes: bytes | None = None) -> None:
-        """Load `model_path`, or `model_bytes` (a copy kept in a checkpoint) when given."""
+    def __init__(self, model_path: Path, langs: Sequence[str], model_bytes: bytes | None = None,
+                 layout: TokenizerLayout | None = None) -> None:
+        """Load `model_path`, or `model_bytes` (a copy kept in a checkpoint) when given.
+
+        `layout`: the model's ids (see `TokenizerLayout`); by default the `LAYOUT_FILE` beside
+        `model_path` when there is one, else fs2mini's own layout."""
         self.model_path = Path(model_path)
+        layout_path = self.model_path.with_name(LAYOUT_FILE)
+        if layout is None:
+            layout = read_layout(layout_path) if layout_path.is_file() else TokenizerLayout()
+        self.layout = layout
+        self.suffix = [layout.eos_id]
+        """The end of every source and target sequence: `</s>`."""
         try:
             self.model_bytes = self.model_path.read_bytes() if model_bytes is None else model_bytes
             self.sp = spm.SentencePieceProcessor(model_proto=self.model_bytes)
@@ -77,26 +136,44 @@ class Tokenizer:
         self.langs = tuple(langs)
         self.lang_ids = {}
         for lang in self.langs:
+            if layout.lang_ids:
+                if lang not in layout.lang_ids:
+                    codes = sorted(layout.lang_ids)
+                    raise UserError(f"unknown language code {lang!r} for tokenizer {self.model_path}; expected one of "
+                                    f"{', '.join(codes[:8])}{', ...' if len(codes) > 8 else ''} ({len(codes)} codes in "
+                                    f"{layout_path.name})")
+                self.lang_ids[lang] = layout.lang_ids[lang]
+                continue
             piece_id = self.sp.piece_to_id(lang_token(lang))
-            if piece_id == UNK_ID:
+            if piece_id == self.sp.unk_id():
                 raise UserError(f"tokenizer {self.model_path} has no language token {lang_token(lang)}")
-            self.lang_ids[lang] = piece_id
-        self.vocab_info = VocabInfo(self.sp.get_piece_size(), PAD_ID, BOS_ID, EOS_ID, UNK_ID)
-        self._special_ids = {PAD_ID, BOS_ID, EOS_ID, *self.lang_ids.values()}
+            self.lang_ids[lang] = piece_id + layout.piece_offset
+        num_pieces = self.sp.get_piece_size()
+        size = layout.vocab_size if layout.vocab_size is not None else num_pieces + layout.piece_offset
+        self.vocab_info = VocabInfo(size, layout.pad_id, layout.bos_id, layout.eos_id, layout.unk_id)
+        self._special_ids = {layout.pad_id, layout.bos_id, layout.eos_id, *self.lang_ids.values()}
+        # Model id ↔ sentencepiece id, when they differ (None: the same, fs2mini's own layout).
+        self._sp_unk = self.sp.unk_id()
+        self._identity = layout.piece_offset == 0 and layout.unk_id == self._sp_unk
+        self._piece_range = range(layout.piece_offset, layout.piece_offset + num_pieces)
 
     def encode_source(self, texts: list[str], lang: str) -> list[list[int]]:
         """`__lang__ pieces </s>` for each text (batch call: sentencepiece encodes in C++)."""
         prefix = self.source_prefix(lang)
-        return [prefix + ids + SUFFIX for ids in self.piece_ids(texts)]
+        return [prefix + ids + self.suffix for ids in self.piece_ids(texts)]
 
     def encode_target(self, texts: list[str], lang: str) -> list[list[int]]:
         """`</s> __lang__ pieces </s>`: the decoder input is [:-1] and the expected output [1:]."""
         prefix = self.target_prefix(lang)
-        return [prefix + ids + SUFFIX for ids in self.piece_ids(texts)]
+        return [prefix + ids + self.suffix for ids in self.piece_ids(texts)]
 
     def piece_ids(self, texts: list[str]) -> list[list[int]]:
-        """Piece ids of each text without any special token; `prefix + piece_ids + SUFFIX` is a sequence."""
-        return self.sp.encode(texts)
+        """Piece ids of each text without any special token; `prefix + piece_ids + suffix` is a sequence."""
+        ids = self.sp.encode(texts)
+        if self._identity:
+            return ids
+        unk, sp_unk, offset = self.layout.unk_id, self._sp_unk, self.layout.piece_offset
+        return [[unk if i == sp_unk else i + offset for i in row] for row in ids]
 
     def source_prefix(self, lang: str) -> list[int]:
         """The start of every source sequence: `__lang__`."""
@@ -104,14 +181,26 @@ class Tokenizer:
 
     def target_prefix(self, lang: str) -> list[int]:
         """The forced start of every target sequence: `</s> __lang__`."""
-        return [EOS_ID, self.lang_ids[lang]]
+        return [self.layout.eos_id, self.lang_ids[lang]]
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text for token ids, without pad/bos/eos/language tokens."""
-        return self.sp.decode([i for i in ids if i not in self._special_ids])
+        return self.sp.decode([self._sp_id(i) for i in ids if i not in self._special_ids and self._sp_id(i) is not None])
 
     def pieces(self, ids: Iterable[int]) -> list[str]:
-        return [self.sp.id_to_piece(i) for i in ids]
+        names = {i: lang for lang, i in self.layout.lang_ids.items()}
+        return [self.sp.id_to_piece(sp_id) if (sp_id := self._sp_id(i)) is not None else names.get(i, f"<{i}>")
+                for i in ids]
+
+    def _sp_id(self, model_id: int) -> int | None:
+        """The sentencepiece id of a model id; None for ids outside the sentencepiece model (language codes, <mask>)."""
+        if self._identity:
+            return model_id
+        if model_id == self.layout.unk_id:
+            return self._sp_unk
+        if model_id == self.layout.eos_id:
+            return self.sp.eos_id()
+        return model_id - self.layout.piece_offset if model_id in self._piece_range else None
 
 
 def tokenizer_record(tokenizer: Tokenizer) -> dict[str, Any]:

@@ -1,0 +1,403 @@
+"""Hugging Face M2M100/NLLB checkpoints in and out: `python -m fs2mini.hf import SRC RUN_DIR` and `export RUN_DIR OUT`.
+
+`import` reads an `M2M100ForConditionalGeneration` directory in `save_pretrained` layout
+(config.json, model.safetensors, sentencepiece.bpe.model, tokenizer_config.json) or a Hub id
+(fetched with `huggingface_hub`), and writes an fs2mini run directory: config.json,
+tokenizer.model with tokenizer_layout.json beside it (NLLB's ids are not fs2mini's own, see
+`fs2mini.tokenizer.TokenizerLayout`), and checkpoints/best.pt. `translate`, `evaluate`,
+`Translator.from_run` and recipes/finetune_nllb.py use that directory as any other run.
+`export` writes the reverse: a directory `transformers.AutoModelForSeq2SeqLM` and `AutoTokenizer`
+load. Neither needs `transformers`: weights go through `safetensors`, never through pickle (a
+pytorch_model.bin is refused rather than unpickled).
+
+The two models compute the same function (README, "Start from NLLB" lists every convention):
+fs2mini fuses q/k/v (self-attention) and k/v (encoder–decoder attention) into one projection, so
+their weights and biases are concatenated on import and split on export; everything else maps
+one to one. HF's positions are rows `pad_idx + 1 + j` of the sinusoidal table, which is
+`ModelConfig.position_offset = pad_idx + 1`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Annotated, Any
+
+import torch
+import tyro
+from torch import Tensor
+
+from fs2mini.checkpoint import save_atomically
+from fs2mini.config import TrainConfig, load_config, save_config
+from fs2mini.corpus import TsvCorpus
+from fs2mini.data import DataConfig
+from fs2mini.errors import UserError, exit_on_user_error
+from fs2mini.model import ModelConfig, build_model
+from fs2mini.tokenizer import LAYOUT_FILE, Tokenizer, TokenizerConfig, TokenizerLayout, tokenizer_record
+
+SPM_FILE = "sentencepiece.bpe.model"
+"""The sentencepiece model's name in a Hugging Face NLLB/M2M100 directory."""
+NLLB_SPECIALS = {"bos_id": 0, "pad_id": 1, "eos_id": 2, "unk_id": 3}
+"""fairseq's dictionary: <s> <pad> </s> <unk> first, then the sentencepiece pieces shifted by one."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Configs
+
+
+def model_config_from_hf(hf: dict[str, Any], where: Path) -> ModelConfig:
+    """The fs2mini shape of an M2M100 config.json, or one sentence naming what fs2mini cannot represent."""
+    arch = hf.get("architectures") or []
+    if hf.get("model_type") != "m2m_100" or (arch and "M2M100ForConditionalGeneration" not in arch):
+        raise UserError(f"{where} describes model_type {hf.get('model_type')!r} ({', '.join(arch) or 'no architectures'}); "
+                        "expected an M2M100/NLLB checkpoint (model_type 'm2m_100', M2M100ForConditionalGeneration)")
+    for key, expected in [("activation_function", "relu"), ("tie_word_embeddings", True)]:
+        if hf.get(key, expected) != expected:
+            raise UserError(f"{where}: {key} is {hf[key]!r}; fs2mini supports {expected!r} only")
+    if hf.get("encoder_ffn_dim") != hf.get("decoder_ffn_dim"):
+        raise UserError(f"{where}: encoder_ffn_dim {hf.get('encoder_ffn_dim')} differs from decoder_ffn_dim "
+                        f"{hf.get('decoder_ffn_dim')}; fs2mini expects one ffn_inner_dim")
+    try:
+        return ModelConfig(
+            model_dim=int(hf["d_model"]), max_seq_len=int(hf["max_position_embeddings"]),
+            num_encoder_layers=int(hf["encoder_layers"]), num_decoder_layers=int(hf["decoder_layers"]),
+            num_encoder_attn_heads=int(hf["encoder_attention_heads"]), num_decoder_attn_heads=int(hf["decoder_attention_heads"]),
+            ffn_inner_dim=int(hf["encoder_ffn_dim"]), dropout_p=float(hf.get("dropout", 0.1)),
+            attention_dropout_p=float(hf.get("attention_dropout", 0.1)), ffn_dropout_p=float(hf.get("activation_dropout", 0.0)),
+            position_offset=int(hf["pad_token_id"]) + 1, scale_embeddings=bool(hf.get("scale_embedding", True)))
+    except (KeyError, TypeError, ValueError) as err:
+        raise UserError(f"{where} lacks or mangles {err}; expected an M2M100 config.json") from None
+
+
+def hf_config(model: ModelConfig, layout: TokenizerLayout, vocab_size: int) -> dict[str, Any]:
+    """M2M100 config.json for an fs2mini model (the inverse of `model_config_from_hf`)."""
+    if model.position_offset != layout.pad_id + 1:
+        raise UserError(f"model position_offset {model.position_offset} is not pad_idx + 1 = {layout.pad_id + 1}; "
+                        "Hugging Face M2M100 can only express that layout")
+    return {
+        "architectures": ["M2M100ForConditionalGeneration"], "model_type": "m2m_100", "vocab_size": vocab_size,
+        "d_model": model.model_dim, "max_position_embeddings": model.max_seq_len,
+        "encoder_layers": model.num_encoder_layers, "decoder_layers": model.num_decoder_layers,
+        "encoder_attention_heads": model.num_encoder_attn_heads, "decoder_attention_heads": model.num_decoder_attn_heads,
+        "encoder_ffn_dim": model.ffn_inner_dim, "decoder_ffn_dim": model.ffn_inner_dim, "activation_function": "relu",
+        "dropout": model.dropout_p, "attention_dropout": model.attention_dropout_p,
+        "activation_dropout": model.ffn_dropout_p, "encoder_layerdrop": 0.0, "decoder_layerdrop": 0.0,
+        "scale_embedding": model.scale_embeddings, "init_std": 0.02, "use_cache": True, "is_encoder_decoder": True,
+        "pad_token_id": layout.pad_id, "bos_token_id": layout.bos_id, "eos_token_id": layout.eos_id,
+        "decoder_start_token_id": layout.eos_id, "tie_word_embeddings": True, "torch_dtype": "float32",
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Weights
+
+
+def _layer_names(prefix: str, decoder: bool) -> list[tuple[str, str]]:
+    """(fs2mini name, HF name) of one layer's unfused parameters, without .weight/.bias."""
+    names = [("self_attn.out_proj", "self_attn.out_proj"), ("self_attn_norm", "self_attn_layer_norm"),
+             ("ffn.inner_proj", "fc1"), ("ffn.out_proj", "fc2"), ("ffn_norm", "final_layer_norm")]
+    if decoder:
+        names += [("encoder_decoder_attn.q_proj", "encoder_attn.q_proj"),
+                  ("encoder_decoder_attn.out_proj", "encoder_attn.out_proj"),
+                  ("encoder_decoder_attn_norm", "encoder_attn_layer_norm")]
+    return names
+
+
+def fs2mini_state_from_hf(hf: dict[str, Tensor], cfg: ModelConfig, where: Path) -> dict[str, Tensor]:
+    """fs2mini's state dict from an M2M100 one (q/k/v and k/v concatenated; the shared table once)."""
+    def take(name: str) -> Tensor:
+        for key in (name, name.removeprefix("model.")):
+            if key in hf:
+                return hf[key]
+        raise UserError(f"{where} has no tensor {name}; expected every weight of an M2M100 model")
+
+    shared = next((hf[k] for k in ("model.shared.weight", "model.encoder.embed_tokens.weight", "lm_head.weight",
+                                   "shared.weight") if k in hf), None)
+    if shared is None:
+        raise UserError(f"{where} has no model.shared.weight; expected the embedding table of an M2M100 model")
+    out = {"embed.weight": shared, "encoder_norm.weight": take("model.encoder.layer_norm.weight"),
+           "encoder_norm.bias": take("model.encoder.layer_norm.bias"),
+           "decoder_norm.weight": take("model.decoder.layer_norm.weight"),
+           "decoder_norm.bias": take("model.decoder.layer_norm.bias")}
+    for side, ours, count in [("encoder", "encoder_layers", cfg.num_encoder_layers),
+                              ("decoder", "decoder_layers", cfg.num_decoder_layers)]:
+        for i in range(count):
+            theirs = f"model.{side}.layers.{i}"
+            for p in ("weight", "bias"):
+                for fs_name, hf_name in _layer_names(theirs, side == "decoder"):
+                    out[f"{ours}.{i}.{fs_name}.{p}"] = take(f"{theirs}.{hf_name}.{p}")
+                out[f"{ours}.{i}.self_attn.qkv_proj.{p}"] = torch.cat(
+                    [take(f"{theirs}.self_attn.{x}_proj.{p}") for x in "qkv"])
+                if side == "decoder":
+                    out[f"{ours}.{i}.encoder_decoder_attn.kv_proj.{p}"] = torch.cat(
+                        [take(f"{theirs}.encoder_attn.{x}_proj.{p}") for x in "kv"])
+    return out
+
+
+def hf_state_from_fs2mini(state: dict[str, Tensor], cfg: ModelConfig) -> dict[str, Tensor]:
+    """The inverse of `fs2mini_state_from_hf`: M2M100 names, fused projections split, contiguous copies."""
+    out = {"model.shared.weight": state["embed.weight"], "model.encoder.layer_norm.weight": state["encoder_norm.weight"],
+           "model.encoder.layer_norm.bias": state["encoder_norm.bias"],
+           "model.decoder.layer_norm.weight": state["decoder_norm.weight"],
+           "model.decoder.layer_norm.bias": state["decoder_norm.bias"]}
+    for side, ours, count in [("encoder", "encoder_layers", cfg.num_encoder_layers),
+                              ("decoder", "decoder_layers", cfg.num_decoder_layers)]:
+        for i in range(count):
+            theirs = f"model.{side}.layers.{i}"
+            for p in ("weight", "bias"):
+                for fs_name, hf_name in _layer_names(theirs, side == "decoder"):
+                    out[f"{theirs}.{hf_name}.{p}"] = state[f"{ours}.{i}.{fs_name}.{p}"]
+                for x, part in zip("qkv", state[f"{ours}.{i}.self_attn.qkv_proj.{p}"].chunk(3)):
+                    out[f"{theirs}.self_attn.{x}_proj.{p}"] = part
+                if side == "decoder":
+                    for x, part in zip("kv", state[f"{ours}.{i}.encoder_decoder_attn.kv_proj.{p}"].chunk(2)):
+                        out[f"{theirs}.encoder_attn.{x}_proj.{p}"] = part
+    return {k: v.detach().float().contiguous().clone() for k, v in out.items()}
+
+
+def read_safetensors(src: Path) -> dict[str, Tensor]:
+    """Every tensor of model.safetensors (or its shards); pytorch_model.bin is refused, never unpickled."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    index = src / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    elif (src / "model.safetensors").is_file():
+        files = ["model.safetensors"]
+    elif (src / "pytorch_model.bin").is_file():
+        raise UserError(f"{src / 'pytorch_model.bin'} is a pickle, which fs2mini never loads from outside; expected "
+                        "model.safetensors (transformers: model.save_pretrained(dir, safe_serialization=True))")
+    else:
+        raise UserError(f"{src} has no model.safetensors; expected a Hugging Face save_pretrained directory")
+    tensors: dict[str, Tensor] = {}
+    for name in files:
+        try:
+            tensors.update(load_file(str(src / name)))
+        except (SafetensorError, OSError) as err:
+            raise UserError(f"cannot read {src / name}: {err}; expected a safetensors file") from None
+    return tensors
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenizer
+
+
+def nllb_layout(src: Path, num_pieces: int, vocab_size: int) -> TokenizerLayout:
+    """NLLB's ids: fairseq specials, pieces + 1, language codes from tokenizer_config.json after the pieces."""
+    config_path = src / "tokenizer_config.json"
+    tok_cfg = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+    if "vocab.json" in os.listdir(src) and tok_cfg.get("tokenizer_class") != "NllbTokenizer":
+        raise UserError(f"{src / 'vocab.json'}: M2M100's own (vocab.json) tokenizer is not supported yet; "
+                        "expected an NLLB tokenizer (sentencepiece.bpe.model + tokenizer_config.json)")
+    first = num_pieces + 1  # fairseq's offset of 1
+    decoder = tok_cfg.get("added_tokens_decoder") or {}
+    added = {entry["content"]: int(i) for i, entry in decoder.items() if int(i) >= first}
+    codes = [c for c in added if c != "<mask>"]
+    if not codes:
+        from_list = tok_cfg.get("extra_special_tokens") or tok_cfg.get("additional_special_tokens")
+        if not from_list:
+            raise UserError(f"{config_path} names no language codes; expected added_tokens_decoder or "
+                            "additional_special_tokens listing eng_Latn-style codes")
+        added = {code: first + k for k, code in enumerate(from_list)}
+        codes = list(added)
+    lang_ids = {code: added[code] for code in codes}
+    top = max(lang_ids.values())
+    if top >= vocab_size:
+        raise UserError(f"{src / SPM_FILE} has {num_pieces} pieces and {len(codes)} language codes (ids up to {top}), "
+                        f"which do not fit the model's vocab_size {vocab_size}; expected the tokenizer of this model")
+    return TokenizerLayout(**NLLB_SPECIALS, piece_offset=1, vocab_size=vocab_size, lang_ids=lang_ids)
+
+
+# ---------------------------------------------------------------------------------------------
+# Import and export
+
+
+def fetch(src: str) -> Path:
+    """A local directory as is; otherwise a Hub id downloaded (safetensors and tokenizer files only)."""
+    path = Path(src)
+    if path.exists():
+        if not path.is_dir():
+            raise UserError(f"{path} is not a directory; expected a Hugging Face save_pretrained directory")
+        return path
+    if src.count("/") != 1:
+        raise UserError(f"{src} does not exist; expected a local directory or a Hub id such as facebook/nllb-200-distilled-600M")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(src, allow_patterns=["*.json", "*.safetensors", "*.model"]))
+    except Exception as err:  # network, authentication, unknown repository: one sentence
+        raise UserError(f"cannot fetch {src} from the Hugging Face Hub ({type(err).__name__}: {err}); "
+                        "expected a reachable Hub id or a local directory") from None
+
+
+def import_checkpoint(src: str, run_dir: Path, source_lang: str, target_lang: str) -> Path:
+    """Write `run_dir` (config.json, tokenizer.model + tokenizer_layout.json, checkpoints/best.pt) from `src`.
+
+    Built in a temporary sibling directory and renamed at the end, so a failure leaves nothing behind."""
+    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+        raise UserError(f"{run_dir} already exists; expected a new run directory")
+    path = fetch(src)
+    config_path = path / "config.json"
+    try:
+        hf = json.loads(config_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{config_path} does not exist; expected a Hugging Face save_pretrained directory") from None
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot read {config_path} ({err}); expected a Hugging Face config.json") from None
+    model_cfg = model_config_from_hf(hf, config_path)
+    vocab_size = int(hf.get("vocab_size", 0))
+    spm_path = path / SPM_FILE
+    if not spm_path.is_file():
+        raise UserError(f"{spm_path} does not exist; expected the checkpoint's sentencepiece model")
+    spm_bytes = spm_path.read_bytes()
+    import sentencepiece as spm
+
+    try:
+        num_pieces = spm.SentencePieceProcessor(model_proto=spm_bytes).get_piece_size()
+    except RuntimeError as err:
+        raise UserError(f"cannot load {spm_path}: {err}; expected a sentencepiece model") from None
+    layout = nllb_layout(path, num_pieces, vocab_size)
+    state = fs2mini_state_from_hf(read_safetensors(path), model_cfg, path)
+    cfg = TrainConfig(run_name=run_dir.name, output_dir=run_dir.resolve(), model=model_cfg,
+                      tokenizer=TokenizerConfig(vocab_size=vocab_size),
+                      data=DataConfig(corpus=TsvCorpus(source_lang=source_lang, target_lang=target_lang)))
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.", dir=run_dir.parent))
+    try:
+        (tmp / "tokenizer.model").write_bytes(spm_bytes)
+        (tmp / LAYOUT_FILE).write_text(layout.to_json(), encoding="utf-8")
+        tokenizer = Tokenizer(tmp / "tokenizer.model", (source_lang, target_lang))  # checks the language codes
+        model = build_model(model_cfg, tokenizer.vocab_info)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as err:
+            lines = str(err).splitlines()
+            raise UserError(f"{path} does not fit its config.json: {(lines[1] if len(lines) > 1 else lines[0]).strip()}") from None
+        save_config(cfg, tmp / "config.json")
+        (tmp / "checkpoints").mkdir()
+        save_atomically({"model": model.state_dict(), "config": json.loads((tmp / "config.json").read_text()),
+                         "tokenizer": tokenizer_record(tokenizer), "step": 0, "imported_from": str(src)},
+                        tmp / "checkpoints" / "best.pt")
+        if run_dir.exists():
+            run_dir.rmdir()
+        os.replace(tmp, run_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return run_dir
+
+
+def export_run(run_dir: Path, out: Path, checkpoint: str | None = None) -> Path:
+    """Write `out`: config.json, model.safetensors, sentencepiece.bpe.model and tokenizer files for transformers."""
+    from safetensors.torch import save_file
+
+    from fs2mini.translate import find_checkpoints, load_first_readable
+
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"{out} already exists; expected a new directory")
+    cfg = load_config(run_dir / "config.json")
+    if type(cfg.model) is not ModelConfig and not isinstance(cfg.model, ModelConfig):
+        raise UserError(f"{run_dir / 'config.json'}: model {type(cfg.model).__qualname__} is not fs2mini's ModelConfig; "
+                        "only the built-in architecture exports to M2M100")
+    ckpt_path, state = load_first_readable(find_checkpoints(run_dir, checkpoint))
+    tokenizer = Tokenizer(run_dir / "tokenizer.model", ())
+    layout = tokenizer.layout
+    if layout.piece_offset != 1 or not layout.lang_ids:
+        raise UserError(f"{run_dir / 'tokenizer.model'} uses fs2mini's own id layout; expected a run imported with "
+                        "python -m fs2mini.hf import (NLLB ids), the only layout transformers' NllbTokenizer reads")
+    vocab_size = tokenizer.vocab_info.size
+    codes = sorted(layout.lang_ids, key=layout.lang_ids.get)
+    expected = list(range(tokenizer.sp.get_piece_size() + 1, tokenizer.sp.get_piece_size() + 1 + len(codes)))
+    if [layout.lang_ids[c] for c in codes] != expected:
+        raise UserError(f"{run_dir / LAYOUT_FILE}: language ids are not consecutive after the pieces; NllbTokenizer "
+                        "cannot express them")
+    model_state = {k: v for k, v in state["model"].items()}
+    hf_state = hf_state_from_fs2mini(model_state, replace(cfg.model))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        save_file(hf_state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(hf_config(cfg.model, layout, vocab_size), indent=2) + "\n")
+        (tmp / "generation_config.json").write_text(json.dumps(
+            {"decoder_start_token_id": layout.eos_id, "bos_token_id": layout.bos_id, "eos_token_id": layout.eos_id,
+             "pad_token_id": layout.pad_id}, indent=2) + "\n")
+        (tmp / SPM_FILE).write_bytes(tokenizer.model_bytes)
+        source_lang, target_lang = cfg.data.corpus.languages()
+        specials = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>",
+                    "sep_token": "</s>", "cls_token": "<s>", "mask_token": "<mask>"}
+        # Explicit ids: NLLB puts the codes right after the pieces and <mask> last (left to itself,
+        # transformers 5 converting the sentencepiece model would put <mask> before the codes).
+        added = {0: "<s>", 1: "<pad>", 2: "</s>", 3: "<unk>", **{layout.lang_ids[c]: c for c in codes},
+                 **({expected[-1] + 1: "<mask>"} if expected[-1] + 1 < vocab_size else {})}
+        decoder = {str(i): {"content": text, "lstrip": text == "<mask>", "normalized": False, "rstrip": False,
+                            "single_word": False, "special": True} for i, text in added.items()}
+        (tmp / "tokenizer_config.json").write_text(json.dumps(
+            {"tokenizer_class": "NllbTokenizer", **specials, "additional_special_tokens": codes,
+             "added_tokens_decoder": decoder,
+             "src_lang": source_lang if source_lang in layout.lang_ids else codes[0],
+             "tgt_lang": target_lang if target_lang in layout.lang_ids else None,
+             "legacy_behaviour": False, "model_max_length": cfg.model.max_seq_len}, indent=2) + "\n")
+        (tmp / "special_tokens_map.json").write_text(json.dumps({**specials, "additional_special_tokens": codes}, indent=2) + "\n")
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    print(f"exported {ckpt_path} to {out}", file=sys.stderr)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+@dataclass(frozen=True)
+class ImportArgs:
+    """Import a Hugging Face M2M100/NLLB checkpoint into a new fs2mini run directory."""
+
+    src: tyro.conf.Positional[str]
+    """save_pretrained directory, or a Hub id such as facebook/nllb-200-distilled-600M."""
+    run_dir: tyro.conf.Positional[Path]
+    """New run directory to write."""
+    source_lang: str = "eng_Latn"
+    """Default source language code of the run (translate --source-lang overrides it)."""
+    target_lang: str = "fra_Latn"
+    """Default target language code of the run (translate --target-lang overrides it)."""
+
+
+@dataclass(frozen=True)
+class ExportArgs:
+    """Export an imported (or fine-tuned) run to a directory transformers loads."""
+
+    run_dir: tyro.conf.Positional[Path]
+    """Run directory (imported with `fs2mini.hf import`, possibly fine-tuned)."""
+    out: tyro.conf.Positional[Path]
+    """New directory to write."""
+    checkpoint: str | None = None
+    """Checkpoint file or name in RUN_DIR/checkpoints; default best.pt, else the newest step."""
+
+
+Command = (Annotated[ImportArgs, tyro.conf.subcommand("import")] | Annotated[ExportArgs, tyro.conf.subcommand("export")])
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = tyro.cli(Command, args=None if argv is None else list(argv))
+    with exit_on_user_error():
+        match args:
+            case ImportArgs():
+                import_checkpoint(args.src, args.run_dir, args.source_lang, args.target_lang)
+                print(f"imported {args.src} into {args.run_dir}", file=sys.stderr)
+            case ExportArgs():
+                export_run(args.run_dir, args.out, args.checkpoint)
+
+
+if __name__ == "__main__":
+    main()
