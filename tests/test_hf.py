@@ -227,3 +227,18 @@ def test_unknown_language_code(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "xxx_Latn" in err and err.startswith("error:")
     assert not (tmp_path / "run").exists()
+
+
+def test_translate_cli_takes_nllb_codes(imported, tmp_path, capsys):
+    from fs2mini.translate import main as translate_main
+
+    _, translator, root = imported
+    (tmp_path / "in.txt").write_text("the cat\n\na dog ran\n")
+    translate_main([str(root / "run"), "--input", str(tmp_path / "in.txt"), "--target-lang", "spa_Latn", "--beam-size", "1"])
+    lines = capsys.readouterr().out.splitlines()
+    spanish = Translator.from_run(root / "run", device="cpu", target_lang="spa_Latn")
+    assert spanish.tokenizer.target_prefix("spa_Latn") == [2, 44]
+    assert lines == spanish.translate(["the cat", "", "a dog ran"], GenerationConfig(beam_size=1))
+    with pytest.raises(SystemExit) as exit_info:
+        translate_main([str(root / "run"), "--input", str(tmp_path / "in.txt"), "--target-lang", "fra"])
+    assert exit_info.value.code == 2 and "unknown language code 'fra'" in capsys.readouterr().err
