@@ -68,16 +68,25 @@ class Translator:
         self.banned_ids = sorted({vocab.pad_idx, vocab.bos_idx, *tokenizer.lang_ids.values()})
 
     @classmethod
-    def from_run(cls, run_dir: Path | str, checkpoint: str | None = None, device: str = "auto") -> Translator:
-        """Load `config.json`, `tokenizer.model` and the first readable checkpoint (see `find_checkpoints`) of a run directory."""
+    def from_run(cls, run_dir: Path | str, checkpoint: str | None = None, device: str = "auto", *,
+                 source_lang: str | None = None, target_lang: str | None = None) -> Translator:
+        """Load `config.json`, `tokenizer.model` and the first readable checkpoint (see `find_checkpoints`) of a run directory.
+
+        `source_lang` / `target_lang` replace the run's pair (a multilingual model imported from NLLB
+        translates between any of its codes, e.g. fra_Latn)."""
         run_dir = Path(run_dir)
         if not run_dir.is_dir():
             raise UserError(f"run directory {run_dir} does not exist; expected a directory written by python -m fs2mini.train")
         cfg = load_config(run_dir / "config.json")
-        source_lang, target_lang = corpus_languages(cfg.data.corpus)
+        source_lang_of_run, target_lang_of_run = corpus_languages(cfg.data.corpus)
         torch_device = pick_device(device, "--device")
         path, state = load_first_readable(find_checkpoints(run_dir, checkpoint))
-        tokenizer = checked_tokenizer(run_dir / "tokenizer.model", (source_lang, target_lang), state.get("tokenizer"), path)
+        tokenizer = checked_tokenizer(run_dir / "tokenizer.model", (source_lang_of_run, target_lang_of_run),
+                                      state.get("tokenizer"), path)
+        if source_lang is not None or target_lang is not None:
+            source_lang, target_lang = source_lang or source_lang_of_run, target_lang or target_lang_of_run
+            tokenizer = Tokenizer(tokenizer.model_path, (source_lang, target_lang), model_bytes=tokenizer.model_bytes,
+                                  layout=tokenizer.layout)
         model = build_model(cfg.model, tokenizer.vocab_info)
         try:
             model.load_state_dict(state["model"])
@@ -87,6 +96,7 @@ class Translator:
                             f"{(lines[1] if len(lines) > 1 else lines[0]).strip()}") from None
         model.to(torch_device).eval()
         step = state.get("step")
+        source_lang, target_lang = tokenizer.langs
         return cls(model, tokenizer, source_lang, target_lang, checkpoint_path=path, step=step if isinstance(step, int) else None)
 
     @property
@@ -191,6 +201,10 @@ class TranslateArgs:
     """Checkpoint file, or its name in RUN_DIR/checkpoints (best, step_00000600); default best.pt, else the newest step."""
     device: str = "auto"
     """cpu, cuda, cuda:N, or auto (CUDA when available)."""
+    source_lang: str | None = None
+    """Source language code instead of the run's (e.g. eng_Latn for a model imported from NLLB)."""
+    target_lang: str | None = None
+    """Target language code instead of the run's (e.g. fra_Latn for a model imported from NLLB)."""
     generation: Annotated[GenerationConfig, tyro.conf.arg(name="")] = GenerationConfig()
 
 
@@ -206,7 +220,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 def _run(args: TranslateArgs) -> None:
     with exit_on_user_error():
         check_generation_config(args.generation)
-        translator = Translator.from_run(args.run_dir, args.checkpoint, args.device)
+        translator = Translator.from_run(args.run_dir, args.checkpoint, args.device, source_lang=args.source_lang,
+                                         target_lang=args.target_lang)
         use_utf8(sys.stdout)
         if args.input is None:
             use_utf8(sys.stdin)
