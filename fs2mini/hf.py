@@ -313,7 +313,10 @@ def export_run(run_dir: Path, out: Path, checkpoint: str | None = None) -> Path:
         raise UserError(f"{run_dir / 'tokenizer.model'} uses fs2mini's own id layout; expected a run imported with "
                         "python -m fs2mini.hf import (NLLB ids), the only layout transformers' NllbTokenizer reads")
     vocab_size = tokenizer.vocab_info.size
-    codes = sorted(layout.lang_ids, key=layout.lang_ids.get)
+    by_id: dict[int, str] = {}
+    for code, i in layout.lang_ids.items():  # a fine-tuned run adds its corpus's codes as aliases after the originals
+        by_id.setdefault(i, code)
+    codes = [by_id[i] for i in sorted(by_id)]
     expected = list(range(tokenizer.sp.get_piece_size() + 1, tokenizer.sp.get_piece_size() + 1 + len(codes)))
     if [layout.lang_ids[c] for c in codes] != expected:
         raise UserError(f"{run_dir / LAYOUT_FILE}: language ids are not consecutive after the pieces; NllbTokenizer "
@@ -341,8 +344,8 @@ def export_run(run_dir: Path, out: Path, checkpoint: str | None = None) -> Path:
         (tmp / "tokenizer_config.json").write_text(json.dumps(
             {"tokenizer_class": "NllbTokenizer", **specials, "additional_special_tokens": codes,
              "added_tokens_decoder": decoder,
-             "src_lang": source_lang if source_lang in layout.lang_ids else codes[0],
-             "tgt_lang": target_lang if target_lang in layout.lang_ids else None,
+             "src_lang": by_id.get(layout.lang_ids.get(source_lang), codes[0]),
+             "tgt_lang": by_id.get(layout.lang_ids.get(target_lang)),
              "legacy_behaviour": False, "model_max_length": cfg.model.max_seq_len}, indent=2) + "\n")
         (tmp / "special_tokens_map.json").write_text(json.dumps({**specials, "additional_special_tokens": codes}, indent=2) + "\n")
         if out.exists():
