@@ -25,7 +25,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -98,7 +98,7 @@ def hf_config(model: ModelConfig, layout: TokenizerLayout, vocab_size: int) -> d
 # Weights
 
 
-def _layer_names(prefix: str, decoder: bool) -> list[tuple[str, str]]:
+def _layer_names(decoder: bool) -> list[tuple[str, str]]:
     """(fs2mini name, HF name) of one layer's unfused parameters, without .weight/.bias."""
     names = [("self_attn.out_proj", "self_attn.out_proj"), ("self_attn_norm", "self_attn_layer_norm"),
              ("ffn.inner_proj", "fc1"), ("ffn.out_proj", "fc2"), ("ffn_norm", "final_layer_norm")]
@@ -130,7 +130,7 @@ def fs2mini_state_from_hf(hf: dict[str, Tensor], cfg: ModelConfig, where: Path) 
         for i in range(count):
             theirs = f"model.{side}.layers.{i}"
             for p in ("weight", "bias"):
-                for fs_name, hf_name in _layer_names(theirs, side == "decoder"):
+                for fs_name, hf_name in _layer_names(side == "decoder"):
                     out[f"{ours}.{i}.{fs_name}.{p}"] = take(f"{theirs}.{hf_name}.{p}")
                 out[f"{ours}.{i}.self_attn.qkv_proj.{p}"] = torch.cat(
                     [take(f"{theirs}.self_attn.{x}_proj.{p}") for x in "qkv"])
@@ -151,7 +151,7 @@ def hf_state_from_fs2mini(state: dict[str, Tensor], cfg: ModelConfig) -> dict[st
         for i in range(count):
             theirs = f"model.{side}.layers.{i}"
             for p in ("weight", "bias"):
-                for fs_name, hf_name in _layer_names(theirs, side == "decoder"):
+                for fs_name, hf_name in _layer_names(side == "decoder"):
                     out[f"{theirs}.{hf_name}.{p}"] = state[f"{ours}.{i}.{fs_name}.{p}"]
                 for x, part in zip("qkv", state[f"{ours}.{i}.self_attn.qkv_proj.{p}"].chunk(3)):
                     out[f"{theirs}.self_attn.{x}_proj.{p}"] = part
@@ -303,7 +303,7 @@ def export_run(run_dir: Path, out: Path, checkpoint: str | None = None) -> Path:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out} already exists; expected a new directory")
     cfg = load_config(run_dir / "config.json")
-    if type(cfg.model) is not ModelConfig and not isinstance(cfg.model, ModelConfig):
+    if not isinstance(cfg.model, ModelConfig):
         raise UserError(f"{run_dir / 'config.json'}: model {type(cfg.model).__qualname__} is not fs2mini's ModelConfig; "
                         "only the built-in architecture exports to M2M100")
     ckpt_path, state = load_first_readable(find_checkpoints(run_dir, checkpoint))
@@ -321,8 +321,7 @@ def export_run(run_dir: Path, out: Path, checkpoint: str | None = None) -> Path:
     if [layout.lang_ids[c] for c in codes] != expected:
         raise UserError(f"{run_dir / LAYOUT_FILE}: language ids are not consecutive after the pieces; NllbTokenizer "
                         "cannot express them")
-    model_state = {k: v for k, v in state["model"].items()}
-    hf_state = hf_state_from_fs2mini(model_state, replace(cfg.model))
+    hf_state = hf_state_from_fs2mini(state["model"], cfg.model)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:

@@ -120,7 +120,6 @@ def test_greedy_equals_transformers(imported):
     cap = 12
     cfg = GenerationConfig(beam_size=1, max_len_a=0.0, max_len_b=cap, batch_size=100)
     ours = translator.search(texts, cfg)
-    tok = translator.tokenizer
     source, _, _ = _batch(translator, texts)
     theirs = _hf_generate(hf_model, source, 1, 43, num_beams=1, max_new_tokens=cap + 1)
     ended = 0
@@ -130,7 +129,6 @@ def test_greedy_equals_transformers(imported):
         ended += len(expected) < cap
     assert ended > 10, "too few outputs end with </s> for the test to check early stopping"
     assert len({tuple(h[0].tokens) for h in ours}) > 50
-    del tok
 
 
 def test_beam_equals_transformers_with_fairseq_settings(imported):
