@@ -8,7 +8,9 @@ may be dropped silently; in strict mode a malformed line stops the run instead.
 
 from __future__ import annotations
 
+import codecs
 import random
+import re
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -59,6 +61,32 @@ class Skipped(Counter):
         return "; ".join(parts)
 
 
+INNER_LINE_BREAK = re.compile("[\r\n\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
+"""Characters that some readers (str.splitlines, universal newlines) take for the end of a line."""
+
+
+def text_line(raw: bytes, where: str, first: bool) -> bytes:
+    """One line of bytes read up to its b"\n", without its LF or CRLF ending (and a first line's UTF-8 BOM).
+
+    Files that are not UTF-8 at all stop here with what was found (a UTF-16 or UTF-32 byte-order
+    mark or NUL bytes; CR-only line endings), rather than as a vocabulary-size error or a
+    one-line corpus later on."""
+    if first:
+        for bom, encoding in ((codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"),
+                              (codecs.BOM_UTF16_LE, "UTF-16"), (codecs.BOM_UTF16_BE, "UTF-16")):
+            if raw.startswith(bom) and b"\x00" in raw:  # (FF FE alone may start a line of Latin-1 bytes)
+                raise UserError(f"{where} is {encoding} text (byte-order mark {bom.hex(' ').upper()}); expected UTF-8 "
+                                f"(convert it: iconv -f {encoding} -t UTF-8)")
+        raw = raw.removeprefix(codecs.BOM_UTF8)
+    if b"\x00" in raw:
+        raise UserError(f"{where} contains NUL bytes, as UTF-16 text does; expected UTF-8 (convert it: iconv -f UTF-16 -t UTF-8)")
+    raw = raw.removesuffix(b"\n").removesuffix(b"\r")
+    if first and raw.count(b"\r") > 1:
+        raise UserError(f"{where} ends its lines with CR (\\r) only; expected LF or CRLF line endings "
+                        "(convert it: tr '\\r' '\\n')")
+    return raw
+
+
 def read_text(path: Path, skipped: Skipped, *, skip_header: int = 0) -> Iterator[tuple[int, str]]:
     """(line number, line) of a UTF-8 text file without its line ending (LF or CRLF), after `skip_header` lines.
 
@@ -80,12 +108,18 @@ def read_text(path: Path, skipped: Skipped, *, skip_header: int = 0) -> Iterator
 def _decode_lines(handle, path: Path, skipped: Skipped, skip_header: int) -> Iterator[tuple[int, str]]:
     with handle:
         for line_number, raw in enumerate(handle, start=1):
+            raw = text_line(raw, f"{path}", line_number == 1)
             if line_number <= skip_header:
                 continue
             try:
-                yield line_number, raw.decode("utf-8").rstrip("\r\n")
+                line = raw.decode("utf-8")
             except UnicodeDecodeError:
                 skipped.add("invalid utf-8", f"{path}:{line_number}")
+                continue
+            if INNER_LINE_BREAK.search(line):
+                skipped.add("line break character (e.g. a stray \\r) inside the line", f"{path}:{line_number}")
+                continue
+            yield line_number, line
 
 
 def shuffle_window(items: Iterable[T], window: int, rng: random.Random) -> Iterator[T]:

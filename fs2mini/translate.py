@@ -30,6 +30,7 @@ from fs2mini.distributed import pick_device
 from fs2mini.errors import UserError, exit_on_user_error
 from fs2mini.generation import GenerationConfig, Hypothesis, check_generation_config, generate
 from fs2mini.model import Seq2SeqModel, build_model
+from fs2mini.pipeline import INNER_LINE_BREAK, text_line
 from fs2mini.tokenizer import Tokenizer, checked_tokenizer
 
 # Called with (index of the text, its length in tokens, the length it was cut to).
@@ -227,11 +228,12 @@ def _run(args: TranslateArgs) -> None:
             use_utf8(sys.stdin)
             if sys.stdin.isatty():
                 _interactive(translator, args.generation)
-            else:
-                _translate_stream(translator, sys.stdin, "stdin", args.generation)
+            else:  # bytes, split at b"\n" only: a stray \r must not make two lines of one
+                stdin = getattr(sys.stdin, "buffer", None) or (line.encode("utf-8") for line in sys.stdin)
+                _translate_stream(translator, stdin, "stdin", args.generation)
         else:
             try:
-                handle = args.input.open(encoding="utf-8")
+                handle = args.input.open("rb")
             except OSError as err:
                 raise UserError(f"--input {args.input}: {err.strerror}; expected a readable text file") from None
             with handle:
@@ -245,22 +247,32 @@ def use_utf8(stream: TextIO) -> None:
         reconfigure(encoding="utf-8")
 
 
-def _translate_stream(translator: Translator, handle: TextIO, name: str, cfg: GenerationConfig) -> None:
-    """Translate a chunk of lines at a time, so output starts early and memory stays bounded."""
+def _translate_stream(translator: Translator, handle: Iterable[bytes], name: str, cfg: GenerationConfig) -> None:
+    """Translate a chunk of lines at a time, so output starts early and memory stays bounded.
+
+    Exactly one output line per input line, in order: a line that is not UTF-8 gives an empty line
+    and a warning naming it, and the command ends with an error once every other line is printed."""
     chunk_lines = cfg.batch_size * 16
     first_line = 1
-    for chunk in _chunks(_lines(handle, name), chunk_lines):
+    invalid: list[int] = []
+    for chunk in _chunks(_lines(handle, name, invalid), chunk_lines):
         _print_translations(translator, chunk, first_line, cfg)
         first_line += len(chunk)
+    if invalid:
+        raise UserError(f"{name}: {len(invalid)} line(s) not valid UTF-8 (line {', '.join(map(str, invalid[:5]))}"
+                        f"{', ...' if len(invalid) > 5 else ''}); their output lines are empty, the others are translated")
 
 
-def _lines(handle: TextIO, name: str) -> Iterator[str]:
-    line_number = 0
-    try:
-        for line_number, line in enumerate(handle, start=1):
-            yield line.rstrip("\r\n")
-    except UnicodeDecodeError:
-        raise UserError(f"{name}: line {line_number + 1} is not valid UTF-8; expected UTF-8 text") from None
+def _lines(handle: Iterable[bytes], name: str, invalid: list[int]) -> Iterator[str]:
+    """Input lines split at b"\n" only; other line-break characters inside a line become spaces."""
+    for line_number, raw in enumerate(handle, start=1):
+        raw = text_line(raw, name, line_number == 1)
+        try:
+            yield INNER_LINE_BREAK.sub(" ", raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            print(f"warning: {name}: line {line_number} is not valid UTF-8; its output line is empty", file=sys.stderr)
+            invalid.append(line_number)
+            yield ""
 
 
 def _chunks(items: Iterable[str], size: int) -> Iterator[list[str]]:
@@ -276,11 +288,11 @@ def _print_translations(translator: Translator, lines: list[str], first_line: in
 
     if cfg.nbest == 1:
         for text in translator.translate(lines, cfg, on_truncated=warn):
-            print(text)
+            print(INNER_LINE_BREAK.sub(" ", text))  # one output line per input line, whatever the model wrote
     else:
         for index, hyps in enumerate(translator.translate_nbest(lines, cfg, on_truncated=warn)):
             for text, score in hyps:
-                print(f"{first_line + index}\t{score:.4f}\t{text}")
+                print(f"{first_line + index}\t{score:.4f}\t{INNER_LINE_BREAK.sub(' ', text)}")
     sys.stdout.flush()
 
 
