@@ -43,6 +43,14 @@ from fs2mini.tokenizer import LAYOUT_FILE, Tokenizer, TokenizerConfig, Tokenizer
 
 SPM_FILE = "sentencepiece.bpe.model"
 """The sentencepiece model's name in a Hugging Face NLLB/M2M100 directory."""
+M2M100_LANGUAGE_CODES = {
+    "m2m100": ("af am ar ast az ba be bg bn br bs ca ceb cs cy da de el en es et fa ff fi fr fy ga gd gl gu ha he hi hr "
+               "ht hu hy id ig ilo is it ja jv ka kk km kn ko lb lg ln lo lt lv mg mk ml mn mr ms my ne nl no ns oc or "
+               "pa pl ps pt ro ru sd si sk sl so sq sr ss su sv sw ta th tl tn tr uk ur uz vi wo xh yi yo zh zu").split(),
+    "wmt21": "en ha is ja cs ru zh de".split(),
+}
+"""M2M100's language codes in id order (its tokenizer_config.json names the list: `language_codes`), as
+transformers' M2M100Tokenizer numbers them: `__af__` at len(vocab.json), then one id each."""
 NLLB_SPECIALS = {"bos_id": 0, "pad_id": 1, "eos_id": 2, "unk_id": 3}
 """fairseq's dictionary: <s> <pad> </s> <unk> first, then the sentencepiece pieces shifted by one."""
 
@@ -193,9 +201,8 @@ def nllb_layout(src: Path, num_pieces: int, vocab_size: int) -> TokenizerLayout:
     """NLLB's ids: fairseq specials, pieces + 1, language codes from tokenizer_config.json after the pieces."""
     config_path = src / "tokenizer_config.json"
     tok_cfg = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
-    if "vocab.json" in os.listdir(src) and tok_cfg.get("tokenizer_class") != "NllbTokenizer":
-        raise UserError(f"{src / 'vocab.json'}: M2M100's own (vocab.json) tokenizer is not supported yet; "
-                        "expected an NLLB tokenizer (sentencepiece.bpe.model + tokenizer_config.json)")
+    if (src / "vocab.json").is_file() and tok_cfg.get("tokenizer_class") != "NllbTokenizer":
+        return m2m100_layout(src, tok_cfg, vocab_size)
     first = num_pieces + 1  # fairseq's offset of 1
     decoder = tok_cfg.get("added_tokens_decoder") or {}
     added = {entry["content"]: int(i) for i, entry in decoder.items() if int(i) >= first}
@@ -213,6 +220,34 @@ def nllb_layout(src: Path, num_pieces: int, vocab_size: int) -> TokenizerLayout:
         raise UserError(f"{src / SPM_FILE} has {num_pieces} pieces and {len(codes)} language codes (ids up to {top}), "
                         f"which do not fit the model's vocab_size {vocab_size}; expected the tokenizer of this model")
     return TokenizerLayout(**NLLB_SPECIALS, piece_offset=1, vocab_size=vocab_size, lang_ids=lang_ids)
+
+
+def m2m100_layout(src: Path, tok_cfg: dict[str, Any], vocab_size: int) -> TokenizerLayout:
+    """M2M100's ids: vocab.json maps every piece (and <s> <pad> </s> <unk>) to its id; `__en__`
+    language tokens follow at len(vocab) + i, in the order tokenizer_config.json lists them."""
+    path = src / "vocab.json"
+    try:
+        vocab = json.loads(path.read_text(encoding="utf-8"))
+        specials = {key: int(vocab[piece]) for key, piece in
+                    [("bos_id", "<s>"), ("pad_id", "<pad>"), ("eos_id", "</s>"), ("unk_id", "<unk>")]}
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UserError(f"{path} is not an M2M100 vocabulary ({type(err).__name__}: {err}); expected a JSON object "
+                        "mapping <s>, <pad>, </s>, <unk> and every piece to its id") from None
+    decoder = tok_cfg.get("added_tokens_decoder") or {}
+    tokens = {entry["content"]: int(i) for i, entry in decoder.items()}
+    listed = [f"__{code}__" for code in M2M100_LANGUAGE_CODES.get(tok_cfg.get("language_codes", "m2m100"), [])]
+    for i, token in enumerate(listed):
+        tokens.setdefault(token, len(vocab) + i)
+    lang_ids = {token[2:-2]: i for token, i in tokens.items() if token.startswith("__") and token.endswith("__")}
+    if not lang_ids:
+        raise UserError(f"{src / 'tokenizer_config.json'}: language_codes {tok_cfg.get('language_codes')!r} is unknown; "
+                        f"expected one of {', '.join(M2M100_LANGUAGE_CODES)}")
+    top = max([*lang_ids.values(), *vocab.values()])
+    if top >= vocab_size:
+        raise UserError(f"{path} and its language tokens use ids up to {top}, which do not fit the model's vocab_size "
+                        f"{vocab_size}; expected the tokenizer of this model")
+    piece_ids = {piece: int(i) for piece, i in vocab.items() if piece not in ("<s>", "<pad>", "</s>", "<unk>")}
+    return TokenizerLayout(**specials, vocab_size=vocab_size, lang_ids=lang_ids, piece_ids=piece_ids)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,9 +344,10 @@ def export_run(run_dir: Path, out: Path, checkpoint: str | None = None) -> Path:
     ckpt_path, state = load_first_readable(find_checkpoints(run_dir, checkpoint))
     tokenizer = Tokenizer(run_dir / "tokenizer.model", ())
     layout = tokenizer.layout
-    if layout.piece_offset != 1 or not layout.lang_ids:
-        raise UserError(f"{run_dir / 'tokenizer.model'} uses fs2mini's own id layout; expected a run imported with "
-                        "python -m fs2mini.hf import (NLLB ids), the only layout transformers' NllbTokenizer reads")
+    if layout.piece_offset != 1 or not layout.lang_ids or layout.piece_ids:
+        raise UserError(f"{run_dir / 'tokenizer.model'} does not use NLLB's ids (fs2mini's own layout, or M2M100's "
+                        "vocab.json); expected a run imported from NLLB with python -m fs2mini.hf import, the only layout "
+                        "export writes")
     vocab_size = tokenizer.vocab_info.size
     by_id: dict[int, str] = {}
     for code, i in layout.lang_ids.items():  # a fine-tuned run adds its corpus's codes as aliases after the originals

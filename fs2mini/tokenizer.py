@@ -73,7 +73,8 @@ class TokenizerLayout:
     NLLB (fairseq's dictionary): <s>=0 <pad>=1 </s>=2 <unk>=3, piece i of the sentencepiece model
     at i + 1 (its own <unk> <s> </s> at 0-2 are never produced as pieces), then the language codes
     (eng_Latn, ...) appended after the pieces, then <mask>. `vocab_size` is the embedding table's
-    row count, which may exceed the ids used.
+    row count, which may exceed the ids used. M2M100 numbers its pieces in its own order
+    (`piece_ids`, from vocab.json) and puts `__en__`-style language tokens after them.
     """
 
     pad_id: int = PAD_ID
@@ -90,11 +91,13 @@ class TokenizerLayout:
     """Size of the model's vocabulary; None: the sentencepiece model's size."""
     lang_ids: dict[str, int] = field(default_factory=dict)
     """Language code → model id of its token; empty: the `__lang__` pieces of the sentencepiece model."""
+    piece_ids: dict[str, int] = field(default_factory=dict)
+    """Piece → model id (M2M100's vocab.json, whose order is not the sentencepiece model's); empty: piece_offset."""
 
     def to_json(self) -> str:
         return json.dumps({"pad_id": self.pad_id, "unk_id": self.unk_id, "bos_id": self.bos_id, "eos_id": self.eos_id,
                            "piece_offset": self.piece_offset, "vocab_size": self.vocab_size,
-                           "lang_ids": self.lang_ids}, indent=1) + "\n"
+                           "lang_ids": self.lang_ids, "piece_ids": self.piece_ids}, indent=1) + "\n"
 
 
 def read_layout(path: Path) -> TokenizerLayout:
@@ -154,7 +157,11 @@ class Tokenizer:
         self._special_ids = {layout.pad_id, layout.bos_id, layout.eos_id, *self.lang_ids.values()}
         # Model id ↔ sentencepiece id, when they differ (None: the same, fs2mini's own layout).
         self._sp_unk = self.sp.unk_id()
-        self._identity = layout.piece_offset == 0 and layout.unk_id == self._sp_unk
+        self._identity = layout.piece_offset == 0 and layout.unk_id == self._sp_unk and not layout.piece_ids
+        # With `piece_ids`: sentencepiece id → model id, and back (pieces missing from it are <unk>).
+        self._to_model = [layout.piece_ids.get(self.sp.id_to_piece(i), layout.unk_id) for i in range(num_pieces)] \
+            if layout.piece_ids else None
+        self._to_sp = {m: i for i, m in enumerate(self._to_model or []) if m != layout.unk_id}
         self._piece_range = range(layout.piece_offset, layout.piece_offset + num_pieces)
 
     def encode_source(self, texts: list[str], lang: str) -> list[list[int]]:
@@ -172,6 +179,9 @@ class Tokenizer:
         ids = self.sp.encode(texts)
         if self._identity:
             return ids
+        if self._to_model is not None:
+            table = self._to_model
+            return [[table[i] for i in row] for row in ids]
         unk, sp_unk, offset = self.layout.unk_id, self._sp_unk, self.layout.piece_offset
         return [[unk if i == sp_unk else i + offset for i in row] for row in ids]
 
@@ -200,6 +210,8 @@ class Tokenizer:
             return self._sp_unk
         if model_id == self.layout.eos_id:
             return self.sp.eos_id()
+        if self._to_model is not None:
+            return self._to_sp.get(model_id)
         return model_id - self.layout.piece_offset if model_id in self._piece_range else None
 
 

@@ -283,3 +283,40 @@ def test_finetune_recipe_resumes_translates_exports(tmp_path):
         ours = tuned.model(source, lengths, target).logits()
     real = target != 1
     assert (ours[real] - theirs[real]).abs().max() < 1e-4
+
+
+def test_m2m100_vocab_json_tokenizer_and_logits(tmp_path):
+    """M2M100's own tokenizer: vocab.json ids in an order unlike the sentencepiece model's, `__en__` codes."""
+    src = tmp_path / "m2m"
+    hf_model, _ = write_nllb_dir(src)  # reuses the sentencepiece model; weights and config are replaced below
+    sp = spm.SentencePieceProcessor(model_file=str(src / "sentencepiece.bpe.model"))
+    pieces = [sp.id_to_piece(i) for i in range(3, sp.get_piece_size())][::-1]
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, **{p: 4 + i for i, p in enumerate(pieces)}}
+    (src / "vocab.json").write_text(json.dumps(vocab))
+    (src / "tokenizer_config.json").unlink()
+    hf_tok = transformers.M2M100Tokenizer(str(src / "vocab.json"), str(src / "sentencepiece.bpe.model"),
+                                          src_lang="en", tgt_lang="fr")
+    hf_tok.save_pretrained(src)
+    config = hf_model.config
+    config.vocab_size = len(vocab) + 100 + 8  # 100 language codes, 8 "madeup words"
+    torch.manual_seed(4)
+    model = transformers.M2M100ForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.3)
+    model.save_pretrained(src)
+    import_checkpoint(str(src), tmp_path / "run", "en", "fr")
+    translator = Translator.from_run(tmp_path / "run", device="cpu")
+    tok = translator.tokenizer
+    texts = _sentences(20, 17) + ["the zebra"]  # z is not a piece: <unk>
+    assert hf_tok(texts)["input_ids"] == tok.encode_source(texts, "en")
+    assert tok.lang_ids == {"en": hf_tok.get_lang_id("en"), "fr": hf_tok.get_lang_id("fr")}
+    assert [tok.decode(ids) for ids in tok.encode_source(texts[:5], "en")] == texts[:5]
+    sources = tok.encode_source(texts, "en")
+    source, lengths = pad_sources(sources, 1, torch.device("cpu"))
+    target, _ = pad_sources([t[:-1] for t in tok.encode_target(texts[::-1], "fr")], 1, torch.device("cpu"))
+    with torch.no_grad():
+        ours = translator.model(source, lengths, target).logits()
+        theirs = model(input_ids=source, attention_mask=(source != 1).long(), decoder_input_ids=target).logits
+    real = target != 1
+    assert (ours[real] - theirs[real]).abs().max() < 1e-4
