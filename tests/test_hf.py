@@ -320,3 +320,16 @@ def test_m2m100_vocab_json_tokenizer_and_logits(tmp_path):
         theirs = model(input_ids=source, attention_mask=(source != 1).long(), decoder_input_ids=target).logits
     real = target != 1
     assert (ours[real] - theirs[real]).abs().max() < 1e-4
+
+
+def test_hub_id_goes_through_snapshot_download(tmp_path, monkeypatch):
+    """A SRC that is not a local path is fetched with huggingface_hub (stubbed here: no network in tests)."""
+    import huggingface_hub
+
+    write_nllb_dir(tmp_path / "hub_cache")
+    asked = []
+    monkeypatch.setattr(huggingface_hub, "snapshot_download",
+                        lambda repo_id, allow_patterns: asked.append((repo_id, allow_patterns)) or str(tmp_path / "hub_cache"))
+    import_checkpoint("someone/tiny-nllb", tmp_path / "run", "eng_Latn", "fra_Latn")
+    assert asked[0][0] == "someone/tiny-nllb" and "*.safetensors" in asked[0][1] and "*.bin" not in asked[0][1]
+    assert (tmp_path / "run" / "checkpoints" / "best.pt").is_file()
