@@ -272,7 +272,7 @@ def fetch(src: str) -> Path:
                         "expected a reachable Hub id or a local directory") from None
 
 
-def import_checkpoint(src: str, run_dir: Path, source_lang: str, target_lang: str) -> Path:
+def import_checkpoint(src: str, run_dir: Path, source_lang: str, target_lang: str, tsv: Path | None = None) -> Path:
     """Write `run_dir` (config.json, tokenizer.model + tokenizer_layout.json, checkpoints/best.pt) from `src`.
 
     Built in a temporary sibling directory and renamed at the end, so a failure leaves nothing behind."""
@@ -302,7 +302,8 @@ def import_checkpoint(src: str, run_dir: Path, source_lang: str, target_lang: st
     state = fs2mini_state_from_hf(read_safetensors(path), model_cfg, path)
     cfg = TrainConfig(run_name=run_dir.name, output_dir=run_dir.resolve(), model=model_cfg,
                       tokenizer=TokenizerConfig(vocab_size=vocab_size),
-                      data=DataConfig(corpus=TsvCorpus(source_lang=source_lang, target_lang=target_lang)))
+                      data=DataConfig(corpus=TsvCorpus(path=(tsv or TsvCorpus.path).resolve(), source_lang=source_lang,
+                                                       target_lang=target_lang)))
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.", dir=run_dir.parent))
     try:
@@ -409,6 +410,8 @@ class ImportArgs:
     """Default source language code of the run (translate --source-lang overrides it)."""
     target_lang: str = "fra_Latn"
     """Default target language code of the run (translate --target-lang overrides it)."""
+    tsv: Path | None = None
+    """Sentence pairs the run's config names as its corpus (what `fs2mini.evaluate RUN_DIR` scores); default examples/fra.txt."""
 
 
 @dataclass(frozen=True)
@@ -431,7 +434,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     with exit_on_user_error():
         match args:
             case ImportArgs():
-                import_checkpoint(args.src, args.run_dir, args.source_lang, args.target_lang)
+                import_checkpoint(args.src, args.run_dir, args.source_lang, args.target_lang, args.tsv)
                 print(f"imported {args.src} into {args.run_dir}", file=sys.stderr)
             case ExportArgs():
                 export_run(args.run_dir, args.out, args.checkpoint)

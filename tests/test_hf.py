@@ -333,3 +333,17 @@ def test_hub_id_goes_through_snapshot_download(tmp_path, monkeypatch):
     import_checkpoint("someone/tiny-nllb", tmp_path / "run", "eng_Latn", "fra_Latn")
     assert asked[0][0] == "someone/tiny-nllb" and "*.safetensors" in asked[0][1] and "*.bin" not in asked[0][1]
     assert (tmp_path / "run" / "checkpoints" / "best.pt").is_file()
+
+
+def test_evaluate_an_imported_run(tmp_path, capsys):
+    from fs2mini.evaluate import main as evaluate_main
+
+    write_nllb_dir(tmp_path / "hf")
+    rng = random.Random(1)
+    pairs = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 5))) for _ in range(200)]
+    (tmp_path / "pairs.tsv").write_text("".join(f"{s}\t{s}\n" for s in pairs))
+    main(["import", str(tmp_path / "hf"), str(tmp_path / "run"), "--tsv", str(tmp_path / "pairs.tsv")])
+    capsys.readouterr()
+    evaluate_main([str(tmp_path / "run"), "--split", "test", "--beam-size", "1"])
+    report = json.loads((tmp_path / "run" / "eval" / "test.json").read_text())
+    assert report["bleu"] >= 0 and report["loss"] > 0
