@@ -1,0 +1,61 @@
+"""Memory and step time of fine-tuning NLLB dense_600m on this CPU (README, "Start from NLLB").
+
+A randomly initialised model of the imported shape (NLLB-200's 256,206-token vocabulary, positions
+offset by pad_idx + 1): the cost of a step does not depend on the weights, and nothing is
+downloaded. One process per setting, so the peak resident memory is that setting's own.
+
+    python benchmarks/finetune_600m.py --freeze none --batch 8 --length 32
+"""
+
+import argparse
+import dataclasses
+import resource
+import time
+
+import torch
+
+from fs2mini.data import Seq2SeqBatch
+from fs2mini.model import ARCHS
+from fs2mini.task import TaskConfig
+from fs2mini.vocab import VocabInfo
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--freeze", choices=["none", "embeddings", "encoder"], default="none")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--length", type=int, default=32, help="tokens per source and per target sentence")
+    parser.add_argument("--steps", type=int, default=3)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    vocab = VocabInfo(256_206, pad_idx=1, bos_idx=0, eos_idx=2, unk_idx=3)
+    cfg = dataclasses.replace(ARCHS["dense_600m"], position_offset=2, ffn_dropout_p=0.0)
+    model = cfg.build(vocab).train()
+    if args.freeze in ("embeddings", "encoder"):
+        model.embed.weight.requires_grad_(False)
+    if args.freeze == "encoder":
+        model.encoder_layers.requires_grad_(False)
+        model.encoder_norm.requires_grad_(False)
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-5)
+    task = TaskConfig().build(vocab)
+    source = torch.randint(4, 256_000, (args.batch, args.length))
+    target = torch.randint(4, 256_000, (args.batch, args.length + 1))
+    batch = Seq2SeqBatch(source, torch.full((args.batch,), args.length), target[:, :-1], target[:, 1:],
+                         args.batch * args.length)
+    times = []
+    for _ in range(args.steps):
+        start = time.perf_counter()
+        loss, n = task.compute_loss(model, batch)
+        (loss / n).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - start)
+    peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(f"freeze={args.freeze} batch={args.batch}x{args.length} params={sum(p.numel() for p in model.parameters())/1e6:.0f}M "
+          f"trained={trained/1e6:.0f}M threads={torch.get_num_threads()} step_s={' '.join(f'{t:.1f}' for t in times)} "
+          f"peak_rss_gib={peak_gib:.1f}")
+
+
+if __name__ == "__main__":
+    main()
