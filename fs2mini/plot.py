@@ -43,7 +43,7 @@ def read_records(run_dir: Path) -> list[dict[str, Any]]:
 
 
 PANELS = (  # (title, y label, [(split, field, line style)]), one column each
-    ("loss", "loss per target token", [("train", "loss", "-"), ("valid", "loss", "o-")]),
+    ("loss (line: train, dots: valid)", "loss per target token", [("train", "loss", "-"), ("valid", "loss", "o-")]),
     ("validation BLEU", "BLEU", [("valid", "bleu", "o-")]),
     ("learning rate", "lr", [("train", "lr", "-")]),
 )
@@ -71,6 +71,7 @@ def draw(runs: Sequence[list[dict[str, Any]]], labels: Sequence[str]) -> Any:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, len(PANELS), figsize=(4.2 * len(PANELS), 6.4), squeeze=False)
+    handles = []  # one line per run, for the figure's legend
     for index, (records, label) in enumerate(zip(runs, labels)):
         colour = f"C{index % 10}"
         for column, (_, _, series) in enumerate(PANELS):
@@ -82,7 +83,9 @@ def draw(runs: Sequence[list[dict[str, Any]]], labels: Sequence[str]) -> Any:
                 kwargs = {"color": colour, "markersize": 3, "linewidth": 1.2 if split == "valid" else 0.8,
                           "alpha": 1.0 if split == "valid" else 0.6,
                           "label": f"{label} ({split})" if len(series) > 1 else label}
-                axes[0][column].plot([r["step"] for r in points], ys, style, **kwargs)
+                line, = axes[0][column].plot([r["step"] for r in points], ys, style, **kwargs)
+                if len(handles) == index:
+                    handles.append(line)
                 timed = [r for r in points if isinstance(r.get("elapsed_s"), (int, float))]
                 if timed:  # runs from before elapsed_s was logged have no time axis
                     axes[1][column].plot([r["elapsed_s"] / 60 for r in timed], [r[name] for r in timed], style, **kwargs)
@@ -93,11 +96,10 @@ def draw(runs: Sequence[list[dict[str, Any]]], labels: Sequence[str]) -> Any:
             ax.set_xlabel(xlabel)
             ax.set_ylabel(ylabel)
             ax.grid(alpha=0.3)
-            if title == "loss":
-                ax.set_yscale("log")
-            if ax.lines and column == 0 and row == 0:
-                ax.legend(fontsize=7)
-    fig.tight_layout()
+    rows = (len(handles) + 1) // 2
+    fig.legend(handles, [labels[i] for i in range(len(handles))], loc="upper center", ncol=min(len(handles), 2), fontsize=9,
+               frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.05 * rows))
     return fig
 
 
