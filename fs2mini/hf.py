@@ -39,6 +39,7 @@ from fs2mini.corpus import TsvCorpus
 from fs2mini.data import DataConfig
 from fs2mini.errors import UserError, exit_on_user_error
 from fs2mini.model import ModelConfig, build_model
+from fs2mini.rundir import MARKER
 from fs2mini.tokenizer import LAYOUT_FILE, Tokenizer, TokenizerConfig, TokenizerLayout, tokenizer_record
 
 SPM_FILE = "sentencepiece.bpe.model"
@@ -307,6 +308,7 @@ def import_checkpoint(src: str, run_dir: Path, source_lang: str, target_lang: st
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.", dir=run_dir.parent))
     try:
+        (tmp / MARKER).touch()  # a run directory fs2mini may write into (fs2mini.rundir)
         (tmp / "tokenizer.model").write_bytes(spm_bytes)
         (tmp / LAYOUT_FILE).write_text(layout.to_json(), encoding="utf-8")
         tokenizer = Tokenizer(tmp / "tokenizer.model", (source_lang, target_lang))  # checks the language codes
