@@ -10,7 +10,8 @@ split (KJV → Louis Segond, fs2mini's held-out books), one sentencepiece tokeni
 the same batches in the same order (fs2mini's pipeline, `--max-tokens` padded tokens per update),
 the same shape (256 wide, 4+4 layers, FFN 1024, 4 heads), AdamW (lr 1e-3, betas 0.9/0.98, weight
 decay 1e-4), inverse-sqrt schedule with 500 warmup steps, label smoothing 0.1, gradient clipping
-at 1, fp32, and the same update: `fs2mini.trainer.train_step`, with each system's loss function.
+at 1, fp32, and the same update: `fs2mini.trainer.train_step`, with each system's loss function (`--bf16` trains
+both under bf16 autocast, decoding stays fp32).
 Each system trains in its own process, one after the other (never concurrently), either for
 `--updates` updates or for `--budget-minutes` of training. Then the test split is translated
 greedily and with beam 4 (fs2mini: its `Translator`; Hugging Face: `model.generate` with the same
@@ -88,6 +89,8 @@ class QualityConfig:
     """Label smoothing of both losses."""
     threads: int = 2
     """torch threads per system."""
+    bf16: bool = False
+    """Train both systems under bf16 autocast (the same for both; ~2x faster on CPUs with native bf16)."""
     seed: int = 1
     """Initialisation and data-order seed (the same for both systems)."""
     test_sentences: int = 0
@@ -212,7 +215,7 @@ def worker(job: dict) -> dict:
                 break
             step += 1
             result = train_step(model, compute_loss, optimizer, [batch], lr_at(step), max_grad_norm=1.0, device=device,
-                                bf16=False)
+                                bf16=job["bf16"])
             tokens += result.num_tokens
             losses.append(result.loss)
         epoch += 1
