@@ -10,7 +10,7 @@ split (KJV → Louis Segond, fs2mini's held-out books), one sentencepiece tokeni
 the same batches in the same order (fs2mini's pipeline, `--max-tokens` padded tokens per update),
 the same shape (256 wide, 4+4 layers, FFN 1024, 4 heads), AdamW (lr 1e-3, betas 0.9/0.98, weight
 decay 1e-4), inverse-sqrt schedule with 500 warmup steps, label smoothing 0.1, gradient clipping
-at 1, fp32, and the same update: `fs2mini.trainer.train_step`, with each system's loss function (`--bf16` trains
+at 1, fp32 (unless `--bf16`), and the same update: `fs2mini.trainer.train_step`, with each system's loss function (`--bf16` trains
 both under bf16 autocast, decoding stays fp32).
 Each system trains in its own process, one after the other (never concurrently), either for
 `--updates` updates or for `--budget-minutes` of training. Then the test split is translated
