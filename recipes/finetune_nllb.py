@@ -21,26 +21,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import random
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import torch
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-
-from fs2mini.checkpoint import checkpoint_path, list_checkpoints, save_atomically
-from fs2mini.config import TrainConfig, TrainerConfig, config_to_json, load_config, save_config
-from fs2mini.corpus import corpus_languages
+from fs2mini.config import TrainConfig, TrainerConfig, load_config
 from fs2mini.data import DataConfig
-from fs2mini.errors import UserError, exit_on_user_error
+from fs2mini.errors import exit_on_user_error
+from fs2mini.hf import seed_finetuning
 from fs2mini.model import EncoderDecoderModel, ModelConfig, check_model_config
 from fs2mini.optim import AdamWConfig, InverseSqrtConfig
-from fs2mini.tokenizer import LAYOUT_FILE, Tokenizer, tokenizer_record
 from fs2mini.train import parse_config
-from fs2mini.trainer import TrainState, train
-from fs2mini.translate import find_checkpoints, load_first_readable
+from fs2mini.trainer import train
 from fs2mini.vocab import VocabInfo
 
 
@@ -74,52 +67,6 @@ def default_config(init: Path) -> TrainConfig:
                        trainer=TrainerConfig(max_steps=1000, validate_every=200, checkpoint_every=200))
 
 
-def map_languages(langs: tuple[str, str], codes: dict[str, int], explicit: dict[str, str]) -> dict[str, int]:
-    """The corpus's codes as extra names of the model's language ids."""
-    mapped = {}
-    for lang in langs:
-        if lang in codes:
-            continue
-        code = explicit.get(lang)
-        if code is None:
-            candidates = [c for c in codes if c.split("_")[0] == lang]
-            if len(candidates) != 1:
-                raise UserError(f"corpus language {lang!r} matches {', '.join(candidates) or 'no code'} of the model; "
-                                f"expected one: pass --lang-map {lang}=CODE (e.g. {lang}=eng_Latn)")
-            code = candidates[0]
-        if code not in codes:
-            raise UserError(f"--lang-map {lang}={code}: unknown language code {code!r}; expected one of the model's "
-                            f"codes such as {', '.join(sorted(codes)[:5])}")
-        mapped[lang] = codes[code]
-    return mapped
-
-
-def seed_run(cfg: TrainConfig, init: Path, lang_map: dict[str, str]) -> None:
-    """Write the imported weights and tokenizer into `cfg.run_dir` as its step-0 checkpoint (once)."""
-    run_dir = cfg.run_dir
-    if list_checkpoints(run_dir / "checkpoints"):
-        return  # resuming
-    _, state = load_first_readable(find_checkpoints(init, None))
-    source = Tokenizer(init / "tokenizer.model", ())
-    langs = corpus_languages(cfg.data.corpus)
-    layout = dataclasses.replace(source.layout, lang_ids={**source.layout.lang_ids,
-                                                          **map_languages(langs, source.layout.lang_ids, lang_map)})
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "tokenizer.model").write_bytes(source.model_bytes)
-    (run_dir / LAYOUT_FILE).write_text(layout.to_json(), encoding="utf-8")
-    tokenizer = Tokenizer(run_dir / "tokenizer.model", langs)
-    model = cfg.model.build(tokenizer.vocab_info)
-    model.load_state_dict(state["model"])
-    optimizer = cfg.optimizer.build(model.parameters())
-    save_config(cfg, run_dir / "config.json")
-    optimizer_state = get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True))
-    torch.manual_seed(cfg.trainer.seed)  # the random state a new run would start from (dropout, shuffling)
-    random.seed(cfg.trainer.seed)
-    save_atomically({"model": model.state_dict(), "optimizer": optimizer_state, "config": config_to_json(cfg),
-                     "tokenizer": tokenizer_record(tokenizer), **TrainState().state_dict(torch.device("cpu"))},
-                    checkpoint_path(run_dir / "checkpoints", 0))
-
-
 def main(argv: list[str] | None = None) -> None:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--init", type=Path, required=True, help="run directory written by python -m fs2mini.hf import")
@@ -129,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
         lang_map = dict(item.split("=", 1) for item in known.lang_map if "=" in item)
         default = default_config(known.init)
         cfg = parse_config(default, rest, __doc__, models={"finetune": default.model})
-        seed_run(cfg, known.init, lang_map)
+        seed_finetuning(cfg, known.init, lang_map)
         train(cfg)
 
 
