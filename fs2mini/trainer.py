@@ -280,57 +280,19 @@ def _loop(cfg: TrainConfig, parts: Components, state: TrainState, validate_now: 
           display: ProgressDisplay, stop_requests: list[int], env: DistEnv, device: torch.device) -> None:
     """Updates until max_steps (or max_epochs, max_time, patience, a stop signal), validating and saving at their intervals."""
     tc = cfg.trainer
-    checkpoint_dir = cfg.run_dir / "checkpoints"
-    budget = tc.max_seconds
-    clock = time.perf_counter() - state.elapsed_s  # the loop's time so far, earlier runs of it included
-
-    def tick() -> None:
-        state.elapsed_s = time.perf_counter() - clock
-
-    def save_best(result: dict[str, float]) -> bool:
-        """Update best.pt, the N best checkpoints and the patience counter; True when patience ran out."""
-        value = result[tc.best_metric]
-        better = math.isfinite(value) and state.improves(value, tc.best_metric)
-        state.patience_count = 0 if better else state.patience_count + 1
-        if better:
-            state.best_value = value
-        dropped = _rank_best(state, value, tc.best_metric, tc.keep_best_checkpoints) if math.isfinite(value) else [state.step]
-        if better:
-            save_checkpoint(cfg, parts, state, device, env, checkpoint_dir / "best.pt")
-        if tc.keep_best_checkpoints and state.step not in dropped:
-            save_checkpoint(cfg, parts, state, device, env, best_checkpoint_path(checkpoint_dir, state.step))
-        for step in dropped if env.is_main else []:
-            best_checkpoint_path(checkpoint_dir, step).unlink(missing_ok=True)
-        return tc.patience is not None and state.patience_count >= tc.patience
-
-    if budget is not None and state.elapsed_s >= budget:
-        display.message(f"this run already used its --trainer.max-time {tc.max_time}; nothing to do")
+    if _already_finished(state, tc, display):
         return
-    if tc.patience is not None and state.patience_count >= tc.patience:
-        display.message(f"this run already stopped early (--trainer.patience {tc.patience}); nothing to do")
-        return
+    saver = Checkpointer(cfg, parts, state, device, env)
+    clock = RunClock(state)
     batches = epoch_batches(parts.train_batches, state.epoch, state.position)
-    saved_step = state.step
     parts.model.train()
     if state.step == 0:
         validate_now(state.step, state.elapsed_s)  # the untrained baseline, so the curve starts where training does
     speed = TokenRate()
     while state.step < tc.max_steps:
-        micro_batches = list(itertools.islice(batches, tc.grad_accum_steps))
-        # Every rank must make the same updates: the epoch ends for all as soon as one rank cannot
-        # fill a whole update (uneven shards; its leftover batches are reshuffled into later epochs).
-        if all_reduce_max(int(len(micro_batches) < tc.grad_accum_steps), env, device):
-            if state.position == 0:
-                raise UserError(
-                    f"the training split gives fewer than --trainer.grad-accum-steps {tc.grad_accum_steps} batches "
-                    f"per process (skipped: {parts.train_batches.skipped.summary() or 'nothing'})"
-                )
-            state.epoch, state.position = state.epoch + 1, 0
-            if tc.max_epochs is not None and state.epoch >= tc.max_epochs:
-                display.message(f"reached --trainer.max-epochs {tc.max_epochs}")
-                break
-            batches = epoch_batches(parts.train_batches, state.epoch, 0)
-            continue
+        batches, micro_batches = _next_update(parts, state, tc, batches, display, env, device)
+        if micro_batches is None:  # --trainer.max-epochs reached
+            break
         state.position = micro_batches[-1][0]
         state.step += 1
         lr = parts.lr_at(state.step)
@@ -342,9 +304,9 @@ def _loop(cfg: TrainConfig, parts: Components, state: TrainState, validate_now: 
         _count_bad_step(state, result, tc.max_bad_steps)
         if result.applied and not _weights_finite(parts.model, env, device):
             raise UserError(f"stopping at step {state.step}: the update made the weights non-finite (lr {lr:.3g}); "
-                            f"nothing was saved from this step, checkpoints up to step {saved_step} are intact "
+                            f"nothing was saved from this step, checkpoints up to step {saver.saved_step} are intact "
                             "(try a lower --optimizer.lr)")
-        tick()
+        clock.tick()
         tokens_per_s = speed.add(result.num_tokens)
         display.update(state.step, result.loss, lr, tokens_per_s)
         if state.step % tc.log_every == 0:
@@ -354,15 +316,14 @@ def _loop(cfg: TrainConfig, parts: Components, state: TrainState, validate_now: 
                                "skipped_steps": state.skipped_steps, "elapsed_s": state.elapsed_s})
             speed = TokenRate()
         # Every rank must agree to stop: the clock of one decides for all.
-        out_of_time = budget is not None and bool(all_reduce_max(int(state.elapsed_s >= budget), env, device))
+        out_of_time = tc.max_seconds is not None and bool(all_reduce_max(int(state.elapsed_s >= tc.max_seconds), env, device))
         last_step = state.step == tc.max_steps or out_of_time
         patience_ran_out = False
         if state.step % tc.validate_every == 0 or last_step:
-            patience_ran_out = save_best(validate_now(state.step, state.elapsed_s))
+            patience_ran_out = saver.save_best(validate_now(state.step, state.elapsed_s))
         if state.step % tc.checkpoint_every == 0 or last_step or patience_ran_out:
-            tick()
-            save_checkpoint(cfg, parts, state, device, env)
-            saved_step = state.step
+            clock.tick()
+            saver.save()
         if out_of_time:
             display.message(f"reached --trainer.max-time {tc.max_time} ({state.elapsed_s:.0f} s of training)")
             break
@@ -371,20 +332,102 @@ def _loop(cfg: TrainConfig, parts: Components, state: TrainState, validate_now: 
                             f"(best {state.best_value:.4g})")
             break
         if all_reduce_sum([len(stop_requests)], env, device)[0]:
-            tick()
-            if saved_step != state.step:
-                save_checkpoint(cfg, parts, state, device, env)
-            signum = stop_requests[0] if stop_requests else signal.SIGTERM
-            raise RunStopped(
-                f"stopped by {signal.Signals(signum).name} after step {state.step}; checkpoint saved in "
-                f"{cfg.run_dir / 'checkpoints'}. Run the same command again to resume.",
-                128 + signum,
-            )
-    if saved_step != state.step:  # stopped early by --trainer.max-epochs
-        save_best(validate_now(state.step, state.elapsed_s))
-        tick()
-        save_checkpoint(cfg, parts, state, device, env)
+            clock.tick()
+            _save_and_stop(saver, stop_requests, cfg.run_dir)
+    if saver.saved_step != state.step:  # stopped early by --trainer.max-epochs
+        saver.save_best(validate_now(state.step, state.elapsed_s))
+        clock.tick()
+        saver.save()
     display.message(f"done: {state.step} steps, checkpoints in {cfg.run_dir / 'checkpoints'}")
+
+
+def _already_finished(state: TrainState, tc: TrainerConfig, display: ProgressDisplay) -> bool:
+    """A resumed run whose time budget or patience was already used up has nothing left to do."""
+    if tc.max_seconds is not None and state.elapsed_s >= tc.max_seconds:
+        display.message(f"this run already used its --trainer.max-time {tc.max_time}; nothing to do")
+        return True
+    if tc.patience is not None and state.patience_count >= tc.patience:
+        display.message(f"this run already stopped early (--trainer.patience {tc.patience}); nothing to do")
+        return True
+    return False
+
+
+def _next_update(parts: Components, state: TrainState, tc: TrainerConfig, batches: Iterator[tuple[int, Seq2SeqBatch]],
+                 display: ProgressDisplay, env: DistEnv, device: torch.device
+                 ) -> tuple[Iterator[tuple[int, Seq2SeqBatch]], list[tuple[int, Seq2SeqBatch]] | None]:
+    """The next update's micro-batches (with their positions in the epoch), starting the next epoch when
+    this one is used up; None for them when that reaches --trainer.max-epochs."""
+    while True:
+        micro_batches = list(itertools.islice(batches, tc.grad_accum_steps))
+        # Every rank must make the same updates: the epoch ends for all as soon as one rank cannot
+        # fill a whole update (uneven shards; its leftover batches are reshuffled into later epochs).
+        if not all_reduce_max(int(len(micro_batches) < tc.grad_accum_steps), env, device):
+            return batches, micro_batches
+        if state.position == 0:
+            raise UserError(
+                f"the training split gives fewer than --trainer.grad-accum-steps {tc.grad_accum_steps} batches "
+                f"per process (skipped: {parts.train_batches.skipped.summary() or 'nothing'})"
+            )
+        state.epoch, state.position = state.epoch + 1, 0
+        if tc.max_epochs is not None and state.epoch >= tc.max_epochs:
+            display.message(f"reached --trainer.max-epochs {tc.max_epochs}")
+            return batches, None
+        batches = epoch_batches(parts.train_batches, state.epoch, 0)
+
+
+class RunClock:
+    """Training time of the run, earlier runs of it (before a resume) included, kept in `state.elapsed_s`."""
+
+    def __init__(self, state: TrainState) -> None:
+        self.state = state
+        self.started = time.perf_counter() - state.elapsed_s
+
+    def tick(self) -> None:
+        self.state.elapsed_s = time.perf_counter() - self.started
+
+
+class Checkpointer:
+    """Step checkpoints, best.pt, the N best checkpoints and the patience counter of one run."""
+
+    def __init__(self, cfg: TrainConfig, parts: Components, state: TrainState, device: torch.device, env: DistEnv) -> None:
+        self.cfg, self.parts, self.state, self.device, self.env = cfg, parts, state, device, env
+        self.directory = cfg.run_dir / "checkpoints"
+        self.saved_step = state.step
+        """The step of the newest step checkpoint (a stop saves only when it is older than the current step)."""
+
+    def save(self, path: Path | None = None) -> None:
+        save_checkpoint(self.cfg, self.parts, self.state, self.device, self.env, path)
+        if path is None:
+            self.saved_step = self.state.step
+
+    def save_best(self, result: dict[str, float]) -> bool:
+        """Update best.pt, the N best checkpoints and the patience counter; True when patience ran out."""
+        tc, state = self.cfg.trainer, self.state
+        value = result[tc.best_metric]
+        better = math.isfinite(value) and state.improves(value, tc.best_metric)
+        state.patience_count = 0 if better else state.patience_count + 1
+        if better:
+            state.best_value = value
+        dropped = _rank_best(state, value, tc.best_metric, tc.keep_best_checkpoints) if math.isfinite(value) else [state.step]
+        if better:
+            self.save(self.directory / "best.pt")
+        if tc.keep_best_checkpoints and state.step not in dropped:
+            self.save(best_checkpoint_path(self.directory, state.step))
+        for step in dropped if self.env.is_main else []:
+            best_checkpoint_path(self.directory, step).unlink(missing_ok=True)
+        return tc.patience is not None and state.patience_count >= tc.patience
+
+
+def _save_and_stop(saver: Checkpointer, stop_requests: list[int], run_dir: Path) -> None:
+    """A stop signal: save unless this step is saved already, then stop with the shell's exit code."""
+    if saver.saved_step != saver.state.step:
+        saver.save()
+    signum = stop_requests[0] if stop_requests else signal.SIGTERM
+    raise RunStopped(
+        f"stopped by {signal.Signals(signum).name} after step {saver.state.step}; checkpoint saved in "
+        f"{run_dir / 'checkpoints'}. Run the same command again to resume.",
+        128 + signum,
+    )
 
 
 def _rank_best(state: TrainState, value: float, metric: str, keep: int) -> list[int]:

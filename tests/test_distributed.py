@@ -47,6 +47,7 @@ def flags(db: Path, out: Path, cache: Path, steps: int, *extra: str) -> list[str
             "--data.corpus.test-books", "3", "--tokenizer.vocab-size", "15", "--tokenizer.cache-dir", str(cache),
             "--data.max-tokens", str(8 * SENTENCES_PER_BATCH), "--model.model-dim", "32", "--model.num-encoder-layers", "2",
             "--model.num-decoder-layers", "2", "--model.ffn-inner-dim", "64", "--model.dropout-p", "0",
+            "--model.attention-dropout-p", "0", "--model.ffn-dropout-p", "0", "--trainer.autocast", "off",
             "--trainer.max-steps", str(steps), "--trainer.validate-every", "2", "--trainer.log-every", "1",
             "--trainer.progress", "lines", *extra]
 

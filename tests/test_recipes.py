@@ -17,7 +17,7 @@ RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 TINY = ["--tokenizer.vocab-size", "28", "--data.max-tokens", "256", "--model.model-dim", "32",
         "--model.num-encoder-layers", "1", "--model.num-decoder-layers", "1", "--model.ffn-inner-dim", "64",
         "--trainer.max-steps", "4", "--trainer.validate-every", "2", "--trainer.log-every", "1",
-        "--trainer.valid-translate-sentences", "5"]
+        "--trainer.valid-translate-sentences", "5", "--trainer.autocast", "off"]
 
 
 def run(*args, cwd: Path, stdin: str | None = None):
