@@ -25,7 +25,7 @@ from fs2mini.corpus import Split, read_pairs
 from fs2mini.data import Seq2SeqBatches
 from fs2mini.errors import UserError, exit_on_user_error
 from fs2mini.generation import GenerationConfig, check_generation_config
-from fs2mini.pipeline import Skipped
+from fs2mini.pipeline import Skipped, read_text
 from fs2mini.task import build_task
 from fs2mini.translate import Translator, use_utf8
 from fs2mini.validation import validate
@@ -47,6 +47,9 @@ class TranslationScores:
     brevity_penalty: float
     length_ratio: float
     """Hypothesis length / reference length, in 13a tokens (1.0 = as long as the references)."""
+    chrf_pp: float
+    """chrF++ (chrF with word bigrams, sacrebleu's CHRF(word_order=2)), as WMT reports it next to chrF."""
+    chrf_pp_signature: str
 
 
 def score_translations(hypotheses: Sequence[str], references: Sequence[str]) -> TranslationScores:
@@ -58,8 +61,11 @@ def score_translations(hypotheses: Sequence[str], references: Sequence[str]) -> 
     bleu, chrf = BLEU(), CHRF()
     bleu_score = bleu.corpus_score(list(hypotheses), [list(references)])
     chrf_score = chrf.corpus_score(list(hypotheses), [list(references)])
+    chrf_pp = CHRF(word_order=2)
+    chrf_pp_score = chrf_pp.corpus_score(list(hypotheses), [list(references)])
     return TranslationScores(bleu_score.score, chrf_score.score, str(bleu.get_signature()), str(chrf.get_signature()),
-                             tuple(bleu_score.precisions), bleu_score.bp, bleu_score.sys_len / max(bleu_score.ref_len, 1))
+                             tuple(bleu_score.precisions), bleu_score.bp, bleu_score.sys_len / max(bleu_score.ref_len, 1),
+                             chrf_pp_score.score, str(chrf_pp.get_signature()))
 
 
 @dataclass(frozen=True)
@@ -88,6 +94,27 @@ def translate_and_score(
 
 
 @dataclass(frozen=True)
+class AlignedFiles:
+    """A test set given as two aligned files (`evaluate --source --reference`), read as a corpus so the
+    loss and perplexity are computed over it exactly as over a run's own split."""
+
+    source: Path
+    reference: Path
+    langs: tuple[str, str]
+
+    def languages(self) -> tuple[str, str]:
+        return self.langs
+
+    def read_pairs(self, split: Split, skipped: Skipped) -> list[tuple[str, str]]:
+        sources = [line.strip() for _, line in read_text(self.source, skipped)]
+        references = [line.strip() for _, line in read_text(self.reference, skipped)]
+        if len(sources) != len(references):
+            raise UserError(f"--source {self.source} has {len(sources)} lines but --reference {self.reference} has "
+                            f"{len(references)}; expected aligned files, one sentence per line")
+        return [(s, r) for s, r in zip(sources, references) if s and r]
+
+
+@dataclass(frozen=True)
 class EvaluateArgs:
     """Evaluate a run on one split: loss and perplexity (teacher-forced), BLEU and chrF (translated).
 
@@ -106,7 +133,11 @@ class EvaluateArgs:
     device: str = "auto"
     """cpu, cuda, cuda:N, or auto (CUDA when available)."""
     output: Path | None = None
-    """Hypothesis file; .src, .ref and .json files go next to it. Default RUN_DIR/eval/SPLIT.hyp."""
+    """Hypothesis file; .src, .ref and .json files go next to it. Default RUN_DIR/eval/SPLIT.hyp (or SOURCE-NAME.hyp)."""
+    source: Path | None = None
+    """Score any test set: a source file, one sentence per line, translated instead of the run's split (needs --reference)."""
+    reference: Path | None = None
+    """The reference translations of --source, line by line."""
     generation: Annotated[GenerationConfig, tyro.conf.arg(name="")] = GenerationConfig()
 
 
@@ -118,16 +149,22 @@ def evaluate(args: EvaluateArgs) -> dict:
     check_generation_config(args.generation)
     if args.max_sentences is not None and args.max_sentences <= 0:
         raise UserError(f"--max-sentences must be a positive integer, got {args.max_sentences}")
-    output = args.output if args.output is not None else args.run_dir / "eval" / f"{args.split}.hyp"
+    if (args.source is None) != (args.reference is None):
+        raise UserError("--source and --reference go together: a file of sentences to translate and their references")
+    name = args.split if args.source is None else args.source.stem
+    output = args.output if args.output is not None else args.run_dir / "eval" / f"{name}.hyp"
     if output.suffix in (".src", ".ref", ".json"):
         raise UserError(f"--output {output} would be overwritten by the {output.suffix} file; expected e.g. {output.with_suffix('.hyp')}")
     translator = Translator.from_run(args.run_dir, args.checkpoint, args.device)
     cfg = load_config(args.run_dir / "config.json")
+    if args.source is not None:
+        langs = (translator.source_lang, translator.target_lang)
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, corpus=AlignedFiles(args.source, args.reference, langs)))
     skipped = Skipped(cfg.data.strict)
     pairs = list(read_pairs(cfg.data.corpus, args.split, skipped))
     if not pairs:
-        raise UserError(f"the {args.split} split of {args.run_dir}'s corpus has no sentence pairs"
-                        + (f" (skipped: {skipped.summary()})" if skipped else ""))
+        where = f"the {args.split} split of {args.run_dir}'s corpus" if args.source is None else str(args.source)
+        raise UserError(f"{where} has no sentence pairs" + (f" (skipped: {skipped.summary()})" if skipped else ""))
 
     batches = Seq2SeqBatches(cfg.data, args.split, translator.tokenizer, seed=0, shuffle=False)
     losses = validate(translator.model, build_task(cfg.task, translator.tokenizer.vocab_info), batches,
@@ -138,10 +175,13 @@ def evaluate(args: EvaluateArgs) -> dict:
     paths = {suffix: output.with_suffix(suffix) for suffix in (".src", ".ref", ".hyp", ".json")}
     record = {
         "run_dir": str(args.run_dir), "checkpoint": str(translator.checkpoint_path), "step": translator.step,
-        "split": args.split, "pairs": len(pairs), "translated": len(result.hypotheses),
-        **losses, "bleu": scores.bleu, "chrf": scores.chrf, "precisions": list(scores.precisions),
+        "split": args.split if args.source is None else None,
+        "source": str(args.source) if args.source else None, "reference": str(args.reference) if args.reference else None,
+        "pairs": len(pairs), "translated": len(result.hypotheses),
+        **losses, "bleu": scores.bleu, "chrf": scores.chrf, "chrf_pp": scores.chrf_pp, "precisions": list(scores.precisions),
         "brevity_penalty": scores.brevity_penalty, "length_ratio": scores.length_ratio,
         "bleu_signature": scores.bleu_signature, "chrf_signature": scores.chrf_signature,
+        "chrf_pp_signature": scores.chrf_pp_signature,
         "generation": dataclasses.asdict(args.generation),
     }
     try:
@@ -152,14 +192,17 @@ def evaluate(args: EvaluateArgs) -> dict:
     except OSError as err:
         raise UserError(f"--output {output}: cannot write ({err.strerror}); expected a writable location") from None
 
-    print(f"run {args.run_dir} | checkpoint {translator.checkpoint_path} (step {translator.step}) | split {args.split}: {len(pairs)} pairs")
+    what = f"split {args.split}" if args.source is None else f"{args.source} / {args.reference}"
+    print(f"run {args.run_dir} | checkpoint {translator.checkpoint_path} (step {translator.step}) | {what}: {len(pairs)} pairs")
     print(f"loss {losses['loss']:.4f}  nll {losses['nll']:.4f}  ppl {losses['ppl']:.3f}  "
           f"(teacher-forced over {losses['tokens']} target tokens)")
-    print(f"BLEU {scores.bleu:.2f}  chrF {scores.chrf:.2f}  ({len(result.hypotheses)} sentences, beam {args.generation.beam_size})")
+    print(f"BLEU {scores.bleu:.2f}  chrF {scores.chrf:.2f}  chrF++ {scores.chrf_pp:.2f}  ({len(result.hypotheses)} sentences, "
+          f"beam {args.generation.beam_size})")
     print(f"n-gram precisions {' / '.join(f'{p:.1f}' for p in scores.precisions)}  brevity penalty "
           f"{scores.brevity_penalty:.3f}  hyp/ref length {scores.length_ratio:.3f}")
     print(f"BLEU signature: {scores.bleu_signature}")
     print(f"chrF signature: {scores.chrf_signature}")
+    print(f"chrF++ signature: {scores.chrf_pp_signature}")
     print(f"wrote {paths['.hyp']} (and .src, .ref, .json next to it)")
     return record
 

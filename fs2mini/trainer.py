@@ -48,7 +48,7 @@ from fs2mini.distributed import (
     unwrap,
 )
 from fs2mini.errors import RunStopped, UserError, expect, finite
-from fs2mini.evaluate import translate_and_score
+from fs2mini.evaluate import Evaluation, translate_and_score
 from fs2mini.generation import GenerationConfig
 from fs2mini.metrics import ProgressDisplay, best_effort
 from fs2mini.model import ModelConfig, check_model_config
@@ -483,6 +483,8 @@ class Validator:
                  metrics: RunLog | None, display: ProgressDisplay) -> None:
         self.parts, self.env, self.device, self.metrics, self.display = parts, env, device, metrics, display
         self.bf16 = parts.bf16
+        self.translations_dir = cfg.run_dir / "translations"
+        """Each validation's translations, `valid_step_XXXXXXXX.tsv` (source, reference, hypothesis per line)."""
         tc = cfg.trainer
         self.translates = tc.valid_translate_sentences != 0 and not _sharded(tc, env)
         if self.translates and env.is_main:  # only rank 0 translates
@@ -502,6 +504,7 @@ class Validator:
             result.update(bleu=bleu, chrf=chrf, length_ratio=length_ratio)
             if evaluation is not None:
                 samples = list(zip(evaluation.hypotheses, evaluation.references))[:VALIDATION_SAMPLES]
+                self._save_translations(step, evaluation)
         if self.metrics is not None:
             self.metrics.write({"step": step, "split": "valid", **result, "elapsed_s": elapsed_s})
         self.display.message(
@@ -512,6 +515,13 @@ class Validator:
         for hypothesis, reference in samples:  # so a length or repetition problem shows while training
             self.display.message(f"  hyp: {hypothesis}\n  ref: {reference}")
         return result
+
+    def _save_translations(self, step: int, evaluation: Evaluation) -> None:
+        """So a user can read what the model said at step N, not only its score."""
+        rows = "".join(f"{s}\t{r}\t{h}\n" for s, r, h in zip(evaluation.sources, evaluation.references, evaluation.hypotheses))
+        path = self.translations_dir / f"valid_step_{step:08d}.tsv"
+        self.translations_dir.mkdir(exist_ok=True)
+        write_atomically(path, lambda handle: handle.write(rows.encode("utf-8")), what=str(path))
 
 
 def save_checkpoint(cfg: TrainConfig, parts: Components, state: TrainState, device: torch.device, env: DistEnv,

@@ -5,6 +5,7 @@ import shutil
 
 import pytest
 
+from fs2mini.errors import UserError
 from fs2mini.evaluate import main, score_translations, translate_and_score
 from fs2mini.generation import GenerationConfig
 from fs2mini.translate import Translator
@@ -73,3 +74,20 @@ def test_empty_split_is_a_one_line_error(trained_reversal_run, tmp_path, capsys)
     (run / "config.json").write_text(json.dumps(config))
     code, err = run_main([str(run), "--split", "test"], capsys)
     assert code == 2 and "test split" in err and "no sentence pairs" in err and err.count("\n") == 1
+
+
+def test_any_test_set_is_scored_from_two_aligned_files_with_chrf_plus_plus(trained_reversal_run, tmp_path, capsys):
+    from fs2mini.evaluate import EvaluateArgs, evaluate
+
+    (tmp_path / "my.src").write_text("a b c\nd e f g\n", encoding="utf-8")
+    (tmp_path / "my.ref").write_text("c b a\ng f e d\n", encoding="utf-8")
+    record = evaluate(EvaluateArgs(trained_reversal_run, source=tmp_path / "my.src", reference=tmp_path / "my.ref",
+                                   device="cpu", output=tmp_path / "out" / "my.hyp"))
+    assert record["pairs"] == 2 and record["bleu"] > 50 and record["chrf_pp"] > 50 and record["loss"] < 1.0
+    assert "chrF++ signature:" in capsys.readouterr().out
+    assert (tmp_path / "out" / "my.hyp").read_text().splitlines() == ["c b a", "g f e d"]
+    (tmp_path / "short.ref").write_text("c b a\n", encoding="utf-8")
+    with pytest.raises(UserError, match="has 2 lines but --reference .*short.ref has 1"):
+        evaluate(EvaluateArgs(trained_reversal_run, source=tmp_path / "my.src", reference=tmp_path / "short.ref"))
+    with pytest.raises(UserError, match="--source and --reference go together"):
+        evaluate(EvaluateArgs(trained_reversal_run, source=tmp_path / "my.src"))

@@ -54,6 +54,9 @@ def test_run_directory_has_config_tokenizer_checkpoints_and_metrics(reversal_tsv
     assert all(isinstance(r["step"], int) and r["split"] in ("train", "valid") and isinstance(r["loss"], float) for r in records)
     assert [r["step"] for r in records if r["split"] == "valid"] == [0, 6, 12]
     assert not list(run_dir.glob("checkpoints/*.tmp"))
+    saved = (run_dir / "translations" / "valid_step_00000012.tsv").read_text(encoding="utf-8").splitlines()
+    assert len(saved) > 0
+    assert all(len(line.split("\t")) == 3 for line in saved)  # source, reference, hypothesis
 
 
 def test_interrupted_then_resumed_run_ends_bit_identical(reversal_tsv, tokenizer_cache, tmp_path):
