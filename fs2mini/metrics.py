@@ -150,7 +150,8 @@ class ProgressDisplay:
             )
 
     def message(self, text: str) -> None:
-        self.console.print(text, highlight=False)
+        # soft_wrap: a long line stays one line in a log file (rich would break it at 80 columns).
+        self.console.print(text, highlight=False, soft_wrap=True)
 
     def close(self) -> None:
         if self._bar is not None:
