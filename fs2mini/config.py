@@ -71,8 +71,8 @@ class TrainerConfig:
     compile: bool = False
     """Compile the model's forward with torch.compile (dynamic shapes). Off by default: on CPU it was
     measured slower than eager (see README, Performance) and the first steps wait for compilation."""
-    valid_translate_sentences: int | None = None
-    """Validation also translates the validation split and logs BLEU/chrF: all of it (None), the first N, or none (0)."""
+    valid_translate_sentences: int | Literal["all"] = "all"
+    """Validation also translates the validation split and logs BLEU/chrF: all of it, the first N, or none (0)."""
     valid_beam_size: int = 1
     """Beam size of that validation decoding (1 = greedy, the fastest)."""
     best_metric: Literal["loss", "bleu"] = "loss"
@@ -231,7 +231,12 @@ def config_from_json(tp: Any, value: Any, where: Path | None = None, name: str =
             if isinstance(value, dict) and getattr(base, "__name__", None) == value.get("_type"):
                 return config_from_json(base, value, where, name)
         non_none = [o for o in options if o is not type(None)]
-        return config_from_json(non_none[0], value, where, name)
+        for option in non_none[:-1]:  # e.g. `int | Literal["all"]`: the first option that takes the value
+            try:
+                return config_from_json(option, value, where, name)
+            except UserError:
+                continue
+        return config_from_json(non_none[-1], value, where, name)
     if origin is tuple:
         args = typing.get_args(tp)
         if not isinstance(value, list):

@@ -165,7 +165,7 @@ def check_trainer_config(cfg: TrainerConfig) -> None:
         raise UserError(f"--trainer.max-grad-norm must be >= 0, got {cfg.max_grad_norm}")
     expect("--trainer.max-grad-norm", cfg.max_grad_norm, finite(cfg.max_grad_norm), "a finite number >= 0 (0 disables clipping)")
     expect("--trainer.seed", cfg.seed, 0 <= cfg.seed < 2**63, "an integer in [0, 2**63)")
-    if cfg.valid_translate_sentences is not None and cfg.valid_translate_sentences < 0:
+    if cfg.valid_translate_sentences != "all" and cfg.valid_translate_sentences < 0:
         raise UserError(f"--trainer.valid-translate-sentences must be >= 0, got {cfg.valid_translate_sentences}")
     if cfg.best_metric == "bleu" and cfg.valid_translate_sentences == 0:
         raise UserError("--trainer.best-metric bleu needs --trainer.valid-translate-sentences > 0")
@@ -488,7 +488,8 @@ class Validator:
         tc = cfg.trainer
         self.translates = tc.valid_translate_sentences != 0 and not _sharded(tc, env)
         if self.translates and env.is_main:  # only rank 0 translates
-            self.pairs = list(itertools.islice(read_pairs(cfg.data.corpus, "valid", Skipped()), tc.valid_translate_sentences))
+            count = None if tc.valid_translate_sentences == "all" else tc.valid_translate_sentences
+            self.pairs = list(itertools.islice(read_pairs(cfg.data.corpus, "valid", Skipped()), count))
             self.translator = Translator(unwrap(parts.model), parts.tokenizer, *corpus_languages(cfg.data.corpus))
             self.generation = GenerationConfig(beam_size=tc.valid_beam_size)
 
