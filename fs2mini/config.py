@@ -277,6 +277,11 @@ def resolve_paths(cfg: Any) -> Any:
     return cfg
 
 
+def as_started(cfg: TrainConfig) -> TrainConfig:
+    """`cfg` as a run uses it: its run directory named explicitly and every path absolute (training and `check` alike)."""
+    return resolve_paths(dataclasses.replace(cfg, output_dir=cfg.run_dir))
+
+
 def save_config(cfg: TrainConfig, path: Path) -> None:
     text = json.dumps(config_to_json(cfg), indent=2) + "\n"
     write_atomically(path, lambda handle: handle.write(text.encode("utf-8")))

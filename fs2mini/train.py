@@ -25,7 +25,7 @@ import torch
 import tyro
 
 from fs2mini.components import Components, build_components, build_tokenizer, newest_checkpoint
-from fs2mini.config import TrainConfig, resolve_paths
+from fs2mini.config import TrainConfig, as_started
 from fs2mini.corpus import CORPORA, corpus_languages, read_pairs
 from fs2mini.data import DataConfig, Seq2SeqBatch
 from fs2mini.distributed import DistEnv, pick_device
@@ -118,7 +118,7 @@ def check(component: str, cfg: TrainConfig) -> None:
     started = time.perf_counter()
     if component not in COMPONENTS:
         raise UserError(f"check: unknown component {component!r}; expected one of {', '.join(COMPONENTS)}")
-    cfg = resolve_paths(dataclasses.replace(cfg, output_dir=cfg.run_dir))
+    cfg = as_started(cfg)
     check_config(cfg)
     device = pick_device(cfg.trainer.device)
     if component == "trainer":
@@ -169,9 +169,10 @@ def _check_tokenizer(cfg: TrainConfig, tokenizer: Tokenizer) -> None:
     print(f"tokenizer {tokenizer.model_path}")
     print(f"vocab size {vocab.size} (pad {vocab.pad_idx}, unk {vocab.unk_idx}, bos {vocab.bos_idx}, eos {vocab.eos_idx})")
     print(f"languages {source_lang}→{target_lang}; first training pair:")
-    print(f"source layout: {' '.join(tokenizer.pieces(tokenizer.encode_source([source], source_lang)[0]))}")
+    source_ids = tokenizer.encode_source([source], source_lang)[0]
+    print(f"source layout: {' '.join(tokenizer.pieces(source_ids))}")
     print(f"target layout: {' '.join(tokenizer.pieces(tokenizer.encode_target([target], target_lang)[0]))}")
-    print(f"decode(source): {tokenizer.decode(tokenizer.encode_source([source], source_lang)[0])}")
+    print(f"decode(source): {tokenizer.decode(source_ids)}")
 
 
 def _check_model(cfg: TrainConfig, parts: Components, batch: Seq2SeqBatch) -> None:

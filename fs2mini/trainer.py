@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from fs2mini.checkpoint import best_checkpoint_path, checkpoint_path, prune_checkpoints, remove_partial_writes, save_atomically, write_atomically
 from fs2mini.components import Components, build_components, newest_checkpoint, run_tokenizer
-from fs2mini.config import TrainConfig, TrainerConfig, config_to_json, parse_duration, resolve_paths, save_config
+from fs2mini.config import TrainConfig, TrainerConfig, config_to_json, parse_duration, as_started, save_config
 from fs2mini.corpus import check_corpus_config, corpus_languages, read_pairs
 from fs2mini.data import Seq2SeqBatch, Seq2SeqBatches, check_data_config
 from fs2mini.distributed import (
@@ -207,7 +207,7 @@ def train(cfg: TrainConfig) -> Path:
 
     Under `torchrun` this runs in every process; see fs2mini/distributed.py.
     """
-    cfg = resolve_paths(dataclasses.replace(cfg, output_dir=cfg.run_dir))
+    cfg = as_started(cfg)
     check_config(cfg)
     env, device = init_distributed(cfg.trainer.device)
     try:
