@@ -22,8 +22,8 @@ from torch import nn
 
 from fs2mini.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint
 from fs2mini.config import TrainConfig, incompatible_fields, load_config
-from fs2mini.corpus import corpus_languages, describe_corpus, training_sentences
-from fs2mini.data import Seq2SeqBatches
+from fs2mini.corpus import describe_corpus, training_sentences, training_sentences_by_language
+from fs2mini.data import Seq2SeqBatches, run_languages
 from fs2mini.distributed import DistEnv, barrier, load_optimizer_state, wrap_model
 from fs2mini.errors import UserError
 from fs2mini.model import build_model
@@ -31,7 +31,7 @@ from fs2mini.optim import build_lr_schedule, build_optimizer
 from fs2mini.pipeline import Skipped
 from fs2mini.precision import Precision, choose_precision
 from fs2mini.task import Task, build_task
-from fs2mini.tokenizer import Tokenizer, checked_tokenizer, load_or_train_tokenizer
+from fs2mini.tokenizer import Tokenizer, balanced_sentences, checked_tokenizer, load_or_train_tokenizer
 
 
 @dataclass
@@ -57,9 +57,14 @@ class Components:
 
 
 def build_tokenizer(cfg: TrainConfig) -> Tokenizer:
-    """The tokenizer for `cfg`'s corpus: from the cache, or trained on the training split."""
-    langs = corpus_languages(cfg.data.corpus)
+    """The tokenizer for `cfg`'s corpus: from the cache, or trained on the training split
+    (of every direction, each language equally represented: `balanced_sentences`)."""
+    langs = run_languages(cfg.data)
     skipped = Skipped(cfg.data.strict)
+    if cfg.data.more_corpora:
+        by_language = training_sentences_by_language(cfg.data.corpora, skipped)
+        sentences = balanced_sentences(by_language, cfg.tokenizer.max_training_sentences)
+        return load_or_train_tokenizer(cfg.tokenizer, sentences, langs)
     sentences = training_sentences(cfg.data.corpus, skipped)
     if not sentences:
         raise UserError(
@@ -78,7 +83,7 @@ def run_tokenizer(cfg: TrainConfig, checkpoint: dict[str, Any] | None, env: Dist
     component has been built), so a corpus that cannot be read leaves the directory untouched.
     """
     if checkpoint is not None:
-        return checked_tokenizer(cfg.run_dir / "tokenizer.model", corpus_languages(cfg.data.corpus),
+        return checked_tokenizer(cfg.run_dir / "tokenizer.model", run_languages(cfg.data),
                                  checkpoint.get("tokenizer"), checkpoint_path(cfg.run_dir / "checkpoints", checkpoint["step"]))
     if env.is_main:
         tokenizer = build_tokenizer(cfg)  # trains it once, into the cache

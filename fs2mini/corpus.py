@@ -22,7 +22,7 @@ import hashlib
 import importlib.util
 import re
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
@@ -290,3 +290,20 @@ def _tsv_pairs(lines: Iterator[tuple[int, str]], corpus: TsvCorpus, split: Split
 def training_sentences(corpus: Corpus, skipped: Skipped) -> list[str]:
     """Both sides of the training split: the text a tokenizer is trained on."""
     return [sentence for pair in read_pairs(corpus, "train", skipped) for sentence in pair]
+
+
+def training_sentences_by_language(corpora: Sequence[Corpus], skipped: Skipped) -> dict[str, list[str]]:
+    """Each language's distinct training sentences over several directions (English of eng→fra and
+    eng→deu once); a direction without training pairs stops here, naming it."""
+    by_language: dict[str, dict[str, None]] = {}
+    for corpus in corpora:
+        source_lang, target_lang = corpus_languages(corpus)
+        found = 0
+        for source, target in read_pairs(corpus, "train", skipped):
+            by_language.setdefault(source_lang, {})[source] = None
+            by_language.setdefault(target_lang, {})[target] = None
+            found += 1
+        if not found:
+            raise UserError(f"direction {source_lang}-{target_lang} ({describe_corpus(corpus)}) has no training sentence "
+                            f"pairs ({'skipped: ' + skipped.summary() if skipped else 'it is empty'})")
+    return {lang: list(sentences) for lang, sentences in by_language.items()}

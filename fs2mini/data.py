@@ -9,6 +9,13 @@ at a time into `Rows` (flat int64 tensors) with sentencepiece's batch call, sort
 pool (see `length_order`) and cut into batches under a padded-token budget, which keeps padding to
 about 3% of source+target positions on the Bible corpus at 4096 tokens (sorting by max(source,
 target) alone left 7.6%).
+
+A run may train several translation directions (`DataConfig.more_corpora`, one corpus per
+direction). Each training batch then holds one direction: each direction is bucketed on its own
+(lengths differ by language), and the direction of the next batch is drawn with probability
+∝ (training pairs)^(1/T), `--data.sampling-temperature T`. An epoch ends when the largest
+direction has been seen once; smaller ones are repeated, re-shuffled, as often as their share
+asks. Validation and test iterate every direction in turn, unsampled.
 """
 
 from __future__ import annotations
@@ -17,15 +24,15 @@ import random
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from itertools import chain, repeat
+from itertools import chain, count, repeat
 
 import numpy as np
 import torch
 import tyro
 from torch import Tensor
 
-from fs2mini.corpus import CORPORA, Split, corpus_languages, read_pairs
-from fs2mini.errors import UserError
+from fs2mini.corpus import CORPORA, Corpus, Split, corpus_languages, describe_corpus, read_pairs
+from fs2mini.errors import UserError, expect, finite
 from fs2mini.pipeline import Skipped, batch_by_max_tokens, chunk, shard, shuffle_window
 from fs2mini.tokenizer import Tokenizer
 
@@ -36,10 +43,16 @@ CorpusChoice = tyro.extras.subcommand_type_from_defaults(CORPORA)
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Which corpus to read and how to cut it into batches."""
+    """Which corpora (one per translation direction) to read and how to cut them into batches."""
 
     corpus: CorpusChoice = CORPORA["bible"]
-    """Where sentence pairs come from."""
+    """Where sentence pairs come from (the run's first direction; translate and evaluate default to it)."""
+    more_corpora: tuple[CorpusChoice, ...] = ()
+    """Further directions trained in the same run, one corpus each (set in a recipe; each entry's fields are flags)."""
+    zero_shot_corpora: tuple[CorpusChoice, ...] = ()
+    """Directions never trained on, only validated and evaluated (zero-shot), between languages of the run."""
+    sampling_temperature: float = 1.0
+    """Direction of each training batch drawn ∝ (its training pairs)^(1/T): 1 = by size, larger = flatter."""
     max_tokens: int = 2048
     """Token budget per batch, padding included: batch size × max(source, target length), as fairseq."""
     max_source_len: int = 256
@@ -52,6 +65,32 @@ class DataConfig:
     """Sentences encoded and sorted by length together before being cut into batches (bigger: less padding)."""
     strict: bool = False
     """Stop at the first malformed corpus line (no tab, empty side, invalid UTF-8) instead of skipping it."""
+
+    @property
+    def corpora(self) -> tuple[Corpus, ...]:
+        """The trained directions' corpora, `corpus` first."""
+        return (self.corpus, *self.more_corpora)
+
+
+def direction_name(langs: tuple[str, str]) -> str:
+    """`eng-fra`: how a direction is named in metrics.jsonl, file names and messages."""
+    return f"{langs[0]}-{langs[1]}"
+
+
+def run_languages(cfg: DataConfig) -> tuple[str, ...]:
+    """Every language of the run's trained directions, in order of first appearance: the tokenizer's language tokens.
+
+    A single-direction run gives its (source, target) pair exactly as before multilingual runs existed."""
+    if not cfg.more_corpora:
+        return corpus_languages(cfg.corpus)
+    return tuple(dict.fromkeys(lang for corpus in cfg.corpora for lang in corpus_languages(corpus)))
+
+
+def sampling_probabilities(sizes: Sequence[int], temperature: float) -> list[float]:
+    """p_i ∝ size_i^(1/T), as NLLB and fairseq sample languages: T = 1 by size, T → ∞ uniform."""
+    weights = [size ** (1.0 / temperature) for size in sizes]
+    total = sum(weights)
+    return [weight / total for weight in weights]
 
 
 @dataclass(frozen=True)
@@ -169,12 +208,16 @@ class Seq2SeqBatches:
         shuffle: bool,
         rank: int = 0,
         world_size: int = 1,
+        corpora: Sequence[Corpus] | None = None,
     ) -> None:
+        """`corpora`: the directions to read (default: the run's trained ones, `cfg.corpora`)."""
         check_data_config(cfg)
         self.cfg = cfg
         self.split = split
         self.tokenizer = tokenizer
-        self.source_lang, self.target_lang = corpus_languages(cfg.corpus)
+        self.corpora = tuple(corpora) if corpora is not None else cfg.corpora
+        self.directions = [corpus_languages(corpus) for corpus in self.corpora]
+        self.source_lang, self.target_lang = self.directions[0]
         self.seed = seed
         self.shuffle = shuffle
         self.rank = rank
@@ -182,7 +225,8 @@ class Seq2SeqBatches:
         self.next_epoch = 0
         self.skipped = Skipped(cfg.strict)
         """Sentences skipped in the most recent epoch, by reason."""
-        self._pairs: list[tuple[str, str]] | None = None
+        self._pairs: list[list[tuple[str, str]]] | None = None
+        """Each direction's pairs, read at the first epoch."""
         self._read_skipped = Skipped(cfg.strict)
         """What reading the corpus skipped; every epoch's `skipped` starts from a copy."""
 
@@ -193,23 +237,54 @@ class Seq2SeqBatches:
 
     def iter_epoch(self, epoch: int) -> Iterator[Seq2SeqBatch]:
         """The batches of one epoch; the same (seed, epoch) always gives the same batches."""
-        rng = random.Random(f"{self.seed}-{epoch}-{self.split}")
         # The corpus is fixed, so its pairs are read once, at the first epoch, and kept; later
         # epochs start from the skips that reading counted (with their locations).
         if self._pairs is None:
             self._read_skipped = Skipped(self.cfg.strict)
-            self._pairs = list(read_pairs(self.cfg.corpus, self.split, self._read_skipped))
+            self._pairs = [list(read_pairs(corpus, self.split, self._read_skipped)) for corpus in self.corpora]
         self.skipped = self._read_skipped.copy()
-        return self._batches(rng, warn=epoch == 0)
+        if len(self.corpora) == 1:
+            return self._batches(0, random.Random(f"{self.seed}-{epoch}-{self.split}"), warn=epoch == 0)
+        if not self.shuffle:
+            return chain.from_iterable(self._batches(i, random.Random(f"{self.seed}-{epoch}-{self.split}-{i}"),
+                                                     warn=epoch == 0) for i in range(len(self.corpora)))
+        return self._sampled(epoch)
 
-    def _batches(self, rng: random.Random, warn: bool) -> Iterator[Seq2SeqBatch]:
-        pairs = iter(self._pairs)
+    def _sampled(self, epoch: int) -> Iterator[Seq2SeqBatch]:
+        """Training batches of several directions, each batch's direction drawn by temperature."""
+        sizes = [len(pairs) for pairs in self._pairs]
+        probabilities = sampling_probabilities(sizes, self.cfg.sampling_temperature)
+        largest = max(range(len(sizes)), key=lambda i: sizes[i])
+        streams = [self._passes(i, epoch, last=i == largest) for i in range(len(sizes))]
+        rng = random.Random(f"{self.seed}-{epoch}-{self.split}-directions")
+        while (batch := next(streams[rng.choices(range(len(sizes)), probabilities)[0]], None)) is not None:
+            yield batch  # (only the largest direction's stream ends: that ends the epoch)
+
+    def _passes(self, index: int, epoch: int, last: bool) -> Iterator[Seq2SeqBatch]:
+        """Direction `index`'s batches, pass after pass (each shuffled anew); one pass when it is `last`."""
+        for repeat_index in count():
+            rng = random.Random(f"{self.seed}-{epoch}-{self.split}-{index}-{repeat_index}")
+            produced = False
+            for batch in self._batches(index, rng, warn=epoch == 0 and repeat_index == 0):
+                produced = True
+                yield batch
+            if not produced:
+                raise UserError(f"direction {direction_name(self.directions[index])} "
+                                f"({describe_corpus(self.corpora[index])}) has no {self.split} pairs left after "
+                                f"filtering (skipped: {self.skipped.summary() or 'nothing'})")
+            if last:
+                return
+
+    def _batches(self, index: int, rng: random.Random, warn: bool) -> Iterator[Seq2SeqBatch]:
+        """One pass over direction `index`'s pairs."""
+        pairs = iter(self._pairs[index])
         if self.shuffle:
             pairs = shuffle_window(pairs, self.cfg.shuffle_window, rng)
         pairs = shard(pairs, self.rank, self.world_size)
         cfg, pad_idx = self.cfg, self.tokenizer.vocab_info.pad_idx
-        source_prefix = self.tokenizer.source_prefix(self.source_lang)
-        target_prefix = self.tokenizer.target_prefix(self.target_lang)
+        source_lang, target_lang = self.directions[index]
+        source_prefix = self.tokenizer.source_prefix(source_lang)
+        target_prefix = self.tokenizer.target_prefix(target_lang)
         for pool in chunk(pairs, cfg.pool_size):
             sources = encode_rows(self.tokenizer, [source for source, _ in pool], source_prefix)
             targets = encode_rows(self.tokenizer, [target for _, target in pool], target_prefix)
@@ -226,7 +301,7 @@ class Seq2SeqBatches:
                 rng.shuffle(batches)
             for batch in batches:
                 yield collate_rows(sources, targets, torch.tensor(batch), pad_idx)
-        if warn and self.skipped:
+        if warn and self.skipped and index == len(self.corpora) - 1:
             print(f"warning: skipped {sum(self.skipped.values())} {self.split} pairs: {self.skipped.summary()}", file=sys.stderr)
 
 
@@ -240,3 +315,24 @@ def check_data_config(cfg: DataConfig) -> None:
     ]:
         if value <= 0:
             raise UserError(f"{flag} must be a positive integer, got {value}")
+    expect("--data.sampling-temperature", cfg.sampling_temperature,
+           finite(cfg.sampling_temperature) and cfg.sampling_temperature > 0, "a number > 0 (1 = by size, larger = flatter)")
+
+
+def check_directions(cfg: DataConfig) -> None:
+    """Each direction once, zero-shot ones untrained and between the run's languages (before any data is read)."""
+    seen: dict[tuple[str, str], str] = {}
+    flags = ["--data.corpus", *(f"--data.more-corpora.{i}" for i in range(len(cfg.more_corpora))),
+             *(f"--data.zero-shot-corpora.{i}" for i in range(len(cfg.zero_shot_corpora)))]
+    for flag, corpus in zip(flags, (*cfg.corpora, *cfg.zero_shot_corpora)):
+        langs = corpus_languages(corpus)
+        if langs in seen:
+            raise UserError(f"{flag} ({describe_corpus(corpus)}) repeats direction {direction_name(langs)} of {seen[langs]}; "
+                            "expected each direction once (join their pairs into one corpus)")
+        seen[langs] = f"{flag} ({describe_corpus(corpus)})"
+    languages = run_languages(cfg)
+    for index, corpus in enumerate(cfg.zero_shot_corpora):
+        unknown = [lang for lang in corpus_languages(corpus) if lang not in languages]
+        if unknown:
+            raise UserError(f"--data.zero-shot-corpora.{index}: language {unknown[0]} is not in the run's trained "
+                            f"directions; expected one of {', '.join(languages)}")

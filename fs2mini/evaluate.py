@@ -20,9 +20,9 @@ from typing import Annotated, get_args
 import tyro
 from sacrebleu.metrics import BLEU, CHRF
 
-from fs2mini.config import load_config
-from fs2mini.corpus import Split, read_pairs
-from fs2mini.data import Seq2SeqBatches
+from fs2mini.config import TrainConfig, load_config
+from fs2mini.corpus import Corpus, Split, corpus_languages, describe_corpus, read_pairs
+from fs2mini.data import Seq2SeqBatches, direction_name
 from fs2mini.errors import UserError, exit_on_user_error
 from fs2mini.generation import GenerationConfig, check_generation_config
 from fs2mini.pipeline import Skipped, read_text
@@ -79,9 +79,11 @@ class Evaluation:
 
 
 def translate_and_score(
-    translator: Translator, pairs: Sequence[tuple[str, str]], cfg: GenerationConfig, max_sentences: int | None = None
+    translator: Translator, pairs: Sequence[tuple[str, str]], cfg: GenerationConfig, max_sentences: int | None = None,
+    *, source_lang: str | None = None, target_lang: str | None = None,
 ) -> Evaluation:
-    """Translate the sources of the first `max_sentences` (source, reference) pairs (all if None) and score them."""
+    """Translate the sources of the first `max_sentences` (source, reference) pairs (all if None) and score them
+    (from `source_lang` into `target_lang`: by default the translator's)."""
     if max_sentences is not None and max_sentences <= 0:
         raise UserError(f"--max-sentences must be a positive integer, got {max_sentences}")
     pairs = list(pairs[:max_sentences] if max_sentences is not None else pairs)
@@ -89,7 +91,7 @@ def translate_and_score(
         raise UserError("no sentence pairs to translate")
     sources = [source for source, _ in pairs]
     references = [reference for _, reference in pairs]
-    hypotheses = translator.translate(sources, cfg)
+    hypotheses = translator.translate(sources, cfg, source_lang=source_lang, target_lang=target_lang)
     return Evaluation(sources, references, hypotheses, score_translations(hypotheses, references))
 
 
@@ -138,6 +140,10 @@ class EvaluateArgs:
     """Score any test set: a source file, one sentence per line, translated instead of the run's split (needs --reference)."""
     reference: Path | None = None
     """The reference translations of --source, line by line."""
+    source_lang: str | None = None
+    """Language of --source (default: the run's, or the one a trained direction into --target-lang starts from)."""
+    target_lang: str | None = None
+    """Language of --reference, any of the run's (default: the run's first direction). Without --source every direction is scored."""
     generation: Annotated[GenerationConfig, tyro.conf.arg(name="")] = GenerationConfig()
 
 
@@ -155,21 +161,57 @@ def evaluate(args: EvaluateArgs) -> dict:
     output = args.output if args.output is not None else args.run_dir / "eval" / f"{name}.hyp"
     if output.suffix in (".src", ".ref", ".json"):
         raise UserError(f"--output {output} would be overwritten by the {output.suffix} file; expected e.g. {output.with_suffix('.hyp')}")
-    translator = Translator.from_run(args.run_dir, args.checkpoint, args.device)
+    translator = Translator.from_run(args.run_dir, args.checkpoint, args.device, source_lang=args.source_lang,
+                                     target_lang=args.target_lang)
     cfg = load_config(args.run_dir / "config.json")
     if args.source is not None:
         langs = (translator.source_lang, translator.target_lang)
-        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, corpus=AlignedFiles(args.source, args.reference, langs)))
+        return _evaluate_direction(args, translator, cfg, AlignedFiles(args.source, args.reference, langs), output)
+    if not (cfg.data.more_corpora or cfg.data.zero_shot_corpora):
+        return _evaluate_direction(args, translator, cfg, cfg.data.corpus, output)
+    # Several directions: each scored into its own files, then their average (zero-shot ones apart).
+    records = {}
+    for corpus in (*cfg.data.corpora, *cfg.data.zero_shot_corpora):
+        name = direction_name(corpus_languages(corpus))
+        print(f"--- {name}" + (" (zero-shot)" if corpus in cfg.data.zero_shot_corpora else ""))
+        records[name] = _evaluate_direction(args, translator, cfg, corpus, output.with_name(f"{output.stem}.{name}.hyp"))
+    trained = [direction_name(corpus_languages(corpus)) for corpus in cfg.data.corpora]
+    zero_shot = [name for name in records if name not in trained]
+    average = {key: sum(records[name][key] for name in trained) / len(trained) for key in ("loss", "bleu", "chrf", "chrf_pp")}
+    summary = {"run_dir": str(args.run_dir), "checkpoint": str(translator.checkpoint_path), "step": translator.step,
+               "split": args.split, "directions": records, "average": average, "zero_shot": zero_shot}
+    _write(output.with_suffix(".json"), json.dumps(summary, indent=2) + "\n", output)
+    print(f"--- average of {len(trained)} trained directions: loss {average['loss']:.4f}  BLEU {average['bleu']:.2f}  "
+          f"chrF {average['chrf']:.2f}  chrF++ {average['chrf_pp']:.2f}")
+    for name in records:
+        print(f"{name:>12}{' (zero-shot)' if name in zero_shot else '':12}  loss {records[name]['loss']:.4f}  "
+              f"BLEU {records[name]['bleu']:.2f}  chrF {records[name]['chrf']:.2f}")
+    print(f"wrote {output.with_suffix('.json')} (every direction and the average)")
+    return summary
+
+
+def _write(path: Path, text: str, output: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    except OSError as err:
+        raise UserError(f"--output {output}: cannot write ({err.strerror}); expected a writable location") from None
+
+
+def _evaluate_direction(args: EvaluateArgs, translator: Translator, cfg: TrainConfig, corpus: Corpus, output: Path) -> dict:
+    """Loss of `corpus`'s split and BLEU/chrF of its translations; prints the report, writes the files."""
+    source_lang, target_lang = corpus_languages(corpus)
     skipped = Skipped(cfg.data.strict)
-    pairs = list(read_pairs(cfg.data.corpus, args.split, skipped))
+    pairs = list(read_pairs(corpus, args.split, skipped))
     if not pairs:
-        where = f"the {args.split} split of {args.run_dir}'s corpus" if args.source is None else str(args.source)
+        where = f"the {args.split} split of {describe_corpus(corpus)}" if args.source is None else str(args.source)
         raise UserError(f"{where} has no sentence pairs" + (f" (skipped: {skipped.summary()})" if skipped else ""))
 
-    batches = Seq2SeqBatches(cfg.data, args.split, translator.tokenizer, seed=0, shuffle=False)
+    batches = Seq2SeqBatches(cfg.data, args.split, translator.tokenizer, seed=0, shuffle=False, corpora=[corpus])
     losses = validate(translator.model, build_task(cfg.task, translator.tokenizer.vocab_info), batches,
                       translator.device, bf16=False)
-    result = translate_and_score(translator, pairs, args.generation, args.max_sentences)
+    result = translate_and_score(translator, pairs, args.generation, args.max_sentences, source_lang=source_lang,
+                                 target_lang=target_lang)
     scores = result.scores
 
     paths = {suffix: output.with_suffix(suffix) for suffix in (".src", ".ref", ".hyp", ".json")}
@@ -177,7 +219,7 @@ def evaluate(args: EvaluateArgs) -> dict:
         "run_dir": str(args.run_dir), "checkpoint": str(translator.checkpoint_path), "step": translator.step,
         "split": args.split if args.source is None else None,
         "source": str(args.source) if args.source else None, "reference": str(args.reference) if args.reference else None,
-        "pairs": len(pairs), "translated": len(result.hypotheses),
+        "source_lang": source_lang, "target_lang": target_lang, "pairs": len(pairs), "translated": len(result.hypotheses),
         **losses, "bleu": scores.bleu, "chrf": scores.chrf, "chrf_pp": scores.chrf_pp, "precisions": list(scores.precisions),
         "brevity_penalty": scores.brevity_penalty, "length_ratio": scores.length_ratio,
         "bleu_signature": scores.bleu_signature, "chrf_signature": scores.chrf_signature,

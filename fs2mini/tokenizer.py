@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import sys
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -269,6 +270,21 @@ def load_or_train_tokenizer(cfg: TokenizerConfig, sentences: Iterable[str], lang
     if not model_path.exists():
         _train_sentencepiece(cfg, text, langs, model_path)
     return Tokenizer(model_path, langs)
+
+
+def balanced_sentences(by_language: dict[str, list[str]], max_sentences: int) -> list[str]:
+    """The same number of sentences from every language, so a small language is not drowned out.
+
+    Each language gives `min(largest language, max_sentences // languages)` sentences: a larger
+    one a sample of its own, a smaller one its sentences repeated (sentencepiece counts them again),
+    both drawn by a fixed seed so the result, and the tokenizer cache key, are the same on every run."""
+    share = min(max(map(len, by_language.values())), max(1, max_sentences // len(by_language)))
+    balanced: list[str] = []
+    for lang, sentences in by_language.items():
+        order = list(range(len(sentences)))
+        random.Random(f"balance-{lang}").shuffle(order)
+        balanced.extend(sentences[order[i % len(order)]] for i in range(share))
+    return balanced
 
 
 def _cache_key(cfg: TokenizerConfig, text: list[str], langs: Sequence[str]) -> str:

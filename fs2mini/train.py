@@ -27,7 +27,7 @@ import tyro
 from fs2mini.components import Components, build_components, build_tokenizer, newest_checkpoint
 from fs2mini.config import TrainConfig, as_started
 from fs2mini.corpus import CORPORA, corpus_languages, read_pairs
-from fs2mini.data import DataConfig, Seq2SeqBatch
+from fs2mini.data import DataConfig, Seq2SeqBatch, direction_name
 from fs2mini.distributed import DistEnv, pick_device
 from fs2mini.errors import UserError, exit_on_user_error
 from fs2mini.metrics import best_effort
@@ -57,7 +57,9 @@ def cli_type(default: TrainConfig, *, corpora: Choices = {}, models: Choices = {
     choices and the recipe's own. A default of a class not named in any choice (a recipe's
     `CONFIG = TrainConfig(model=MyArch())`) is offered under its class name in kebab case.
     """
-    data = _with_field_types(DataConfig, corpus=_choice_type(CORPORA, corpora, default.data.corpus))
+    corpus_choice = _choice_type(CORPORA, corpora, *default.data.corpora, *default.data.zero_shot_corpora)
+    data = _with_field_types(DataConfig, corpus=corpus_choice, more_corpora=tuple[corpus_choice, ...],
+                             zero_shot_corpora=tuple[corpus_choice, ...])
     return _with_field_types(
         TrainConfig,
         data=data,
@@ -68,12 +70,13 @@ def cli_type(default: TrainConfig, *, corpora: Choices = {}, models: Choices = {
     )
 
 
-def _choice_type(builtin: Choices, extra: Choices, default: Any) -> Any:
+def _choice_type(builtin: Choices, extra: Choices, *defaults: Any) -> Any:
     choices = {**builtin, **extra}
-    if not any(type(choice) is type(default) for choice in choices.values()):
-        choices[re.sub(r"(?<!^)(?=[A-Z])", "-", type(default).__name__).lower()] = default
+    for default in defaults:
+        if not any(type(choice) is type(default) for choice in choices.values()):
+            choices[re.sub(r"(?<!^)(?=[A-Z])", "-", type(default).__name__).lower()] = default
     if len(choices) == 1:
-        return type(default)
+        return type(defaults[0])
     return tyro.extras.subcommand_type_from_defaults(dict(choices))
 
 
@@ -168,6 +171,10 @@ def _check_tokenizer(cfg: TrainConfig, tokenizer: Tokenizer) -> None:
     source, target = next(iter(read_pairs(cfg.data.corpus, "train", Skipped())))
     print(f"tokenizer {tokenizer.model_path}")
     print(f"vocab size {vocab.size} (pad {vocab.pad_idx}, unk {vocab.unk_idx}, bos {vocab.bos_idx}, eos {vocab.eos_idx})")
+    if cfg.data.more_corpora:
+        print(f"languages {', '.join(tokenizer.langs)} (language tokens "
+              f"{', '.join(f'{lang}={i}' for lang, i in tokenizer.lang_ids.items())}); directions "
+              f"{', '.join(direction_name(corpus_languages(corpus)) for corpus in cfg.data.corpora)}")
     print(f"languages {source_lang}→{target_lang}; first training pair:")
     source_ids = tokenizer.encode_source([source], source_lang)[0]
     print(f"source layout: {' '.join(tokenizer.pieces(source_ids))}")

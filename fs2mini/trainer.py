@@ -35,7 +35,7 @@ from fs2mini.checkpoint import best_checkpoint_path, checkpoint_path, prune_chec
 from fs2mini.components import Components, build_components, newest_checkpoint, run_tokenizer
 from fs2mini.config import TrainConfig, TrainerConfig, config_to_json, parse_duration, as_started, save_config
 from fs2mini.corpus import check_corpus_config, corpus_languages, read_pairs
-from fs2mini.data import Seq2SeqBatch, Seq2SeqBatches, check_data_config
+from fs2mini.data import Seq2SeqBatch, Seq2SeqBatches, check_data_config, check_directions, direction_name, run_languages
 from fs2mini.distributed import (
     DistEnv,
     all_reduce_max,
@@ -59,7 +59,7 @@ from fs2mini.tokenizer import check_tokenizer_config, tokenizer_record
 from fs2mini.task import TaskConfig, check_task_config
 from fs2mini.trackers import RunLog, check_tracker_config
 from fs2mini.translate import Translator
-from fs2mini.validation import autocast_for, validate
+from fs2mini.validation import autocast_for, combine_losses, validate
 
 LossFunction = Callable[[nn.Module, Seq2SeqBatch], tuple[Tensor, int]]
 """(model, batch) -> (loss summed over the batch's target tokens, their number): `Task.compute_loss`."""
@@ -184,9 +184,10 @@ def check_trainer_config(cfg: TrainerConfig) -> None:
 
 def check_config(cfg: TrainConfig, env: DistEnv = DistEnv()) -> None:
     """Reject every bad setting before any slow work (tokenizer training, data reading)."""
-    langs = corpus_languages(cfg.data.corpus)
-    check_corpus_config(cfg.data.corpus)
-    check_tokenizer_config(cfg.tokenizer, langs)
+    for corpus in (*cfg.data.corpora, *cfg.data.zero_shot_corpora):
+        check_corpus_config(corpus)
+    check_directions(cfg.data)
+    check_tokenizer_config(cfg.tokenizer, run_languages(cfg.data))
     check_data_config(cfg.data)
     if isinstance(cfg.model, ModelConfig):
         check_model_config(cfg.model)
@@ -477,7 +478,12 @@ VALIDATION_SAMPLES = 2
 
 
 class Validator:
-    """Validation loss over the whole split (+ BLEU/chrF of all of it or its first N sentences, translated on rank 0), logged."""
+    """Validation loss over the whole split (+ BLEU/chrF of all of it or its first N sentences, translated on rank 0), logged.
+
+    A run of several directions (zero-shot ones included) is validated direction by direction:
+    `metrics.jsonl` gets `eng-fra/loss`, `eng-fra/bleu`, ... next to the overall `loss` (per target
+    token over the trained directions) and `bleu`/`chrf` (their mean); zero-shot directions are
+    reported but count in neither."""
 
     def __init__(self, cfg: TrainConfig, parts: Components, env: DistEnv, device: torch.device,
                  metrics: RunLog | None, display: ProgressDisplay) -> None:
@@ -485,44 +491,71 @@ class Validator:
         self.bf16 = parts.bf16
         self.translations_dir = cfg.run_dir / "translations"
         """Each validation's translations, `valid_step_XXXXXXXX.tsv` (source, reference, hypothesis per line)."""
-        tc = cfg.trainer
+        tc, data = cfg.trainer, cfg.data
+        corpora = [*data.corpora, *data.zero_shot_corpora]
+        self.languages = [corpus_languages(corpus) for corpus in corpora]
+        self.names = [direction_name(langs) + (" (zero-shot)" if index >= len(data.corpora) else "")
+                      for index, langs in enumerate(self.languages)]
+        self.trained = len(data.corpora)
+        self.several = len(corpora) > 1
+        shard = {"rank": env.rank, "world_size": env.world_size}
+        self.batches = [Seq2SeqBatches(data, "valid", parts.tokenizer, seed=tc.seed, shuffle=False, corpora=[corpus], **shard)
+                        for corpus in corpora] if self.several else [parts.valid_batches]
         self.translates = tc.valid_translate_sentences != 0 and not _sharded(tc, env)
         if self.translates and env.is_main:  # only rank 0 translates
             count = None if tc.valid_translate_sentences == "all" else tc.valid_translate_sentences
-            self.pairs = list(itertools.islice(read_pairs(cfg.data.corpus, "valid", Skipped()), count))
-            self.translator = Translator(unwrap(parts.model), parts.tokenizer, *corpus_languages(cfg.data.corpus))
+            self.pairs = [list(itertools.islice(read_pairs(corpus, "valid", Skipped()), count)) for corpus in corpora]
+            self.translator = Translator(unwrap(parts.model), parts.tokenizer, *self.languages[0],
+                                         directions=self.languages[:self.trained])
             self.generation = GenerationConfig(beam_size=tc.valid_beam_size)
 
     def __call__(self, step: int, elapsed_s: float) -> dict[str, float]:
-        result = validate(self.parts.model, self.parts.task, self.parts.valid_batches, self.device, self.bf16, self.env)
+        each = [validate(self.parts.model, self.parts.task, batches, self.device, self.bf16, self.env) for batches in self.batches]
+        result = combine_losses(each[:self.trained])
         samples = []
         if self.translates and step > 0:  # an untrained model's output runs to the length limit and scores ~0
             # Rank 0 translates (the unwrapped replica, no collectives); the scores reach every rank.
-            evaluation = translate_and_score(self.translator, self.pairs, self.generation) if self.env.is_main else None
-            scores = evaluation.scores if evaluation else None
-            bleu, chrf, length_ratio = all_reduce_sum(
-                [scores.bleu, scores.chrf, scores.length_ratio] if scores else [0.0, 0.0, 0.0], self.env, self.device)
-            result.update(bleu=bleu, chrf=chrf, length_ratio=length_ratio)
-            if evaluation is not None:
-                samples = list(zip(evaluation.hypotheses, evaluation.references))[:VALIDATION_SAMPLES]
-                self._save_translations(step, evaluation)
+            evaluations = [translate_and_score(self.translator, pairs, self.generation, source_lang=langs[0],
+                                               target_lang=langs[1]) for pairs, langs in zip(self.pairs, self.languages)
+                           ] if self.env.is_main else [None] * len(each)
+            scores = all_reduce_sum([value for evaluation in evaluations for value in (
+                [evaluation.scores.bleu, evaluation.scores.chrf, evaluation.scores.length_ratio] if evaluation else [0.0] * 3)],
+                self.env, self.device)
+            for index, direction in enumerate(each):
+                direction.update(bleu=scores[3 * index], chrf=scores[3 * index + 1], length_ratio=scores[3 * index + 2])
+            for key in ("bleu", "chrf", "length_ratio"):
+                result[key] = sum(direction[key] for direction in each[:self.trained]) / self.trained
+            if self.env.is_main:
+                samples = [list(zip(evaluation.hypotheses, evaluation.references))[:VALIDATION_SAMPLES if not self.several else 1]
+                           for evaluation in evaluations]
+                for index, evaluation in enumerate(evaluations):
+                    self._save_translations(step, evaluation, self.languages[index] if self.several else None)
+        if self.several:
+            result.update({f"{direction_name(langs)}/{key}": value for langs, direction in zip(self.languages, each)
+                           for key, value in direction.items()})
         if self.metrics is not None:
             self.metrics.write({"step": step, "split": "valid", **result, "elapsed_s": elapsed_s})
-        self.display.message(
-            f"valid step {step}: loss {result['loss']:.3f}  nll {result['nll']:.3f}  ppl {result['ppl']:.2f}"
-            + (f"  BLEU {result['bleu']:.2f}  chrF {result['chrf']:.2f}  hyp/ref length {result['length_ratio']:.3f}"
-               if "bleu" in result else "")
-        )
-        for hypothesis, reference in samples:  # so a length or repetition problem shows while training
-            self.display.message(f"  hyp: {hypothesis}\n  ref: {reference}")
+        self.display.message(f"valid step {step}: {_scores_line(result)}")
+        for index, direction in enumerate(each if self.several else []):
+            self.display.message(f"  {self.names[index]}: {_scores_line(direction)}")
+        for name, direction_samples in zip(self.names, samples):  # so a length or repetition problem shows while training
+            for hypothesis, reference in direction_samples:
+                self.display.message((f"  {name}\n" if self.several else "") + f"  hyp: {hypothesis}\n  ref: {reference}")
         return result
 
-    def _save_translations(self, step: int, evaluation: Evaluation) -> None:
-        """So a user can read what the model said at step N, not only its score."""
+    def _save_translations(self, step: int, evaluation: Evaluation, langs: tuple[str, str] | None) -> None:
+        """So a user can read what the model said at step N, not only its score (one file per direction)."""
         rows = "".join(f"{s}\t{r}\t{h}\n" for s, r, h in zip(evaluation.sources, evaluation.references, evaluation.hypotheses))
-        path = self.translations_dir / f"valid_step_{step:08d}.tsv"
+        name = f"valid_step_{step:08d}" + (f".{direction_name(langs)}" if langs else "")
+        path = self.translations_dir / f"{name}.tsv"
         self.translations_dir.mkdir(exist_ok=True)
         write_atomically(path, lambda handle: handle.write(rows.encode("utf-8")), what=str(path))
+
+
+def _scores_line(result: dict[str, float]) -> str:
+    return (f"loss {result['loss']:.3f}  nll {result['nll']:.3f}  ppl {result['ppl']:.2f}"
+            + (f"  BLEU {result['bleu']:.2f}  chrF {result['chrf']:.2f}  hyp/ref length {result['length_ratio']:.3f}"
+               if "bleu" in result else ""))
 
 
 def save_checkpoint(cfg: TrainConfig, parts: Components, state: TrainState, device: torch.device, env: DistEnv,

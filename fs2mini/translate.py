@@ -1,6 +1,7 @@
 """Translate text with a trained run: the `Translator` API and `python -m fs2mini.translate RUN_DIR`.
 
-`Translator` pairs a model with its tokenizer and language pair. Build it from a run directory
+`Translator` pairs a model with its tokenizer and the directions it was trained on; each call may
+name its target (and source) language, by default the run's first direction. Build it from a run directory
 (`Translator.from_run`) or from objects already in memory (the trainer's model and tokenizer), then
 call it on strings; sentences are sorted by length into batches so padding stays small, and results
 come back in input order. The command line reads one sentence per line and prints one translation
@@ -26,12 +27,13 @@ import tyro
 from fs2mini.checkpoint import list_checkpoints, load_checkpoint
 from fs2mini.config import load_config
 from fs2mini.corpus import corpus_languages
+from fs2mini.data import run_languages
 from fs2mini.distributed import pick_device
 from fs2mini.errors import UserError, exit_on_user_error
 from fs2mini.generation import GenerationConfig, Hypothesis, check_generation_config, generate
 from fs2mini.model import Seq2SeqModel, build_model
 from fs2mini.pipeline import INNER_LINE_BREAK, text_line
-from fs2mini.tokenizer import Tokenizer, checked_tokenizer
+from fs2mini.tokenizer import LAYOUT_FILE, Tokenizer, checked_tokenizer
 
 # Called with (index of the text, its length in tokens, the length it was cut to).
 TruncationCallback = Callable[[int, int, int], None]
@@ -43,7 +45,7 @@ def warn_truncated(index: int, length: int, limit: int) -> None:
 
 
 class Translator:
-    """Text in, text out: a model, its tokenizer and the language pair it was trained on."""
+    """Text in, text out: a model, its tokenizer and the directions it was trained on."""
 
     def __init__(
         self,
@@ -52,13 +54,18 @@ class Translator:
         source_lang: str,
         target_lang: str,
         *,
+        directions: Sequence[tuple[str, str]] = (),
         checkpoint_path: Path | None = None,
         step: int | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.source_lang = source_lang
+        """Source language of a call that names none."""
         self.target_lang = target_lang
+        """Target language of a call that names none."""
+        self.directions = tuple(directions) or ((source_lang, target_lang),)
+        """The (source, target) directions the model was trained on: a call naming only its target takes its source from them."""
         self.checkpoint_path = checkpoint_path
         """The checkpoint the weights came from, when built by `from_run` (for reports)."""
         self.step = step
@@ -73,21 +80,25 @@ class Translator:
                  source_lang: str | None = None, target_lang: str | None = None) -> Translator:
         """Load `config.json`, `tokenizer.model` and the first readable checkpoint (see `find_checkpoints`) of a run directory.
 
-        `source_lang` / `target_lang` replace the run's pair (a multilingual model imported from NLLB
-        translates between any of its codes, e.g. fra_Latn)."""
+        `source_lang` / `target_lang` replace the run's first direction as the default of every call:
+        any language of the run (`target_lang` alone takes its source from a trained direction), or
+        for a model imported from NLLB any of its codes, e.g. fra_Latn."""
         run_dir = Path(run_dir)
         if not run_dir.is_dir():
             raise UserError(f"run directory {run_dir} does not exist; expected a directory written by python -m fs2mini.train")
         cfg = load_config(run_dir / "config.json")
-        source_lang_of_run, target_lang_of_run = corpus_languages(cfg.data.corpus)
+        run_langs = run_languages(cfg.data)
+        directions = [corpus_languages(corpus) for corpus in cfg.data.corpora]
+        imported = (run_dir / LAYOUT_FILE).is_file()  # an NLLB/M2M100 layout knows more codes than the run's corpus
+        if not imported:  # an unknown language is refused before the checkpoint is loaded
+            check_languages(run_langs, source_lang, target_lang)
         torch_device = pick_device(device, "--device")
         path, state = load_first_readable(find_checkpoints(run_dir, checkpoint))
-        tokenizer = checked_tokenizer(run_dir / "tokenizer.model", (source_lang_of_run, target_lang_of_run),
-                                      state.get("tokenizer"), path)
-        if source_lang is not None or target_lang is not None:
-            source_lang, target_lang = source_lang or source_lang_of_run, target_lang or target_lang_of_run
-            tokenizer = Tokenizer(tokenizer.model_path, (source_lang, target_lang), model_bytes=tokenizer.model_bytes,
-                                  layout=tokenizer.layout)
+        tokenizer = checked_tokenizer(run_dir / "tokenizer.model", run_langs, state.get("tokenizer"), path)
+        wanted = [lang for lang in (source_lang, target_lang) if lang is not None and lang not in tokenizer.lang_ids]
+        if wanted:  # the codes of an imported layout beyond the run's pair
+            tokenizer = Tokenizer(tokenizer.model_path, tuple(dict.fromkeys((*run_langs, *wanted))),
+                                  model_bytes=tokenizer.model_bytes, layout=tokenizer.layout)
         model = build_model(cfg.model, tokenizer.vocab_info)
         try:
             model.load_state_dict(state["model"])
@@ -97,42 +108,68 @@ class Translator:
                             f"{(lines[1] if len(lines) > 1 else lines[0]).strip()}") from None
         model.to(torch_device).eval()
         step = state.get("step")
-        source_lang, target_lang = tokenizer.langs
-        return cls(model, tokenizer, source_lang, target_lang, checkpoint_path=path, step=step if isinstance(step, int) else None)
+        translator = cls(model, tokenizer, *directions[0], directions=directions, checkpoint_path=path,
+                         step=step if isinstance(step, int) else None)
+        translator.source_lang, translator.target_lang = translator.languages(source_lang, target_lang)
+        return translator
+
+    def languages(self, source_lang: str | None = None, target_lang: str | None = None) -> tuple[str, str]:
+        """The (source, target) languages of a call: each given one checked, the missing ones chosen.
+
+        Without a target, the default target; without a source, the default source unless only other
+        trained directions lead into the target (fra→eng in a run with eng→fra, fra→eng)."""
+        check_languages(tuple(self.tokenizer.lang_ids), source_lang, target_lang)
+        target = target_lang or self.target_lang
+        if source_lang is not None:
+            return source_lang, target
+        sources = [source for source, into in self.directions if into == target]
+        if self.source_lang in sources or (not sources and self.source_lang != target):
+            return self.source_lang, target
+        if len(sources) == 1:
+            return sources[0], target
+        raise UserError(f"--target-lang {target}: " + (f"the run translates into it from {', '.join(sources)}" if sources
+                        else "no direction of the run translates into it") + "; pass --source-lang too")
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def __call__(self, text: str, cfg: GenerationConfig = GenerationConfig()) -> str:
-        """The best translation of one sentence."""
-        return self.translate([text], cfg)[0]
+    def __call__(self, text: str, cfg: GenerationConfig = GenerationConfig(), *, source_lang: str | None = None,
+                 target_lang: str | None = None) -> str:
+        """The best translation of one sentence (into `target_lang`, default the run's; see `languages`)."""
+        return self.translate([text], cfg, source_lang=source_lang, target_lang=target_lang)[0]
 
     def translate(self, texts: Sequence[str], cfg: GenerationConfig = GenerationConfig(),
-                  on_truncated: TruncationCallback = warn_truncated) -> list[str]:
+                  on_truncated: TruncationCallback = warn_truncated, *, source_lang: str | None = None,
+                  target_lang: str | None = None) -> list[str]:
         """The best translation of each text, in input order; an empty (or blank) text gives ""."""
-        return [self.tokenizer.decode(hyps[0].tokens) for hyps in self.search(texts, cfg, on_truncated)]
+        found = self.search(texts, cfg, on_truncated, source_lang=source_lang, target_lang=target_lang)
+        return [self.tokenizer.decode(hyps[0].tokens) for hyps in found]
 
     def translate_nbest(self, texts: Sequence[str], cfg: GenerationConfig = GenerationConfig(),
-                        on_truncated: TruncationCallback = warn_truncated) -> list[list[tuple[str, float]]]:
+                        on_truncated: TruncationCallback = warn_truncated, *, source_lang: str | None = None,
+                        target_lang: str | None = None) -> list[list[tuple[str, float]]]:
         """Up to `cfg.nbest` (translation, score) pairs per text, best first."""
-        return [[(self.tokenizer.decode(hyp.tokens), hyp.score) for hyp in hyps] for hyps in self.search(texts, cfg, on_truncated)]
+        found = self.search(texts, cfg, on_truncated, source_lang=source_lang, target_lang=target_lang)
+        return [[(self.tokenizer.decode(hyp.tokens), hyp.score) for hyp in hyps] for hyps in found]
 
     def search(self, texts: Sequence[str], cfg: GenerationConfig = GenerationConfig(),
-               on_truncated: TruncationCallback = warn_truncated) -> list[list[Hypothesis]]:
+               on_truncated: TruncationCallback = warn_truncated, *, source_lang: str | None = None,
+               target_lang: str | None = None) -> list[list[Hypothesis]]:
         """Hypotheses (token ids and scores) per text, in input order; blank texts get one empty hypothesis."""
         check_generation_config(cfg)
+        source_lang, target_lang = self.languages(source_lang, target_lang)
         results: list[list[Hypothesis]] = [[Hypothesis((), 0.0, ())] for _ in texts]
         todo = [i for i, text in enumerate(texts) if text.strip()]
         if not todo:
             return results
-        sources = self.tokenizer.encode_source([texts[i].strip() for i in todo], self.source_lang)
+        sources = self.tokenizer.encode_source([texts[i].strip() for i in todo], source_lang)
         limit = self.model.max_seq_len
         for position, ids in enumerate(sources):
             if len(ids) > limit:
                 on_truncated(todo[position], len(ids), limit)
                 sources[position] = ids[: limit - 1] + [self.eos_idx]
-        prefix = self.tokenizer.target_prefix(self.target_lang)
+        prefix = self.tokenizer.target_prefix(target_lang)
         pad_idx = self.tokenizer.vocab_info.pad_idx
         # Sorted by length, so each batch holds similar lengths and little padding.
         order = sorted(range(len(sources)), key=lambda position: len(sources[position]))
@@ -143,6 +180,13 @@ class Translator:
             for position, hyps in zip(batch, found):
                 results[todo[position]] = hyps
         return results
+
+
+def check_languages(known: Sequence[str], source_lang: str | None, target_lang: str | None) -> None:
+    """Refuse a language the run has no token for, listing those it has."""
+    for flag, lang in (("--source-lang", source_lang), ("--target-lang", target_lang)):
+        if lang is not None and lang not in known:
+            raise UserError(f"{flag} {lang!r}: the run has no such language; expected one of {', '.join(known)}")
 
 
 def pad_sources(sources: Sequence[list[int]], pad_idx: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -203,9 +247,9 @@ class TranslateArgs:
     device: str = "auto"
     """cpu, cuda, cuda:N, or auto (CUDA when available)."""
     source_lang: str | None = None
-    """Source language code instead of the run's (e.g. eng_Latn for a model imported from NLLB)."""
+    """Source language (default: the run's, or the one a trained direction into --target-lang starts from)."""
     target_lang: str | None = None
-    """Target language code instead of the run's (e.g. fra_Latn for a model imported from NLLB)."""
+    """Target language: any of the run's (a multilingual run), or e.g. fra_Latn for a model imported from NLLB."""
     generation: Annotated[GenerationConfig, tyro.conf.arg(name="")] = GenerationConfig()
 
 

@@ -54,3 +54,13 @@ def validate(model: nn.Module, task: Seq2Seq, batches: Seq2SeqBatches, device: t
         raise UserError(f"the {batches.split} split has no usable sentence pairs (skipped: {batches.skipped.summary() or 'nothing'})")
     nll_per_token = nll_sum / tokens
     return {"loss": loss_sum / tokens, "nll": nll_per_token, "ppl": math.exp(min(nll_per_token, 100.0)), "tokens": int(tokens)}
+
+
+def combine_losses(results: list[dict[str, float]]) -> dict[str, float]:
+    """The `validate` results of several directions as one, per target token over all of them."""
+    if len(results) == 1:
+        return dict(results[0])
+    tokens = sum(result["tokens"] for result in results)
+    nll_per_token = sum(result["nll"] * result["tokens"] for result in results) / tokens
+    return {"loss": sum(result["loss"] * result["tokens"] for result in results) / tokens, "nll": nll_per_token,
+            "ppl": math.exp(min(nll_per_token, 100.0)), "tokens": int(tokens)}

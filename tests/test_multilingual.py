@@ -1,0 +1,186 @@
+"""Several directions in one run: a tiny model learns two rules at once (reverse the words into `rev`,
+copy them into `cpy`) and translates each through the CLI with --target-lang; sampling, per-direction
+validation and evaluation, and the bad input of multilingual runs."""
+
+import dataclasses
+import json
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+from sacrebleu.metrics import BLEU
+
+from conftest import tiny_config
+from fs2mini.config import load_config
+from fs2mini.corpus import TsvCorpus
+from fs2mini.data import DataConfig, Seq2SeqBatches, run_languages, sampling_probabilities
+from fs2mini.errors import UserError
+from fs2mini.evaluate import main as evaluate_main
+from fs2mini.optim import CosineConfig
+from fs2mini.tokenizer import Tokenizer, balanced_sentences
+from fs2mini.trainer import check_config, train
+from fs2mini.translate import Translator
+from helpers import read_metrics
+from synthetic import reversal_pairs
+
+
+def write_tsv(path, pairs):
+    path.write_text("".join(f"{source}\t{target}\n" for source, target in pairs), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def corpora(tmp_path_factory):
+    """The same sources twice: reversed into `rev`, copied into `cpy` (only the target token tells them apart)."""
+    directory = tmp_path_factory.mktemp("multilingual")
+    pairs = reversal_pairs(3000)
+    reverse = TsvCorpus(path=write_tsv(directory / "rev.tsv", pairs), source_lang="src", target_lang="rev",
+                        valid_percent=3.0, test_percent=3.0)
+    copy = TsvCorpus(path=write_tsv(directory / "cpy.tsv", [(s, s) for s, _ in pairs[:1500]]), source_lang="src",
+                     target_lang="cpy", valid_percent=3.0, test_percent=3.0)
+    return reverse, copy
+
+
+def two_direction_config(corpora, out, cache, **trainer):
+    cfg = tiny_config(corpora[0].path, out, cache, **trainer)
+    return dataclasses.replace(cfg, data=DataConfig(corpus=corpora[0], more_corpora=(corpora[1],), max_tokens=512,
+                                                    sampling_temperature=2.0),
+                               lr_scheduler=CosineConfig(warmup_steps=30, final_lr_scale=0.01))
+
+
+@pytest.fixture(scope="module")
+def two_direction_run(corpora, tokenizer_cache, tmp_path_factory):
+    cfg = two_direction_config(corpora, tmp_path_factory.mktemp("two") / "run", tokenizer_cache,
+                               max_steps=700, validate_every=350, checkpoint_every=700, valid_translate_sentences=20)
+    return train(cfg)
+
+
+def held_out(count=40):
+    return [pair for pair in reversal_pairs(200, seed=77)][:count]
+
+
+def test_each_direction_is_translated_through_the_cli_with_target_lang(two_direction_run):
+    sources = [source for source, _ in held_out()]
+    for lang, rule in (("rev", lambda s: " ".join(reversed(s.split()))), ("cpy", lambda s: s)):
+        proc = subprocess.run([sys.executable, "-m", "fs2mini.translate", str(two_direction_run), "--target-lang", lang],
+                              input="\n".join(sources) + "\n", capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        hypotheses = proc.stdout.splitlines()
+        assert BLEU().corpus_score(hypotheses, [[rule(s) for s in sources]]).score > 90, (lang, hypotheses[:3])
+
+
+def test_translator_api_takes_target_lang_and_refuses_unknown_languages(two_direction_run):
+    translator = Translator.from_run(two_direction_run, device="cpu")
+    assert translator.directions == (("src", "rev"), ("src", "cpy"))
+    assert translator("a b c d", target_lang="rev") == "d c b a"
+    assert translator("a b c d", target_lang="cpy") == "a b c d"
+    assert translator.translate(["a b c"], target_lang="cpy", source_lang="src") == ["a b c"]
+    with pytest.raises(UserError, match=r"--target-lang 'fra': the run has no such language; expected one of src, rev, cpy"):
+        translator("a b c", target_lang="fra")
+
+
+def test_unknown_target_language_is_one_error_line_before_loading(two_direction_run):
+    proc = subprocess.run([sys.executable, "-m", "fs2mini.translate", str(two_direction_run), "--target-lang", "deu"],
+                          input="a b c\n", capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == ["error: --target-lang 'deu': the run has no such language; expected one "
+                                                "of src, rev, cpy"]
+
+
+def test_validation_reports_each_direction_in_metrics_and_on_screen(two_direction_run):
+    valid = [m for m in read_metrics(two_direction_run / "metrics.jsonl") if m["split"] == "valid"]
+    last = valid[-1]
+    for name in ("src-rev", "src-cpy"):
+        assert {f"{name}/loss", f"{name}/bleu", f"{name}/chrf", f"{name}/tokens"} <= set(last)
+        assert (two_direction_run / "translations" / f"valid_step_{last['step']:08d}.{name}.tsv").is_file()
+    assert last["bleu"] == pytest.approx((last["src-rev/bleu"] + last["src-cpy/bleu"]) / 2)
+    tokens = last["src-rev/tokens"] + last["src-cpy/tokens"]
+    assert last["tokens"] == tokens
+    assert last["loss"] == pytest.approx((last["src-rev/loss"] * last["src-rev/tokens"]
+                                          + last["src-cpy/loss"] * last["src-cpy/tokens"]) / tokens)
+    assert "src-rev/loss" in valid[0] and "src-rev/bleu" not in valid[0]  # step 0: loss only
+
+
+def test_evaluate_scores_every_direction_and_their_average(two_direction_run, tmp_path, capsys):
+    output = tmp_path / "test.hyp"
+    evaluate_main([str(two_direction_run), "--split", "test", "--output", str(output)])
+    report = capsys.readouterr().out
+    assert "--- src-rev" in report and "--- src-cpy" in report and "average of 2 trained directions" in report
+    summary = json.loads(output.with_suffix(".json").read_text())
+    assert set(summary["directions"]) == {"src-rev", "src-cpy"} and summary["zero_shot"] == []
+    bleus = [summary["directions"][name]["bleu"] for name in ("src-rev", "src-cpy")]
+    assert min(bleus) > 90 and summary["average"]["bleu"] == pytest.approx(sum(bleus) / 2)
+    copied = zip((tmp_path / "test.src-cpy.hyp").read_text().splitlines(), (tmp_path / "test.src-cpy.src").read_text().splitlines())
+    assert sum(hyp == src for hyp, src in copied) >= 0.8 * summary["directions"]["src-cpy"]["translated"]
+
+
+def test_tokenizer_has_every_language_token_and_balanced_text(two_direction_run):
+    cfg = load_config(two_direction_run / "config.json")
+    assert run_languages(cfg.data) == ("src", "rev", "cpy")
+    tokenizer = Tokenizer(two_direction_run / "tokenizer.model", run_languages(cfg.data))
+    assert len(set(tokenizer.lang_ids.values())) == 3 and tokenizer.sp.unk_id() not in tokenizer.lang_ids.values()
+    balanced = balanced_sentences({"big": [f"b{i}" for i in range(100)], "small": ["s0", "s1"]}, 1000)
+    assert Counter(s[0] for s in balanced) == {"b": 100, "s": 100}  # the small language repeated to the same share
+    capped = balanced_sentences({"big": [f"b{i}" for i in range(100)], "small": ["s0", "s1"]}, 20)
+    assert Counter(s[0] for s in capped) == {"b": 10, "s": 10} and len(set(capped)) == 12
+
+
+def test_sampling_temperature_flattens_the_mix_of_directions(two_direction_run, corpora):
+    assert sampling_probabilities([300, 100], 1.0) == pytest.approx([0.75, 0.25])
+    assert sampling_probabilities([300, 100], 1e9) == pytest.approx([0.5, 0.5])
+    cfg = load_config(two_direction_run / "config.json")
+    tokenizer = Tokenizer(two_direction_run / "tokenizer.model", run_languages(cfg.data))
+    shares = {}
+    for temperature in (1.0, 100.0):
+        data = dataclasses.replace(cfg.data, sampling_temperature=temperature)
+        batches = Seq2SeqBatches(data, "train", tokenizer, seed=1, shuffle=True)
+        ids = Counter(int(batch.target_input[0, 1]) for batch in batches)  # each batch one direction: </s> __lang__ ...
+        shares[temperature] = ids[tokenizer.lang_ids["cpy"]] / sum(ids.values())
+        assert set(ids) == {tokenizer.lang_ids["rev"], tokenizer.lang_ids["cpy"]}
+        again = [int(batch.target_input[0, 1]) for batch in Seq2SeqBatches(data, "train", tokenizer, seed=1, shuffle=True)]
+        assert Counter(again) == ids  # the same (seed, epoch) gives the same epoch
+    assert shares[1.0] < 0.45 < shares[100.0]  # 1500 vs 3000 pairs: ~1/3 by size, ~1/2 flattened
+
+
+def test_old_single_pair_config_json_still_loads(tmp_path, reversal_tsv, tokenizer_cache):
+    from fs2mini.config import config_to_json
+
+    raw = config_to_json(tiny_config(reversal_tsv, tmp_path / "run", tokenizer_cache))
+    for key in ("more_corpora", "zero_shot_corpora", "sampling_temperature"):
+        del raw["data"][key]  # as written before multilingual runs
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    cfg = load_config(tmp_path / "config.json")
+    assert cfg.data.more_corpora == () and cfg.data.sampling_temperature == 1.0
+    assert run_languages(cfg.data) == ("eng", "fra")
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: {"more_corpora": (c[1], c[1])}, r"--data.more-corpora.1 \(.*cpy.tsv\) repeats direction src-cpy of "
+                                               r"--data.more-corpora.0"),
+    (lambda c: {"more_corpora": (dataclasses.replace(c[1], path=c[0].path, target_lang="rev"),)},
+     r"repeats direction src-rev of --data.corpus"),
+    (lambda c: {"more_corpora": (dataclasses.replace(c[1], target_lang="Deu"),)}, r"'Deu' is not a language code"),
+    (lambda c: {"zero_shot_corpora": (dataclasses.replace(c[1], source_lang="rev", target_lang="fra"),)},
+     r"--data.zero-shot-corpora.0: language fra is not in the run's trained directions; expected one of src, rev, cpy"),
+    (lambda c: {"zero_shot_corpora": (c[1],)}, r"--data.zero-shot-corpora.0 .* repeats direction src-cpy"),
+    (lambda c: {"sampling_temperature": 0.0}, r"--data.sampling-temperature 0.0: expected a number > 0"),
+])
+def test_bad_directions_are_refused_before_any_data_is_read(corpora, tmp_path, change, message):
+    cfg = two_direction_config(corpora, tmp_path / "run", tmp_path / "cache")
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **change(corpora)))
+    with pytest.raises(UserError, match=message):
+        check_config(cfg)
+
+
+def test_direction_without_training_pairs_is_named_before_tokenizer_training(corpora, tmp_path):
+    empty = TsvCorpus(path=write_tsv(tmp_path / "empty.tsv", [("a b", "")] * 3), source_lang="src", target_lang="nul")
+    cfg = two_direction_config(corpora, tmp_path / "run", tmp_path / "cache")
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, more_corpora=(corpora[1], empty)))
+    proc = subprocess.run([sys.executable, "-c", "import sys, pickle; from fs2mini.train import main; from fs2mini.config "
+                           "import TrainConfig; main(pickle.loads(sys.stdin.buffer.read()), argv=[])"],
+                          input=__import__("pickle").dumps(cfg), capture_output=True, timeout=60)
+    stderr = proc.stderr.decode()
+    assert proc.returncode == 2 and "Traceback" not in stderr, stderr
+    assert stderr.startswith(f"error: direction src-nul ({tmp_path / 'empty.tsv'}) has no training sentence pairs")
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
