@@ -157,5 +157,48 @@ def test_custom_loss_recipe_is_recorded_and_evaluate_scores_with_it(reversal_tsv
 
 
 def test_recipes_are_short():
-    for name in ("custom_data.py", "custom_model.py", "custom_loss.py"):
+    for name in ("custom_data.py", "custom_model.py", "custom_loss.py", "bible_multilingual.py"):
         assert len((RECIPES / name).read_text().splitlines()) < 80, name
+
+
+def write_tiny_bibles(path: Path) -> None:
+    """Bibles k (English), l (French), e (German), v (Spanish) of letter 'verses' in books 1 (train), 8 (valid), 32 (test)."""
+    import sqlite3
+
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE bible (id INTEGER, bbName TEXT, bNumber INTEGER, cNumber INTEGER, vNumber INTEGER, vText TEXT)")
+    rows = []
+    for book, count in ((1, 300), (8, 6), (32, 6)):
+        for verse, (source, target) in enumerate(reversal_pairs(count, seed=book), start=1):
+            for code, text in (("k", source), ("l", target), ("e", source.upper()), ("v", target.upper())):
+                rows.append((0, code, book, 1, verse, text))
+    db.executemany("INSERT INTO bible VALUES (?,?,?,?,?,?)", rows)
+    db.commit()
+    db.close()
+
+
+def test_copied_multilingual_recipe_trains_every_direction_and_evaluates_the_zero_shot_one(tmp_path):
+    recipe = copy_recipe("bible_multilingual.py", tmp_path, "my_languages.py")
+    db = recipe.parent / "bible.db"
+    write_tiny_bibles(db)
+    help_text = run(recipe, "--help", cwd=recipe.parent)
+    assert help_text.returncode == 0 and "--data.more-corpora.4.target-bible" in help_text.stdout
+    databases = [f"--data.{name}.db-path" for name in ("corpus", *(f"more-corpora.{i}" for i in range(5)),
+                                                        "zero-shot-corpora.0")]
+    tiny = [*TINY[:1], "40", *TINY[2:], *(arg for flag in databases for arg in (flag, db))]
+    result = run(recipe, *tiny, cwd=recipe.parent)
+    assert result.returncode == 0, result.stderr
+    assert "fra-deu (zero-shot): loss" in result.stderr
+    run_dir = recipe.parent / "runs" / "my_languages"
+    last = [m for m in read_metrics(run_dir / "metrics.jsonl") if m["split"] == "valid"][-1]
+    for name in ("eng-fra", "fra-eng", "eng-deu", "deu-eng", "eng-spa", "spa-eng", "fra-deu"):
+        assert f"{name}/loss" in last and f"{name}/bleu" in last
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    evaluate = run("-m", "fs2mini.evaluate", run_dir, "--split", "test", cwd=elsewhere)
+    assert evaluate.returncode == 0, evaluate.stderr
+    summary = json.loads((run_dir / "eval" / "test.json").read_text())
+    assert len(summary["directions"]) == 7 and summary["zero_shot"] == ["fra-deu"] and "bleu" in summary["average"]
+    zero_shot = run("-m", "fs2mini.translate", run_dir, "--source-lang", "fra", "--target-lang", "deu", cwd=elsewhere,
+                    stdin="a b c\n")
+    assert zero_shot.returncode == 0 and len(zero_shot.stdout.splitlines()) == 1, zero_shot.stderr
