@@ -325,7 +325,10 @@ def check_directions(cfg: DataConfig) -> None:
     flags = ["--data.corpus", *(f"--data.more-corpora.{i}" for i in range(len(cfg.more_corpora))),
              *(f"--data.zero-shot-corpora.{i}" for i in range(len(cfg.zero_shot_corpora)))]
     for flag, corpus in zip(flags, (*cfg.corpora, *cfg.zero_shot_corpora)):
-        langs = corpus_languages(corpus)
+        try:
+            langs = corpus_languages(corpus)
+        except UserError as err:  # its message names --data.corpus.*: name the entry it is about
+            raise UserError(str(err).replace("--data.corpus.", f"{flag}.", 1)) from None
         if langs in seen:
             raise UserError(f"{flag} ({describe_corpus(corpus)}) repeats direction {direction_name(langs)} of {seen[langs]}; "
                             "expected each direction once (join their pairs into one corpus)")

@@ -13,7 +13,7 @@ from sacrebleu.metrics import BLEU
 
 from conftest import tiny_config
 from fs2mini.config import load_config
-from fs2mini.corpus import TsvCorpus
+from fs2mini.corpus import BibleCorpus, TsvCorpus
 from fs2mini.data import DataConfig, Seq2SeqBatches, run_languages, sampling_probabilities
 from fs2mini.errors import UserError
 from fs2mini.evaluate import main as evaluate_main
@@ -160,10 +160,11 @@ def test_old_single_pair_config_json_still_loads(tmp_path, reversal_tsv, tokeniz
                                                r"--data.more-corpora.0"),
     (lambda c: {"more_corpora": (dataclasses.replace(c[1], path=c[0].path, target_lang="rev"),)},
      r"repeats direction src-rev of --data.corpus"),
-    (lambda c: {"more_corpora": (dataclasses.replace(c[1], target_lang="Deu"),)}, r"'Deu' is not a language code"),
+    (lambda c: {"more_corpora": (dataclasses.replace(c[1], target_lang="Deu"),)}, r"--data.more-corpora.0.target-lang 'Deu' is not a language code"),
     (lambda c: {"zero_shot_corpora": (dataclasses.replace(c[1], source_lang="rev", target_lang="fra"),)},
      r"--data.zero-shot-corpora.0: language fra is not in the run's trained directions; expected one of src, rev, cpy"),
     (lambda c: {"zero_shot_corpora": (c[1],)}, r"--data.zero-shot-corpora.0 .* repeats direction src-cpy"),
+    (lambda c: {"more_corpora": (BibleCorpus("k", "xx"),)}, r"--data.more-corpora.0.target-bible: unknown Bible code 'xx'"),
     (lambda c: {"sampling_temperature": 0.0}, r"--data.sampling-temperature 0.0: expected a number > 0"),
 ])
 def test_bad_directions_are_refused_before_any_data_is_read(corpora, tmp_path, change, message):
