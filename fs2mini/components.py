@@ -124,7 +124,7 @@ def refuse_silent_restart(cfg: TrainConfig) -> None:
     """A run directory without step checkpoints but with signs of training is not started over.
 
     Starting at step 0 would overwrite `best.pt` with a worse model and the metrics with new ones;
-    a run killed before its first checkpoint (metrics up to fewer steps than the checkpoint
+    a run killed before or during its first checkpoint write (metrics up to at most the checkpoint
     interval) is the one case that restarts, with a warning.
     """
     run_dir = cfg.run_dir
@@ -138,7 +138,7 @@ def refuse_silent_restart(cfg: TrainConfig) -> None:
         raise UserError(f"{run_dir} has checkpoints/best.pt but no step checkpoint to resume from, and starting over "
                         f"would overwrite best.pt; {how}, or use another --output-dir to start over")
     trained = _last_logged_step(run_dir / "metrics.jsonl")
-    if trained >= cfg.trainer.checkpoint_every:
+    if trained > cfg.trainer.checkpoint_every:  # killed inside the first write: step `checkpoint_every` is logged
         raise UserError(f"{run_dir}/metrics.jsonl records training up to step {trained} but {run_dir / 'checkpoints'} has "
                         "no checkpoint (were they deleted?); starting over would replace that record. Restore the "
                         "checkpoints, or use another --output-dir to start over")

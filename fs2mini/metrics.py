@@ -69,13 +69,15 @@ class MetricsLog:
     """Append-only JSON-lines file.
 
     A resumed run first drops the lines logged after its checkpoint's step (the steps it is about
-    to redo), so the file never holds two records for one step and split.
+    to redo; a run at step 0 validates step 0 again, so it drops them all), so the file never holds
+    two records for one step and split.
     """
 
     def __init__(self, path: Path, resume_step: int = 0) -> None:
         self.path = path
         if path.exists():
-            kept = [line for line in path.read_bytes().decode("utf-8", "replace").splitlines() if _step_of(line) <= resume_step]
+            lines = path.read_bytes().decode("utf-8", "replace").splitlines() if resume_step > 0 else []
+            kept = [line for line in lines if _step_of(line) <= resume_step]
             text = "".join(line + "\n" for line in kept).encode("utf-8")
             write_atomically(path, lambda handle: handle.write(text))
         try:

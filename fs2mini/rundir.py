@@ -83,7 +83,10 @@ class RunDirectory:
         try:
             missing = [p for p in (self.path, *self.path.parents) if not p.exists()]
             for directory in reversed(missing):
-                directory.mkdir()
+                try:
+                    directory.mkdir()
+                except FileExistsError:
+                    continue  # another trainer started on it at the same moment: not ours to remove
                 self._created.append(directory)
             if not (self.path / MARKER).is_file():
                 (self.path / MARKER).write_text("This directory holds an fs2mini training run.\n")
@@ -142,10 +145,12 @@ class RunDirectory:
         self._fd = None
 
     def _undo(self) -> None:
-        """Remove the marker and directories made here, if nothing else was written into them."""
-        if self._marked and {p.name for p in self.path.iterdir()} <= {MARKER, LOCK}:
+        """Remove the marker and directories made here, if nothing else was written into them.
+
+        A lock file left means another trainer holds the directory (ours is removed by `_release`
+        before this runs): its lock and the marker are then its own, and stay."""
+        if self._marked and {p.name for p in self.path.iterdir()} == {MARKER}:
             (self.path / MARKER).unlink(missing_ok=True)
-            (self.path / LOCK).unlink(missing_ok=True)
         for directory in reversed(self._created):
             try:
                 directory.rmdir()

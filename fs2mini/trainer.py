@@ -250,7 +250,9 @@ def _train_locked(cfg: TrainConfig, env: DistEnv, device: torch.device) -> Path:
     if env.is_main:  # only now: a refused resume or a failed build leaves the directory as it was
         _prepare_run_dir(run_dir)
         kept = run_dir / "tokenizer.model"
-        if not kept.is_file():  # a new run, or a resumed one whose copy was lost (restored from the checkpoint)
+        # A new run (a copy left by a try killed before its first checkpoint may be of another training),
+        # or a resumed one whose copy was lost (restored from the checkpoint).
+        if not kept.is_file() or kept.read_bytes() != tokenizer.model_bytes:
             write_atomically(kept, lambda handle: handle.write(tokenizer.model_bytes))
         save_config(cfg, run_dir / "config.json")
     barrier(env)

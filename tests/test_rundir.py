@@ -4,6 +4,8 @@ tokenizer and nothing else, and no silent restart over an earlier run (fs2mini/r
 from __future__ import annotations
 
 import dataclasses
+import fcntl
+import json
 import os
 import shutil
 import sys
@@ -74,6 +76,28 @@ def test_a_second_training_on_a_locked_directory_stops_naming_the_holder(reversa
     assert not (tmp_path / "run" / LOCK).exists()  # released and removed
 
 
+def test_a_trainer_refused_at_the_same_moment_leaves_the_holders_lock_and_directory(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    holder = os.open(run.parent / "holder-lock", os.O_RDWR | os.O_CREAT)
+    real_mkdir = Path.mkdir
+
+    def other_trainer_first(self, *args, **kwargs):  # both saw no directory, no marker; the other one locked first
+        if self == run and not run.exists():
+            real_mkdir(run)
+            os.link(run.parent / "holder-lock", run / LOCK)
+            fcntl.flock(holder, fcntl.LOCK_EX)
+            os.write(holder, b"PID 4242 on elsewhere\n")
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", other_trainer_first)
+    with pytest.raises(UserError, match=r"is in use by another fs2mini training \(PID 4242 on elsewhere\)"):
+        with RunDirectory(run):
+            pass
+    assert (run / LOCK).exists() and os.path.samefile(run / LOCK, run.parent / "holder-lock")  # still the holder's
+    assert (run / MARKER).is_file()
+    os.close(holder)
+
+
 def test_a_stale_lock_of_a_dead_process_is_taken_over_with_a_message(reversal_tsv, tokenizer_cache, tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
@@ -104,6 +128,32 @@ def test_metrics_of_a_run_whose_checkpoints_were_deleted_are_not_overwritten(rev
     with pytest.raises(UserError, match=r"metrics.jsonl records training up to step 4 but .* has no checkpoint"):
         train(cfg)
     assert (run / "metrics.jsonl").read_bytes() == metrics
+
+
+def test_a_run_killed_inside_its_first_checkpoint_write_starts_over(reversal_tsv, tokenizer_cache, tmp_path, capsys):
+    cfg = short_run(reversal_tsv, tokenizer_cache, tmp_path / "run", steps=2)  # first checkpoint at step 2
+    run = train(cfg)
+    shutil.rmtree(run / "checkpoints")  # as SIGKILL inside that write leaves it: step 2 logged, no checkpoint
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / ".step_00000002.pt.x1y2z3.tmp").write_bytes(b"PK\x03\x04half")
+    capsys.readouterr()
+    train(cfg)
+    assert "before its first checkpoint; starting over at step 0" in " ".join(capsys.readouterr().err.split())
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt", "step_00000002.pt"]  # leftover gone
+    records = [(r["split"], r["step"]) for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
+    assert sorted(records) == [("valid", 0), ("valid", 2)]  # each once (train lines: every 5 steps)
+
+
+def test_a_restart_before_the_first_checkpoint_keeps_tokenizer_model_the_one_it_trains_with(reversal_tsv, tmp_path):
+    cfg = short_run(reversal_tsv, tmp_path / "cache", tmp_path / "run", steps=1)
+    run = train(cfg)
+    shutil.rmtree(run / "checkpoints")  # killed before its first checkpoint
+    # Rerun from another working directory (another tokenizer cache): sentencepiece trains the same
+    # pieces again, but the file differs (it records its temporary path), and so does its fingerprint.
+    train(dataclasses.replace(cfg, tokenizer=dataclasses.replace(cfg.tokenizer, cache_dir=tmp_path / "other-cache")))
+    record = load_checkpoint(run / "checkpoints" / "step_00000001.pt")["tokenizer"]
+    assert (run / "tokenizer.model").read_bytes() == record["model_bytes"].numpy().tobytes()
+    Translator.from_run(run, device="cpu")  # verifies tokenizer.model against best.pt
 
 
 @pytest.mark.parametrize("name", ["config.json", "metrics.jsonl", "tokenizer.model", "notes.txt"])
