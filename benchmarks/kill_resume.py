@@ -1,41 +1,85 @@
-"""Soak check: SIGKILL a training run at random moments, resume it each time, verify nothing is lost.
+"""Soak check: SIGKILL training runs at the worst moments, rerun them, verify nothing is lost or mixed up.
 
-Trains a tiny model on the synthetic reversal corpus with frequent checkpoints, kills it with
-SIGKILL `--kills` times (some at random moments during training, some exactly while a checkpoint
-is being written), restarts the same command after each kill, and reports:
-- runs completed and kills delivered,
-- corrupt checkpoints found after any kill (every `step_*.pt` present must load; must be 0),
-- whether the final weights are bit-identical to an uninterrupted run with the same config.
+Trains a tiny model on the synthetic reversal corpus (400 steps, a checkpoint every 5, a validation
+every 100) once without interruption, then runs each scenario with the same command and compares:
 
-    python benchmarks/kill_resume.py --kills 20
+- `random`: `--kills` SIGKILLs of one run, rerun after each; two in three at a random moment of
+  training, one in three inside a checkpoint write (step checkpoint or best.pt, whichever comes).
+- `tokenizer`: a fresh run killed while sentencepiece trains its tokenizer (before tokenizer.model
+  exists), alternating with kills in its first steps after which the tokenizer cache is emptied (a
+  rerun from another working directory or a cleaned cache must train it again, and tokenizer.model
+  must still be the tokenizer the checkpoints were trained with).
+- `first-checkpoint`: a fresh run killed inside its first checkpoint write, again and again.
+- `best`: a run killed inside `checkpoints/best.pt` writes, spread over the validations that improve it.
+- `concurrent`: two trainers on one --output-dir (the second started while the first trains, both at
+  the same moment, the second while the first starts up): one must be refused with a single
+  `error:` line naming the other's PID and a non-zero exit; the other must finish unaffected.
+
+How a kill lands inside a write, deterministically rather than by luck: fs2mini writes a checkpoint
+to a temporary file `.NAME.XXXXXXXX.tmp` next to its final name and renames it once complete and
+fsynced (fs2mini/checkpoint.py). The benchmark polls the checkpoint directory every 0.2 ms; once the
+temporary file appears it polls the file's size until it holds a random fraction (0 to 100%) of a
+full checkpoint (the uninterrupted run's size), then sends SIGKILL. A kill counts as inside the
+write only if the temporary file is still there after the process died (not yet renamed); any other
+outcome is reported as a miss, never counted as a hit. Sentencepiece training is found the same way:
+fs2mini trains it in a temporary directory of the tokenizer cache. fs2mini itself has no test hooks.
+
+After every kill, each checkpoint file present (`step_*.pt`, `best.pt`) must load and record the
+tokenizer that tokenizer.model holds. At the end of each scenario the run must finish, its last step
+checkpoint and best.pt must be bit-identical to the uninterrupted run's, and metrics.jsonl must hold
+each (step, split) record once, the same records as the uninterrupted run.
+
+    python benchmarks/kill_resume.py --kills 30
+    python benchmarks/kill_resume.py --scenarios best concurrent   # some scenarios only
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import random
-import signal
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
+import sentencepiece as spm
 import torch
 import tyro
 
 from fs2mini.checkpoint import list_checkpoints
-from fs2mini.errors import UserError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from synthetic import write_reversal_tsv  # noqa: E402  (the tests' learnable corpus)
+
+Scenario = Literal["random", "tokenizer", "first-checkpoint", "best", "concurrent"]
+SCENARIOS: tuple[Scenario, ...] = ("random", "tokenizer", "first-checkpoint", "best", "concurrent")
+POLL_S = 0.0002
+"""How often the file system is polled while waiting for a write to kill."""
+TIMEOUT_S = 300
+"""Longest wait for any one run (it would mean a hang)."""
 
 
 @dataclass(frozen=True)
 class SoakConfig:
     kills: int = 20
-    """Number of SIGKILLs to deliver."""
+    """SIGKILLs of the `random` scenario."""
+    tokenizer_kills: int = 20
+    """SIGKILLs of the `tokenizer` scenario."""
+    first_checkpoint_kills: int = 20
+    """SIGKILLs of the `first-checkpoint` scenario."""
+    best_kills: int = 21
+    """SIGKILLs of the `best` scenario (spread over the validations that write best.pt)."""
+    concurrent_trials: int = 6
+    """Pairs of trainers started on one directory (`concurrent` scenario)."""
+    scenarios: tuple[Scenario, ...] = SCENARIOS
+    """Which scenarios to run."""
     steps: int = 400
     """Training steps of the run."""
     checkpoint_every: int = 5
@@ -48,59 +92,374 @@ class SoakConfig:
     """Also write the report as JSON here."""
 
 
-def train_command(workdir: Path, run_dir: Path, cfg: SoakConfig) -> list[str]:
+def train_command(workdir: Path, run_dir: Path, cfg: SoakConfig, cache: str = "spm") -> list[str]:
     return [sys.executable, "-m", "fs2mini.train", "--output-dir", str(run_dir), "data.corpus:tsv",
             "--data.corpus.path", str(workdir / "reverse.tsv"), "--tokenizer.vocab-size", "28",
-            "--tokenizer.cache-dir", str(workdir / "spm"), "--data.max-tokens", "512", "--model.model-dim", "128",
+            "--tokenizer.cache-dir", str(workdir / cache), "--data.max-tokens", "512", "--model.model-dim", "128",
             "--model.num-encoder-layers", "2", "--model.num-decoder-layers", "2", "--model.ffn-inner-dim", "512",
             "--model.dropout-p", "0.1", "--trainer.max-steps", str(cfg.steps), "--trainer.checkpoint-every",
             str(cfg.checkpoint_every), "--trainer.keep-last-checkpoints", "3", "--trainer.validate-every", "100",
             "--trainer.log-every", "1", "--trainer.progress", "lines"]
 
 
-def count_corrupt(run_dir: Path) -> int:
-    corrupt = 0
-    for path in list_checkpoints(run_dir / "checkpoints"):
+# --- starting, watching and killing runs -------------------------------------------------------------
+
+def start(command: list[str], log: Path) -> subprocess.Popen:
+    """Start a run; its stderr goes to `log` (a pipe nobody reads would fill up and stall it)."""
+    with open(log, "ab") as handle:
+        return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=handle)
+
+
+def poll(process: subprocess.Popen, ready: Callable[[], Any], interval: float = POLL_S) -> Any:
+    """Call `ready()` every `interval` s until it returns something truthy (returned); None when the
+    process exits first."""
+    deadline = time.monotonic() + TIMEOUT_S
+    while process.poll() is None and time.monotonic() < deadline:
+        if found := ready():
+            return found
+        time.sleep(interval)
+    return None
+
+
+def kill(process: subprocess.Popen) -> bool:
+    """SIGKILL `process` and reap it; False when it had already exited."""
+    alive = process.poll() is None
+    if alive:
+        process.kill()
+    process.wait()
+    return alive
+
+
+def temp_files(directory: Path, name: str) -> set[str]:
+    """Temporary files of writes to `directory/name*` (`.NAME.XXXXXXXX.tmp`, see
+    `fs2mini.checkpoint.write_atomically`), in progress or left by a killed write."""
+    try:
+        return {e.name for e in os.scandir(directory) if e.name.startswith(f".{name}") and e.name.endswith(".tmp")}
+    except FileNotFoundError:
+        return set()
+
+
+def temp_file_filled(directory: Path, name: str, min_bytes: float, leftovers: set[str]) -> Path | None:
+    """A temporary file of a write in progress to `directory/name*`, not one of `leftovers`, holding at
+    least `min_bytes` bytes."""
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return None
+    for entry in entries:
+        if entry.name.startswith(f".{name}") and entry.name.endswith(".tmp") and entry.name not in leftovers:
+            try:
+                if entry.stat().st_size >= min_bytes:
+                    return Path(entry.path)
+            except FileNotFoundError:  # renamed (write complete) since the listing
+                pass
+    return None
+
+
+def kill_inside_write(process: subprocess.Popen, directory: Path, name: str, min_bytes: float,
+                      wanted: Callable[[], bool | str] = lambda: True) -> str:
+    """SIGKILL `process` while it writes `directory/name*`, once the temporary file holds `min_bytes`.
+
+    `wanted()` is asked when such a file is seen: False skips that write, the string "missed" gives
+    up (the moment is gone). Returns "inside" when the temporary file outlived the process (the kill
+    landed before the rename), else "missed" or "finished" (the run ended first). Files left by an
+    earlier killed write (the run removes them once it has started) are not this write's."""
+    leftovers = temp_files(directory, name)
+
+    def target() -> Path | str | None:
+        tmp = temp_file_filled(directory, name, min_bytes, leftovers)
+        if tmp is None:
+            return None
+        verdict = wanted()
+        return "missed" if verdict == "missed" else tmp if verdict else None
+
+    found = poll(process, target)
+    alive = kill(process)
+    if not alive or found is None:
+        return "finished"
+    return "inside" if isinstance(found, Path) and found.exists() else "missed"
+
+
+def logged(run_dir: Path, split: str = "train") -> list[int]:
+    """Steps of metrics.jsonl's complete `split` lines, in file order."""
+    try:
+        lines = (run_dir / "metrics.jsonl").read_bytes().splitlines()
+    except FileNotFoundError:
+        return []
+    steps = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line cut by the kill
+        if record.get("split") == split:
+            steps.append(record["step"])
+    return steps
+
+
+def metrics_file_id(run_dir: Path) -> int | None:
+    """The inode of metrics.jsonl: a (re)started run replaces the file (dropping the steps it redoes)."""
+    try:
+        return (run_dir / "metrics.jsonl").stat().st_ino
+    except FileNotFoundError:
+        return None
+
+
+def failure(log: Path) -> str:
+    lines = log.read_text(errors="replace").strip().splitlines()
+    return lines[-1] if lines else "(no output)"
+
+
+# --- what a kill may not break -----------------------------------------------------------------------
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def damage(run_dir: Path) -> tuple[int, int]:
+    """(checkpoint files that do not load, checkpoints whose tokenizer is not tokenizer.model)."""
+    corrupt = mismatched = 0
+    checkpoints = sorted((run_dir / "checkpoints").glob("*.pt")) if (run_dir / "checkpoints").is_dir() else []
+    tokenizer = run_dir / "tokenizer.model"
+    kept = sha256(tokenizer) if tokenizer.is_file() else None
+    for path in checkpoints:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
             assert "model" in state
         except Exception:
             corrupt += 1
-    return corrupt
+            continue
+        if kept is not None and state["tokenizer"]["sha256"] != kept:
+            mismatched += 1
+    return corrupt, mismatched
 
 
-def logged_lines(run_dir: Path) -> int:
-    metrics = run_dir / "metrics.jsonl"
-    return len(metrics.read_text().splitlines()) if metrics.exists() else 0
+def pieces(path: Path) -> list[tuple[str, float]]:
+    processor = spm.SentencePieceProcessor(model_file=str(path))
+    return [(processor.id_to_piece(i), processor.get_score(i)) for i in range(processor.get_piece_size())]
 
 
-def kill_once(command: list[str], run_dir: Path, during_write: bool, rng: random.Random) -> str:
-    """Start the run, SIGKILL it once it trains (at a random moment, or inside a checkpoint write)."""
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    start_lines = logged_lines(run_dir)
-    deadline = time.monotonic() + 120
-    while process.poll() is None and logged_lines(run_dir) <= start_lines + 1 and time.monotonic() < deadline:
-        time.sleep(0.005)
-    moment = "finished before the kill"
-    if during_write:
-        while process.poll() is None and time.monotonic() < deadline:
-            if list((run_dir / "checkpoints").glob(".*.tmp")):
-                moment = "during a checkpoint write"
-                break
-            time.sleep(0.0005)
-    else:
-        time.sleep(rng.uniform(0.0, 1.5))
-        moment = "during training"
-    if process.poll() is None:
-        process.send_signal(signal.SIGKILL)
-    else:
-        moment = "finished before the kill"
-    process.wait()
-    return moment
+def records(run_dir: Path) -> list[tuple[str, int]] | None:
+    """(split, step) of every metrics.jsonl line, sorted; None if a line does not parse."""
+    try:
+        found = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_bytes().splitlines()]
+    except (FileNotFoundError, ValueError):
+        return None
+    return sorted((r["split"], r["step"]) for r in found)
 
 
-def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return torch.load(list_checkpoints(run_dir / "checkpoints")[-1], weights_only=True)["model"]
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
+
+
+def identical(reference: Path, run_dir: Path) -> bool:
+    """The last step checkpoint and best.pt hold the same weights, bit for bit."""
+    def same(a: Path, b: Path) -> bool:
+        x, y = weights(a), weights(b)
+        return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+
+    ours, theirs = list_checkpoints(reference / "checkpoints"), list_checkpoints(run_dir / "checkpoints")
+    best = (reference / "checkpoints" / "best.pt", run_dir / "checkpoints" / "best.pt")
+    return (bool(theirs) and ours[-1].name == theirs[-1].name and same(ours[-1], theirs[-1])
+            and best[1].is_file() and same(*best))
+
+
+class Scene:
+    """One scenario's run directory, its kills and its verdict."""
+
+    def __init__(self, name: str, workdir: Path, cfg: SoakConfig, reference: Path, cache: str = "spm") -> None:
+        self.name, self.workdir, self.reference = name, workdir, reference
+        self.run_dir = workdir / name
+        self.command = train_command(workdir, self.run_dir, cfg, cache)
+        self.log = workdir / f"{name}.log"
+        self.moments: dict[str, int] = {}
+        self.corrupt = self.mismatched = 0
+        self.problems: list[str] = []
+
+    def attempt(self) -> subprocess.Popen:
+        return start(self.command, self.log)
+
+    def after_kill(self, kill_number: int, total: int, moment: str) -> None:
+        self.moments[moment] = self.moments.get(moment, 0) + 1
+        corrupt, mismatched = damage(self.run_dir)
+        self.corrupt += corrupt
+        self.mismatched += mismatched
+        names = [p.name for p in sorted((self.run_dir / "checkpoints").glob("*.pt"))] if (self.run_dir / "checkpoints").is_dir() else []
+        print(f"{self.name} kill {kill_number}/{total}: {moment}; checkpoints {names}", flush=True)
+
+    def refused(self, process: subprocess.Popen) -> bool:
+        """A run that exited with an error instead of being killed: note it, the scenario has failed."""
+        if process.returncode not in (None, 0, -9):
+            self.problems.append(f"a rerun exited with {process.returncode}: {failure(self.log)}")
+            return True
+        return False
+
+    def finish(self) -> dict[str, Any]:
+        """Run to the end and compare with the uninterrupted run."""
+        completed = False
+        if not self.problems:
+            with open(self.log, "ab") as handle:
+                completed = subprocess.run(self.command, stdout=subprocess.DEVNULL, stderr=handle).returncode == 0
+            if not completed:
+                self.problems.append(f"the final rerun failed: {failure(self.log)}")
+        corrupt, mismatched = damage(self.run_dir)
+        return self.report(completed, corrupt, mismatched)
+
+    def report(self, completed: bool, corrupt: int, mismatched: int, **extra: Any) -> dict[str, Any]:
+        self.corrupt += corrupt
+        self.mismatched += mismatched
+        same = completed and identical(self.reference, self.run_dir)
+        metrics_ok = completed and records(self.run_dir) == records(self.reference)
+        if completed and not same:
+            self.problems.append("final weights differ from the uninterrupted run")
+        if completed and not metrics_ok:
+            self.problems.append("metrics.jsonl records differ from the uninterrupted run's (lost or repeated lines)")
+        if self.corrupt or self.mismatched:
+            self.problems.append(f"{self.corrupt} corrupt checkpoint loads, {self.mismatched} checkpoints "
+                                 "whose tokenizer is not tokenizer.model")
+        return {"kills": sum(n for m, n in self.moments.items() if m not in ("finished before the kill",)),
+                "kill_moments": self.moments, "corrupt_checkpoints_found": self.corrupt,
+                "tokenizer_mismatches": self.mismatched, "final_run_completed": completed,
+                "final_weights_bit_identical": same, "metrics_complete": metrics_ok, **extra,
+                "problems": self.problems, "passed": not self.problems}
+
+
+# --- the scenarios -----------------------------------------------------------------------------------
+
+def random_kills(scene: Scene, cfg: SoakConfig, rng: random.Random, full_size: int) -> dict[str, Any]:
+    """Kills at random moments of training; every third one inside whatever checkpoint is being written."""
+    for number in range(1, cfg.kills + 1):
+        process = scene.attempt()
+        start_lines = len(logged(scene.run_dir))
+        # Training has started when two new lines are logged (a rerun first drops the redone steps' lines).
+        poll(process, lambda: len(logged(scene.run_dir)) > start_lines + 1, interval=0.005)
+        if number % 3 == 0:
+            outcome = kill_inside_write(process, scene.run_dir / "checkpoints", "", rng.random() * full_size)
+            moment = {"inside": "inside a checkpoint write", "missed": "missed a write (it completed first)"}.get(
+                outcome, "finished before the kill")
+        else:
+            time.sleep(rng.uniform(0.0, 1.5))
+            moment = "during training" if kill(process) else "finished before the kill"
+        if scene.refused(process):
+            break
+        scene.after_kill(number, cfg.kills, moment)
+    return scene.finish()
+
+
+def tokenizer_kills(scene: Scene, cfg: SoakConfig, rng: random.Random, cache: Path) -> dict[str, Any]:
+    """Odd kills while sentencepiece trains; even ones in the first steps, then the cache is emptied."""
+    for number in range(1, cfg.tokenizer_kills + 1):
+        old_temps = set(cache.glob("tmp*")) if cache.is_dir() else set()
+        had_tokenizer = (scene.run_dir / "tokenizer.model").is_file()
+        old_metrics = metrics_file_id(scene.run_dir)
+        process = scene.attempt()
+        if number % 2 == 1:
+            poll(process, lambda: cache.is_dir() and set(cache.glob("tmp*")) - old_temps)
+            time.sleep(rng.uniform(0.0, 0.02))
+            alive = kill(process)
+            cached = list(cache.glob("spm-*.model"))
+            moment = ("finished before the kill" if not alive else
+                      "after sentencepiece finished" if cached else
+                      "while sentencepiece trained" + (" (tokenizer.model of an earlier try present)" if had_tokenizer else ""))
+        else:
+            first_steps = rng.randint(1, cfg.checkpoint_every - 2)
+            poll(process, lambda: metrics_file_id(scene.run_dir) != old_metrics and len(logged(scene.run_dir)) >= first_steps,
+                 interval=0.002)
+            alive = kill(process)
+            shutil.rmtree(cache, ignore_errors=True)  # the rerun trains the tokenizer again
+            moment = "in the first steps, then tokenizer cache emptied" if alive else "finished before the kill"
+        if scene.refused(process):
+            break
+        scene.after_kill(number, cfg.tokenizer_kills, moment)
+    result = scene.finish()
+    tokenizer = scene.run_dir / "tokenizer.model"
+    same_pieces = tokenizer.is_file() and pieces(tokenizer) == pieces(scene.reference / "tokenizer.model")
+    if not same_pieces:
+        scene.problems.append("tokenizer.model does not hold the uninterrupted run's pieces")
+        result["passed"] = False
+    return {**result, "tokenizer_pieces_as_uninterrupted": same_pieces}
+
+
+def first_checkpoint_kills(scene: Scene, cfg: SoakConfig, rng: random.Random, full_size: int) -> dict[str, Any]:
+    """Kills inside the first checkpoint write; a miss (that write completed) starts a fresh directory."""
+    checkpoints = scene.run_dir / "checkpoints"
+    for number in range(1, cfg.first_checkpoint_kills + 1):
+        process = scene.attempt()
+        outcome = kill_inside_write(process, checkpoints, "step_", rng.random() * full_size,
+                                    wanted=lambda: "missed" if list_checkpoints(checkpoints) else True)
+        if scene.refused(process):
+            break
+        moment = {"inside": "inside the first checkpoint write",
+                  "missed": "missed (the first write completed; started over in a new directory)"}.get(
+            outcome, "finished before the kill")
+        scene.after_kill(number, cfg.first_checkpoint_kills, moment)
+        if outcome == "missed":
+            shutil.rmtree(scene.run_dir)
+    return scene.finish()
+
+
+def best_kills(scene: Scene, cfg: SoakConfig, rng: random.Random, full_size: int) -> dict[str, Any]:
+    """Kills inside best.pt writes: the same number at each validation that improves the loss."""
+    valid = [json.loads(line) for line in (scene.reference / "metrics.jsonl").read_bytes().splitlines()]
+    improving, best = [], float("inf")
+    for record in (r for r in valid if r["split"] == "valid" and r["step"] > 0):
+        if record["loss"] < best:
+            improving.append(record["step"])
+            best = record["loss"]
+    targets = sorted(improving[i % len(improving)] for i in range(cfg.best_kills))
+    for number, step in enumerate(targets, start=1):
+        process = scene.attempt()
+        outcome = kill_inside_write(process, scene.run_dir / "checkpoints", "best.pt", rng.random() * full_size,
+                                    wanted=lambda: max(logged(scene.run_dir, "valid"), default=0) >= step)
+        if scene.refused(process):
+            break
+        moment = {"inside": f"inside the best.pt write of step {step}",
+                  "missed": f"missed the best.pt write of step {step} (it completed first)"}.get(
+            outcome, "finished before the kill")
+        scene.after_kill(number, cfg.best_kills, moment)
+    return scene.finish()
+
+
+def concurrent_trials(workdir: Path, cfg: SoakConfig, reference: Path) -> dict[str, Any]:
+    """Two trainers on one directory: exactly one is refused, in one line naming the other's PID."""
+    kinds = ["second started while the first trains", "both started at the same moment",
+             "second started while the first starts up"]
+    trials, corrupt, mismatched, problems, all_identical = [], 0, 0, [], True
+    for number in range(cfg.concurrent_trials):
+        kind = kinds[number % len(kinds)]
+        scene = Scene(f"concurrent-{number + 1}", workdir, cfg, reference)
+        logs = [workdir / f"{scene.name}-a.log", workdir / f"{scene.name}-b.log"]
+        first = start(scene.command, logs[0])
+        if kind == kinds[0]:
+            poll(first, lambda: logged(scene.run_dir), interval=0.005)
+        elif kind == kinds[2]:
+            time.sleep(1.0)
+        second = start(scene.command, logs[1])
+        codes = [first.wait(TIMEOUT_S), second.wait(TIMEOUT_S)]
+        processes = [first, second]
+        losers = [i for i in (0, 1) if codes[i] != 0]
+        trial: dict[str, Any] = {"kind": kind, "exit_codes": codes}
+        if len(losers) != 1:
+            scene.problems.append(f"{kind}: exit codes {codes}; expected exactly one refused")
+        else:
+            loser = losers[0]
+            lines = logs[loser].read_text(errors="replace").strip().splitlines()
+            trial["refusal"] = lines
+            if not (len(lines) == 1 and lines[0].startswith("error:") and f"PID {processes[1 - loser].pid} " in lines[0]):
+                scene.problems.append(f"{kind}: the refused trainer said {lines}; expected one error: line naming "
+                                      f"PID {processes[1 - loser].pid}")
+        result = scene.report(0 in codes, *damage(scene.run_dir))
+        trials.append(trial)
+        corrupt += result["corrupt_checkpoints_found"]
+        mismatched += result["tokenizer_mismatches"]
+        all_identical &= result["final_weights_bit_identical"] and result["metrics_complete"]
+        problems += scene.problems
+        print(f"concurrent trial {number + 1}/{cfg.concurrent_trials}: {kind}: exit codes {codes}; "
+              f"{trial.get('refusal')}", flush=True)
+    return {"trials": trials, "refused_with_the_holders_pid": sum(
+                1 for t in trials if len(t.get("refusal", [])) == 1 and "PID" in t["refusal"][0]),
+            "corrupt_checkpoints_found": corrupt, "tokenizer_mismatches": mismatched,
+            "final_weights_bit_identical": all_identical, "problems": problems, "passed": not problems}
 
 
 def main(cfg: SoakConfig) -> dict:
@@ -112,32 +471,26 @@ def main(cfg: SoakConfig) -> dict:
 
     reference = workdir / "uninterrupted"
     subprocess.run(train_command(workdir, reference, cfg), check=True, capture_output=True)
-
-    soaked = workdir / "killed"
-    command = train_command(workdir, soaked, cfg)
-    moments: dict[str, int] = {}
-    corrupt = 0
-    for kill in range(cfg.kills):
-        moment = kill_once(command, soaked, during_write=kill % 3 == 2, rng=rng)
-        moments[moment] = moments.get(moment, 0) + 1
-        corrupt += count_corrupt(soaked)
-        print(f"kill {kill + 1}/{cfg.kills}: {moment}; checkpoints {[p.name for p in list_checkpoints(soaked / 'checkpoints')]}",
-              flush=True)
-    finish = subprocess.run(command, capture_output=True, text=True)
-    if finish.returncode != 0:
-        raise UserError(f"the final resumed run failed: {finish.stderr.strip().splitlines()[-1]}")
-    expected, got = final_weights(reference), final_weights(soaked)
-    identical = expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
-    report = {
-        "kills": cfg.kills,
-        "kill_moments": moments,
-        "runs_killed": cfg.kills - moments.get("finished before the kill", 0),
-        "final_resumed_run_completed": finish.returncode == 0,
-        "corrupt_checkpoints_found": corrupt,
-        "final_weights_bit_identical": identical,
-        "steps": cfg.steps,
-        "seconds": round(time.perf_counter() - started, 1),
-    }
+    full_size = list_checkpoints(reference / "checkpoints")[-1].stat().st_size
+    report: dict[str, Any] = {"steps": cfg.steps, "checkpoint_every": cfg.checkpoint_every, "scenarios": {}}
+    for name in cfg.scenarios:
+        began = time.perf_counter()
+        if name == "random":
+            result = random_kills(Scene(name, workdir, cfg, reference), cfg, rng, full_size)
+        elif name == "tokenizer":
+            result = tokenizer_kills(Scene(name, workdir, cfg, reference, cache="spm-tokenizer"), cfg, rng,
+                                     workdir / "spm-tokenizer")
+        elif name == "first-checkpoint":
+            result = first_checkpoint_kills(Scene(name, workdir, cfg, reference), cfg, rng, full_size)
+        elif name == "best":
+            result = best_kills(Scene(name, workdir, cfg, reference), cfg, rng, full_size)
+        else:
+            result = concurrent_trials(workdir, cfg, reference)
+        result["seconds"] = round(time.perf_counter() - began, 1)
+        report["scenarios"][name] = result
+        print(f"{name}: {'passed' if result['passed'] else 'FAILED: ' + '; '.join(result['problems'])}", flush=True)
+    report["passed"] = all(r["passed"] for r in report["scenarios"].values())
+    report["seconds"] = round(time.perf_counter() - started, 1)
     print(json.dumps(report, indent=2))
     if cfg.output is not None:
         cfg.output.write_text(json.dumps(report, indent=2) + "\n")
@@ -149,4 +502,4 @@ if __name__ == "__main__":
 
     with exit_on_user_error():
         result = main(tyro.cli(SoakConfig))
-    sys.exit(0 if result["corrupt_checkpoints_found"] == 0 and result["final_weights_bit_identical"] else 1)
+    sys.exit(0 if result["passed"] else 1)
