@@ -26,10 +26,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -89,12 +90,19 @@ class QualityConfig:
     """Label smoothing of both losses."""
     threads: int = 2
     """torch threads per system."""
+    device: str = "cpu"
+    """Where both systems train and decode ("cuda" for ablations at equal updates; timings are then not CPU figures)."""
     bf16: bool = False
     """Train both systems under bf16 autocast (the same for both; ~2x faster on CPUs with native bf16)."""
     seed: int = 1
     """Initialisation and data-order seed (the same for both systems)."""
     test_sentences: int = 0
     """Translate only the first N test pairs (0 = the whole test split)."""
+    fs2mini_recipe: Path | None = None
+    """Budget mode: train fs2mini by running this recipe as a user does (`--trainer.max-time` = the budget),
+    not the equal-terms loop; Hugging Face then uses the recipe run's tokenizer."""
+    recipe_checkpoint: str | None = None
+    """Checkpoint of the recipe run to decode (default: what `translate` loads, the newest)."""
     label: str = ""
     """Name of this run in the JSON (default: 'updates-N' or 'budget-Mmin')."""
     output: Path = Path("benchmarks/quality.json")
@@ -163,7 +171,8 @@ def build_system(job: dict, tokenizer: Tokenizer):
     return model, hf_loss
 
 
-def translate(job: dict, model: torch.nn.Module, tokenizer: Tokenizer, sources: list[str], beam: int) -> list[str]:
+def translate(job: dict, model: torch.nn.Module, tokenizer: Tokenizer, sources: list[str], beam: int,
+              device: torch.device) -> list[str]:
     """Test translations: fs2mini's `Translator`, or HF's `generate` with the same forced start and length limit."""
     from fs2mini.translate import Translator, pad_sources
 
@@ -178,7 +187,7 @@ def translate(job: dict, model: torch.nn.Module, tokenizer: Tokenizer, sources: 
     with torch.no_grad():
         for start in range(0, len(order), 32):
             rows = order[start : start + 32]
-            source, lengths = pad_sources([encoded[i] for i in rows], vocab.pad_idx, torch.device("cpu"))
+            source, lengths = pad_sources([encoded[i] for i in rows], vocab.pad_idx, device)
             generated = model.generate(
                 input_ids=source, attention_mask=(source != vocab.pad_idx).long(), num_beams=beam, do_sample=False,
                 max_new_tokens=int(1.2 * int(lengths.max()) + 10) + 1, decoder_start_token_id=vocab.eos_idx,
@@ -190,19 +199,17 @@ def translate(job: dict, model: torch.nn.Module, tokenizer: Tokenizer, sources: 
     return outputs
 
 
-def worker(job: dict) -> dict:
+def train_equal_terms(job: dict, tokenizer: Tokenizer, device: torch.device) -> tuple[torch.nn.Module, dict]:
+    """Train one system with the shared loop (`fs2mini.trainer.train_step`) for the job's updates or budget."""
     from fs2mini.trainer import train_step
 
-    torch.set_num_threads(job["threads"])
-    tokenizer = Tokenizer(Path(job["tokenizer"]), corpus_languages(BibleCorpus()))
     torch.manual_seed(job["seed"])
     model, compute_loss = build_system(job, tokenizer)
-    model.train()
+    model.to(device).train()
     optimizer = build_optimizer(AdamWConfig(lr=job["lr"], weight_decay=job["weight_decay"]), model.parameters())
     lr_at = InverseSqrtConfig(warmup_steps=job["warmup_steps"]).build(job["lr"], job["updates"])
     batches = Seq2SeqBatches(DataConfig(max_tokens=job["max_tokens"]), "train", tokenizer, seed=job["seed"], shuffle=True)
     budget_s = job["budget_minutes"] * 60
-    device = torch.device("cpu")
     step, epoch, tokens, losses = 0, 0, 0, []
     started = time.perf_counter()
 
@@ -220,6 +227,39 @@ def worker(job: dict) -> dict:
             losses.append(result.loss)
         epoch += 1
     train_s = time.perf_counter() - started
+    return model, {"updates": step, "epochs": epoch, "train_s": train_s, "target_tokens_per_s": tokens / train_s,
+                   "final_train_loss": sum(losses[-50:]) / len(losses[-50:])}
+
+
+def train_recipe(job: dict) -> tuple[torch.nn.Module, Tokenizer, dict]:
+    """Run the recipe as a user runs it (its own CLI, `--trainer.max-time` = the budget) and load its final weights."""
+    from fs2mini.translate import Translator
+
+    run_dir = Path(job["recipe_run_dir"])
+    command = [sys.executable, job["fs2mini_recipe"], "--output-dir", str(run_dir),
+               "--trainer.max-time", f"{job['budget_minutes'] * 60:g}s", "--trainer.progress", "lines"]
+    environment = {**os.environ, "OMP_NUM_THREADS": str(job["threads"])}
+    started = time.perf_counter()
+    subprocess.run(command, check=True, env=environment, stdout=sys.stderr)
+    wall_s = time.perf_counter() - started
+    translator = Translator.from_run(run_dir, job["recipe_checkpoint"], job["device"])
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    train_lines = [m for m in metrics if m.get("split") == "train"]
+    return translator.model, translator.tokenizer, {
+        "updates": translator.step, "train_s": max([m["elapsed_s"] for m in metrics if "elapsed_s" in m], default=wall_s),
+        "wall_s_with_setup": wall_s, "final_train_loss": train_lines[-1]["loss"] if train_lines else None,
+        "run_dir": str(run_dir), "checkpoint": str(translator.checkpoint_path)}
+
+
+def worker(job: dict) -> dict:
+    torch.set_num_threads(job["threads"])
+    device = torch.device(job["device"])
+    if job["system"] == "fs2mini" and job["fs2mini_recipe"]:
+        model, tokenizer, stats = train_recipe(job)
+        model.to(device)
+    else:
+        tokenizer = Tokenizer(Path(job["tokenizer"]), corpus_languages(BibleCorpus()))
+        model, stats = train_equal_terms(job, tokenizer, device)
 
     pairs = list(read_pairs(BibleCorpus(), "test", Skipped()))
     if job["test_sentences"]:
@@ -228,15 +268,13 @@ def worker(job: dict) -> dict:
     decoded = {}
     for name, beam in (("greedy", 1), ("beam4", 4)):
         started = time.perf_counter()
-        hypotheses = translate(job, model, tokenizer, sources, beam)
+        hypotheses = translate(job, model, tokenizer, sources, beam, device)
         scores = score_translations(hypotheses, references)
         decoded[name] = {"bleu": scores.bleu, "chrf": scores.chrf, "precisions": list(scores.precisions),
                          "brevity_penalty": scores.brevity_penalty, "length_ratio": scores.length_ratio,
                          "seconds": time.perf_counter() - started, "samples": hypotheses[:3]}
-    return {"system": job["system"], "updates": step, "epochs": epoch, "train_s": train_s,
-            "target_tokens_per_s": tokens / train_s, "final_train_loss": sum(losses[-50:]) / len(losses[-50:]),
-            "parameters": sum(p.numel() for p in model.parameters()), "test_pairs": len(pairs),
-            "bleu_signature": scores.bleu_signature, **decoded}
+    return {"system": job["system"], **stats, "parameters": sum(p.numel() for p in model.parameters()),
+            "test_pairs": len(pairs), "bleu_signature": scores.bleu_signature, **decoded}
 
 
 # --------------------------------------------------------------------------------------------
@@ -255,11 +293,19 @@ def main(cfg: QualityConfig) -> None:
     if cfg.updates <= 0 and cfg.budget_minutes <= 0:
         sys.exit("quality.py: --updates or --budget-minutes must be positive")
     label = cfg.label or (f"budget-{cfg.budget_minutes:g}min" if cfg.budget_minutes > 0 else f"updates-{cfg.updates}")
-    tokenizer = quality_tokenizer(cfg.vocab_size)
+    if cfg.fs2mini_recipe is not None and (cfg.budget_minutes <= 0 or cfg.systems[0] != "fs2mini"):
+        sys.exit("quality.py: --fs2mini-recipe needs --budget-minutes and fs2mini as the first of --systems")
     settings = {k: v for k, v in asdict(cfg).items() if k not in ("systems", "label", "output")}
-    results = {"settings": settings, "machine": machine_info("cpu"), "systems": {}}
+    if cfg.fs2mini_recipe is not None:  # a fresh run directory; HF then shares the tokenizer that the recipe trains
+        recipe_run_dir = Path(".cache/quality-runs") / label
+        shutil.rmtree(recipe_run_dir, ignore_errors=True)
+        settings.update(recipe_run_dir=str(recipe_run_dir.resolve()), fs2mini_recipe=str(cfg.fs2mini_recipe))
+        tokenizer_path = recipe_run_dir.resolve() / "tokenizer.model"
+    else:
+        tokenizer_path = quality_tokenizer(cfg.vocab_size).model_path
+    results = {"settings": settings, "machine": machine_info(cfg.device), "systems": {}}
     for system in cfg.systems:
-        job = {**settings, "system": system, "tokenizer": str(tokenizer.model_path)}
+        job = {**settings, "system": system, "tokenizer": str(tokenizer_path)}
         job["fs2mini_model"] = asdict(cfg.fs2mini_model)
         print(f"[{label}] training {system} ...", file=sys.stderr, flush=True)
         results["systems"][system] = run_worker(job)
@@ -270,6 +316,9 @@ def main(cfg: QualityConfig) -> None:
     everything[label] = results
     cfg.output.write_text(json.dumps(everything, indent=1, default=str) + "\n")
     print_table(everything)
+    if set(results["systems"]) == {"fs2mini", "hf"}:
+        fs2, hf = (results["systems"][name]["beam4"]["bleu"] for name in ("fs2mini", "hf"))
+        print(f"[{label}] beam-4 test BLEU fs2mini / Hugging Face = {fs2:.2f} / {hf:.2f} = {fs2 / max(hf, 1e-9):.2f}x")
 
 
 def print_table(everything: dict) -> None:

@@ -114,20 +114,27 @@ def _step_of(line: str) -> float:
 
 
 class ProgressDisplay:
-    """Live bar or periodic lines; `update` every step, `message` for validation results."""
+    """Live bar or periodic lines; `update` every step, `message` for validation results.
 
-    def __init__(self, total_steps: int, start_step: int, mode: Literal["auto", "bar", "lines", "off"], line_every: int) -> None:
+    With a time budget (`--trainer.max-time`) the run ends when the budget does, not at `total_steps`
+    (the default run sets both), so the bar fills with time and the ETA is the sooner of the two."""
+
+    def __init__(self, total_steps: int, start_step: int, mode: Literal["auto", "bar", "lines", "off"], line_every: int,
+                 budget_s: float | None = None, elapsed_s: float = 0.0) -> None:
         self.console = Console(file=best_effort(sys.stderr), quiet=mode == "off")
         self.use_bar = mode == "bar" or (mode == "auto" and self.console.is_terminal)
         self.total_steps = total_steps
         self.start_step = start_step
         self.line_every = max(1, line_every)
+        self.budget_s = budget_s
         self.started = time.perf_counter()
+        self.run_started = self.started - elapsed_s  # a resumed run's budget counts its earlier training too
         self._bar: Progress | None = None
         if self.use_bar:
+            progress = [MofNCompleteColumn()] if budget_s is None else [TextColumn("{task.fields[step]}")]
             self._bar = Progress(
                 TextColumn("step"),
-                MofNCompleteColumn(),
+                *progress,
                 BarColumn(),
                 TextColumn("loss {task.fields[loss]:.3f}  lr {task.fields[lr]:.2e}  {task.fields[tps]:,.0f} tok/s"),
                 TimeElapsedColumn(),
@@ -135,19 +142,30 @@ class ProgressDisplay:
                 TimeRemainingColumn(),
                 console=self.console,
             )
-            self._task = self._bar.add_task("train", total=total_steps, completed=start_step, loss=float("nan"), lr=0.0, tps=0.0)
+            total, completed = (total_steps, start_step) if budget_s is None else (budget_s, elapsed_s)
+            self._task = self._bar.add_task("train", total=total, completed=completed, loss=float("nan"), lr=0.0,
+                                            tps=0.0, step=start_step)
             self._bar.start()
+
+    def seconds_left(self, step: int) -> float:
+        """Estimated seconds to the end of the run: by steps, or by the time budget if that ends sooner."""
+        done = step - self.start_step
+        by_steps = (time.perf_counter() - self.started) / done * (self.total_steps - step) if done else float("nan")
+        if self.budget_s is None:
+            return by_steps
+        by_time = max(0.0, self.budget_s - (time.perf_counter() - self.run_started))
+        return min(by_steps, by_time) if done else by_time
 
     def update(self, step: int, loss: float, lr: float, tokens_per_s: float) -> None:
         if self._bar is not None:
-            self._bar.update(self._task, completed=step, loss=loss, lr=lr, tps=tokens_per_s)
+            completed = step if self.budget_s is None else time.perf_counter() - self.run_started
+            self._bar.update(self._task, completed=completed, loss=loss, lr=lr, tps=tokens_per_s, step=step)
         elif not self.console.quiet and (step % self.line_every == 0 or step == self.total_steps):
-            done = step - self.start_step
             elapsed = time.perf_counter() - self.started
-            eta = elapsed / done * (self.total_steps - step) if done else float("nan")
+            of_total = f"/{self.total_steps}" if self.budget_s is None else ""
             self.console.print(
-                f"step {step}/{self.total_steps}  loss {loss:.3f}  lr {lr:.2e}  {tokens_per_s:,.0f} tok/s  "
-                f"elapsed {elapsed:.0f}s  ETA {eta:.0f}s",
+                f"step {step}{of_total}  loss {loss:.3f}  lr {lr:.2e}  {tokens_per_s:,.0f} tok/s  "
+                f"elapsed {elapsed:.0f}s  ETA {self.seconds_left(step):.0f}s",
                 highlight=False,
             )
 

@@ -256,7 +256,8 @@ def _train_locked(cfg: TrainConfig, env: DistEnv, device: torch.device) -> Path:
             write_atomically(kept, lambda handle: handle.write(tokenizer.model_bytes))
         save_config(cfg, run_dir / "config.json")
     barrier(env)
-    display = ProgressDisplay(tc.max_steps, state.step, tc.progress if env.is_main else "off", tc.log_every)
+    display = ProgressDisplay(tc.max_steps, state.step, tc.progress if env.is_main else "off", tc.log_every,
+                              budget_s=tc.max_seconds, elapsed_s=state.elapsed_s)
     display.message(
         f"run {run_dir} | device {device} | {parts.precision.reason} | {parts.num_parameters:,} parameters | "
         f"vocab {tokenizer.vocab_info.size}"
