@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -68,8 +69,6 @@ class QualityConfig:
     """Which systems to run, in this order."""
     fs2mini_model: ModelConfig = SHAPE
     """fs2mini's model (change its dropouts for ablations; keep the sizes for equal terms)."""
-    fs2mini_init: Literal["fs2mini", "hf"] = "fs2mini"
-    """fs2mini's initialisation: its own (Xavier linears, N(0, d^-1/2) embeddings) or HF's (N(0, 0.02) everywhere)."""
     hf_attention_dropout: float = 0.0
     """HF M2M100's attention dropout (its default for this comparison: 0)."""
     hf_activation_dropout: float = 0.0
@@ -98,9 +97,13 @@ class QualityConfig:
     """Initialisation and data-order seed (the same for both systems)."""
     test_sentences: int = 0
     """Translate only the first N test pairs (0 = the whole test split)."""
+    split: Literal["test", "valid"] = "test"
+    """Split to translate and score: tune on valid, report test once."""
     fs2mini_recipe: Path | None = None
     """Budget mode: train fs2mini by running this recipe as a user does (`--trainer.max-time` = the budget),
     not the equal-terms loop; Hugging Face then uses the recipe run's tokenizer."""
+    recipe_args: str = ""
+    """Extra flags for the recipe's command line, one string (a sweep's change: --recipe-args="--optimizer.lr 2e-3")."""
     recipe_checkpoint: str | None = None
     """Checkpoint of the recipe run to decode (default: what `translate` loads, the newest)."""
     label: str = ""
@@ -117,18 +120,6 @@ def quality_tokenizer(vocab_size: int) -> Tokenizer:
     corpus = BibleCorpus()
     langs = corpus_languages(corpus)
     return load_or_train_tokenizer(TokenizerConfig(vocab_size=vocab_size), training_sentences(corpus, Skipped()), langs)
-
-
-def hf_init_(model: torch.nn.Module, pad_idx: int, std: float = 0.02) -> None:
-    """Hugging Face's M2M100 initialisation (`_init_weights`): N(0, std) linears and embeddings, zero biases."""
-    for module in model.modules():
-        if isinstance(module, torch.nn.Linear):
-            torch.nn.init.normal_(module.weight, std=std)
-            torch.nn.init.zeros_(module.bias)
-        elif isinstance(module, torch.nn.Embedding):
-            torch.nn.init.normal_(module.weight, std=std)
-            with torch.no_grad():
-                module.weight[pad_idx].zero_()
 
 
 def fs2mini_init_(model: torch.nn.Module, pad_idx: int, model_dim: int) -> None:
@@ -154,8 +145,6 @@ def build_system(job: dict, tokenizer: Tokenizer):
     if job["system"] == "fs2mini":
         cfg = ModelConfig(**job["fs2mini_model"])
         model = cfg.build(vocab)
-        if job["fs2mini_init"] == "hf":
-            hf_init_(model, vocab.pad_idx)
         return model, TaskConfig(label_smoothing=job["label_smoothing"]).build(vocab).compute_loss
     model = build_hf_m2m100(SHAPE, vocab.size, vocab.pad_idx, vocab.eos_idx, attention_dropout=job["hf_attention_dropout"],
                             activation_dropout=job["hf_activation_dropout"])
@@ -237,7 +226,8 @@ def train_recipe(job: dict) -> tuple[torch.nn.Module, Tokenizer, dict]:
 
     run_dir = Path(job["recipe_run_dir"])
     command = [sys.executable, job["fs2mini_recipe"], "--output-dir", str(run_dir),
-               "--trainer.max-time", f"{job['budget_minutes'] * 60:g}s", "--trainer.progress", "lines"]
+               "--trainer.max-time", f"{job['budget_minutes'] * 60:g}s", "--trainer.progress", "lines",
+               *shlex.split(job["recipe_args"])]
     environment = {**os.environ, "OMP_NUM_THREADS": str(job["threads"])}
     started = time.perf_counter()
     subprocess.run(command, check=True, env=environment, stdout=sys.stderr)
@@ -261,7 +251,7 @@ def worker(job: dict) -> dict:
         tokenizer = Tokenizer(Path(job["tokenizer"]), corpus_languages(BibleCorpus()))
         model, stats = train_equal_terms(job, tokenizer, device)
 
-    pairs = list(read_pairs(BibleCorpus(), "test", Skipped()))
+    pairs = list(read_pairs(BibleCorpus(), job["split"], Skipped()))
     if job["test_sentences"]:
         pairs = pairs[: job["test_sentences"]]
     sources, references = [s for s, _ in pairs], [t for _, t in pairs]

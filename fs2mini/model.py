@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -116,6 +116,9 @@ class ModelConfig:
     """Row of the sinusoidal table used by the first token (Hugging Face M2M100/NLLB: pad_idx + 1, as fairseq)."""
     scale_embeddings: bool = True
     """Multiply token embeddings by √model_dim (NLLB and fairseq do; M2M100's `scale_embedding`)."""
+    init: Literal["fairseq", "hf"] = "fairseq"
+    """Weight init: fairseq's (Xavier-uniform linears, N(0, model_dim^-½) embeddings) or Hugging Face
+    M2M100's (N(0, 0.02) for every weight; README "Quality" measures both)."""
 
 
     def build(self, vocab: VocabInfo) -> EncoderDecoderModel:
@@ -131,7 +134,7 @@ class ModelConfig:
                     num_decoder_attn_heads=self.num_decoder_attn_heads, ffn_inner_dim=self.ffn_inner_dim,
                     dropout_p=self.dropout_p, attention_dropout_p=self.attention_dropout_p,
                     ffn_dropout_p=self.ffn_dropout_p, position_offset=self.position_offset,
-                    scale_embeddings=self.scale_embeddings)
+                    scale_embeddings=self.scale_embeddings, init=self.init)
 
 
 # Named presets. The CLI offers them as `model:NAME` subcommands (underscores become dashes);
@@ -436,8 +439,10 @@ class EncoderDecoderModel(nn.Module):
         ffn_dropout_p: float,
         position_offset: int = 0,
         scale_embeddings: bool = True,
+        init: Literal["fairseq", "hf"] = "fairseq",
     ) -> None:
         super().__init__()
+        self.init = init
         self.pad_idx = pad_idx
         self.model_dim = model_dim
         self.max_seq_len = max_seq_len
@@ -459,13 +464,19 @@ class EncoderDecoderModel(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """fairseq's Transformer init: N(0, dim^-1/2) embeddings with a zero pad row, Xavier linears."""
-        nn.init.normal_(self.embed.weight, mean=0.0, std=self.model_dim**-0.5)
+        """fairseq's Transformer init (N(0, dim^-1/2) embeddings, Xavier linears) or Hugging Face's
+        (N(0, 0.02) everywhere: smaller tied output weights, so first logits are near uniform);
+        zero biases and pad row either way."""
+        embed_std = self.model_dim**-0.5 if self.init == "fairseq" else 0.02
+        nn.init.normal_(self.embed.weight, mean=0.0, std=embed_std)
         with torch.no_grad():
             self.embed.weight[self.pad_idx].zero_()
         for module in self.modules():
             if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
+                if self.init == "fairseq":
+                    nn.init.xavier_uniform_(module.weight)
+                else:
+                    nn.init.normal_(module.weight, mean=0.0, std=0.02)
                 nn.init.zeros_(module.bias)
 
     def _embed(self, tokens: Tensor, offset: int) -> Tensor:

@@ -85,3 +85,16 @@ def test_cpu_training_attention_is_sdpa_math_with_fs2mini_dropout(causal):
     dropped = attention(q, k, v, mask, causal, Dropout(0.5).train())
     assert not torch.allclose(dropped, expected)
     torch.testing.assert_close(attention(q, k, v, mask, causal, Dropout(0.5).eval()), expected)
+
+
+@pytest.mark.parametrize("init, linear_std, embed_std", [("fairseq", None, 256**-0.5), ("hf", 0.02, 0.02)])
+def test_init_choices_set_the_documented_scales(init, linear_std, embed_std):
+    torch.manual_seed(0)
+    vocab = VocabInfo(size=4000, pad_idx=1, bos_idx=0, eos_idx=2, unk_idx=3)
+    model = ModelConfig(model_dim=256, ffn_inner_dim=1024, init=init).build(vocab)
+    assert model.embed.weight[1].abs().sum() == 0  # pad row
+    rows = torch.cat([model.embed.weight[:1], model.embed.weight[2:]])
+    assert rows.std().item() == pytest.approx(embed_std, rel=0.05)
+    inner = model.encoder_layers[0].ffn.inner_proj.weight
+    xavier_std = (2 / (inner.size(0) + inner.size(1))) ** 0.5
+    assert inner.std().item() == pytest.approx(linear_std or xavier_std, rel=0.05)
