@@ -20,6 +20,7 @@ asks. Validation and test iterate every direction in turn, unsampled.
 
 from __future__ import annotations
 
+import math
 import random
 import sys
 from collections.abc import Iterator, Sequence
@@ -87,8 +88,12 @@ def run_languages(cfg: DataConfig) -> tuple[str, ...]:
 
 
 def sampling_probabilities(sizes: Sequence[int], temperature: float) -> list[float]:
-    """p_i ∝ size_i^(1/T), as NLLB and fairseq sample languages: T = 1 by size, T → ∞ uniform."""
-    weights = [size ** (1.0 / temperature) for size in sizes]
+    """p_i ∝ size_i^(1/T), as NLLB and fairseq sample languages: T = 1 by size, T → ∞ uniform.
+
+    Computed in log space (size^(1/T) overflows a float for a small T), the largest weight scaled to 1."""
+    logs = [math.log(size) / temperature if size > 0 else -math.inf for size in sizes]
+    top = max(logs)
+    weights = [math.exp(log - top) for log in logs]
     total = sum(weights)
     return [weight / total for weight in weights]
 

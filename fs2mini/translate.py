@@ -116,19 +116,35 @@ class Translator:
     def languages(self, source_lang: str | None = None, target_lang: str | None = None) -> tuple[str, str]:
         """The (source, target) languages of a call: each given one checked, the missing ones chosen.
 
-        Without a target, the default target; without a source, the default source unless only other
-        trained directions lead into the target (fra→eng in a run with eng→fra, fra→eng)."""
+        Neither given: the defaults. Only a source: the default target if a trained direction leads
+        from the source into it, else the only target one does (fra→eng for --source-lang fra in a run
+        with eng→fra, fra→eng). Only a target: likewise the default source, else the only one leading into
+        it. A language into itself only where the run trained that direction."""
         check_languages(tuple(self.tokenizer.lang_ids), source_lang, target_lang)
-        target = target_lang or self.target_lang
-        if source_lang is not None:
-            return source_lang, target
-        sources = [source for source, into in self.directions if into == target]
-        if self.source_lang in sources or (not sources and self.source_lang != target):
-            return self.source_lang, target
-        if len(sources) == 1:
-            return sources[0], target
-        raise UserError(f"--target-lang {target}: " + (f"the run translates into it from {', '.join(sources)}" if sources
-                        else "no direction of the run translates into it") + "; pass --source-lang too")
+        if source_lang is None and target_lang is None:
+            return self.source_lang, self.target_lang
+        if target_lang is None:
+            targets = [into for source, into in self.directions if source == source_lang]
+            if self.target_lang in targets or (not targets and self.target_lang != source_lang):
+                target_lang = self.target_lang  # (no trained direction from it: a code of an imported model)
+            elif len(targets) == 1:
+                target_lang = targets[0]
+            else:
+                raise UserError(f"--source-lang {source_lang}: " + (f"the run translates it into {', '.join(targets)}"
+                                if targets else "no direction of the run starts from it") + "; pass --target-lang too")
+        if source_lang is None:
+            sources = [source for source, into in self.directions if into == target_lang]
+            if self.source_lang in sources or (not sources and self.source_lang != target_lang):
+                source_lang = self.source_lang
+            elif len(sources) == 1:
+                source_lang = sources[0]
+            else:
+                raise UserError(f"--target-lang {target_lang}: " + (f"the run translates into it from {', '.join(sources)}"
+                                if sources else "no direction of the run translates into it") + "; pass --source-lang too")
+        if source_lang == target_lang and (source_lang, target_lang) not in self.directions:
+            raise UserError(f"--source-lang {source_lang} --target-lang {target_lang}: the run never trained "
+                            f"{source_lang} into itself; expected two different languages")
+        return source_lang, target_lang
 
     @property
     def device(self) -> torch.device:

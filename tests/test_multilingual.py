@@ -80,6 +80,23 @@ def test_translator_api_takes_target_lang_and_refuses_unknown_languages(two_dire
         translator("a b c", target_lang="fra")
 
 
+def test_source_lang_alone_picks_a_target_it_was_trained_into(two_direction_run):
+    translator = Translator.from_run(two_direction_run, device="cpu")
+    assert translator.languages("src") == ("src", "rev")  # the default target
+    assert translator.languages() == ("src", "rev")
+    with pytest.raises(UserError, match=r"--source-lang rev: no direction of the run starts from it; pass --target-lang"):
+        translator.languages("rev")  # was rev→rev
+    with pytest.raises(UserError, match=r"--source-lang rev --target-lang rev: the run never trained rev into itself"):
+        Translator.from_run(two_direction_run, device="cpu", source_lang="rev", target_lang="rev")
+    other = Translator(translator.model, translator.tokenizer, "src", "rev",
+                       directions=[("src", "rev"), ("src", "cpy"), ("rev", "cpy"), ("cpy", "cpy")])
+    assert other.languages("rev") == ("rev", "cpy")  # the only target trained from rev
+    assert other.languages("cpy", "cpy") == ("cpy", "cpy")  # trained into itself
+    into_source = Translator(translator.model, translator.tokenizer, "rev", "src", directions=other.directions)
+    with pytest.raises(UserError, match=r"^--source-lang src: the run translates it into rev, cpy; pass --target-lang too$"):
+        into_source.languages("src")  # was src→src
+
+
 def test_unknown_target_language_is_one_error_line_before_loading(two_direction_run):
     proc = subprocess.run([sys.executable, "-m", "fs2mini.translate", str(two_direction_run), "--target-lang", "deu"],
                           input="a b c\n", capture_output=True, text=True, timeout=60)
@@ -141,6 +158,12 @@ def test_sampling_temperature_flattens_the_mix_of_directions(two_direction_run, 
         again = [int(batch.target_input[0, 1]) for batch in Seq2SeqBatches(data, "train", tokenizer, seed=1, shuffle=True)]
         assert Counter(again) == ids  # the same (seed, epoch) gives the same epoch
     assert shares[1.0] < 0.45 < shares[100.0]  # 1500 vs 3000 pairs: ~1/3 by size, ~1/2 flattened
+
+
+def test_sampling_probabilities_at_a_small_temperature():
+    assert sampling_probabilities([31102, 5000], 0.01) == pytest.approx([1.0, 0.0])  # was OverflowError
+    assert sampling_probabilities([300, 100], 0.5) == pytest.approx([0.9, 0.1])
+    assert sampling_probabilities([1e300, 1e300], 1e-3) == pytest.approx([0.5, 0.5])
 
 
 def test_old_single_pair_config_json_still_loads(tmp_path, reversal_tsv, tokenizer_cache):
