@@ -39,8 +39,8 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimi
 
 from fs2mini.checkpoint import checkpoint_path, list_checkpoints, save_atomically
 from fs2mini.config import TrainConfig, config_to_json, load_config, save_config
-from fs2mini.corpus import TsvCorpus, corpus_languages
-from fs2mini.data import DataConfig
+from fs2mini.corpus import TsvCorpus
+from fs2mini.data import DataConfig, run_languages
 from fs2mini.errors import UserError, exit_on_user_error
 from fs2mini.model import ModelConfig, build_model
 from fs2mini.rundir import MARKER
@@ -404,8 +404,8 @@ def export_run(run_dir: Path, out: Path, checkpoint: str | None = None) -> Path:
 # Fine-tuning an imported run
 
 
-def map_languages(langs: tuple[str, str], codes: dict[str, int], explicit: dict[str, str]) -> dict[str, int]:
-    """The corpus's codes as extra names of the model's language ids."""
+def map_languages(langs: Sequence[str], codes: dict[str, int], explicit: dict[str, str]) -> dict[str, int]:
+    """The corpora's codes (every language of the run) as extra names of the model's language ids."""
     mapped = {}
     for lang in langs:
         if lang in codes:
@@ -426,15 +426,15 @@ def map_languages(langs: tuple[str, str], codes: dict[str, int], explicit: dict[
 
 def seed_finetuning(cfg: TrainConfig, init: Path, lang_map: dict[str, str]) -> None:
     """Start `cfg.run_dir` from the imported run `init` (recipes/finetune_nllb.py): its weights as the
-    step-0 checkpoint (with a fresh optimizer state), its tokenizer with the corpus's language codes
-    added as names of the model's ones; training then resumes from step 0. Nothing happens when the
+    step-0 checkpoint (with a fresh optimizer state), its tokenizer with the language codes of every
+    direction of the run added as names of the model's ones; training then resumes from step 0. Nothing happens when the
     run directory already has checkpoints (a resumed fine-tuning)."""
     run_dir = cfg.run_dir
     if list_checkpoints(run_dir / "checkpoints"):
         return  # resuming
     _, state = load_first_readable(find_checkpoints(init, None))
     source = Tokenizer(init / "tokenizer.model", ())
-    langs = corpus_languages(cfg.data.corpus)
+    langs = run_languages(cfg.data)
     layout = dataclasses.replace(source.layout, lang_ids={**source.layout.lang_ids,
                                                           **map_languages(langs, source.layout.lang_ids, lang_map)})
     run_dir.mkdir(parents=True, exist_ok=True)
