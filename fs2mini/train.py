@@ -196,7 +196,7 @@ def _check_model(cfg: TrainConfig, parts: Components, batch: Seq2SeqBatch) -> No
     grads = sum(1 for p in model.parameters() if p.grad is not None)
     print(f"batch: source {tuple(batch.source.shape)} → encoder output {tuple(encoder_out.shape)}; "
           f"target {tuple(batch.target_input.shape)} → logits (…, {parts.tokenizer.vocab_info.size})")
-    print(f"loss {float(loss) / num_tokens:.3f} per target token over {num_tokens} tokens; forward+backward "
+    print(f"loss {loss.detach().item() / num_tokens:.3f} per target token over {num_tokens} tokens; forward+backward "
           f"{elapsed:.2f}s; {grads} of {sum(1 for _ in model.parameters())} parameter tensors got gradients")
 
 

@@ -31,7 +31,7 @@ def test_flags_for_each_component_parse_into_the_nested_config():
 def test_model_presets_are_subcommands_whose_fields_can_be_overridden():
     cfg = parse_config(TrainConfig(), ["model:dense-600m", "--model.num-decoder-layers", "6"], "")
     assert cfg.model.model_dim == 1024 and cfg.model.num_decoder_layers == 6
-    assert parse_config(TrainConfig(), [], "").model == ARCHS["small"]
+    assert parse_config(TrainConfig(), [], "").model == ARCHS["medium"]
 
 
 def test_corpus_is_a_subcommand_and_a_recipe_default_is_kept():
