@@ -53,7 +53,7 @@ def test_help_lists_every_component_and_the_check_command():
                  "--optimizer.lr", "--lr-scheduler.warmup-steps", "--trainer.max-steps", "optimizer:sgd",
                  "lr-scheduler:cosine", "model:dense-600m", "check {tokenizer,data,model,task"]:
         assert flag in text, flag
-    assert "Width of embeddings and of every layer's input and output. (default: 128)" in text
+    assert "Width of embeddings and of every layer's input and output. (default: 256)" in text
 
 
 @pytest.mark.parametrize("component", ["tokenizer", "data", "model", "task", "optimizer", "lr-scheduler", "trainer"])
