@@ -62,7 +62,7 @@ def build_tokenizer(cfg: TrainConfig) -> Tokenizer:
     langs = run_languages(cfg.data)
     skipped = Skipped(cfg.data.strict)
     if cfg.data.more_corpora:
-        by_language = training_sentences_by_language(cfg.data.corpora, skipped)
+        by_language = training_sentences_by_language(cfg.data.flagged_corpora[:len(cfg.data.corpora)], skipped)
         sentences = balanced_sentences(by_language, cfg.tokenizer.max_training_sentences)
         return load_or_train_tokenizer(cfg.tokenizer, sentences, langs)
     sentences = training_sentences(cfg.data.corpus, skipped)

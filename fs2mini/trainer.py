@@ -184,8 +184,8 @@ def check_trainer_config(cfg: TrainerConfig) -> None:
 
 def check_config(cfg: TrainConfig, env: DistEnv = DistEnv()) -> None:
     """Reject every bad setting before any slow work (tokenizer training, data reading)."""
-    for corpus in (*cfg.data.corpora, *cfg.data.zero_shot_corpora):
-        check_corpus_config(corpus)
+    for flag, corpus in cfg.data.flagged_corpora:
+        check_corpus_config(corpus, flag)
     check_directions(cfg.data)
     check_tokenizer_config(cfg.tokenizer, run_languages(cfg.data))
     check_data_config(cfg.data)
@@ -507,7 +507,7 @@ class Validator:
         self.translates = tc.valid_translate_sentences != 0 and not _sharded(tc, env)
         if self.translates and env.is_main:  # only rank 0 translates
             count = None if tc.valid_translate_sentences == "all" else tc.valid_translate_sentences
-            self.pairs = [list(itertools.islice(read_pairs(corpus, "valid", Skipped()), count)) for corpus in corpora]
+            self.pairs = [list(itertools.islice(read_pairs(corpus, "valid", Skipped(), data.flag_of(corpus)), count)) for corpus in corpora]
             self.translator = Translator(unwrap(parts.model), parts.tokenizer, *self.languages[0],
                                          directions=self.languages[:self.trained])
             self.generation = GenerationConfig(beam_size=tc.valid_beam_size)

@@ -12,7 +12,8 @@ import math
 import torch
 from torch import nn
 
-from fs2mini.data import Seq2SeqBatches, collate
+from fs2mini.corpus import describe_corpus
+from fs2mini.data import Seq2SeqBatches, collate, direction_name
 from fs2mini.distributed import DistEnv, all_reduce_max, all_reduce_sum
 from fs2mini.errors import UserError
 from fs2mini.task import Seq2Seq
@@ -51,7 +52,10 @@ def validate(model: nn.Module, task: Seq2Seq, batches: Seq2SeqBatches, device: t
     model.train()
     loss_sum, nll_sum, tokens = all_reduce_sum([loss_sum, nll_sum, tokens], env, device)
     if tokens == 0:
-        raise UserError(f"the {batches.split} split has no usable sentence pairs (skipped: {batches.skipped.summary() or 'nothing'})")
+        directions = ", ".join(f"{direction_name(langs)} ({describe_corpus(corpus)})"
+                               for langs, corpus in zip(batches.directions, batches.corpora))
+        raise UserError(f"the {batches.split} split of direction {directions} has no usable sentence pairs "
+                        f"(skipped: {batches.skipped.summary() or 'nothing'})")
     nll_per_token = nll_sum / tokens
     return {"loss": loss_sum / tokens, "nll": nll_per_token, "ppl": math.exp(min(nll_per_token, 100.0)), "tokens": int(tokens)}
 

@@ -9,6 +9,7 @@ import sys
 from collections import Counter
 
 import pytest
+import torch
 from sacrebleu.metrics import BLEU
 
 from conftest import tiny_config
@@ -128,8 +129,41 @@ def test_evaluate_scores_every_direction_and_their_average(two_direction_run, tm
     assert set(summary["directions"]) == {"src-rev", "src-cpy"} and summary["zero_shot"] == []
     bleus = [summary["directions"][name]["bleu"] for name in ("src-rev", "src-cpy")]
     assert min(bleus) > 90 and summary["average"]["bleu"] == pytest.approx(sum(bleus) / 2)
+    directions = [summary["directions"][name] for name in ("src-rev", "src-cpy")]
+    tokens = sum(d["tokens"] for d in directions)  # losses per target token over both, as validation's overall loss
+    assert summary["average"]["tokens"] == tokens and directions[0]["tokens"] != directions[1]["tokens"]
+    assert summary["average"]["loss"] == pytest.approx(sum(d["loss"] * d["tokens"] for d in directions) / tokens)
+    assert summary["average"]["nll"] == pytest.approx(sum(d["nll"] * d["tokens"] for d in directions) / tokens)
     copied = zip((tmp_path / "test.src-cpy.hyp").read_text().splitlines(), (tmp_path / "test.src-cpy.src").read_text().splitlines())
     assert sum(hyp == src for hyp, src in copied) >= 0.8 * summary["directions"]["src-cpy"]["translated"]
+
+
+def test_evaluate_language_flags_choose_the_directions_scored(two_direction_run, tmp_path, capsys):
+    output = tmp_path / "test.hyp"
+    evaluate_main([str(two_direction_run), "--split", "test", "--output", str(output), "--target-lang", "cpy",
+                   "--max-sentences", "5"])
+    summary = json.loads(output.with_suffix(".json").read_text())
+    assert set(summary["directions"]) == {"src-cpy"} and "--- src-rev" not in capsys.readouterr().out
+    evaluate_main([str(two_direction_run), "--split", "test", "--output", str(output), "--source-lang", "src",
+                   "--max-sentences", "5"])
+    assert set(json.loads(output.with_suffix(".json").read_text())["directions"]) == {"src-rev", "src-cpy"}
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate_main([str(two_direction_run), "--output", str(output), "--source-lang", "rev"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == ["error: --source-lang rev: no direction of the run matches; "
+                                                            "expected one of src-rev, src-cpy"]
+
+
+def test_empty_valid_split_of_a_direction_is_named(reversal_tsv, reversal_tokenizer, tmp_path):
+    from fs2mini.task import build_task
+    from fs2mini.validation import validate
+
+    cfg = tiny_config(reversal_tsv, tmp_path / "run", tmp_path / "cache")
+    empty = TsvCorpus(path=reversal_tsv, valid_percent=0.0)  # eng→fra, nothing held out
+    batches = Seq2SeqBatches(cfg.data, "valid", reversal_tokenizer, seed=0, shuffle=False, corpora=[empty])
+    model = cfg.model.build(reversal_tokenizer.vocab_info)
+    with pytest.raises(UserError, match=r"^the valid split of direction eng-fra \(.*reverse.tsv\) has no usable"):
+        validate(model, build_task(cfg.task, reversal_tokenizer.vocab_info), batches, torch.device("cpu"), bf16=False)
 
 
 def test_tokenizer_has_every_language_token_and_balanced_text(two_direction_run):
@@ -166,6 +200,19 @@ def test_sampling_probabilities_at_a_small_temperature():
     assert sampling_probabilities([1e300, 1e300], 1e-3) == pytest.approx([0.5, 0.5])
 
 
+def test_repeated_passes_of_a_direction_count_their_skips_once(two_direction_run, capsys):
+    cfg = load_config(two_direction_run / "config.json")
+    tokenizer = Tokenizer(two_direction_run / "tokenizer.model", run_languages(cfg.data))
+    data = dataclasses.replace(cfg.data, sampling_temperature=100.0, max_source_len=10)
+    once = Seq2SeqBatches(data, "train", tokenizer, seed=1, shuffle=False)  # each direction once, in turn
+    one_pass = Counter(int(batch.target_input[0, 1]) for batch in once)
+    sampled = Seq2SeqBatches(data, "train", tokenizer, seed=1, shuffle=True)
+    ids = Counter(int(batch.target_input[0, 1]) for batch in sampled)
+    assert ids[tokenizer.lang_ids["cpy"]] > 1.5 * one_pass[tokenizer.lang_ids["cpy"]]  # cpy was repeated
+    assert sampled.skipped == once.skipped and sum(once.skipped.values()) > 0
+    assert capsys.readouterr().err.count("warning: skipped") == 2  # once per epoch 0 of each, at its end
+
+
 def test_old_single_pair_config_json_still_loads(tmp_path, reversal_tsv, tokenizer_cache):
     from fs2mini.config import config_to_json
 
@@ -189,12 +236,31 @@ def test_old_single_pair_config_json_still_loads(tmp_path, reversal_tsv, tokeniz
     (lambda c: {"zero_shot_corpora": (c[1],)}, r"--data.zero-shot-corpora.0 .* repeats direction src-cpy"),
     (lambda c: {"more_corpora": (BibleCorpus("k", "xx"),)}, r"--data.more-corpora.0.target-bible: unknown Bible code 'xx'"),
     (lambda c: {"sampling_temperature": 0.0}, r"--data.sampling-temperature 0.0: expected a number > 0"),
+    (lambda c: {"more_corpora": (dataclasses.replace(c[1], valid_percent=200.0),)},
+     r"^--data.more-corpora.0.valid-percent 200.0: expected a percentage"),
+    (lambda c: {"zero_shot_corpora": (dataclasses.replace(c[1], target_lang="rev", test_percent=99.5),)},
+     r"^--data.zero-shot-corpora.0.test-percent 99.5: expected at most 97 with --data.zero-shot-corpora.0.valid-percent 3"),
 ])
 def test_bad_directions_are_refused_before_any_data_is_read(corpora, tmp_path, change, message):
     cfg = two_direction_config(corpora, tmp_path / "run", tmp_path / "cache")
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **change(corpora)))
     with pytest.raises(UserError, match=message):
         check_config(cfg)
+
+
+@pytest.mark.parametrize("entry, message", [
+    (lambda tmp: TsvCorpus(path=tmp / "nope.tsv", source_lang="src", target_lang="nul"),
+     r"^--data.more-corpora.1.path .*nope.tsv does not exist"),
+    (lambda tmp: BibleCorpus(db_path=tmp / "nope.db"), r"^Bible database .*nope.db does not exist or is not a file "
+                                                       r"\(--data.more-corpora.1.db-path\)"),
+])
+def test_missing_file_of_a_direction_is_named_by_its_flag(corpora, tmp_path, entry, message):
+    from fs2mini.components import build_tokenizer
+
+    cfg = two_direction_config(corpora, tmp_path / "run", tmp_path / "cache")
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, more_corpora=(corpora[1], entry(tmp_path))))
+    with pytest.raises(UserError, match=message):
+        build_tokenizer(cfg)
 
 
 def test_direction_without_training_pairs_is_named_before_tokenizer_training(corpora, tmp_path):
