@@ -7,7 +7,7 @@ represented, with a language token each; a batch holds one direction, drawn with
 ∝ (pairs)^(1/T) (here all directions have the same size, so T changes nothing until you add a
 smaller one). Each entry of the list is also on the command line: `--data.more-corpora.2.target-bible s`.
 
-Run:  python recipes/bible_multilingual.py --trainer.max-steps 3000
+Run:  python recipes/bible_multilingual.py                               # 2000 steps (--trainer.max-steps N)
       python -m fs2mini.evaluate runs/bible_multilingual --split test         # every direction, the average, fra-deu
       echo "Au commencement, Dieu créa les cieux et la terre." | \
           python -m fs2mini.translate runs/bible_multilingual --source-lang fra --target-lang deu
