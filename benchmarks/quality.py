@@ -168,7 +168,8 @@ def translate(job: dict, model: torch.nn.Module, tokenizer: Tokenizer, sources: 
     source_lang, target_lang = tokenizer.langs
     model.eval()
     if job["system"] == "fs2mini":
-        return Translator(model, tokenizer, source_lang, target_lang).translate(sources, GenerationConfig(beam_size=beam))
+        return Translator(model, tokenizer, source_lang, target_lang).translate(
+            sources, GenerationConfig(beam_size=beam, len_penalty=1.0))  # HF's default length_penalty, as below
     vocab = tokenizer.vocab_info
     encoded = tokenizer.encode_source(sources, source_lang)
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))

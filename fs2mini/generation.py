@@ -41,8 +41,9 @@ class GenerationConfig:
     """Outputs stop at int(max_len_a * source tokens + max_len_b) tokens before </s> (and within the model's max_seq_len)."""
     max_len_b: int = 10
     """Constant term of the maximum output length; see max_len_a."""
-    len_penalty: float = 1.0
-    """Hypotheses score sum(log p) / length**len_penalty: 1 = mean log-prob per token, 0 = plain sum (favours short outputs)."""
+    len_penalty: float = 1.4
+    """Hypotheses score sum(log p) / length**len_penalty: 1 = mean log-prob per token, 0 = plain sum (favours
+    short outputs); 1.4 measured best with beam 4 on the Bible validation split (README, decoding defaults)."""
     nbest: int = 1
     """Hypotheses returned per sentence, best first; at most beam_size."""
     batch_size: int = 64
