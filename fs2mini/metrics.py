@@ -128,7 +128,6 @@ class ProgressDisplay:
         self.line_every = max(1, line_every)
         self.budget_s = budget_s
         self.started = time.perf_counter()
-        self.run_started = self.started - elapsed_s  # a resumed run's budget counts its earlier training too
         self._bar: Progress | None = None
         if self.use_bar:
             progress = [MofNCompleteColumn()] if budget_s is None else [TextColumn("{task.fields[step]}")]
@@ -147,25 +146,27 @@ class ProgressDisplay:
                                             tps=0.0, step=start_step)
             self._bar.start()
 
-    def seconds_left(self, step: int) -> float:
-        """Estimated seconds to the end of the run: by steps, or by the time budget if that ends sooner."""
+    def seconds_left(self, step: int, elapsed_s: float) -> float:
+        """Estimated seconds to the end of the run: by steps, or by the time budget if that ends sooner.
+
+        `elapsed_s` is the run's training time as the trainer's `RunClock` counts it (resumes included)."""
         done = step - self.start_step
         by_steps = (time.perf_counter() - self.started) / done * (self.total_steps - step) if done else float("nan")
         if self.budget_s is None:
             return by_steps
-        by_time = max(0.0, self.budget_s - (time.perf_counter() - self.run_started))
+        by_time = max(0.0, self.budget_s - elapsed_s)
         return min(by_steps, by_time) if done else by_time
 
-    def update(self, step: int, loss: float, lr: float, tokens_per_s: float) -> None:
+    def update(self, step: int, loss: float, lr: float, tokens_per_s: float, elapsed_s: float) -> None:
         if self._bar is not None:
-            completed = step if self.budget_s is None else time.perf_counter() - self.run_started
+            completed = step if self.budget_s is None else elapsed_s
             self._bar.update(self._task, completed=completed, loss=loss, lr=lr, tps=tokens_per_s, step=step)
         elif not self.console.quiet and (step % self.line_every == 0 or step == self.total_steps):
             elapsed = time.perf_counter() - self.started
             of_total = f"/{self.total_steps}" if self.budget_s is None else ""
             self.console.print(
                 f"step {step}{of_total}  loss {loss:.3f}  lr {lr:.2e}  {tokens_per_s:,.0f} tok/s  "
-                f"elapsed {elapsed:.0f}s  ETA {self.seconds_left(step):.0f}s",
+                f"elapsed {elapsed:.0f}s  ETA {self.seconds_left(step, elapsed_s):.0f}s",
                 highlight=False,
             )
 

@@ -312,7 +312,7 @@ def _loop(cfg: TrainConfig, parts: Components, state: TrainState, validate_now: 
                             "(try a lower --optimizer.lr)")
         clock.tick()
         tokens_per_s = speed.add(result.num_tokens)
-        display.update(state.step, result.loss, lr, tokens_per_s)
+        display.update(state.step, result.loss, lr, tokens_per_s, state.elapsed_s)
         if state.step % tc.log_every == 0:
             if metrics is not None:
                 metrics.write({"step": state.step, "split": "train", "loss": result.loss, "lr": lr,
