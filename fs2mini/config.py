@@ -128,7 +128,7 @@ class TrainConfig:
     model: ModelChoice = ARCHS["medium"]
     """Model shape; `model:NAME` picks a preset whose fields can then be overridden."""
     task: TaskConfig = TaskConfig()
-    optimizer: OptimizerChoice = AdamWConfig(lr=2e-3, weight_decay=1e-4)
+    optimizer: OptimizerChoice = AdamWConfig(lr=1.5e-3, weight_decay=1e-4)
     lr_scheduler: LRSchedulerChoice = InverseSqrtConfig(warmup_steps=500)
     trainer: TrainerConfig = TrainerConfig(max_steps=100_000, max_time="12m", validate_every=500, checkpoint_every=500,
                                            valid_translate_sentences=100)
@@ -315,11 +315,14 @@ def load_config(path: Path) -> TrainConfig:
 
 def _upgrade(raw: dict[str, Any]) -> dict[str, Any]:
     """A config.json of an earlier fs2mini, read as it was meant: before `attention_dropout_p` and
-    `ffn_dropout_p` existed, `dropout_p` applied to attention weights and FFN activations too."""
+    `ffn_dropout_p` existed, `dropout_p` applied to attention weights and FFN activations too; before
+    `init` existed (a ModelConfig field since `scale_embeddings`), every model had fairseq's init."""
     model = raw.get("model")
     if isinstance(model, dict) and "dropout_p" in model:
         for key in ("attention_dropout_p", "ffn_dropout_p"):
             model.setdefault(key, model["dropout_p"])
+    if isinstance(model, dict) and "scale_embeddings" in model:
+        model.setdefault("init", "fairseq")
     return raw
 
 

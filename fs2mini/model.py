@@ -116,9 +116,11 @@ class ModelConfig:
     """Row of the sinusoidal table used by the first token (Hugging Face M2M100/NLLB: pad_idx + 1, as fairseq)."""
     scale_embeddings: bool = True
     """Multiply token embeddings by √model_dim (NLLB and fairseq do; M2M100's `scale_embedding`)."""
-    init: Literal["fairseq", "hf"] = "fairseq"
-    """Weight init: fairseq's (Xavier-uniform linears, N(0, model_dim^-½) embeddings) or Hugging Face
-    M2M100's (N(0, 0.02) for every weight; README "Quality" measures both)."""
+    init: Literal["fairseq", "hf"] = "hf"
+    """Weight init: Hugging Face M2M100's (N(0, 0.02) for every weight) or fairseq's (Xavier-uniform
+    linears, N(0, model_dim^-½) embeddings). N(0, 0.02) is the default because it learned faster in
+    every measurement at a few thousand updates (README "Quality": +0.8 BLEU over 5 seeds at 1,200
+    equal updates, and it takes a higher learning rate well)."""
 
 
     def build(self, vocab: VocabInfo) -> EncoderDecoderModel:
@@ -441,7 +443,7 @@ class EncoderDecoderModel(nn.Module):
         ffn_dropout_p: float,
         position_offset: int = 0,
         scale_embeddings: bool = True,
-        init: Literal["fairseq", "hf"] = "fairseq",
+        init: Literal["fairseq", "hf"] = "hf",
     ) -> None:
         super().__init__()
         self.init = init
