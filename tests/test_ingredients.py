@@ -178,6 +178,14 @@ def test_a_config_json_from_before_the_dropout_split_keeps_its_meaning(tmp_path)
     assert (model.dropout_p, model.attention_dropout_p, model.ffn_dropout_p) == (0.3, 0.3, 0.3)
 
 
+def test_a_config_json_from_before_the_init_option_reads_as_fairseqs_init(tmp_path):
+    """Old runs were initialised the fairseq way; the new default (N(0, 0.02)) must not rewrite their record."""
+    old = config_to_json(tiny_config(Path("x.tsv"), tmp_path, tmp_path))
+    assert old["model"].pop("init") == "hf"
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    assert load_config(tmp_path / "config.json").model.init == "fairseq"
+
+
 def test_a_class_loaded_from_a_recipe_file_is_saved_with_that_file_again(tmp_path):
     recipe = tmp_path / "my_recipe.py"
     recipe.write_text("from dataclasses import dataclass\n\n@dataclass(frozen=True)\nclass Sched:\n    lr_scale: float = 1.0\n\n"
