@@ -13,8 +13,9 @@ decay 1e-4), inverse-sqrt schedule with 500 warmup steps, label smoothing 0.1, g
 at 1, fp32 (unless `--bf16`), and the same update: `fs2mini.trainer.train_step`, with each system's loss function (`--bf16` trains
 both under bf16 autocast, decoding stays fp32).
 Each system trains in its own process, one after the other (never concurrently), either for
-`--updates` updates or for `--budget-minutes` of training. Then the test split is translated
-greedily and with beam 4 (fs2mini: its `Translator`; Hugging Face: `model.generate` with the same
+`--updates` updates or for `--budget-minutes` of training. Then the test split (or `--split valid`)
+is translated greedily and with beam 4, twice: length penalty 1.0 (HF's default) and 1.4 (fs2mini's)
+(fs2mini: its `Translator`; Hugging Face: `model.generate` with the same
 forced `</s> __fra__` start and the same maximum length 1.2 · source + 10) and scored with
 sacreBLEU (13a): BLEU, chrF, n-gram precisions, brevity penalty, hyp/ref length ratio.
 
@@ -74,7 +75,7 @@ class QualityConfig:
     hf_activation_dropout: float = 0.0
     """HF M2M100's dropout after the FFN activation (0)."""
     hf_init: Literal["hf", "fs2mini"] = "hf"
-    """HF's initialisation: its own, or fs2mini's (for the reverse ablation)."""
+    """HF's initialisation: its own, or fairseq's Xavier (fs2mini's `--model.init fairseq`; the reverse ablation)."""
     vocab_size: int = 8000
     """Sentencepiece vocabulary of the shared tokenizer."""
     max_tokens: int = 2048
@@ -123,7 +124,7 @@ def quality_tokenizer(vocab_size: int) -> Tokenizer:
 
 
 def fs2mini_init_(model: torch.nn.Module, pad_idx: int, model_dim: int) -> None:
-    """fs2mini's initialisation applied to any model: Xavier linears, N(0, d^-1/2) embeddings."""
+    """fairseq's initialisation (fs2mini's `--model.init fairseq`) applied to any model: Xavier linears, N(0, d^-1/2) embeddings."""
     for module in model.modules():
         if isinstance(module, torch.nn.Linear):
             torch.nn.init.xavier_uniform_(module.weight)

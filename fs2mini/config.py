@@ -316,12 +316,12 @@ def load_config(path: Path) -> TrainConfig:
 def _upgrade(raw: dict[str, Any]) -> dict[str, Any]:
     """A config.json of an earlier fs2mini, read as it was meant: before `attention_dropout_p` and
     `ffn_dropout_p` existed, `dropout_p` applied to attention weights and FFN activations too; before
-    `init` existed (a ModelConfig field since `scale_embeddings`), every model had fairseq's init."""
+    `init` existed, every model had fairseq's init (a key a model config class lacks is ignored)."""
     model = raw.get("model")
     if isinstance(model, dict) and "dropout_p" in model:
         for key in ("attention_dropout_p", "ffn_dropout_p"):
             model.setdefault(key, model["dropout_p"])
-    if isinstance(model, dict) and "scale_embeddings" in model:
+    if isinstance(model, dict) and "dropout_p" in model:
         model.setdefault("init", "fairseq")
     return raw
 

@@ -6,10 +6,10 @@ runs this file exactly as below against Hugging Face M2M100 trained for the same
     python benchmarks/quality.py --budget-minutes 18 --fs2mini-recipe recipes/bible_budget.py
 
 What makes the difference, each measured (see README for the figures):
-- a 256-wide 4+4 model (9.4 M parameters): wider than the default `small`, still making thousands
-  of updates in the budget;
-- bf16 autocast where the CPU has native bf16 (`--trainer.autocast auto`, the default): about
-  twice the updates of fp32 in the same minutes;
+- a 256-wide 4+4 model (9.4 M parameters, the `medium` preset of the default run): wider than
+  `small`, still making thousands of updates in the budget;
+- bf16 autocast where the CPU has native bf16 (`--trainer.autocast auto`, the default): 1.4× the
+  updates of fp32 in the same minutes;
 - Hugging Face's N(0, 0.02) weight init with a peak learning rate of 1.5e-3 (warmup 500,
   inverse-sqrt): the budget ends about two thousand updates in, where 1e-3 is still far from done
   and 3e-3 (or a 250-step warmup) trains into a far worse model; decaying to zero by the end
