@@ -244,7 +244,8 @@ def train_recipe(job: dict) -> tuple[torch.nn.Module, Tokenizer, dict]:
         "run_dir": str(run_dir), "checkpoint": str(translator.checkpoint_path)}
 
 
-DECODINGS = (("greedy", 1, 1.0), ("beam4", 4, 1.0), ("beam4-lp1.4", 4, 1.4))
+# (name, beam size, length penalty): what `worker` decodes and, in this order, what the table prints.
+DECODINGS = (("beam4", 4, 1.0), ("beam4-lp1.4", 4, 1.4), ("greedy", 1, 1.0))
 
 
 def worker(job: dict) -> dict:
@@ -315,7 +316,7 @@ def main(cfg: QualityConfig) -> None:
     cfg.output.write_text(json.dumps(everything, indent=1, default=str) + "\n")
     print_table(everything)
     if set(results["systems"]) == {"fs2mini", "hf"}:
-        for decoding in ("beam4", "beam4-lp1.4"):
+        for decoding in (name for name, beam, _ in DECODINGS if beam > 1):
             fs2, hf = (results["systems"][name][decoding]["bleu"] for name in ("fs2mini", "hf"))
             print(f"[{label}] {decoding} {cfg.split} BLEU fs2mini / Hugging Face = {fs2:.2f} / {hf:.2f} = "
                   f"{fs2 / max(hf, 1e-9):.2f}x")
@@ -326,7 +327,7 @@ def print_table(everything: dict) -> None:
     print("|---|---|---|---|---|---|---|---|---|---|")
     for label, results in everything.items():
         for system, r in results["systems"].items():
-            for name in ("beam4", "beam4-lp1.4", "greedy"):
+            for name, _, _ in DECODINGS:
                 if name not in r:  # runs from before a decoding was added
                     continue
                 d = r[name]

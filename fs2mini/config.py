@@ -321,7 +321,6 @@ def _upgrade(raw: dict[str, Any]) -> dict[str, Any]:
     if isinstance(model, dict) and "dropout_p" in model:
         for key in ("attention_dropout_p", "ffn_dropout_p"):
             model.setdefault(key, model["dropout_p"])
-    if isinstance(model, dict) and "dropout_p" in model:
         model.setdefault("init", "fairseq")
     return raw
 
