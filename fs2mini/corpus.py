@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
+import os
 import re
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
 
@@ -304,6 +306,69 @@ def _tsv_pairs(lines: Iterator[tuple[int, str]], corpus: TsvCorpus, split: Split
             continue
         if _split_of(source, corpus.valid_percent, corpus.test_percent) == split:
             yield source, target
+
+
+def corpus_files(corpus: Corpus, flag: str = "--data.corpus") -> list[Path] | None:
+    """The files a built-in corpus reads (its content is theirs); None for a recipe's corpus, whose
+    content is known only by reading its pairs."""
+    match corpus:
+        case BibleCorpus():
+            return [_bible_db_path(corpus, flag)]
+        case TsvCorpus():
+            _check_tsv_path(corpus, flag)
+            return [corpus.path]
+    return None
+
+
+def corpus_fingerprint(corpus: Corpus, split: Split, flag: str = "--data.corpus") -> str:
+    """SHA-256 naming the content of one split: the corpus's settings and the bytes of its files (or,
+    for a recipe's corpus, of its pairs), so that a cache keyed by it is never reused after either changes.
+
+    Sampling settings (`weight`, `tag`) do not change the pairs and are left out."""
+    settings = {key: value for key, value in _config_json(corpus).items() if key not in SAMPLING_FIELDS}
+    digest = hashlib.sha256(json.dumps([settings, split], sort_keys=True).encode())
+    files = corpus_files(corpus, flag)
+    if files is None:
+        for source, target in read_pairs(corpus, split, Skipped(), flag):
+            digest.update(f"{source}\t{target}\n".encode("utf-8", "surrogatepass"))
+    else:
+        for path in files:
+            digest.update(file_sha256(path).encode())
+    return digest.hexdigest()
+
+
+SAMPLING_FIELDS = ("weight", "tag")
+"""Fields of a corpus config that say how its pairs are sampled, not which pairs it holds."""
+
+_FILE_DIGESTS: dict[tuple[str, int, int, int], str] = {}
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes (about 1.7 GB/s here), remembered for this process while its size and
+    modification time stay the same, since every split and the tokenizer ask for the same files."""
+    try:
+        stat = path.stat()
+        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+        if key not in _FILE_DIGESTS:
+            digest = hashlib.sha256()
+            with path.open("rb") as handle:
+                while block := handle.read(1 << 20):
+                    digest.update(block)
+            _FILE_DIGESTS[key] = digest.hexdigest()
+    except OSError as err:
+        raise UserError(f"cannot read {path}: {err.strerror}") from None
+    return _FILE_DIGESTS[key]
+
+
+def _config_json(corpus: Corpus) -> dict:
+    """The corpus's fields as JSON-ready values (paths as absolute strings)."""
+    if not is_dataclass(corpus):
+        return {"_type": type(corpus).__qualname__}
+    values = {"_type": type(corpus).__qualname__}
+    for f in fields(corpus):
+        value = getattr(corpus, f.name)
+        values[f.name] = str(Path(value).resolve()) if isinstance(value, os.PathLike) else repr(value)
+    return values
 
 
 def training_sentences(corpus: Corpus, skipped: Skipped) -> list[str]:
