@@ -13,6 +13,7 @@ import json
 import random
 import sys
 from collections.abc import Callable
+from itertools import chain
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from torch import nn
 
 from fs2mini.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint
 from fs2mini.config import TrainConfig, incompatible_fields, load_config
-from fs2mini.corpus import describe_corpus, training_sentences, training_sentences_by_language
+from fs2mini.corpus import corpus_fingerprint, describe_corpus, read_pairs, training_sentences_by_language
 from fs2mini.data import Seq2SeqBatches, run_languages
 from fs2mini.distributed import DistEnv, barrier, load_optimizer_state, wrap_model
 from fs2mini.errors import UserError
@@ -65,13 +66,16 @@ def build_tokenizer(cfg: TrainConfig) -> Tokenizer:
         by_language = training_sentences_by_language(cfg.data.flagged_corpora[:len(cfg.data.corpora)], skipped)
         sentences = balanced_sentences(by_language, cfg.tokenizer.max_training_sentences)
         return load_or_train_tokenizer(cfg.tokenizer, sentences, langs)
-    sentences = training_sentences(cfg.data.corpus, skipped)
-    if not sentences:
+    pairs = read_pairs(cfg.data.corpus, "train", skipped)
+    first = next(pairs, None)
+    if first is None:
         raise UserError(
             f"{describe_corpus(cfg.data.corpus)} has no training sentence pairs "
             f"({'skipped: ' + skipped.summary() if skipped else 'it is empty'})"
         )
-    return load_or_train_tokenizer(cfg.tokenizer, sentences, langs)
+    # Streamed (only if no model is cached for this corpus content): a corpus of millions of pairs is never held.
+    sentences = (sentence for pair in chain([first], pairs) for sentence in pair)
+    return load_or_train_tokenizer(cfg.tokenizer, sentences, langs, fingerprint=corpus_fingerprint(cfg.data.corpus, "train"))
 
 
 def run_tokenizer(cfg: TrainConfig, checkpoint: dict[str, Any] | None, env: DistEnv) -> Tokenizer:
@@ -173,6 +177,8 @@ def build_components(cfg: TrainConfig, tokenizer: Tokenizer, device: torch.devic
     shard = {"rank": env.rank, "world_size": env.world_size}
     train_batches = Seq2SeqBatches(cfg.data, "train", tokenizer, seed=tc.seed, shuffle=True, **shard)
     valid_batches = Seq2SeqBatches(cfg.data, "valid", tokenizer, seed=tc.seed, shuffle=False, **shard)
+    train_batches.prepare()  # encoded once into the data cache (or opened from it), before any progress display
+    valid_batches.prepare()
     model = build_model(cfg.model, tokenizer.vocab_info).to(device)
     if checkpoint is not None:
         load_model_state(model, checkpoint["model"], cfg.run_dir / "checkpoints")

@@ -26,15 +26,17 @@ import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from itertools import chain, count, repeat
+from pathlib import Path
 
 import numpy as np
 import torch
 import tyro
 from torch import Tensor
 
-from fs2mini.corpus import CORPORA, Corpus, Split, corpus_languages, describe_corpus, read_pairs
+from fs2mini.corpus import CORPORA, Corpus, Split, corpus_languages, describe_corpus
 from fs2mini.errors import UserError, expect, finite
-from fs2mini.pipeline import Skipped, batch_by_max_tokens, chunk, shard, shuffle_window
+from fs2mini.pipeline import MAX_LOCATIONS_PER_REASON, Skipped, batch_by_max_tokens, chunk, shard, shuffle_window
+from fs2mini.prepared import PreparedSplit, open_or_prepare
 from fs2mini.tokenizer import Tokenizer
 
 
@@ -66,6 +68,10 @@ class DataConfig:
     """Sentences encoded and sorted by length together before being cut into batches (bigger: less padding)."""
     strict: bool = False
     """Stop at the first malformed corpus line (no tab, empty side, invalid UTF-8) instead of skipping it."""
+    cache_dir: Path = Path(".cache/fs2mini/prepared")
+    """Where each corpus split is kept once encoded (fs2mini.prepared), keyed by its content and the tokenizer."""
+    prepare_workers: int = 0
+    """Processes that encode a corpus the first time it is prepared (0 = one per CPU core)."""
 
     @property
     def corpora(self) -> tuple[Corpus, ...]:
@@ -155,6 +161,20 @@ class Rows:
         tokens = torch.from_numpy(np.fromiter(laid_out, dtype=np.int64, count=int(lengths.sum())))
         return Rows(tokens, torch.cumsum(lengths, 0) - lengths, lengths)
 
+    @staticmethod
+    def from_pieces(pieces: np.ndarray, lengths: np.ndarray, prefix: Sequence[int] = (), suffix: Sequence[int] = ()) -> Rows:
+        """`prefix + row + suffix` for rows given end to end (`pieces`, int64) with their `lengths`, in a few array operations."""
+        out_lengths = lengths + (len(prefix) + len(suffix))
+        out_starts = np.cumsum(out_lengths) - out_lengths
+        tokens = np.empty(int(out_lengths.sum()), dtype=np.int64)
+        for offset, token in enumerate(prefix):
+            tokens[out_starts + offset] = token
+        for offset, token in enumerate(suffix):
+            tokens[out_starts + len(prefix) + lengths + offset] = token
+        piece_starts = np.cumsum(lengths) - lengths
+        tokens[np.repeat(out_starts + len(prefix) - piece_starts, lengths) + np.arange(int(lengths.sum()))] = pieces
+        return Rows(torch.from_numpy(tokens), torch.from_numpy(out_starts), torch.from_numpy(out_lengths))
+
     def padded(self, index: Tensor, pad_idx: int) -> Tensor:
         """(len(index), longest of these rows) int64 tensor of rows `index`, right-padded."""
         lengths = self.lengths[index]
@@ -240,24 +260,40 @@ class Seq2SeqBatches:
         self.next_epoch = 0
         self.skipped = Skipped(cfg.strict)
         """Sentences skipped in the most recent epoch, by reason."""
-        self._pairs: list[list[tuple[str, str]]] | None = None
-        """Each direction's pairs, read at the first epoch."""
+        self._prepared: list[PreparedSplit] | None = None
+        """Each corpus's prepared split (token ids on disk, `fs2mini.prepared`), opened by `prepare`."""
         self._read_skipped = Skipped(cfg.strict)
         """What reading the corpus skipped; every epoch's `skipped` starts from a copy."""
+
+    def prepare(self) -> list[PreparedSplit]:
+        """Open each corpus's prepared split, encoding and caching it first if needed (done by the first
+        epoch otherwise; the trainer calls it before training so the progress of a first preparation shows)."""
+        if self._prepared is None:
+            self._prepared = [open_or_prepare(corpus, self.split, self.tokenizer, self.cfg.cache_dir,
+                                              flag=self.cfg.flag_of(corpus), workers=self.cfg.prepare_workers)
+                              for corpus in self.corpora]
+            self._read_skipped = Skipped(self.cfg.strict)
+            for prepared in self._prepared:
+                read = prepared.read_skipped(self.cfg.strict)
+                self._read_skipped.update(read)
+                for reason, locations in read.locations.items():
+                    kept = self._read_skipped.locations.setdefault(reason, [])
+                    kept.extend(locations[:MAX_LOCATIONS_PER_REASON - len(kept)])
+        return self._prepared
+
+    def text_pairs(self, limit: int | None = None) -> list[tuple[str, str]]:
+        """The first `limit` (default: all) pairs of the first corpus as text, without reading the corpus again."""
+        return self.prepare()[0].pairs(limit)
 
     def __iter__(self) -> Iterator[Seq2SeqBatch]:
         epoch = self.next_epoch
         self.next_epoch += 1
         return self.iter_epoch(epoch)
 
-    def iter_epoch(self, epoch: int) -> Iterator[Seq2SeqBatch]:
-        """The batches of one epoch; the same (seed, epoch) always gives the same batches."""
-        # The corpus is fixed, so its pairs are read once, at the first epoch, and kept; later
-        # epochs start from the skips that reading counted (with their locations).
-        if self._pairs is None:
-            self._read_skipped = Skipped(self.cfg.strict)
-            self._pairs = [list(read_pairs(corpus, self.split, self._read_skipped, self.cfg.flag_of(corpus)))
-                           for corpus in self.corpora]
+    def iter_epoch(self, epoch: int, skip: int = 0) -> Iterator[Seq2SeqBatch]:
+        """The batches of one epoch after its first `skip` (which are cut but not padded: a resumed run
+        skips what it consumed cheaply); the same (seed, epoch) always gives the same batches."""
+        self.prepare()
         self.skipped = self._read_skipped.copy()
         if len(self.corpora) == 1:
             batches = self._batches(0, random.Random(f"{self.seed}-{epoch}-{self.split}"))
@@ -266,7 +302,14 @@ class Seq2SeqBatches:
                                           for i in range(len(self.corpora)))
         else:
             batches = self._sampled(epoch)
-        return self._warn_at_end(batches) if epoch == 0 else batches
+        collated = self._collated(batches, skip)
+        return self._warn_at_end(collated) if epoch == 0 else collated
+
+    def _collated(self, batches: Iterator[tuple[Rows, Rows, list[int]]], skip: int) -> Iterator[Seq2SeqBatch]:
+        pad_idx = self.tokenizer.vocab_info.pad_idx
+        for position, (sources, targets, index) in enumerate(batches, start=1):
+            if position > skip:
+                yield collate_rows(sources, targets, torch.tensor(index), pad_idx)
 
     def _warn_at_end(self, batches: Iterator[Seq2SeqBatch]) -> Iterator[Seq2SeqBatch]:
         """`batches`, then one warning line if the epoch skipped pairs."""
@@ -274,9 +317,9 @@ class Seq2SeqBatches:
         if self.skipped:
             print(f"warning: skipped {sum(self.skipped.values())} {self.split} pairs: {self.skipped.summary()}", file=sys.stderr)
 
-    def _sampled(self, epoch: int) -> Iterator[Seq2SeqBatch]:
+    def _sampled(self, epoch: int) -> Iterator[tuple[Rows, Rows, list[int]]]:
         """Training batches of several directions, each batch's direction drawn by temperature."""
-        sizes = [len(pairs) for pairs in self._pairs]
+        sizes = [len(prepared) for prepared in self._prepared]
         probabilities = sampling_probabilities(sizes, self.cfg.sampling_temperature)
         largest = max(range(len(sizes)), key=lambda i: sizes[i])
         streams = [self._passes(i, epoch, last=i == largest) for i in range(len(sizes))]
@@ -284,7 +327,7 @@ class Seq2SeqBatches:
         while (batch := next(streams[rng.choices(range(len(sizes)), probabilities)[0]], None)) is not None:
             yield batch  # (only the largest direction's stream ends: that ends the epoch)
 
-    def _passes(self, index: int, epoch: int, last: bool) -> Iterator[Seq2SeqBatch]:
+    def _passes(self, index: int, epoch: int, last: bool) -> Iterator[tuple[Rows, Rows, list[int]]]:
         """Direction `index`'s batches, pass after pass (each shuffled anew); one pass when it is `last`."""
         for repeat_index in count():
             rng = random.Random(f"{self.seed}-{epoch}-{self.split}-{index}-{repeat_index}")
@@ -299,21 +342,24 @@ class Seq2SeqBatches:
             if last:
                 return
 
-    def _batches(self, index: int, rng: random.Random, count_skips: bool = True) -> Iterator[Seq2SeqBatch]:
-        """One pass over direction `index`'s pairs; its skips are added to `skipped` when `count_skips` (a
-        direction repeated within an epoch skips the same pairs again: only its first pass counts)."""
+    def _batches(self, index: int, rng: random.Random, count_skips: bool = True) -> Iterator[tuple[Rows, Rows, list[int]]]:
+        """One pass over corpus `index`'s pairs, as (source rows, target rows, pairs of one batch) of each pool; its
+        skips are added to `skipped` when `count_skips` (a direction repeated within an epoch skips the same pairs
+        again: only its first pass counts). Pairs are numbers into the prepared split until a pool reads its ids."""
         skipped = self.skipped if count_skips else Skipped(self.cfg.strict)
-        pairs = iter(self._pairs[index])
+        prepared = self._prepared[index]
+        pairs: Iterator[int] = iter(range(len(prepared)))
         if self.shuffle:
             pairs = shuffle_window(pairs, self.cfg.shuffle_window, rng)
         pairs = shard(pairs, self.rank, self.world_size)
-        cfg, pad_idx = self.cfg, self.tokenizer.vocab_info.pad_idx
+        cfg = self.cfg
         source_lang, target_lang = self.directions[index]
         source_prefix = self.tokenizer.source_prefix(source_lang)
         target_prefix = self.tokenizer.target_prefix(target_lang)
         for pool in chunk(pairs, cfg.pool_size):
-            sources = encode_rows(self.tokenizer, [source for source, _ in pool], source_prefix)
-            targets = encode_rows(self.tokenizer, [target for _, target in pool], target_prefix)
+            pool_index = np.array(pool, dtype=np.int64)
+            sources = Rows.from_pieces(*prepared.pieces(pool_index, "source"), source_prefix, self.tokenizer.suffix)
+            targets = Rows.from_pieces(*prepared.pieces(pool_index, "target"), target_prefix, self.tokenizer.suffix)
             source_lengths, target_lengths = sources.lengths, targets.lengths - 1  # target without the leading </s>
             source_too_long = source_lengths > cfg.max_source_len
             target_too_long = ~source_too_long & (target_lengths > cfg.max_target_len)
@@ -326,7 +372,7 @@ class Seq2SeqBatches:
             if self.shuffle:
                 rng.shuffle(batches)
             for batch in batches:
-                yield collate_rows(sources, targets, torch.tensor(batch), pad_idx)
+                yield sources, targets, batch
 
 
 def check_data_config(cfg: DataConfig) -> None:
@@ -339,6 +385,7 @@ def check_data_config(cfg: DataConfig) -> None:
     ]:
         if value <= 0:
             raise UserError(f"{flag} must be a positive integer, got {value}")
+    expect("--data.prepare-workers", cfg.prepare_workers, cfg.prepare_workers >= 0, "an integer >= 0 (0 = one per CPU core)")
     expect("--data.sampling-temperature", cfg.sampling_temperature,
            finite(cfg.sampling_temperature) and cfg.sampling_temperature > 0, "a number > 0 (1 = by size, larger = flatter)")
 

@@ -27,7 +27,7 @@ import os
 import random
 import sys
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -261,14 +261,21 @@ def check_tokenizer_config(cfg: TokenizerConfig, langs: Sequence[str]) -> None:
            "a positive integer")
 
 
-def load_or_train_tokenizer(cfg: TokenizerConfig, sentences: Iterable[str], langs: Sequence[str]) -> Tokenizer:
-    """Reuse the cached model for this exact text and settings, or train and cache a new one."""
+def load_or_train_tokenizer(cfg: TokenizerConfig, sentences: Iterable[str], langs: Sequence[str],
+                            fingerprint: str | None = None) -> Tokenizer:
+    """Reuse the cached model for this exact text and settings, or train and cache a new one.
+
+    `fingerprint` names the text when the caller knows it without reading it (the corpus's content
+    fingerprint): `sentences` is then streamed to sentencepiece only if a model must be trained, and
+    never held in memory (sentencepiece keeps a uniform sample of `max_training_sentences` of them).
+    Without it the text itself is hashed, which needs it whole."""
     check_tokenizer_config(cfg, langs)
-    text = [s for s in sentences if s]
-    key = _cache_key(cfg, text, langs)
+    if fingerprint is None:
+        sentences = [s for s in sentences if s]
+    key = _cache_key(cfg, sentences if fingerprint is None else [fingerprint], langs)
     model_path = cfg.cache_dir / f"spm-{cfg.vocab_size}-{key}.model"
     if not model_path.exists():
-        _train_sentencepiece(cfg, text, langs, model_path)
+        _train_sentencepiece(cfg, (s for s in sentences if s), langs, model_path)
     return Tokenizer(model_path, langs)
 
 
@@ -287,7 +294,7 @@ def balanced_sentences(by_language: dict[str, list[str]], max_sentences: int) ->
     return balanced
 
 
-def _cache_key(cfg: TokenizerConfig, text: list[str], langs: Sequence[str]) -> str:
+def _cache_key(cfg: TokenizerConfig, text: Iterable[str], langs: Sequence[str]) -> str:
     digest = hashlib.sha256()
     settings = (cfg.vocab_size, cfg.model_type, cfg.character_coverage, cfg.max_training_sentences, tuple(langs))
     digest.update(repr(settings).encode())
@@ -297,17 +304,26 @@ def _cache_key(cfg: TokenizerConfig, text: list[str], langs: Sequence[str]) -> s
     return digest.hexdigest()[:16]
 
 
-def _train_sentencepiece(cfg: TokenizerConfig, text: list[str], langs: Sequence[str], model_path: Path) -> None:
+def _train_sentencepiece(cfg: TokenizerConfig, text: Iterable[str], langs: Sequence[str], model_path: Path) -> None:
     """Train into a temporary prefix and rename, so an interrupted training never leaves a half model."""
     try:
         model_path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(f"cannot create tokenizer cache {model_path.parent}: {err.strerror}") from None
+    raised: list[BaseException] = []
+
+    def reading(sentences: Iterable[str]) -> Iterator[str]:
+        """The text, stopping at an error of the corpus reader: sentencepiece would hide it in its own message."""
+        try:
+            yield from sentences
+        except BaseException as err:
+            raised.append(err)
+
     with tempfile.TemporaryDirectory(dir=model_path.parent) as tmp:
         prefix = Path(tmp) / "spm"
         try:
             spm.SentencePieceTrainer.train(
-                sentence_iterator=iter(text),
+                sentence_iterator=reading(text),
                 model_prefix=str(prefix),
                 vocab_size=cfg.vocab_size,
                 model_type=cfg.model_type,
@@ -323,7 +339,11 @@ def _train_sentencepiece(cfg: TokenizerConfig, text: list[str], langs: Sequence[
                 num_threads=os.cpu_count() or 1,
             )
         except RuntimeError as err:
+            if raised:
+                raise raised[0] from None
             # Drop sentencepiece's "INTERNAL: file.cc(744) [check] " prefix; keep its sentence.
             message = str(err).strip().splitlines()[-1].rsplit("] ", 1)[-1] or type(err).__name__
             raise UserError(f"--tokenizer.vocab-size {cfg.vocab_size}: sentencepiece training failed: {message}") from None
+        if raised:  # (the model was trained on part of the text: not kept)
+            raise raised[0]
         os.replace(f"{prefix}.model", model_path)

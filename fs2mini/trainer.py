@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from fs2mini.checkpoint import best_checkpoint_path, checkpoint_path, prune_checkpoints, remove_partial_writes, save_atomically, write_atomically
 from fs2mini.components import Components, build_components, newest_checkpoint, run_tokenizer
 from fs2mini.config import TrainConfig, TrainerConfig, config_to_json, parse_duration, as_started, save_config
-from fs2mini.corpus import check_corpus_config, corpus_languages, read_pairs
+from fs2mini.corpus import check_corpus_config, corpus_languages
 from fs2mini.data import Seq2SeqBatch, Seq2SeqBatches, check_data_config, check_directions, direction_name, run_languages
 from fs2mini.distributed import (
     DistEnv,
@@ -53,7 +53,6 @@ from fs2mini.generation import GenerationConfig
 from fs2mini.metrics import ProgressDisplay, best_effort
 from fs2mini.model import ModelConfig, check_model_config
 from fs2mini.optim import check_lr_scheduler_config, check_optimizer_config
-from fs2mini.pipeline import Skipped
 from fs2mini.rundir import RunDirectory
 from fs2mini.tokenizer import check_tokenizer_config, tokenizer_record
 from fs2mini.task import TaskConfig, check_task_config
@@ -507,7 +506,7 @@ class Validator:
         self.translates = tc.valid_translate_sentences != 0 and not _sharded(tc, env)
         if self.translates and env.is_main:  # only rank 0 translates
             count = None if tc.valid_translate_sentences == "all" else tc.valid_translate_sentences
-            self.pairs = [list(itertools.islice(read_pairs(corpus, "valid", Skipped(), data.flag_of(corpus)), count)) for corpus in corpora]
+            self.pairs = [batches.text_pairs(count) for batches in self.batches]  # (from the prepared split: no corpus re-read)
             self.translator = Translator(unwrap(parts.model), parts.tokenizer, *self.languages[0],
                                          directions=self.languages[:self.trained])
             self.generation = GenerationConfig(beam_size=tc.valid_beam_size)
@@ -580,9 +579,7 @@ def save_checkpoint(cfg: TrainConfig, parts: Components, state: TrainState, devi
 
 def epoch_batches(batches: Seq2SeqBatches, epoch: int, skip: int) -> Iterator[tuple[int, Seq2SeqBatch]]:
     """(batches consumed so far in the epoch, batch) for one epoch, after skipping `skip` batches."""
-    for position, batch in enumerate(batches.iter_epoch(epoch), start=1):
-        if position > skip:
-            yield position, batch
+    return enumerate(batches.iter_epoch(epoch, skip=skip), start=skip + 1)
 
 
 def _check_writable(run_dir: Path) -> None:

@@ -32,7 +32,8 @@ def tiny_config(tsv: Path, out: Path, cache: Path, **trainer) -> TrainConfig:
         run_name="test",
         output_dir=out,
         tokenizer=TokenizerConfig(vocab_size=28, cache_dir=cache),
-        data=DataConfig(corpus=TsvCorpus(path=tsv, valid_percent=3.0, test_percent=3.0), max_tokens=512),
+        data=DataConfig(corpus=TsvCorpus(path=tsv, valid_percent=3.0, test_percent=3.0), max_tokens=512,
+                        cache_dir=cache / "prepared"),
         # fairseq's init: 64 wide, N(0, 0.02) (the default, measured best at 256 wide) is too small a start
         # for the toy tasks to be learned in the few hundred steps the tests can afford.
         model=ModelConfig(model_dim=64, num_encoder_layers=2, num_decoder_layers=2, num_encoder_attn_heads=4,
