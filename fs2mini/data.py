@@ -33,7 +33,7 @@ import torch
 import tyro
 from torch import Tensor
 
-from fs2mini.corpus import CORPORA, Corpus, Split, corpus_languages, describe_corpus
+from fs2mini.corpus import CORPORA, Corpus, Split, corpus_languages, corpus_tag, corpus_weight, describe_corpus
 from fs2mini.errors import UserError, expect, finite
 from fs2mini.pipeline import MAX_LOCATIONS_PER_REASON, Skipped, batch_by_max_tokens, chunk, shard, shuffle_window
 from fs2mini.prepared import PreparedSplit, open_or_prepare
@@ -51,7 +51,8 @@ class DataConfig:
     corpus: CorpusChoice = CORPORA["bible"]
     """Where sentence pairs come from (the run's first direction; translate and evaluate default to it)."""
     more_corpora: tuple[CorpusChoice, ...] = ()
-    """Further directions trained in the same run, one corpus each (set in a recipe; each entry's fields are flags)."""
+    """Further corpora trained in the same run: other directions, or more data of one direction mixed by each
+    corpus's `weight` (set in a recipe; each entry's fields are flags)."""
     zero_shot_corpora: tuple[CorpusChoice, ...] = ()
     """Directions never trained on, only validated and evaluated (zero-shot), between languages of the run."""
     sampling_temperature: float = 1.0
@@ -72,11 +73,26 @@ class DataConfig:
     """Where each corpus split is kept once encoded (fs2mini.prepared), keyed by its content and the tokenizer."""
     prepare_workers: int = 0
     """Processes that encode a corpus the first time it is prepared (0 = one per CPU core)."""
+    subword_alpha: float = 0.0
+    """Subword regularization of the training split: each epoch samples every sentence's segmentation with this
+    sentencepiece alpha (0 = off; e.g. 0.1 to 0.5). Training text is then encoded on the fly (~6x slower than
+    reading prepared ids, still a few percent of a step)."""
+    subword_nbest_size: int = -1
+    """Segmentations sampled from with --data.subword-alpha: the N best, or -1 = all (sentencepiece's nbest_size)."""
 
     @property
     def corpora(self) -> tuple[Corpus, ...]:
         """The trained directions' corpora, `corpus` first."""
         return (self.corpus, *self.more_corpora)
+
+    @property
+    def primary_corpora(self) -> tuple[Corpus, ...]:
+        """The first corpus of each trained direction: the one validated, tested and translated (further corpora
+        of a direction, e.g. back-translated pairs, are training data only)."""
+        first: dict[tuple[str, str], Corpus] = {}
+        for corpus in self.corpora:
+            first.setdefault(corpus_languages(corpus), corpus)
+        return tuple(first.values())
 
     @property
     def flagged_corpora(self) -> tuple[tuple[str, Corpus], ...]:
@@ -112,6 +128,21 @@ def sampling_probabilities(sizes: Sequence[int], temperature: float) -> list[flo
     weights = [math.exp(log - top) for log in logs]
     total = sum(weights)
     return [weight / total for weight in weights]
+
+
+def corpus_probabilities(directions: Sequence[tuple[str, str]], sizes: Sequence[int], weights: Sequence[float],
+                         temperature: float) -> list[float]:
+    """Probability that a training batch comes from each corpus: its direction's by temperature over the
+    directions' weighted sizes (Σ weight × pairs), shared among the direction's corpora ∝ weight × pairs.
+
+    With one corpus per direction this is `sampling_probabilities(sizes, temperature)`."""
+    weighted = [weight * size for weight, size in zip(weights, sizes)]
+    totals: dict[tuple[str, str], float] = {}
+    for langs, amount in zip(directions, weighted):
+        totals[langs] = totals.get(langs, 0.0) + amount
+    direction_probability = dict(zip(totals, sampling_probabilities(list(totals.values()), temperature)))
+    return [direction_probability[langs] * (amount / totals[langs] if totals[langs] > 0 else 0.0)
+            for langs, amount in zip(directions, weighted)]
 
 
 @dataclass(frozen=True)
@@ -183,9 +214,10 @@ class Rows:
         return self.tokens[flat].masked_fill_(positions >= lengths.unsqueeze(1), pad_idx)
 
 
-def encode_rows(tokenizer: Tokenizer, texts: list[str], prefix: list[int]) -> Rows:
+def encode_rows(tokenizer: Tokenizer, texts: list[str], prefix: list[int],
+                sampling: tuple[float, int, int] | None = None) -> Rows:
     """`prefix pieces </s>` for each text (the layout of `Tokenizer.encode_source/encode_target`), as `Rows`."""
-    return Rows.from_lists(tokenizer.piece_ids(texts), prefix, tokenizer.suffix)
+    return Rows.from_lists(tokenizer.piece_ids(texts, sampling), prefix, tokenizer.suffix)
 
 
 def collate(examples: list[tuple[list[int], list[int]]], pad_idx: int) -> Seq2SeqBatch:
@@ -245,12 +277,13 @@ class Seq2SeqBatches:
         world_size: int = 1,
         corpora: Sequence[Corpus] | None = None,
     ) -> None:
-        """`corpora`: the directions to read (default: the run's trained ones, `cfg.corpora`)."""
+        """`corpora`: what to read (default: every training corpus for "train", each trained direction's first
+        corpus for "valid" and "test")."""
         check_data_config(cfg)
         self.cfg = cfg
         self.split = split
         self.tokenizer = tokenizer
-        self.corpora = tuple(corpora) if corpora is not None else cfg.corpora
+        self.corpora = tuple(corpora) if corpora is not None else cfg.corpora if split == "train" else cfg.primary_corpora
         self.directions = [corpus_languages(corpus) for corpus in self.corpora]
         self.source_lang, self.target_lang = self.directions[0]
         self.seed = seed
@@ -264,6 +297,18 @@ class Seq2SeqBatches:
         """Each corpus's prepared split (token ids on disk, `fs2mini.prepared`), opened by `prepare`."""
         self._read_skipped = Skipped(cfg.strict)
         """What reading the corpus skipped; every epoch's `skipped` starts from a copy."""
+        self._tag_ids = [self._tag_id(corpus) for corpus in self.corpora]
+        """Each corpus's tag as token ids put after the source language token ([] for an untagged corpus)."""
+
+    def _tag_id(self, corpus: Corpus) -> list[int]:
+        tag = corpus_tag(corpus)
+        if tag is None:
+            return []
+        token = self.tokenizer.piece_id(tag)
+        if token is None:
+            raise UserError(f"{self.cfg.flag_of(corpus)}.tag {tag!r} is not a token of tokenizer {self.tokenizer.model_path}; "
+                            "expected a piece of its vocabulary (fs2mini adds the tags of a run's corpora when it trains one)")
+        return [token]
 
     def prepare(self) -> list[PreparedSplit]:
         """Open each corpus's prepared split, encoding and caching it first if needed (done by the first
@@ -318,14 +363,15 @@ class Seq2SeqBatches:
             print(f"warning: skipped {sum(self.skipped.values())} {self.split} pairs: {self.skipped.summary()}", file=sys.stderr)
 
     def _sampled(self, epoch: int) -> Iterator[tuple[Rows, Rows, list[int]]]:
-        """Training batches of several directions, each batch's direction drawn by temperature."""
+        """Training batches of several corpora, each batch's corpus drawn by `corpus_probabilities`."""
         sizes = [len(prepared) for prepared in self._prepared]
-        probabilities = sampling_probabilities(sizes, self.cfg.sampling_temperature)
-        largest = max(range(len(sizes)), key=lambda i: sizes[i])
-        streams = [self._passes(i, epoch, last=i == largest) for i in range(len(sizes))]
+        weights = [corpus_weight(corpus) for corpus in self.corpora]
+        probabilities = corpus_probabilities(self.directions, sizes, weights, self.cfg.sampling_temperature)
+        last = max(range(len(sizes)), key=lambda i: sizes[i] / weights[i])  # the largest, counted in weighted passes
+        streams = [self._passes(i, epoch, last=i == last) for i in range(len(sizes))]
         rng = random.Random(f"{self.seed}-{epoch}-{self.split}-directions")
         while (batch := next(streams[rng.choices(range(len(sizes)), probabilities)[0]], None)) is not None:
-            yield batch  # (only the largest direction's stream ends: that ends the epoch)
+            yield batch  # (only the `last` corpus's stream ends: that ends the epoch)
 
     def _passes(self, index: int, epoch: int, last: bool) -> Iterator[tuple[Rows, Rows, list[int]]]:
         """Direction `index`'s batches, pass after pass (each shuffled anew); one pass when it is `last`."""
@@ -354,12 +400,17 @@ class Seq2SeqBatches:
         pairs = shard(pairs, self.rank, self.world_size)
         cfg = self.cfg
         source_lang, target_lang = self.directions[index]
-        source_prefix = self.tokenizer.source_prefix(source_lang)
+        source_prefix = self.tokenizer.source_prefix(source_lang) + self._tag_ids[index]
         target_prefix = self.tokenizer.target_prefix(target_lang)
         for pool in chunk(pairs, cfg.pool_size):
             pool_index = np.array(pool, dtype=np.int64)
-            sources = Rows.from_pieces(*prepared.pieces(pool_index, "source"), source_prefix, self.tokenizer.suffix)
-            targets = Rows.from_pieces(*prepared.pieces(pool_index, "target"), target_prefix, self.tokenizer.suffix)
+            if self.split == "train" and cfg.subword_alpha > 0:  # segmentations sampled anew, from the pool's text
+                sampling = (cfg.subword_alpha, cfg.subword_nbest_size, rng.getrandbits(32))
+                sources = encode_rows(self.tokenizer, prepared.texts(pool_index, "source"), source_prefix, sampling)
+                targets = encode_rows(self.tokenizer, prepared.texts(pool_index, "target"), target_prefix, sampling)
+            else:
+                sources = Rows.from_pieces(*prepared.pieces(pool_index, "source"), source_prefix, self.tokenizer.suffix)
+                targets = Rows.from_pieces(*prepared.pieces(pool_index, "target"), target_prefix, self.tokenizer.suffix)
             source_lengths, target_lengths = sources.lengths, targets.lengths - 1  # target without the leading </s>
             source_too_long = source_lengths > cfg.max_source_len
             target_too_long = ~source_too_long & (target_lengths > cfg.max_target_len)
@@ -385,20 +436,30 @@ def check_data_config(cfg: DataConfig) -> None:
     ]:
         if value <= 0:
             raise UserError(f"{flag} must be a positive integer, got {value}")
+    expect("--data.subword-alpha", cfg.subword_alpha, finite(cfg.subword_alpha) and cfg.subword_alpha >= 0,
+           "a number >= 0 (0 = no subword regularization)")
+    expect("--data.subword-nbest-size", cfg.subword_nbest_size, cfg.subword_nbest_size == -1 or cfg.subword_nbest_size > 0,
+           "-1 (all segmentations) or a positive number")
     expect("--data.prepare-workers", cfg.prepare_workers, cfg.prepare_workers >= 0, "an integer >= 0 (0 = one per CPU core)")
     expect("--data.sampling-temperature", cfg.sampling_temperature,
            finite(cfg.sampling_temperature) and cfg.sampling_temperature > 0, "a number > 0 (1 = by size, larger = flatter)")
 
 
 def check_directions(cfg: DataConfig) -> None:
-    """Each direction once, zero-shot ones untrained and between the run's languages (before any data is read)."""
+    """Zero-shot directions untrained, once each and between the run's languages; each trained direction's
+    first corpus (the one validated and translated) untagged (before any data is read)."""
     seen: dict[tuple[str, str], str] = {}
-    for flag, corpus in cfg.flagged_corpora:
+    for index, (flag, corpus) in enumerate(cfg.flagged_corpora):
         langs = corpus_languages(corpus, flag)
-        if langs in seen:
+        zero_shot = index >= len(cfg.corpora)
+        if langs in seen and zero_shot:
             raise UserError(f"{flag} ({describe_corpus(corpus)}) repeats direction {direction_name(langs)} of {seen[langs]}; "
-                            "expected each direction once (join their pairs into one corpus)")
-        seen[langs] = f"{flag} ({describe_corpus(corpus)})"
+                            "expected a zero-shot direction that is not trained and listed once")
+        if langs not in seen and not zero_shot and corpus_tag(corpus) is not None:
+            raise UserError(f"{flag}.tag {corpus_tag(corpus)!r}: the first corpus of direction {direction_name(langs)} is the "
+                            "one validated and translated, so it takes no tag; expected the tag on a further corpus of "
+                            "the direction (e.g. the back-translated one)")
+        seen.setdefault(langs, f"{flag} ({describe_corpus(corpus)})")
     languages = run_languages(cfg)
     for flag, corpus in cfg.flagged_corpora[len(cfg.corpora):]:  # the zero-shot ones
         unknown = [lang for lang in corpus_languages(corpus, flag) if lang not in languages]

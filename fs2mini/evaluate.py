@@ -174,7 +174,7 @@ def evaluate(args: EvaluateArgs) -> dict:
     translator = Translator.from_run(args.run_dir, args.checkpoint, args.device)
     cfg = load_config(args.run_dir / "config.json")
     corpora = _chosen_directions(args, cfg)
-    if not (cfg.data.more_corpora or cfg.data.zero_shot_corpora):
+    if len(cfg.data.primary_corpora) == 1 and not cfg.data.zero_shot_corpora:
         return _evaluate_direction(args, translator, cfg, cfg.data.corpus, output)
     # Several directions: each scored into its own files, then their average (zero-shot ones apart).
     records = {}
@@ -182,7 +182,7 @@ def evaluate(args: EvaluateArgs) -> dict:
         name = direction_name(corpus_languages(corpus))
         print(f"--- {name}" + (" (zero-shot)" if corpus in cfg.data.zero_shot_corpora else ""))
         records[name] = _evaluate_direction(args, translator, cfg, corpus, output.with_name(f"{output.stem}.{name}.hyp"))
-    trained = [direction_name(corpus_languages(corpus)) for corpus in cfg.data.corpora if corpus in corpora]
+    trained = [direction_name(corpus_languages(corpus)) for corpus in cfg.data.primary_corpora if corpus in corpora]
     zero_shot = [name for name in records if name not in trained]
     # Loss, nll and ppl per target token over the trained directions, as validation's overall loss; BLEU and chrF
     # their plain mean. None when only zero-shot directions were chosen.
@@ -205,7 +205,7 @@ def evaluate(args: EvaluateArgs) -> dict:
 
 def _chosen_directions(args: EvaluateArgs, cfg: TrainConfig) -> list[Corpus]:
     """The run's directions (trained, then zero-shot) from --source-lang and into --target-lang, where given."""
-    everything = [*cfg.data.corpora, *cfg.data.zero_shot_corpora]
+    everything = [*cfg.data.primary_corpora, *cfg.data.zero_shot_corpora]
     chosen = [corpus for corpus in everything
               if args.source_lang in (None, corpus_languages(corpus)[0]) and args.target_lang in (None, corpus_languages(corpus)[1])]
     if not chosen:

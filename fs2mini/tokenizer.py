@@ -175,9 +175,17 @@ class Tokenizer:
         prefix = self.target_prefix(lang)
         return [prefix + ids + self.suffix for ids in self.piece_ids(texts)]
 
-    def piece_ids(self, texts: list[str]) -> list[list[int]]:
-        """Piece ids of each text without any special token; `prefix + piece_ids + suffix` is a sequence."""
-        ids = self.sp.encode(texts)
+    def piece_ids(self, texts: list[str], sampling: tuple[float, int, int] | None = None) -> list[list[int]]:
+        """Piece ids of each text without any special token; `prefix + piece_ids + suffix` is a sequence.
+
+        `sampling` = (alpha, nbest size, seed): a segmentation sampled per text (subword regularization),
+        the same for the same seed (sentencepiece's generator is seeded and runs in one thread)."""
+        if sampling is None:
+            ids = self.sp.encode(texts)
+        else:
+            alpha, nbest_size, seed = sampling
+            spm.set_random_generator_seed(seed)
+            ids = self.sp.encode(texts, enable_sampling=True, alpha=alpha, nbest_size=nbest_size, num_threads=1)
         if self._identity:
             return ids
         if self._to_model is not None:
@@ -185,6 +193,15 @@ class Tokenizer:
             return [[table[i] for i in row] for row in ids]
         unk, sp_unk, offset = self.layout.unk_id, self._sp_unk, self.layout.piece_offset
         return [[unk if i == sp_unk else i + offset for i in row] for row in ids]
+
+    def piece_id(self, piece: str) -> int | None:
+        """The model id of one piece of the sentencepiece model (a corpus tag such as <BT>), None if it has none."""
+        sp_id = self.sp.piece_to_id(piece)
+        if sp_id == self._sp_unk and piece != self.sp.id_to_piece(self._sp_unk):
+            return None
+        if self._to_model is not None:
+            return self._to_model[sp_id]
+        return sp_id + self.layout.piece_offset
 
     def source_prefix(self, lang: str) -> list[int]:
         """The start of every source sequence: `__lang__`."""
@@ -262,20 +279,21 @@ def check_tokenizer_config(cfg: TokenizerConfig, langs: Sequence[str]) -> None:
 
 
 def load_or_train_tokenizer(cfg: TokenizerConfig, sentences: Iterable[str], langs: Sequence[str],
-                            fingerprint: str | None = None) -> Tokenizer:
+                            fingerprint: str | None = None, tags: Sequence[str] = ()) -> Tokenizer:
     """Reuse the cached model for this exact text and settings, or train and cache a new one.
 
     `fingerprint` names the text when the caller knows it without reading it (the corpus's content
     fingerprint): `sentences` is then streamed to sentencepiece only if a model must be trained, and
     never held in memory (sentencepiece keeps a uniform sample of `max_training_sentences` of them).
-    Without it the text itself is hashed, which needs it whole."""
+    Without it the text itself is hashed, which needs it whole. `tags` (corpus tags such as <BT>) become
+    pieces of their own, as the language tokens are."""
     check_tokenizer_config(cfg, langs)
     if fingerprint is None:
         sentences = [s for s in sentences if s]
-    key = _cache_key(cfg, sentences if fingerprint is None else [fingerprint], langs)
+    key = _cache_key(cfg, sentences if fingerprint is None else [fingerprint], langs, tags)
     model_path = cfg.cache_dir / f"spm-{cfg.vocab_size}-{key}.model"
     if not model_path.exists():
-        _train_sentencepiece(cfg, (s for s in sentences if s), langs, model_path)
+        _train_sentencepiece(cfg, (s for s in sentences if s), langs, model_path, tags)
     return Tokenizer(model_path, langs)
 
 
@@ -294,9 +312,10 @@ def balanced_sentences(by_language: dict[str, list[str]], max_sentences: int) ->
     return balanced
 
 
-def _cache_key(cfg: TokenizerConfig, text: Iterable[str], langs: Sequence[str]) -> str:
+def _cache_key(cfg: TokenizerConfig, text: Iterable[str], langs: Sequence[str], tags: Sequence[str] = ()) -> str:
     digest = hashlib.sha256()
-    settings = (cfg.vocab_size, cfg.model_type, cfg.character_coverage, cfg.max_training_sentences, tuple(langs))
+    settings = (cfg.vocab_size, cfg.model_type, cfg.character_coverage, cfg.max_training_sentences, tuple(langs)) + (
+        (tuple(tags),) if tags else ())
     digest.update(repr(settings).encode())
     for sentence in text:
         digest.update(sentence.encode("utf-8"))
@@ -304,7 +323,8 @@ def _cache_key(cfg: TokenizerConfig, text: Iterable[str], langs: Sequence[str]) 
     return digest.hexdigest()[:16]
 
 
-def _train_sentencepiece(cfg: TokenizerConfig, text: Iterable[str], langs: Sequence[str], model_path: Path) -> None:
+def _train_sentencepiece(cfg: TokenizerConfig, text: Iterable[str], langs: Sequence[str], model_path: Path,
+                         tags: Sequence[str] = ()) -> None:
     """Train into a temporary prefix and rename, so an interrupted training never leaves a half model."""
     try:
         model_path.parent.mkdir(parents=True, exist_ok=True)
@@ -334,7 +354,7 @@ def _train_sentencepiece(cfg: TokenizerConfig, text: Iterable[str], langs: Seque
                 unk_id=UNK_ID,
                 bos_id=BOS_ID,
                 eos_id=EOS_ID,
-                user_defined_symbols=[lang_token(lang) for lang in langs],
+                user_defined_symbols=[lang_token(lang) for lang in langs] + list(tags),
                 minloglevel=2,
                 num_threads=os.cpu_count() or 1,
             )

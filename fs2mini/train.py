@@ -1,4 +1,5 @@
-"""Command line: `python -m fs2mini.train [FLAGS]` trains; `... check COMPONENT [FLAGS]` tests one part.
+"""Command line: `python -m fs2mini.train [FLAGS]` trains; `... check COMPONENT [FLAGS]` tests one part;
+`... prepare [FLAGS]` encodes the corpora into the data cache ahead of training (`fs2mini.prepared`).
 
 `check` is the counterpart of the fairseq2 tutorial's `fairseq2 test tatoeba.py -f tokenizer`: it
 builds one component and only what it depends on, runs it the way the training run will (the model
@@ -26,7 +27,7 @@ import tyro
 
 from fs2mini.components import Components, build_components, build_tokenizer, newest_checkpoint
 from fs2mini.config import TrainConfig, as_started
-from fs2mini.corpus import CORPORA, corpus_languages, read_pairs
+from fs2mini.corpus import CORPORA, corpus_languages, describe_corpus, read_pairs
 from fs2mini.data import DataConfig, Seq2SeqBatch, direction_name
 from fs2mini.distributed import DistEnv, pick_device
 from fs2mini.errors import UserError, exit_on_user_error
@@ -35,6 +36,7 @@ from fs2mini.model import ARCHS
 from fs2mini.optim import LR_SCHEDULERS, OPTIMIZERS, build_lr_schedule
 from fs2mini.pipeline import Skipped
 from fs2mini.precision import choose_precision
+from fs2mini.prepared import open_or_prepare
 from fs2mini.task import TaskConfig
 from fs2mini.tokenizer import Tokenizer
 from fs2mini.trainer import check_config, train
@@ -42,7 +44,8 @@ from fs2mini.validation import autocast_for
 
 COMPONENTS = ("tokenizer", "data", "model", "task", "optimizer", "lr-scheduler", "trainer")
 
-CHECK_USAGE = f"Test one component without training: check {{{','.join(COMPONENTS)}}} [FLAGS]"
+CHECK_USAGE = (f"Test one component without training: check {{{','.join(COMPONENTS)}}} [FLAGS]\n\n"
+               "Encode the corpora into the data cache ahead of training (a run does it on first use): prepare [FLAGS]")
 
 TASKS = {"label-smoothed": TaskConfig()}
 """The CLI's `task:NAME` choices (shown only once a recipe adds another)."""
@@ -161,6 +164,24 @@ def check(component: str, cfg: TrainConfig) -> None:
     _done(component, started)
 
 
+def prepare(cfg: TrainConfig) -> None:
+    """Train (or find) the tokenizer and prepare every split a run of `cfg` reads, printing where each is cached."""
+    started = time.perf_counter()
+    cfg = as_started(cfg)
+    check_config(cfg)
+    tokenizer = build_tokenizer(cfg)
+    data = cfg.data
+    print(f"tokenizer {tokenizer.model_path}")
+    for split, corpora in (("train", data.corpora), ("valid", (*data.primary_corpora, *data.zero_shot_corpora)),
+                           ("test", (*data.primary_corpora, *data.zero_shot_corpora))):
+        for corpus in corpora:
+            prepared = open_or_prepare(corpus, split, tokenizer, data.cache_dir, flag=data.flag_of(corpus),
+                                       workers=data.prepare_workers)
+            size = sum(path.stat().st_size for path in prepared.directory.iterdir())
+            print(f"{describe_corpus(corpus)} {split}: {len(prepared):,} pairs, {size / 1e6:,.1f} MB in {prepared.directory}")
+    print(f"prepare: OK in {time.perf_counter() - started:.2f}s")
+
+
 def _done(component: str, started: float) -> None:
     print(f"check {component}: OK in {time.perf_counter() - started:.2f}s")
 
@@ -171,10 +192,10 @@ def _check_tokenizer(cfg: TrainConfig, tokenizer: Tokenizer) -> None:
     source, target = next(iter(read_pairs(cfg.data.corpus, "train", Skipped())))
     print(f"tokenizer {tokenizer.model_path}")
     print(f"vocab size {vocab.size} (pad {vocab.pad_idx}, unk {vocab.unk_idx}, bos {vocab.bos_idx}, eos {vocab.eos_idx})")
-    if cfg.data.more_corpora:
+    if len(cfg.data.primary_corpora) > 1:
         print(f"languages {', '.join(tokenizer.langs)} (language tokens "
               f"{', '.join(f'{lang}={i}' for lang, i in tokenizer.lang_ids.items())}); directions "
-              f"{', '.join(direction_name(corpus_languages(corpus)) for corpus in cfg.data.corpora)}")
+              f"{', '.join(direction_name(corpus_languages(corpus)) for corpus in cfg.data.primary_corpora)}")
     print(f"languages {source_lang}→{target_lang}; first training pair:")
     source_ids = tokenizer.encode_source([source], source_lang)[0]
     print(f"source layout: {' '.join(tokenizer.pieces(source_ids))}")
@@ -223,7 +244,9 @@ def main(default: TrainConfig = TrainConfig(), *, description: str | None = None
     doc = f"{(description or TrainConfig.__doc__ or '').strip()}\n\n{CHECK_USAGE}"
     choices = dict(corpora=corpora, models=models, tasks=tasks, optimizers=optimizers, lr_schedulers=lr_schedulers)
     with exit_on_user_error():
-        if args[:1] == ["check"]:
+        if args[:1] == ["prepare"]:
+            prepare(parse_config(default, args[1:], doc, **choices))
+        elif args[:1] == ["check"]:
             if len(args) < 2 or args[1].startswith("-"):
                 raise UserError(f"check: name a component, one of {', '.join(COMPONENTS)}")
             check(args[1], parse_config(default, args[2:], doc, **choices))

@@ -494,11 +494,11 @@ class Validator:
         self.translations_dir = cfg.run_dir / "translations"
         """Each validation's translations, `valid_step_XXXXXXXX.tsv` (source, reference, hypothesis per line)."""
         tc, data = cfg.trainer, cfg.data
-        corpora = [*data.corpora, *data.zero_shot_corpora]
+        corpora = [*data.primary_corpora, *data.zero_shot_corpora]
         self.languages = [corpus_languages(corpus) for corpus in corpora]
-        self.names = [direction_name(langs) + (" (zero-shot)" if index >= len(data.corpora) else "")
+        self.names = [direction_name(langs) + (" (zero-shot)" if index >= len(data.primary_corpora) else "")
                       for index, langs in enumerate(self.languages)]
-        self.trained = len(data.corpora)
+        self.trained = len(data.primary_corpora)
         self.several = len(corpora) > 1
         shard = {"rank": env.rank, "world_size": env.world_size}
         self.batches = [Seq2SeqBatches(data, "valid", parts.tokenizer, seed=tc.seed, shuffle=False, corpora=[corpus], **shard)

@@ -88,7 +88,7 @@ class Translator:
             raise UserError(f"run directory {run_dir} does not exist; expected a directory written by python -m fs2mini.train")
         cfg = load_config(run_dir / "config.json")
         run_langs = run_languages(cfg.data)
-        directions = [corpus_languages(corpus) for corpus in cfg.data.corpora]
+        directions = [corpus_languages(corpus) for corpus in cfg.data.primary_corpora]
         imported = (run_dir / LAYOUT_FILE).is_file()  # an NLLB/M2M100 layout knows more codes than the run's corpus
         if not imported:  # an unknown language is refused before the checkpoint is loaded
             check_languages(run_langs, source_lang, target_lang)

@@ -226,10 +226,12 @@ def test_old_single_pair_config_json_still_loads(tmp_path, reversal_tsv, tokeniz
 
 
 @pytest.mark.parametrize("change, message", [
-    (lambda c: {"more_corpora": (c[1], c[1])}, r"--data.more-corpora.1 \(.*cpy.tsv\) repeats direction src-cpy of "
-                                               r"--data.more-corpora.0"),
-    (lambda c: {"more_corpora": (dataclasses.replace(c[1], path=c[0].path, target_lang="rev"),)},
-     r"repeats direction src-rev of --data.corpus"),
+    (lambda c: {"more_corpora": (dataclasses.replace(c[1], tag="<BT>"),)},
+     r"^--data.more-corpora.0.tag '<BT>': the first corpus of direction src-cpy is the one validated and translated"),
+    (lambda c: {"more_corpora": (c[1], dataclasses.replace(c[1], tag="two words"))}, r"^--data.more-corpora.1.tag 'two words': expected one token"),
+    (lambda c: {"more_corpora": (c[1], dataclasses.replace(c[1], tag="__src__"))}, r"^--data.more-corpora.1.tag '__src__': expected one token"),
+    (lambda c: {"more_corpora": (c[1], dataclasses.replace(c[1], weight=0.0))}, r"^--data.more-corpora.1.weight 0.0: expected a number > 0"),
+    (lambda c: {"more_corpora": (c[1], dataclasses.replace(c[1], weight=float("nan")))}, r"^--data.more-corpora.1.weight nan: expected"),
     (lambda c: {"more_corpora": (dataclasses.replace(c[1], target_lang="Deu"),)}, r"--data.more-corpora.0.target-lang 'Deu' is not a language code"),
     (lambda c: {"zero_shot_corpora": (dataclasses.replace(c[1], source_lang="rev", target_lang="fra"),)},
      r"--data.zero-shot-corpora.0: language fra is not in the run's trained directions; expected one of src, rev, cpy"),
