@@ -9,10 +9,11 @@ optimizer (over the wrapped parameters) → optimizer state.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from itertools import chain
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from torch import nn
 
 from fs2mini.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint
 from fs2mini.config import TrainConfig, incompatible_fields, load_config
-from fs2mini.corpus import corpus_fingerprint, corpus_tag, describe_corpus, read_pairs, training_sentences_by_language
+from fs2mini.corpus import corpus_fingerprint, corpus_languages, corpus_tag, describe_corpus, read_pairs, training_sentences_by_language
 from fs2mini.data import Seq2SeqBatches, run_languages
 from fs2mini.distributed import DistEnv, barrier, load_optimizer_state, wrap_model
 from fs2mini.errors import UserError
@@ -64,9 +65,19 @@ def build_tokenizer(cfg: TrainConfig) -> Tokenizer:
     tags = sorted({tag for corpus in cfg.data.corpora if (tag := corpus_tag(corpus)) is not None})
     skipped = Skipped(cfg.data.strict)
     if cfg.data.more_corpora:
-        by_language = training_sentences_by_language(cfg.data.flagged_corpora[:len(cfg.data.corpora)], skipped)
-        sentences = balanced_sentences(by_language, cfg.tokenizer.max_training_sentences)
-        return load_or_train_tokenizer(cfg.tokenizer, sentences, langs, tags=tags)
+        trained = cfg.data.flagged_corpora[:len(cfg.data.corpora)]
+        for flag, corpus in trained:  # (a cheap look at the first pair, before anything is trained or written)
+            if next(read_pairs(corpus, "train", skipped, flag), None) is None:
+                source_lang, target_lang = corpus_languages(corpus, flag)
+                raise UserError(f"direction {source_lang}-{target_lang} ({describe_corpus(corpus)}) has no training "
+                                f"sentence pairs ({'skipped: ' + skipped.summary() if skipped else 'it is empty'})")
+        fingerprint = hashlib.sha256(" ".join(corpus_fingerprint(corpus, "train", flag) for flag, corpus in trained).encode())
+
+        def balanced() -> Iterator[str]:  # read only if no model is cached for these corpora
+            by_language = training_sentences_by_language(trained, skipped, cfg.tokenizer.max_training_sentences)
+            yield from balanced_sentences(by_language, cfg.tokenizer.max_training_sentences)
+
+        return load_or_train_tokenizer(cfg.tokenizer, balanced(), langs, fingerprint=fingerprint.hexdigest(), tags=tags)
     pairs = read_pairs(cfg.data.corpus, "train", skipped)
     first = next(pairs, None)
     if first is None:

@@ -30,6 +30,7 @@ import importlib.util
 import itertools
 import json
 import os
+import random
 import re
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
@@ -543,18 +544,48 @@ def training_sentences(corpus: Corpus, skipped: Skipped) -> list[str]:
     return [sentence for pair in read_pairs(corpus, "train", skipped) for sentence in pair]
 
 
-def training_sentences_by_language(corpora: Sequence[tuple[str, Corpus]], skipped: Skipped) -> dict[str, list[str]]:
-    """Each language's distinct training sentences over several directions, given as (flag, corpus)
-    (English of eng→fra and eng→deu once); a direction without training pairs stops here, naming it."""
-    by_language: dict[str, dict[str, None]] = {}
+def training_sentences_by_language(corpora: Sequence[tuple[str, Corpus]], skipped: Skipped,
+                                   max_per_language: int) -> dict[str, list[str]]:
+    """Each language's distinct training sentences over several corpora, given as (flag, corpus) (English of
+    eng→fra and eng→deu once); a corpus without training pairs stops here, naming it.
+
+    A language with more distinct sentences than `max_per_language` keeps a uniform sample of them
+    (reservoir sampling, seeded by the language), so memory stays bounded on corpora of any size."""
+    samples: dict[str, _DistinctSample] = {}
     for flag, corpus in corpora:
         source_lang, target_lang = corpus_languages(corpus, flag)
+        source_sample = samples.setdefault(source_lang, _DistinctSample(max_per_language, source_lang))
+        target_sample = samples.setdefault(target_lang, _DistinctSample(max_per_language, target_lang))
         found = 0
         for source, target in read_pairs(corpus, "train", skipped, flag):
-            by_language.setdefault(source_lang, {})[source] = None
-            by_language.setdefault(target_lang, {})[target] = None
+            source_sample.add(source)
+            target_sample.add(target)
             found += 1
         if not found:
             raise UserError(f"direction {source_lang}-{target_lang} ({describe_corpus(corpus)}) has no training sentence "
                             f"pairs ({'skipped: ' + skipped.summary() if skipped else 'it is empty'})")
-    return {lang: list(sentences) for lang, sentences in by_language.items()}
+    return {lang: sample.kept for lang, sample in samples.items()}
+
+
+class _DistinctSample:
+    """A uniform sample of at most `size` of the distinct sentences added (Algorithm R over first sightings)."""
+
+    def __init__(self, size: int, seed: str) -> None:
+        self.size, self.rng = size, random.Random(f"sample-{seed}")
+        self.kept: list[str] = []
+        self.kept_set: set[str] = set()
+        self.seen = 0
+
+    def add(self, sentence: str) -> None:
+        if sentence in self.kept_set:
+            return
+        self.seen += 1
+        if len(self.kept) < self.size:
+            self.kept.append(sentence)
+            self.kept_set.add(sentence)
+            return
+        slot = self.rng.randrange(self.seen)
+        if slot < self.size:
+            self.kept_set.discard(self.kept[slot])
+            self.kept[slot] = sentence
+            self.kept_set.add(sentence)

@@ -1,21 +1,23 @@
-"""Batches for training and evaluation: corpus → shuffle → shard → encode → bucket → `Seq2SeqBatch`.
+"""Batches for training and evaluation: prepared split → shuffle → shard → read ids → bucket → `Seq2SeqBatch`.
 
 `Seq2SeqBatches` is re-iterable: each `iter()` is one epoch, shuffled by `(seed, epoch)` so a run
-is reproducible and a resumed run can replay exactly the epoch it stopped in. Sharding happens on
-raw text, before the (comparatively expensive) encoding, so each rank only encodes its own share.
-The corpus's pairs are read once per `Seq2SeqBatches` and reused by later epochs (the corpus is
-fixed; the reading's skips are replayed into each epoch's `skipped`). Sentences are encoded a pool
-at a time into `Rows` (flat int64 tensors) with sentencepiece's batch call, sorted by length inside the
-pool (see `length_order`) and cut into batches under a padded-token budget, which keeps padding to
-about 3% of source+target positions on the Bible corpus at 4096 tokens (sorting by max(source,
-target) alone left 7.6%).
+is reproducible and a resumed run can replay exactly the epoch it stopped in (`iter_epoch(epoch,
+skip)` cuts the batches it skips without padding them). Each corpus split is encoded once into the
+data cache (`fs2mini.prepared`) and read from there by pair number, so no rank ever holds the corpus
+as strings and no run re-encodes it: the pipeline shuffles and shards pair *numbers*, then reads the
+ids of a pool of `--data.pool-size` pairs at a time into `Rows` (flat int64 tensors), sorts them by
+length inside the pool (see `length_order`) and cuts them into batches under a padded-token budget,
+which keeps padding to about 3% of source+target positions on the Bible corpus at 4096 tokens
+(sorting by max(source, target) alone left 7.6%). With `--data.subword-alpha` the training split's
+text is read instead and its segmentation sampled anew each epoch.
 
-A run may train several translation directions (`DataConfig.more_corpora`, one corpus per
-direction). Each training batch then holds one direction: each direction is bucketed on its own
-(lengths differ by language), and the direction of the next batch is drawn with probability
-∝ (training pairs)^(1/T), `--data.sampling-temperature T`. An epoch ends when the largest
-direction has been seen once; smaller ones are repeated, re-shuffled, as often as their share
-asks. Validation and test iterate every direction in turn, unsampled.
+A run may train several corpora (`DataConfig.more_corpora`): several translation directions, and
+several corpora of one direction (genuine and back-translated, in-domain and general). Each training
+batch holds one corpus: each is bucketed on its own (lengths differ by language), and the corpus of
+the next batch is drawn by `corpus_probabilities`: a direction ∝ (its weighted pairs)^(1/T),
+`--data.sampling-temperature T`, shared among its corpora ∝ weight × pairs. An epoch ends when the
+largest corpus (in pairs ÷ weight) has been seen once; the others are repeated, re-shuffled, as
+often as their share asks. Validation and test read each direction's first corpus, in turn, unsampled.
 """
 
 from __future__ import annotations

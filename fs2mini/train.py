@@ -142,14 +142,15 @@ def check(component: str, cfg: TrainConfig) -> None:
         if component == "optimizer":
             print(f"optimizer {parts.optimizer}")
             return _done(component, started)
-        epoch = list(parts.train_batches)
-        if not epoch:
+        epoch = iter(parts.train_batches)
+        batch = next(epoch, None)
+        if batch is None:
             raise UserError(f"the training split produced no batch (skipped: {parts.train_batches.skipped.summary()})")
-        batch = epoch[0]
-        if component == "data":
-            sentences = sum(b.source.size(0) for b in epoch)
-            padding = sum(b.padding_fraction for b in epoch) / len(epoch)
-            print(f"one epoch: {len(epoch)} batches, {sentences} sentence pairs, mean padding {padding:.1%}")
+        if component == "data":  # the whole epoch, one batch at a time (a corpus of millions of pairs is never held)
+            batches, sentences, padding = 1, batch.source.size(0), batch.padding_fraction
+            for other in epoch:
+                batches, sentences, padding = batches + 1, sentences + other.source.size(0), padding + other.padding_fraction
+            print(f"one epoch: {batches} batches, {sentences} sentence pairs, mean padding {padding / batches:.1%}")
             print(f"first batch: source {tuple(batch.source.shape)}, target {tuple(batch.target_input.shape)}, "
                   f"{batch.num_target_tokens} target tokens, padding {batch.padding_fraction:.1%}")
             print(f"source[0]: {tokenizer.decode(batch.source[0].tolist())}")
