@@ -141,6 +141,8 @@ def open_or_prepare(corpus: Corpus, split: Split, tokenizer: Tokenizer, cache_di
     fingerprint = corpus_fingerprint(corpus, split, flag)
     name = f"{cache_key(fingerprint, tokenizer)}-{split}"
     directory = cache_dir / name
+    if cache_dir.exists() and not cache_dir.is_dir():
+        raise UserError(f"--data.cache-dir {cache_dir} is not a directory; expected a directory for prepared corpora")
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(cache_dir / f"{name}.lock"))

@@ -8,6 +8,7 @@ SystemExit), on a workspace with a small valid corpus that a case may corrupt fi
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import hashlib
 import os
 from collections.abc import Callable
@@ -39,6 +40,22 @@ def write_bytes(name: str, data: bytes) -> Callable[[Path], None]:
 
 def good_lines(count: int = 300) -> bytes:
     return "".join(f"{'a b c d'[: 1 + i % 7]} {i % 10}\t{i % 10} x\n" for i in range(count)).encode()
+
+
+def aligned_files(source_lines: int, target_lines: int) -> Callable[[Path], None]:
+    def prepare(ws: Path) -> None:
+        (ws / "text").mkdir()
+        (ws / "text" / "train.eng").write_text("".join(f"a b {i}\n" for i in range(source_lines)))
+        (ws / "text" / "train.fra").write_text("".join(f"{i} b a\n" for i in range(target_lines)))
+
+    return prepare
+
+
+def damaged_cache(ws: Path) -> None:
+    """A prepared training split, then one of its files cut short."""
+    main(workspace_config(ws), argv=["prepare"])
+    ids = next((ws / "cache" / "prepared").glob("*-train")) / "source.ids"
+    os.truncate(ids, ids.stat().st_size - 1)
 
 
 def train_then(corrupt: Callable[[Path], None]) -> Callable[[Path], None]:
@@ -122,6 +139,18 @@ CASES = [
          write_bytes("corpus.tsv", b"x\ny\n")),
     Case("missing file", ["check", "data", "--data.corpus.path", "nope.tsv"], 2, "nope.tsv does not exist"),
     Case("directory instead of file", ["check", "data", "--data.corpus.path", "."], 2, "is a directory; expected a text file"),
+    # Large inputs and the data cache.
+    Case("truncated .gz corpus", ["check", "data", "--data.corpus.path", "corpus.tsv.gz"], 2,
+         "corpus.tsv.gz is truncated or not a valid gzip file", write_bytes("corpus.tsv.gz", gzip.compress(good_lines())[:-30])),
+    Case("aligned files of different lengths", ["check", "data", "data.corpus:text", "--data.corpus.dir", "text"], 2,
+         "has 300 lines but", aligned_files(300, 299)),
+    Case("corpus weight 0", ["--data.corpus.weight", "0"], 2, "--data.corpus.weight 0.0: expected a number > 0"),
+    Case("tag on the validated corpus", ["--data.corpus.tag", "<BT>"], 2,
+         "--data.corpus.tag '<BT>': the first corpus of direction eng-fra is the one validated and translated"),
+    Case("negative prepare workers", ["--data.prepare-workers", "-1"], 2, "--data.prepare-workers -1: expected an integer >= 0"),
+    Case("data cache is a file", ["check", "data", "--data.cache-dir", "corpus.tsv"], 2,
+         "corpus.tsv is not a directory; expected a directory for prepared corpora"),
+    Case("damaged data cache is prepared again", ["check", "data"], 0, "is damaged (source.ids has", damaged_cache),
     # Command-line values.
     Case("model_dim not divisible by heads", ["check", "model", "--model.model-dim", "30"], 2,
          "--model.num-encoder-attn-heads 4 must divide --model.model-dim 30"),
@@ -240,7 +269,9 @@ def test_bad_input(case: Case, tmp_path, monkeypatch, capsys):
     else:
         assert case.message in out + err
     after = snapshot(tmp_path)
-    changed = [path for path, digest in before.items() if after.get(path) != digest and not path.endswith("metrics.jsonl")]
+    # (the data cache is fs2mini's own, not the user's: a damaged one is replaced)
+    changed = [path for path, digest in before.items() if after.get(path) != digest and not path.endswith("metrics.jsonl")
+               and not path.startswith("cache/prepared/")]
     assert not changed, f"modified or deleted: {changed}"
 
 
