@@ -34,3 +34,19 @@ def test_cache_is_reused_for_same_text_and_invalidated_when_corpus_changes(tmp_p
     bigger = load_or_train_tokenizer(TokenizerConfig(vocab_size=16, cache_dir=tmp_path), text, ["eng", "fra"])
     assert bigger.model_path != first.model_path
     assert len(list(tmp_path.glob("*.model"))) == 3
+
+
+def test_a_streamed_corpus_is_sampled_over_its_whole_length_and_keyed_by_its_fingerprint(tmp_path):
+    # The first half of the stream uses letters a-f, the second half m-r: a sample of the first lines only
+    # would leave m-r as <unk>. The stream is a generator: it is read only when a model must be trained.
+    def stream():
+        for i in range(4000):
+            yield " ".join("abcdef"[(i + k) % 6] for k in range(4)) if i < 2000 else " ".join("mnopqr"[(i + k) % 6] for k in range(4))
+
+    cfg = TokenizerConfig(vocab_size=20, max_training_sentences=300, cache_dir=tmp_path)
+    tok = load_or_train_tokenizer(cfg, stream(), ["eng", "fra"], fingerprint="corpus-v1")
+    for text in ("a b c", "m n o", "r q p"):
+        assert UNK_ID not in tok.piece_ids([text])[0], text
+    unread = iter(())  # a cached model: the text is not needed
+    assert load_or_train_tokenizer(cfg, unread, ["eng", "fra"], fingerprint="corpus-v1").model_path == tok.model_path
+    assert load_or_train_tokenizer(cfg, stream(), ["eng", "fra"], fingerprint="corpus-v2").model_path != tok.model_path
