@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
 
 from fs2mini.errors import UserError, expect, finite
-from fs2mini.pipeline import Skipped, read_every_line, read_text
+from fs2mini.pipeline import Skipped, decode_raw_lines, raw_line_chunks, read_every_line, read_text, usable_lines
 
 Split = Literal["train", "valid", "test"]
 
@@ -428,6 +428,63 @@ def _parallel_files(corpus: ParallelTextCorpus, split: Split, flag: str) -> tupl
             raise UserError(f"{flag}.dir {corpus.dir} has no {name} or {name}.gz; expected the {split} split as "
                             f"{names[0]} and {names[1]} ({flag}.{split}-prefix), one sentence per line")
     return found[0], found[1]
+
+
+@dataclass(frozen=True)
+class LineChunk:
+    """Consecutive raw lines of a built-in corpus's file(s), `chunk_pairs` turns into pairs in a worker process:
+    the process that reads the file then only reads bytes, and parsing is shared by the workers."""
+
+    corpus: Corpus
+    split: Split
+    paths: tuple[Path, ...]  # the TSV file, or the source and target files
+    first_line: int
+    lines: tuple[list[bytes], ...]  # per path
+
+
+def line_chunks(corpus: Corpus, split: Split, size: int, flag: str = "--data.corpus") -> Iterator[LineChunk] | None:
+    """The lines of `split` of a TSV or aligned-text corpus, `size` at a time, for `chunk_pairs`; None for other
+    corpora (read with `read_pairs`). Files are checked as `read_pairs` checks them; aligned files of different
+    lengths stop here, naming both."""
+    corpus_languages(corpus, flag)
+    match corpus:
+        case TsvCorpus():
+            _check_tsv_paths(corpus, flag)
+            path = _tsv_split_file(corpus, split)
+            if path is None:
+                return iter(())
+            return (LineChunk(corpus, split, (path,), first, (lines,)) for first, lines in raw_line_chunks(path, size))
+        case ParallelTextCorpus():
+            return _aligned_line_chunks(corpus, split, _parallel_files(corpus, split, flag), size)
+    return None
+
+
+def _aligned_line_chunks(corpus: ParallelTextCorpus, split: Split, paths: tuple[Path, Path], size: int) -> Iterator[LineChunk]:
+    sources, targets = raw_line_chunks(paths[0], size), raw_line_chunks(paths[1], size)
+    for source_chunk, target_chunk in itertools.zip_longest(sources, targets):
+        first = (source_chunk or target_chunk)[0]
+        source_lines, target_lines = source_chunk[1] if source_chunk else [], target_chunk[1] if target_chunk else []
+        if len(source_lines) != len(target_lines):
+            source_longer = len(source_lines) > len(target_lines)
+            longer, shorter = (paths[0], paths[1]) if source_longer else (paths[1], paths[0])
+            rest = sum(len(block) for _, block in (sources if source_longer else targets))
+            longer_count = first - 1 + max(len(source_lines), len(target_lines)) + rest
+            shorter_count = first - 1 + min(len(source_lines), len(target_lines))
+            raise UserError(f"{longer} has {longer_count} lines but {shorter} ended at line {shorter_count}; "
+                            "expected aligned files with one sentence per line")
+        yield LineChunk(corpus, split, paths, first, (source_lines, target_lines))
+
+
+def chunk_pairs(chunk: LineChunk, skipped: Skipped) -> list[tuple[str, str]]:
+    """The pairs of a `LineChunk`, with what `read_pairs` would skip counted in `skipped`."""
+    corpus = chunk.corpus
+    if isinstance(corpus, TsvCorpus):
+        path = chunk.paths[0]
+        lines = usable_lines(decode_raw_lines(chunk.lines[0], chunk.first_line, path, corpus.skip_header), path, skipped)
+        split_by_hash = corpus.valid_path is None and corpus.test_path is None
+        return list(_tsv_pairs(lines, path, corpus, chunk.split if split_by_hash else None, skipped))
+    sides = [decode_raw_lines(lines, chunk.first_line, path, 0) for lines, path in zip(chunk.lines, chunk.paths)]
+    return list(_aligned_pairs(*sides, *chunk.paths, skipped))
 
 
 def _read_parallel_pairs(corpus: ParallelTextCorpus, split: Split, skipped: Skipped) -> Iterator[tuple[str, str]]:

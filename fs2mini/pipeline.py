@@ -15,6 +15,7 @@ import re
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
+from itertools import islice
 from pathlib import Path
 from typing import TypeVar
 
@@ -98,11 +99,12 @@ def read_text(path: Path, skipped: Skipped, *, skip_header: int = 0) -> Iterator
     one bad byte in a million-line crawl should not stop a run. A path ending in .gz is decompressed
     as it is read (see `read_every_line`).
     """
-    return _usable_lines(read_every_line(path, skip_header=skip_header), path, skipped)
+    return usable_lines(read_every_line(path, skip_header=skip_header), path, skipped)
 
 
-def _usable_lines(lines: Iterator[tuple[int, str, str | None]], path: Path, skipped: Skipped,
-                  ) -> Iterator[tuple[int, str]]:
+def usable_lines(lines: Iterator[tuple[int, str, str | None]], path: Path, skipped: Skipped,
+                 ) -> Iterator[tuple[int, str]]:
+    """The lines without a problem; the others counted in `skipped` at `path:line`."""
     for line_number, line, problem in lines:
         if problem is None:
             yield line_number, line
@@ -119,13 +121,7 @@ def read_every_line(path: Path, *, skip_header: int = 0) -> Iterator[tuple[int, 
     ending in .gz is decompressed as it is read, never whole, since crawled corpora are large. The
     file is opened eagerly so a missing file fails when the pipeline is built, not at the first batch.
     """
-    if path.is_dir():
-        raise UserError(f"{path} is a directory; expected a text file")
-    try:
-        handle = gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")
-    except OSError as err:
-        raise UserError(f"cannot open {path}: {err.strerror}") from None
-    return _decode_lines(handle, path, skip_header)
+    return _decode_lines(_open_text(path), path, skip_header)
 
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -134,22 +130,55 @@ GZIP_MAGIC = b"\x1f\x8b"
 
 def _decode_lines(handle, path: Path, skip_header: int) -> Iterator[tuple[int, str, str | None]]:
     with handle:
-        for line_number, raw in enumerate(_raw_lines(handle, path), start=1):
-            if line_number == 1 and raw.startswith(GZIP_MAGIC) and path.suffix != ".gz":
-                raise UserError(f"{path} is gzip-compressed but its name does not end in .gz; expected UTF-8 text "
-                                f"(rename it to {path.name}.gz)")
-            raw = text_line(raw, f"{path}", line_number == 1)
-            if line_number <= skip_header:
-                continue
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                yield line_number, "", "invalid utf-8"
-                continue
-            if INNER_LINE_BREAK.search(line):
-                yield line_number, "", "line break character (e.g. a stray \\r) inside the line"
-                continue
-            yield line_number, line, None
+        yield from decode_raw_lines(_raw_lines(handle, path), 1, path, skip_header)
+
+
+def raw_line_chunks(path: Path, size: int) -> Iterator[tuple[int, list[bytes]]]:
+    """(number of the first line, the next `size` lines as undecoded bytes) of a text file (.gz too), for
+    worker processes to decode with `decode_raw_lines` while this one only reads."""
+    return _raw_line_chunks(_open_text(path), path, size)
+
+
+def _open_text(path: Path):
+    """The file opened for reading bytes, decompressing a .gz one; one sentence if it cannot be."""
+    if path.is_dir():
+        raise UserError(f"{path} is a directory; expected a text file")
+    try:
+        handle = gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")
+    except OSError as err:
+        raise UserError(f"cannot open {path}: {err.strerror}") from None
+    return handle
+
+
+def _raw_line_chunks(handle, path: Path, size: int) -> Iterator[tuple[int, list[bytes]]]:
+    with handle:
+        lines = _raw_lines(handle, path)
+        first = 1
+        while block := list(islice(lines, size)):
+            yield first, block
+            first += len(block)
+
+
+def decode_raw_lines(raw_lines: Iterable[bytes], first_line: int, path: Path,
+                     skip_header: int) -> Iterator[tuple[int, str, str | None]]:
+    """What `read_every_line` yields for lines `first_line`, `first_line + 1`, ... of `path` read as bytes."""
+    where = str(path)
+    for line_number, raw in enumerate(raw_lines, start=first_line):
+        if line_number == 1 and raw.startswith(GZIP_MAGIC) and path.suffix != ".gz":
+            raise UserError(f"{path} is gzip-compressed but its name does not end in .gz; expected UTF-8 text "
+                            f"(rename it to {path.name}.gz)")
+        raw = text_line(raw, where, line_number == 1)
+        if line_number <= skip_header:
+            continue
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            yield line_number, "", "invalid utf-8"
+            continue
+        if INNER_LINE_BREAK.search(line):
+            yield line_number, "", "line break character (e.g. a stray \\r) inside the line"
+            continue
+        yield line_number, line, None
 
 
 def _raw_lines(handle, path: Path) -> Iterator[bytes]:

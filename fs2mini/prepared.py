@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 from filelock import FileLock
 
-from fs2mini.corpus import Corpus, Split, corpus_fingerprint, describe_corpus, read_pairs
+from fs2mini.corpus import Corpus, LineChunk, Split, chunk_pairs, corpus_fingerprint, describe_corpus, line_chunks, read_pairs
 from fs2mini.errors import UserError
 from fs2mini.pipeline import Skipped, chunk
 from fs2mini.tokenizer import Tokenizer
@@ -205,9 +205,18 @@ def _prepare(corpus: Corpus, split: Split, tokenizer: Tokenizer, directory: Path
     try:
         tmp.mkdir()
         id_dtype = "uint16" if tokenizer.vocab_info.size <= 1 << 16 else "int32"
-        chunks = chunk(read_pairs(corpus, split, skipped, flag), chunk_pairs)
+        # A TSV or aligned-text file is read here as raw lines and parsed by the workers; any other corpus's pairs
+        # are read here and only encoded by them.
+        chunks = line_chunks(corpus, split, chunk_pairs, flag)
+        if chunks is None:
+            chunks = chunk(read_pairs(corpus, split, skipped, flag), chunk_pairs)
         with _Writer(tmp, id_dtype) as writer, _Progress(what) as progress:
             for encoded in _encoded_chunks(chunks, tokenizer, id_dtype, workers):
+                counts, locations = encoded.pop("skipped")
+                for reason, count in counts.items():
+                    for location in locations.get(reason, []):
+                        skipped.add(reason, location)
+                    skipped.add(reason, count=count - len(locations.get(reason, [])))
                 writer.append(encoded)
                 progress.update(writer.num_pairs)
         meta = {"format": FORMAT_VERSION, "num_pairs": writer.num_pairs, "id_dtype": id_dtype,
@@ -261,16 +270,16 @@ class _Writer:
             handle.close()
 
 
-def _encoded_chunks(chunks: Iterator[list[tuple[str, str]]], tokenizer: Tokenizer, id_dtype: str,
-                    workers: int) -> Iterator[dict[str, np.ndarray]]:
+def _encoded_chunks(chunks: Iterator[list[tuple[str, str]] | LineChunk], tokenizer: Tokenizer, id_dtype: str,
+                    workers: int) -> Iterator[dict[str, Any]]:
     """Each chunk encoded, in order: in this process when the split is one chunk, else by a pool of workers."""
     first = next(chunks, None)
     if first is None:
-        yield _encode([], tokenizer, id_dtype)
+        yield _encode_chunk([], tokenizer, id_dtype)
         return
     second = next(chunks, None)
     if second is None:
-        yield _encode(first, tokenizer, id_dtype)
+        yield _encode_chunk(first, tokenizer, id_dtype)
         return
     workers = workers or os.cpu_count() or 1
     context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
@@ -294,8 +303,16 @@ def _start_worker(model_path: str, langs: Sequence[str], model_bytes: bytes, lay
     _WORKER["id_dtype"] = id_dtype
 
 
-def _encode_in_worker(pairs: list[tuple[str, str]]) -> dict[str, np.ndarray]:
-    return _encode(pairs, _WORKER["tokenizer"], _WORKER["id_dtype"])
+def _encode_in_worker(job: list[tuple[str, str]] | LineChunk) -> dict[str, Any]:
+    return _encode_chunk(job, _WORKER["tokenizer"], _WORKER["id_dtype"])
+
+
+def _encode_chunk(job: list[tuple[str, str]] | LineChunk, tokenizer: Tokenizer, id_dtype: str) -> dict[str, Any]:
+    """`_encode` of a chunk of pairs, or of the pairs of a chunk of lines, with what parsing them skipped
+    ({"skipped": (counts, locations)})."""
+    found = Skipped()
+    pairs = chunk_pairs(job, found) if isinstance(job, LineChunk) else job
+    return {**_encode(pairs, tokenizer, id_dtype), "skipped": (dict(found), found.locations)}
 
 
 def _encode(pairs: list[tuple[str, str]], tokenizer: Tokenizer, id_dtype: str) -> dict[str, np.ndarray]:
