@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from fs2mini import prepared as prepared_module
-from fs2mini.corpus import TsvCorpus, read_pairs
+from fs2mini.corpus import ParallelTextCorpus, TsvCorpus, read_pairs
 from fs2mini.data import DataConfig, Seq2SeqBatches, corpus_probabilities
 from fs2mini.errors import UserError
 from fs2mini.pipeline import Skipped
@@ -65,13 +65,26 @@ def test_skipping_batches_of_an_epoch_gives_the_rest_of_it(corpus, reversal_toke
     assert len(rows(after)) < len(whole)
 
 
-def test_worker_processes_prepare_the_same_arrays_as_one_process(corpus, reversal_tokenizer, tmp_path):
+@pytest.mark.parametrize("kind", ["tsv", "text"])
+def test_worker_processes_prepare_the_same_arrays_and_skips_as_one_process(corpus, reversal_tokenizer, tmp_path, kind):
+    lines = corpus.path.read_text(encoding="utf-8").splitlines()
+    lines[150:150] = ["no tab here", "\tempty source"] * 3  # malformed lines in the second and later chunks
+    if kind == "tsv":
+        corpus.path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    else:
+        (tmp_path / "text").mkdir()
+        for index, lang in enumerate(("eng", "fra")):
+            (tmp_path / "text" / f"train.{lang}").write_text(
+                "".join((line.split("\t") + [""])[index] + "\n" for line in lines), encoding="utf-8")
+        corpus = ParallelTextCorpus(dir=tmp_path / "text")
     inline = open_or_prepare(corpus, "train", reversal_tokenizer, tmp_path / "one", workers=1, chunk_pairs=10_000)
     pooled = open_or_prepare(corpus, "train", reversal_tokenizer, tmp_path / "two", workers=2, chunk_pairs=97)
     for name in sorted(path.name for path in inline.directory.iterdir()):
         if name != "meta.json":
             assert (inline.directory / name).read_bytes() == (pooled.directory / name).read_bytes(), name
     assert len(pooled) == len(inline) > 1000
+    assert pooled.skipped == inline.skipped and sum(inline.skipped["counts"].values()) == 6
+    assert inline.skipped["locations"] == {reason: where[:5] for reason, where in inline.skipped["locations"].items()}
 
 
 def test_a_changed_corpus_file_is_prepared_again(tmp_path, reversal_tokenizer):
