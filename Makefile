@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.13.0
 ARGS ?=
 
-.PHONY: install train test check clean bench quality
+.PHONY: install train test check clean bench quality scale
 
 install: $(VENV)/.installed
 
@@ -34,6 +34,13 @@ bench: install
 quality: install
 	$(PY) -m pip install --quiet -e ".[bench]"
 	$(PY) benchmarks/quality.py $(ARGS)
+
+# Preparation and training at 100 k, 1 M and 10 M pairs of recombined Bible verses (benchmarks/scale.py): times,
+# cache size, peak RSS per rank, tokens/s, resume; writes benchmarks/scale.json (~30 min on 2 cores, ~13 GB of
+# disk in /tmp at 10M). ARGS="--sizes 100k 1M" for fewer sizes.
+scale: install
+	$(PY) -m pip install --quiet -e ".[bench]"
+	$(PY) benchmarks/scale.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) runs .cache

@@ -18,6 +18,9 @@ pytestmark = pytest.mark.slow
 SIZES = (20_000, 200_000)
 STEPS = 10
 """Updates of the memory runs, and K of the resume check (K then resume to 2·K, against 2·K at once)."""
+POOL = ("--data.pool-size", "10000")
+"""Both corpora larger than a pool, so that what is compared is the corpus size: a pool's encoded sentences are held
+at once (~1.2 KB a pair here), and the default pool of 100 k pairs would hold all of the small corpus but not the large."""
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +30,9 @@ def setups(tmp_path_factory) -> dict[int, scale.Setup]:
     found = {}
     for num_pairs in SIZES:
         path, _ = scale.write_corpus(root, num_pairs)
-        found[num_pairs] = setup = scale.Setup(path, root / str(num_pairs), vocab_size=2000, max_training_sentences=20_000)
+        setup = scale.Setup(path, *scale.held_out(root), root / str(num_pairs), vocab_size=2000,
+                            max_training_sentences=20_000, extra=POOL)
+        found[num_pairs] = setup
         prepared = scale.prepare(setup, workers=2)  # (trains the tokenizer first)
         assert prepared["pairs"]["train"] > 0.99 * num_pairs
     return found
