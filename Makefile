@@ -39,7 +39,6 @@ quality: install
 # cache size, peak RSS per rank, tokens/s, resume; writes benchmarks/scale.json (~30 min on 2 cores, ~13 GB of
 # disk in /tmp at 10M). ARGS="--sizes 100k 1M" for fewer sizes.
 scale: install
-	$(PY) -m pip install --quiet -e ".[bench]"
 	$(PY) benchmarks/scale.py $(ARGS)
 
 clean:
