@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
 
 from fs2mini.errors import UserError, expect, finite
-from fs2mini.pipeline import Skipped, decode_raw_lines, raw_line_chunks, read_every_line, read_text, usable_lines
+from fs2mini.pipeline import Skipped, decode_raw_lines, raw_line_chunks, usable_lines
 
 Split = Literal["train", "valid", "test"]
 
@@ -377,14 +377,18 @@ def _tsv_split_file(corpus: TsvCorpus, split: Split) -> Path | None:
     return {"train": corpus.path, "valid": corpus.valid_path, "test": corpus.test_path}[split]
 
 
+READ_CHUNK_LINES = 4096
+"""Lines a TSV or aligned-text corpus is read at a time (`line_chunks`), here as in the workers of fs2mini.prepared."""
+
+
 def _read_tsv_pairs(corpus: TsvCorpus, split: Split, skipped: Skipped) -> Iterator[tuple[str, str]]:
-    _check_tsv_paths(corpus, "--data.corpus")  # (fs2mini.corpus.read_pairs checked it first, naming its flag)
-    path = _tsv_split_file(corpus, split)
-    if path is None:
-        return iter(())
-    lines = read_text(path, skipped, skip_header=corpus.skip_header)
-    split_by_hash = corpus.valid_path is None and corpus.test_path is None
-    return _tsv_pairs(lines, path, corpus, split if split_by_hash else None, skipped)
+    return _pairs_of_chunks(line_chunks(corpus, split, READ_CHUNK_LINES), skipped)
+
+
+def _pairs_of_chunks(chunks: Iterator[LineChunk], skipped: Skipped) -> Iterator[tuple[str, str]]:
+    """The pairs of `line_chunks`, parsed here: the one reading of these files, in one process or in workers."""
+    for line_chunk in chunks:
+        yield from chunk_pairs(line_chunk, skipped)
 
 
 def _tsv_pairs(lines: Iterator[tuple[int, str]], path: Path, corpus: TsvCorpus, split: Split | None,
@@ -485,20 +489,15 @@ def chunk_pairs(chunk: LineChunk, skipped: Skipped) -> list[tuple[str, str]]:
 
 
 def _read_parallel_pairs(corpus: ParallelTextCorpus, split: Split, skipped: Skipped) -> Iterator[tuple[str, str]]:
-    source_path, target_path = _parallel_files(corpus, split, "--data.corpus")  # (read_pairs checked, naming its flag)
-    return _aligned_pairs(read_every_line(source_path), read_every_line(target_path), source_path, target_path, skipped)
+    return _pairs_of_chunks(line_chunks(corpus, split, READ_CHUNK_LINES), skipped)
 
 
 def _aligned_pairs(sources: Iterator[tuple[int, str, str | None]], targets: Iterator[tuple[int, str, str | None]],
                    source_path: Path, target_path: Path, skipped: Skipped) -> Iterator[tuple[str, str]]:
-    """Line i of `sources` with line i of `targets`, read in lock-step; a pair with a bad or empty side is
-    skipped whole (and counted at that side's file:line), so every later pair stays aligned."""
-    for source_line, target_line in itertools.zip_longest(sources, targets):
-        if source_line is None or target_line is None:  # one file ended: count the other's lines for the message
-            longer, extra_line, rest, shorter = ((target_path, target_line, targets, source_path) if source_line is None
-                                                 else (source_path, source_line, sources, target_path))
-            raise UserError(f"{longer} has {extra_line[0] + sum(1 for _ in rest)} lines but {shorter} ended at line "
-                            f"{extra_line[0] - 1}; expected aligned files with one sentence per line")
+    """Line i of `sources` with line i of `targets` (as many of each: `_aligned_line_chunks` checked); a pair
+    with a bad or empty side is skipped whole (and counted at that side's file:line), so every later pair
+    stays aligned."""
+    for source_line, target_line in zip(sources, targets):
         line_number, source, source_problem = source_line
         _, target, target_problem = target_line
         if source_problem is not None or target_problem is not None:

@@ -37,7 +37,7 @@ from torch import Tensor
 
 from fs2mini.corpus import CORPORA, Corpus, Split, corpus_languages, corpus_tag, corpus_weight, describe_corpus
 from fs2mini.errors import UserError, expect, finite
-from fs2mini.pipeline import MAX_LOCATIONS_PER_REASON, Skipped, batch_by_max_tokens, chunk, shard, shuffle_window
+from fs2mini.pipeline import Skipped, batch_by_max_tokens, chunk, shard, shuffle_window
 from fs2mini.prepared import PreparedSplit, open_or_prepare
 from fs2mini.tokenizer import Tokenizer
 
@@ -321,11 +321,7 @@ class Seq2SeqBatches:
                               for corpus in self.corpora]
             self._read_skipped = Skipped(self.cfg.strict)
             for prepared in self._prepared:
-                read = prepared.read_skipped(self.cfg.strict)
-                self._read_skipped.update(read)
-                for reason, locations in read.locations.items():
-                    kept = self._read_skipped.locations.setdefault(reason, [])
-                    kept.extend(locations[:MAX_LOCATIONS_PER_REASON - len(kept)])
+                self._read_skipped.add_all(prepared.skipped["counts"], prepared.skipped["locations"])
         return self._prepared
 
     def text_pairs(self, limit: int | None = None) -> list[tuple[str, str]]:

@@ -14,7 +14,7 @@ import random
 import re
 import zlib
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from itertools import islice
 from pathlib import Path
 from typing import TypeVar
@@ -48,6 +48,15 @@ class Skipped(Counter):
             seen = self.locations.setdefault(reason, [])
             if len(seen) < MAX_LOCATIONS_PER_REASON:
                 seen.append(location)
+
+    def add_all(self, counts: Mapping[str, int], locations: Mapping[str, list[str]]) -> None:
+        """Add what another reading skipped (counts by reason, and the first locations of each), as `add`
+        would have while reading it: in strict mode the first located skip stops here."""
+        for reason, count in counts.items():
+            where = locations.get(reason, [])
+            for location in where:
+                self.add(reason, location)
+            self.add(reason, count=count - len(where))
 
     def copy(self) -> Skipped:
         other = Skipped(self.strict)
@@ -97,9 +106,10 @@ def read_text(path: Path, skipped: Skipped, *, skip_header: int = 0) -> Iterator
 
     Lines that are not valid UTF-8 are skipped and counted instead of failing the whole corpus:
     one bad byte in a million-line crawl should not stop a run. A path ending in .gz is decompressed
-    as it is read (see `read_every_line`).
+    as it is read, never whole, since crawled corpora are large. The file is opened eagerly so a missing
+    file fails when the pipeline is built, not at the first batch.
     """
-    return usable_lines(read_every_line(path, skip_header=skip_header), path, skipped)
+    return usable_lines(_decode_lines(_open_text(path), path, skip_header), path, skipped)
 
 
 def usable_lines(lines: Iterator[tuple[int, str, str | None]], path: Path, skipped: Skipped,
@@ -110,18 +120,6 @@ def usable_lines(lines: Iterator[tuple[int, str, str | None]], path: Path, skipp
             yield line_number, line
         else:
             skipped.add(problem, f"{path}:{line_number}")
-
-
-def read_every_line(path: Path, *, skip_header: int = 0) -> Iterator[tuple[int, str, str | None]]:
-    """(line number, line, problem) of every line after `skip_header`, where `problem` says why the line
-    cannot be used (not UTF-8, a line break character inside; the line is then "") or is None.
-
-    Unlike `read_text` nothing is dropped here, so that two files of aligned sentences read in
-    lock-step lose only the pair with a bad line, not the alignment of every later line. A path
-    ending in .gz is decompressed as it is read, never whole, since crawled corpora are large. The
-    file is opened eagerly so a missing file fails when the pipeline is built, not at the first batch.
-    """
-    return _decode_lines(_open_text(path), path, skip_header)
 
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -161,7 +159,10 @@ def _raw_line_chunks(handle, path: Path, size: int) -> Iterator[tuple[int, list[
 
 def decode_raw_lines(raw_lines: Iterable[bytes], first_line: int, path: Path,
                      skip_header: int) -> Iterator[tuple[int, str, str | None]]:
-    """What `read_every_line` yields for lines `first_line`, `first_line + 1`, ... of `path` read as bytes."""
+    """(line number, line, problem) of lines `first_line`, `first_line + 1`, ... of `path` read as bytes, where
+    `problem` says why the line cannot be used (not UTF-8, a line break character inside; the line is then "")
+    or is None. Nothing is dropped here, so that two files of aligned sentences lose only the pair with a
+    bad line, not the alignment of every later line."""
     where = str(path)
     for line_number, raw in enumerate(raw_lines, start=first_line):
         if line_number == 1 and raw.startswith(GZIP_MAGIC) and path.suffix != ".gz":

@@ -67,7 +67,8 @@ class PreparedSplit:
     num_pairs: int
     id_dtype: str
     skipped: dict[str, Any]
-    """What reading the corpus skipped: {"counts": {reason: n}, "locations": {reason: ["file:line", ...]}}."""
+    """What reading the corpus skipped: {"counts": {reason: n}, "locations": {reason: ["file:line", ...]}}
+    (`Skipped.add_all` replays it, so that strict mode stops at a skipped line whatever prepared the cache)."""
 
     def __len__(self) -> int:
         return self.num_pairs
@@ -93,19 +94,6 @@ class PreparedSplit:
         """The first `limit` (default: all) pairs as text, in corpus order."""
         index = np.arange(self.num_pairs if limit is None else min(limit, self.num_pairs))
         return list(zip(self.texts(index, "source"), self.texts(index, "target")))
-
-    def read_skipped(self, strict: bool) -> Skipped:
-        """A `Skipped` holding what reading the corpus skipped; in strict mode a skipped line stops here,
-        as it would have while reading (the cache itself does not depend on strictness)."""
-        skipped = Skipped(strict)
-        for reason, locations in self.skipped["locations"].items():
-            if strict and locations:
-                skipped.add(reason, locations[0])
-        for reason, count in self.skipped["counts"].items():
-            skipped[reason] += count
-            if self.skipped["locations"].get(reason):
-                skipped.locations[reason] = list(self.skipped["locations"][reason])
-        return skipped
 
     def _spans(self, index: np.ndarray, offsets_name: str) -> tuple[np.ndarray, np.ndarray]:
         offsets = self._array(offsets_name, np.int64)
@@ -216,11 +204,7 @@ def _prepare(corpus: Corpus, split: Split, tokenizer: Tokenizer, directory: Path
             chunks = chunk(read_pairs(corpus, split, skipped, flag), chunk_pairs)
         with _Writer(tmp, id_dtype) as writer, _Progress(what) as progress:
             for encoded in _encoded_chunks(chunks, tokenizer, id_dtype, workers):
-                counts, locations = encoded.pop("skipped")
-                for reason, count in counts.items():
-                    for location in locations.get(reason, []):
-                        skipped.add(reason, location)
-                    skipped.add(reason, count=count - len(locations.get(reason, [])))
+                skipped.add_all(*encoded.pop("skipped"))
                 writer.append(encoded)
                 progress.update(writer.num_pairs)
         meta = {"format": FORMAT_VERSION, "num_pairs": writer.num_pairs, "id_dtype": id_dtype,
