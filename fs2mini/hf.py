@@ -1,15 +1,16 @@
 """Hugging Face M2M100/NLLB checkpoints in and out: `python -m fs2mini.hf import SRC RUN_DIR` and `export RUN_DIR OUT`.
 
 `import` reads an `M2M100ForConditionalGeneration` directory in `save_pretrained` layout
-(config.json, model.safetensors, sentencepiece.bpe.model, tokenizer_config.json) or a Hub id
-(fetched with `huggingface_hub`), and writes an fs2mini run directory: config.json,
+(config.json, model.safetensors or pytorch_model.bin, sentencepiece.bpe.model, tokenizer_config.json)
+or a Hub id at `--revision` (fetched with `huggingface_hub`), and writes an fs2mini run directory: config.json,
 tokenizer.model with tokenizer_layout.json beside it (NLLB's ids are not fs2mini's own, see
 `fs2mini.tokenizer.TokenizerLayout`), and checkpoints/best.pt. `translate`, `evaluate`,
 `Translator.from_run` and recipes/finetune_nllb.py use that directory as any other run
 (`seed_finetuning` starts a fine-tuning run from it).
 `export` writes the reverse: a directory `transformers.AutoModelForSeq2SeqLM` and `AutoTokenizer`
-load. Neither needs `transformers`: weights go through `safetensors`, never through pickle (a
-pytorch_model.bin is refused rather than unpickled).
+load. Neither needs `transformers`. Weights go through `safetensors` when the checkpoint has them; a
+pytorch_model.bin (all that facebook/nllb-200-distilled-600M serves) goes through torch's tensors-only
+unpickler (`weights_only=True`), which refuses any other object before it runs.
 
 The two models compute the same function (README, "Start from NLLB" lists every convention):
 fs2mini fuses q/k/v (self-attention) and k/v (encoder–decoder attention) into one projection, so
@@ -23,7 +24,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pickle
 import random
+import re
 import shutil
 import sys
 import tempfile
@@ -176,28 +179,78 @@ def hf_state_from_fs2mini(state: dict[str, Tensor], cfg: ModelConfig) -> dict[st
     return {k: v.detach().float().contiguous().clone() for k, v in out.items()}
 
 
-def read_safetensors(src: Path) -> dict[str, Tensor]:
-    """Every tensor of model.safetensors (or its shards); pytorch_model.bin is refused, never unpickled."""
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+"""A save_pretrained directory's weights, in the order import prefers them: each alone, or sharded with NAME.index.json."""
+
+
+def weight_files(src: Path) -> list[Path]:
+    """The files holding `src`'s weights (safetensors first, since they never unpickle); empty when there are none."""
+    for name in WEIGHT_FILES:
+        index = src / f"{name}.index.json"
+        if index.is_file():
+            return [src / shard for shard in shard_names(index)]
+        if (src / name).is_file():
+            return [src / name]
+    return []
+
+
+def shard_names(index: Path) -> list[str]:
+    """The shard files an index.json's weight_map names, each once; only names beside the index (no paths)."""
+    try:
+        names = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise UserError(f"cannot read {index} ({type(err).__name__}: {err}); expected a JSON object whose weight_map "
+                        "maps tensor names to shard files") from None
+    bad = [name for name in names if not isinstance(name, str) or Path(name).name != name]
+    if bad or not names:
+        raise UserError(f"{index} names shard {bad[0]!r}; expected the file names of shards beside it" if bad else
+                        f"{index} names no shards; expected a weight_map of tensor names to shard files")
+    return names
+
+
+def read_weights(src: Path) -> dict[str, Tensor]:
+    """Every tensor of `src`'s weight files, found by `weight_files`."""
+    files = weight_files(src)
+    if not files:
+        raise UserError(f"{src} has no model.safetensors or pytorch_model.bin (nor their .index.json); expected a "
+                        "Hugging Face save_pretrained directory")
+    tensors: dict[str, Tensor] = {}
+    for path in files:
+        tensors.update(read_safetensors_file(path) if path.name.endswith(".safetensors") else read_bin(path))
+    return tensors
+
+
+def read_safetensors_file(path: Path) -> dict[str, Tensor]:
+    """One safetensors file's tensors, or one sentence naming the file."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    index = src / "model.safetensors.index.json"
-    if index.is_file():
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-    elif (src / "model.safetensors").is_file():
-        files = ["model.safetensors"]
-    elif (src / "pytorch_model.bin").is_file():
-        raise UserError(f"{src / 'pytorch_model.bin'} is a pickle, which fs2mini never loads from outside; expected "
-                        "model.safetensors (transformers: model.save_pretrained(dir, safe_serialization=True))")
-    else:
-        raise UserError(f"{src} has no model.safetensors; expected a Hugging Face save_pretrained directory")
-    tensors: dict[str, Tensor] = {}
-    for name in files:
-        try:
-            tensors.update(load_file(str(src / name)))
-        except (SafetensorError, OSError) as err:
-            raise UserError(f"cannot read {src / name}: {err}; expected a safetensors file") from None
-    return tensors
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise UserError(f"cannot read {path}: {err}; expected a safetensors file") from None
+
+
+def read_bin(path: Path) -> dict[str, Tensor]:
+    """One pytorch_model.bin's state dict, through torch's restricted unpickler: tensors and plain containers
+    only, so a pickle naming any other class or function (code that would run on load) is refused unrun."""
+    expected = "expected a state dict of tensors as torch.save(model.state_dict()) writes it"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as err:
+        # torch's message is a paragraph on how to allow the object anyway; keep only the object's name.
+        what = re.search(r"GLOBAL ([\w.]+)", str(err))
+        raise UserError(f"{path} holds more than tensors (a pickled {what[1] if what else 'object'}), which fs2mini "
+                        f"never unpickles; {expected}") from None
+    except Exception as err:  # an untrusted file: zip, pickle or storage errors, whichever torch meets first
+        first = (str(err).splitlines() or [""])[0]
+        raise UserError(f"cannot read {path} ({type(err).__name__}: {first}); {expected} (zip format)") from None
+    if not isinstance(state, dict):
+        raise UserError(f"{path} holds a {type(state).__name__}; {expected}")
+    odd = [key for key, value in state.items() if not isinstance(key, str) or not isinstance(value, Tensor)]
+    if odd:
+        raise UserError(f"{path}: entry {odd[0]!r} is of type {type(state[odd[0]]).__name__}, not a tensor; {expected}")
+    return state
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,31 +314,54 @@ def m2m100_layout(src: Path, tok_cfg: dict[str, Any], vocab_size: int) -> Tokeni
 # Import and export
 
 
-def fetch(src: str) -> Path:
-    """A local directory as is; otherwise a Hub id downloaded (safetensors and tokenizer files only)."""
+HUB_FILES = ["*.json", "*.model", "*.safetensors"]
+"""What import downloads of a Hub repository: configs and index files, the sentencepiece model, safetensors weights."""
+HUB_BIN_FILES = ["pytorch_model*.bin"]
+"""Downloaded too only when the repository has no safetensors (a second copy of the same weights otherwise)."""
+
+
+def fetch(src: str, revision: str | None = None) -> Path:
+    """A local directory as is; otherwise a Hub id downloaded at `revision` (default main): configs, tokenizer
+    and safetensors, and the pytorch_model*.bin files only when that revision has no safetensors."""
     path = Path(src)
     if path.exists():
         if not path.is_dir():
             raise UserError(f"{path} is not a directory; expected a Hugging Face save_pretrained directory")
+        if revision is not None:
+            raise UserError(f"--revision {revision}: {src} is a local directory; expected a Hub id such as "
+                            "facebook/nllb-200-distilled-600M (a revision names a branch, tag or commit of one)")
         return path
     if src.count("/") != 1:
         raise UserError(f"{src} does not exist; expected a local directory or a Hub id such as facebook/nllb-200-distilled-600M")
-    try:
-        from huggingface_hub import snapshot_download
+    path = download(src, revision, HUB_FILES)
+    return path if weight_files(path) else download(src, revision, HUB_FILES + HUB_BIN_FILES)
 
-        return Path(snapshot_download(src, allow_patterns=["*.json", "*.safetensors", "*.model"]))
-    except Exception as err:  # network, authentication, unknown repository: one sentence
-        raise UserError(f"cannot fetch {src} from the Hugging Face Hub ({type(err).__name__}: {err}); "
+
+def download(src: str, revision: str | None, patterns: list[str]) -> Path:
+    """`huggingface_hub.snapshot_download` of the files matching `patterns`, its failures as one sentence."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import RevisionNotFoundError
+
+    at = {} if revision is None else {"revision": revision}  # None is snapshot_download's own default: main
+    try:
+        return Path(snapshot_download(src, allow_patterns=patterns, **at))
+    except RevisionNotFoundError:
+        raise UserError(f"--revision {revision or 'main'}: no such branch, tag or commit in {src}; expected one of "
+                        "its branches (such as main), tags or commit hashes") from None
+    except Exception as err:  # network, authentication, unknown repository: one line (Hub messages span several)
+        why = " ".join(str(err).split())
+        raise UserError(f"cannot fetch {src} from the Hugging Face Hub ({type(err).__name__}: {why}); "
                         "expected a reachable Hub id or a local directory") from None
 
 
-def import_checkpoint(src: str, run_dir: Path, source_lang: str, target_lang: str, tsv: Path | None = None) -> Path:
+def import_checkpoint(src: str, run_dir: Path, source_lang: str, target_lang: str, tsv: Path | None = None,
+                      revision: str | None = None) -> Path:
     """Write `run_dir` (config.json, tokenizer.model + tokenizer_layout.json, checkpoints/best.pt) from `src`.
 
     Built in a temporary sibling directory and renamed at the end, so a failure leaves nothing behind."""
     if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
         raise UserError(f"{run_dir} already exists; expected a new run directory")
-    path = fetch(src)
+    path = fetch(src, revision)
     config_path = path / "config.json"
     try:
         hf = json.loads(config_path.read_text(encoding="utf-8"))
@@ -306,7 +382,7 @@ def import_checkpoint(src: str, run_dir: Path, source_lang: str, target_lang: st
     except RuntimeError as err:
         raise UserError(f"cannot load {spm_path}: {err}; expected a sentencepiece model") from None
     layout = nllb_layout(path, num_pieces, vocab_size)
-    state = fs2mini_state_from_hf(read_safetensors(path), model_cfg, path)
+    state = fs2mini_state_from_hf(read_weights(path), model_cfg, path)
     cfg = TrainConfig(run_name=run_dir.name, output_dir=run_dir.resolve(), model=model_cfg,
                       tokenizer=TokenizerConfig(vocab_size=vocab_size),
                       data=DataConfig(corpus=TsvCorpus(path=(tsv or TsvCorpus.path).resolve(), source_lang=source_lang,
@@ -471,6 +547,8 @@ class ImportArgs:
     """Default target language code of the run (translate --target-lang overrides it)."""
     tsv: Path | None = None
     """Sentence pairs the run's config names as its corpus (what `fs2mini.evaluate RUN_DIR` scores); default examples/fra.txt."""
+    revision: str | None = None
+    """Branch, tag, commit hash or refs/pr/N of a Hub SRC to fetch; default main. A local SRC takes none."""
 
 
 @dataclass(frozen=True)
@@ -493,7 +571,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     with exit_on_user_error():
         match args:
             case ImportArgs():
-                import_checkpoint(args.src, args.run_dir, args.source_lang, args.target_lang, args.tsv)
+                import_checkpoint(args.src, args.run_dir, args.source_lang, args.target_lang, args.tsv, args.revision)
                 print(f"imported {args.src} into {args.run_dir}", file=sys.stderr)
             case ExportArgs():
                 export_run(args.run_dir, args.out, args.checkpoint)
