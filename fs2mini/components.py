@@ -28,10 +28,11 @@ from fs2mini.corpus import corpus_fingerprint, corpus_languages, corpus_tag, des
 from fs2mini.data import Seq2SeqBatches, run_languages
 from fs2mini.distributed import DistEnv, barrier, load_optimizer_state, wrap_model
 from fs2mini.errors import UserError
-from fs2mini.model import build_model
+from fs2mini.lora import add_adapters, load_adapters
+from fs2mini.model import build_model, enable_activation_checkpointing
 from fs2mini.optim import build_lr_schedule, build_optimizer
 from fs2mini.pipeline import Skipped
-from fs2mini.precision import Precision, choose_precision
+from fs2mini.precision import Precision, build_grad_scaler, choose_precision
 from fs2mini.task import Task, build_task
 from fs2mini.tokenizer import Tokenizer, balanced_sentences, checked_tokenizer, load_or_train_tokenizer
 
@@ -47,11 +48,8 @@ class Components:
     task: Task
     optimizer: torch.optim.Optimizer
     lr_at: Callable[[int], float]
-    precision: Precision  # bf16 autocast or fp32, and why
-
-    @property
-    def bf16(self) -> bool:
-        return self.precision.bf16
+    precision: Precision  # bf16 or fp16 autocast, or fp32, and why
+    grad_scaler: torch.amp.GradScaler | None  # fp16's loss scaler (None in bf16 and fp32)
 
     @property
     def num_parameters(self) -> int:
@@ -182,8 +180,10 @@ def _last_logged_step(metrics: Path) -> int:
 
 
 def build_components(cfg: TrainConfig, tokenizer: Tokenizer, device: torch.device, env: DistEnv = DistEnv(),
-                     checkpoint: dict[str, Any] | None = None) -> Components:
-    """Data, model, task, optimizer and schedule of `cfg`, restored from `checkpoint` when given."""
+                     checkpoint: dict[str, Any] | None = None, init_weights: dict[str, torch.Tensor] | None = None
+                     ) -> Components:
+    """Data, model, task, optimizer and schedule of `cfg`, restored from `checkpoint` when given, else the
+    model's weights from `init_weights` (`--init`) when given."""
     tc = cfg.trainer
     torch.manual_seed(tc.seed)  # the same initial weights on every rank
     random.seed(tc.seed)
@@ -195,6 +195,16 @@ def build_components(cfg: TrainConfig, tokenizer: Tokenizer, device: torch.devic
     model = build_model(cfg.model, tokenizer.vocab_info).to(device)
     if checkpoint is not None:
         load_model_state(model, checkpoint["model"], cfg.run_dir / "checkpoints")
+    elif init_weights is not None:
+        load_model_state(model, init_weights, cfg.init, flag="--init")
+    if cfg.lora.rank:
+        model = add_adapters(model, cfg.lora)  # freezes every other weight
+        if checkpoint is not None:
+            if not checkpoint.get("lora"):
+                raise UserError(f"cannot resume {cfg.run_dir} with --lora.rank {cfg.lora.rank}: it was trained without LoRA")
+            load_adapters(model, checkpoint["lora"])
+    if tc.activation_checkpointing:
+        enable_activation_checkpointing(model)
     if tc.compile:
         model.compile(dynamic=True)  # in place: parameter names and checkpoints stay the same
     model = wrap_model(model, tc.data_parallel, env, device)
@@ -204,14 +214,16 @@ def build_components(cfg: TrainConfig, tokenizer: Tokenizer, device: torch.devic
         load_optimizer_state(model, optimizer, checkpoint["optimizer"])
     lr_at = build_lr_schedule(cfg.lr_scheduler, cfg.optimizer.lr, tc.max_steps)
     precision = choose_precision(tc.autocast, device)
-    return Components(tokenizer, train_batches, valid_batches, model, task, optimizer, lr_at, precision)
+    grad_scaler = build_grad_scaler(precision, device, checkpoint.get("grad_scaler") if checkpoint is not None else None)
+    return Components(tokenizer, train_batches, valid_batches, model, task, optimizer, lr_at, precision, grad_scaler)
 
 
-def load_model_state(model: nn.Module, state: dict[str, Any], source: Path) -> None:
-    """`model.load_state_dict(state)`, or one sentence naming `source` and the first mismatch."""
+def load_model_state(model: nn.Module, state: dict[str, Any], source: Path, flag: str | None = None) -> None:
+    """`model.load_state_dict(state)`, or one sentence naming `source` (and the `flag` that named it) and the first mismatch."""
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
         lines = str(err).splitlines()
-        raise UserError(f"the checkpoint in {source} does not fit the configured model: "
-                        f"{(lines[1] if len(lines) > 1 else lines[0]).strip()}") from None
+        where = f"{flag} {source}: its model" if flag else f"the checkpoint in {source}"
+        raise UserError(f"{where} does not fit the configured model: {(lines[1] if len(lines) > 1 else lines[0]).strip()}"
+                        + ("; expected the same architecture (--model.* as it was trained with)" if flag else "")) from None

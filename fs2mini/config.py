@@ -29,6 +29,7 @@ import tyro
 from fs2mini.checkpoint import write_atomically
 from fs2mini.data import DataConfig
 from fs2mini.errors import UserError
+from fs2mini.lora import LoraConfig
 from fs2mini.model import ARCHS
 from fs2mini.optim import LR_SCHEDULERS, OPTIMIZERS, AdamWConfig, InverseSqrtConfig
 from fs2mini.task import TaskConfig
@@ -66,8 +67,12 @@ class TrainerConfig:
     """cpu, cuda, cuda:N, or auto (CUDA when available). Under torchrun each rank uses cuda:LOCAL_RANK or cpu."""
     data_parallel: Literal["ddp", "fsdp", "none"] = "ddp"
     """Under torchrun: ddp replicates the model, fsdp shards it per layer (FSDP2); none = single process only."""
-    autocast: Literal["auto", "bf16", "off"] = "auto"
-    """bf16 autocast: auto = on CUDA, and on CPUs whose bf16 matmuls measure faster than fp32 (AVX512-BF16, AMX)."""
+    autocast: Literal["auto", "bf16", "fp16", "off"] = "auto"
+    """Mixed precision: auto = bf16 where it is native (CUDA compute capability >= 8.0; CPUs whose bf16 matmuls
+    measure faster than fp32), fp16 with loss scaling (GradScaler) on older GPUs, fp32 on other CPUs."""
+    activation_checkpointing: bool = False
+    """Recompute each encoder/decoder layer's activations in the backward pass instead of keeping them:
+    less memory for big models and long batches, for about one more forward pass per update."""
     compile: bool = False
     """Compile the model's forward with torch.compile (dynamic shapes). Off by default: on CPU it was
     measured slower than eager (see README, Performance) and the first steps wait for compilation."""
@@ -89,7 +94,8 @@ class TrainerConfig:
     wandb_project: str | None = None
     """Also log to this Weights & Biases project (needs `pip install wandb`); a resumed run keeps its W&B run."""
     max_bad_steps: int = 5
-    """Stop after this many consecutive updates with a non-finite loss or gradient (each is skipped)."""
+    """Stop after this many consecutive updates with a non-finite loss or gradient (each is skipped; fp16's
+    loss-scale overflows do not count)."""
     progress: Literal["auto", "bar", "lines"] = "auto"
     """Progress display: a live bar on a terminal, periodic lines otherwise."""
 
@@ -132,6 +138,16 @@ class TrainConfig:
     lr_scheduler: LRSchedulerChoice = InverseSqrtConfig(warmup_steps=500)
     trainer: TrainerConfig = TrainerConfig(max_steps=100_000, max_time="12m", validate_every=500, checkpoint_every=500,
                                            valid_translate_sentences=100)
+    init: Path | None = None
+    """Start from this run directory's (or checkpoint file's) weights and tokenizer: fine-tuning. The optimizer,
+    learning-rate schedule and step start afresh (an `fs2mini.hf import` directory works too)."""
+    lang_map: tuple[str, ...] = ()
+    """With --init of an imported model: corpus code=model code, e.g. eng=eng_Latn (default: the one code starting eng_)."""
+    add_languages: tuple[str, ...] = ()
+    """With --init of an imported model: NEW=RELATED adds language code NEW, its embedding a copy of RELATED's
+    (e.g. ary_Arab=arb_Arab)."""
+    lora: LoraConfig = LoraConfig()
+    """Low-rank adapters (--lora.rank 8): only they train; merged into the weights on export."""
 
     @property
     def run_dir(self) -> Path:
@@ -140,7 +156,7 @@ class TrainConfig:
 
 # Sections whose change makes an existing checkpoint mean something else (where the tokenizer
 # cache lives does not: the run directory keeps its own copy of the tokenizer).
-INCOMPATIBLE_SECTIONS = ("tokenizer", "model")
+INCOMPATIBLE_SECTIONS = ("tokenizer", "model", "lora")
 IGNORED_FOR_COMPATIBILITY = ("tokenizer.cache_dir",)
 
 

@@ -33,7 +33,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import torch
 import tyro
@@ -46,6 +46,7 @@ from fs2mini.corpus import TsvCorpus
 from fs2mini.data import DataConfig, run_languages
 from fs2mini.errors import UserError, exit_on_user_error
 from fs2mini.model import ModelConfig, build_model
+from fs2mini.relayout import NLLB_SPECIALS, to_nllb_ids
 from fs2mini.rundir import MARKER
 from fs2mini.tokenizer import LAYOUT_FILE, Tokenizer, TokenizerConfig, TokenizerLayout, tokenizer_record
 from fs2mini.trainer import TrainState
@@ -61,8 +62,6 @@ M2M100_LANGUAGE_CODES = {
 }
 """M2M100's language codes in id order (its tokenizer_config.json names the list: `language_codes`), as
 transformers' M2M100Tokenizer numbers them: `__af__` at len(vocab.json), then one id each."""
-NLLB_SPECIALS = {"bos_id": 0, "pad_id": 1, "eos_id": 2, "unk_id": 3}
-"""fairseq's dictionary: <s> <pad> </s> <unk> first, then the sentencepiece pieces shifted by one."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -96,8 +95,9 @@ def model_config_from_hf(hf: dict[str, Any], where: Path) -> ModelConfig:
 def hf_config(model: ModelConfig, layout: TokenizerLayout, vocab_size: int) -> dict[str, Any]:
     """M2M100 config.json for an fs2mini model (the inverse of `model_config_from_hf`)."""
     if model.position_offset != layout.pad_id + 1:
-        raise UserError(f"model position_offset {model.position_offset} is not pad_idx + 1 = {layout.pad_id + 1}; "
-                        "Hugging Face M2M100 can only express that layout")
+        raise UserError(f"model position_offset {model.position_offset} is not pad_idx + 1 = {layout.pad_id + 1}, the only "
+                        "layout Hugging Face M2M100 and CTranslate2 express (runs trained before 2026-12-05 used 0: "
+                        "train again, the default is now 2)")
     return {
         "architectures": ["M2M100ForConditionalGeneration"], "model_type": "m2m_100", "vocab_size": vocab_size,
         "d_model": model.model_dim, "max_position_embeddings": model.max_seq_len,
@@ -426,21 +426,26 @@ def export_run(run_dir: Path, out: Path, checkpoint: str | None = None) -> Path:
                         "only the built-in architecture exports to M2M100")
     ckpt_path, state = load_first_readable(find_checkpoints(run_dir, checkpoint))
     tokenizer = Tokenizer(run_dir / "tokenizer.model", ())
+    weights = state["model"]
+    if tokenizer.layout == TokenizerLayout():  # trained with fs2mini's own tokenizer: rewritten in NLLB's ids
+        nllb = to_nllb_ids(tokenizer, weights)
+        tokenizer, weights = Tokenizer(tokenizer.model_path, (), model_bytes=nllb.model_bytes, layout=nllb.layout), nllb.state
     layout = tokenizer.layout
     if layout.piece_offset != 1 or not layout.lang_ids or layout.piece_ids:
-        raise UserError(f"{run_dir / 'tokenizer.model'} does not use NLLB's ids (fs2mini's own layout, or M2M100's "
-                        "vocab.json); expected a run imported from NLLB with python -m fs2mini.hf import, the only layout "
-                        "export writes")
+        raise UserError(f"{run_dir / 'tokenizer.model'} uses M2M100's vocab.json ids; export writes NLLB's layout, "
+                        "expected a run trained with fs2mini's tokenizer or imported from an NLLB checkpoint")
     vocab_size = tokenizer.vocab_info.size
     by_id: dict[int, str] = {}
     for code, i in layout.lang_ids.items():  # a fine-tuned run adds its corpus's codes as aliases after the originals
         by_id.setdefault(i, code)
     codes = [by_id[i] for i in sorted(by_id)]
-    expected = list(range(tokenizer.sp.get_piece_size() + 1, tokenizer.sp.get_piece_size() + 1 + len(codes)))
-    if [layout.lang_ids[c] for c in codes] != expected:
-        raise UserError(f"{run_dir / LAYOUT_FILE}: language ids are not consecutive after the pieces; NllbTokenizer "
-                        "cannot express them")
-    hf_state = hf_state_from_fs2mini(state["model"], cfg.model)
+    first_code = tokenizer.sp.get_piece_size() + 1
+    if min(by_id) < first_code:
+        raise UserError(f"{run_dir / LAYOUT_FILE}: language ids start inside the sentencepiece pieces; NllbTokenizer "
+                        f"expects them from {first_code} on")
+    # NLLB's <mask> follows its original codes; codes added later (--add-languages) follow <mask>.
+    mask_id = next((i for i in range(first_code, vocab_size) if i not in by_id), None)
+    hf_state = hf_state_from_fs2mini(weights, cfg.model)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -456,7 +461,7 @@ def export_run(run_dir: Path, out: Path, checkpoint: str | None = None) -> Path:
         # Explicit ids: NLLB puts the codes right after the pieces and <mask> last (left to itself,
         # transformers 5 converting the sentencepiece model would put <mask> before the codes).
         added = {0: "<s>", 1: "<pad>", 2: "</s>", 3: "<unk>", **{layout.lang_ids[c]: c for c in codes},
-                 **({expected[-1] + 1: "<mask>"} if expected[-1] + 1 < vocab_size else {})}
+                 **({mask_id: "<mask>"} if mask_id is not None else {})}
         decoder = {str(i): {"content": text, "lstrip": text == "<mask>", "normalized": False, "rstrip": False,
                             "single_word": False, "special": True} for i, text in added.items()}
         (tmp / "tokenizer_config.json").write_text(json.dumps(
@@ -563,7 +568,39 @@ class ExportArgs:
     """Checkpoint file or name in RUN_DIR/checkpoints; default best.pt, else the newest step."""
 
 
-Command = (Annotated[ImportArgs, tyro.conf.subcommand("import")] | Annotated[ExportArgs, tyro.conf.subcommand("export")])
+@dataclass(frozen=True)
+class CTranslate2Args:
+    """Export a run and convert it for CTranslate2 (`pip install 'fs2mini[deploy]'`); translate it with fs2mini.translate OUT."""
+
+    run_dir: tyro.conf.Positional[Path]
+    """Run directory (trained with fs2mini, or imported and possibly fine-tuned)."""
+    out: tyro.conf.Positional[Path]
+    """New directory to write."""
+    quantization: Literal["int8", "int8_float32", "float32"] = "int8"
+    """Weight type: int8 (fastest on CPU), int8_float32 (int8 weights, float32 elsewhere), float32 (exact)."""
+    checkpoint: str | None = None
+    """Checkpoint file or name in RUN_DIR/checkpoints; default best.pt, else the newest step."""
+
+
+def export_ctranslate2(run_dir: Path, out: Path, quantization: str, checkpoint: str | None = None) -> Path:
+    """`export_run` into a temporary directory, then CTranslate2's converter from it into `out`."""
+    from fs2mini.ctranslate import convert_exported
+
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"{out} already exists; expected a new directory")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
+        exported = export_run(run_dir, Path(tmp) / "m2m100", checkpoint)
+        if out.exists():
+            out.rmdir()
+        convert_exported(exported, out, quantization)
+    print(f"converted to CTranslate2 ({quantization}) in {out}; translate with python -m fs2mini.translate {out}",
+          file=sys.stderr)
+    return out
+
+
+Command = (Annotated[ImportArgs, tyro.conf.subcommand("import")] | Annotated[ExportArgs, tyro.conf.subcommand("export")]
+           | Annotated[CTranslate2Args, tyro.conf.subcommand("ctranslate2")])
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -575,6 +612,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 print(f"imported {args.src} into {args.run_dir}", file=sys.stderr)
             case ExportArgs():
                 export_run(args.run_dir, args.out, args.checkpoint)
+            case CTranslate2Args():
+                export_ctranslate2(args.run_dir, args.out, args.quantization, args.checkpoint)
 
 
 if __name__ == "__main__":

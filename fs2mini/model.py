@@ -15,6 +15,10 @@ The decoder takes an optional `DecoderState` (a key/value cache): with it, `deco
 the new target positions, reuses the self-attention keys/values of earlier steps and computes the
 encoder–decoder keys/values once per sentence. Without it, `decode` runs teacher-forced over the
 whole target, which is what training uses.
+
+With `checkpoint_layers` on (`--trainer.activation-checkpointing`), training keeps only each layer's
+input and recomputes the layer's activations in the backward pass: memory for big models, paid for
+with about one more forward pass per update.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.checkpoint import checkpoint
 
 from fs2mini.dropout import Dropout
 from fs2mini.errors import UserError
@@ -112,8 +117,9 @@ class ModelConfig:
     """Dropout on attention weights (fairseq's attention_dropout; 0 measured best, README "Quality")."""
     ffn_dropout_p: float = 0.0
     """Dropout after the FFN activation (fairseq's activation_dropout; 0 measured best, README "Quality")."""
-    position_offset: int = 0
-    """Row of the sinusoidal table used by the first token (Hugging Face M2M100/NLLB: pad_idx + 1, as fairseq)."""
+    position_offset: int = 2
+    """Row of the sinusoidal table used by the first token: 2, as NLLB/M2M100 (fairseq's pad_idx + 1), so that every
+    model exports to Hugging Face and CTranslate2 exactly (runs before 2026-12-05 used 0 and do not export)."""
     scale_embeddings: bool = True
     """Multiply token embeddings by √model_dim (NLLB and fairseq do; M2M100's `scale_embedding`)."""
     init: Literal["fairseq", "hf"] = "hf"
@@ -201,6 +207,15 @@ def build_model(cfg, vocab: VocabInfo) -> nn.Module:
         raise UserError(f"{name}.build returned {type(model).__qualname__}, which is not an nn.Module with "
                         f"{', '.join(missing) or 'parameters'}; expected a model following fs2mini.model.Seq2SeqModel")
     return model
+
+
+def enable_activation_checkpointing(model: nn.Module) -> None:
+    """`--trainer.activation-checkpointing`: turn on the model's `checkpoint_layers` (before compile and DDP/FSDP
+    wrap it); a recipe's own model must have that attribute and honour it (an `EncoderDecoderModel` subclass does)."""
+    if not hasattr(model, "checkpoint_layers"):
+        raise UserError(f"--trainer.activation-checkpointing: model {type(model).__qualname__} has no checkpoint_layers "
+                        "attribute; expected an EncoderDecoderModel (subclass), or drop the flag")
+    model.checkpoint_layers = True
 
 
 @dataclass
@@ -466,6 +481,8 @@ class EncoderDecoderModel(nn.Module):
             for _ in range(num_decoder_layers)
         )
         self.decoder_norm = nn.LayerNorm(model_dim)
+        self.checkpoint_layers = False
+        """Recompute each layer's activations in the backward pass instead of keeping them (training only)."""
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -509,7 +526,7 @@ class EncoderDecoderModel(nn.Module):
         mask = self.encoder_mask(source_lengths, source.size(1))
         x = self._embed(source, 0)
         for layer in self.encoder_layers:
-            x = layer(x, mask)
+            x = self._run_layer(layer, x, mask, checkpointed=self.checkpoint_layers)
         return self.encoder_norm(x), mask
 
     def decode(
@@ -518,11 +535,20 @@ class EncoderDecoderModel(nn.Module):
         """(batch, tgt_len) → (batch, tgt_len, model_dim); with `state`, only the new positions."""
         offset = state.num_steps if state is not None else 0
         x = self._embed(target_input, offset)
+        # Never with a state: a recomputed layer would append its keys/values to the cache a second time.
+        checkpointed = self.checkpoint_layers and state is None
         for index, layer in enumerate(self.decoder_layers):
-            x = layer(x, encoder_out, encoder_mask, state, index)
+            x = self._run_layer(layer, x, encoder_out, encoder_mask, state, index, checkpointed=checkpointed)
         if state is not None:
             state.num_steps += target_input.size(1)
         return self.decoder_norm(x)
+
+    def _run_layer(self, layer: nn.Module, *inputs, checkpointed: bool) -> Tensor:
+        """`layer(*inputs)`, under activation checkpointing when `checkpointed` and gradients are recorded
+        for training (it restores the RNG state before recomputing, so dropout draws the same masks)."""
+        if checkpointed and self.training and torch.is_grad_enabled():
+            return checkpoint(layer, *inputs, use_reentrant=False)
+        return layer(*inputs)
 
     def project(self, decoder_out: Tensor) -> Tensor:
         """Logits over the vocabulary through the shared embedding table: (..., vocab_size)."""

@@ -50,15 +50,18 @@ from fs2mini.distributed import (
 from fs2mini.errors import RunStopped, UserError, expect, finite
 from fs2mini.evaluate import Evaluation, translate_and_score
 from fs2mini.generation import GenerationConfig
+from fs2mini.initialize import read_init
+from fs2mini.lora import adapter_state, check_lora_config, count_trainable, split_adapters
 from fs2mini.metrics import ProgressDisplay, best_effort
 from fs2mini.model import ModelConfig, check_model_config
 from fs2mini.optim import check_lr_scheduler_config, check_optimizer_config
+from fs2mini.precision import autocast_for
 from fs2mini.rundir import RunDirectory
-from fs2mini.tokenizer import check_tokenizer_config, tokenizer_record
+from fs2mini.tokenizer import LAYOUT_FILE, TokenizerLayout, check_tokenizer_config, tokenizer_record
 from fs2mini.task import TaskConfig, check_task_config
 from fs2mini.trackers import RunLog, check_tracker_config
 from fs2mini.translate import Translator
-from fs2mini.validation import autocast_for, combine_losses, validate
+from fs2mini.validation import combine_losses, validate
 
 LossFunction = Callable[[nn.Module, Seq2SeqBatch], tuple[Tensor, int]]
 """(model, batch) -> (loss summed over the batch's target tokens, their number): `Task.compute_loss`."""
@@ -72,21 +75,29 @@ class StepResult:
     num_tokens: int
     grad_norm: float  # before clipping
     applied: bool  # False: the loss or gradient was not finite and the update was skipped
+    overflowed: bool = False
+    """Skipped by fp16's loss scaler (finite loss, gradients overflowed at its scale, which it halves):
+    expected now and then, most in the first steps, so not a bad step while the scale is still >= 1."""
 
 
 def train_step(model: nn.Module, compute_loss: LossFunction, optimizer: torch.optim.Optimizer,
                micro_batches: Sequence[Seq2SeqBatch], lr: float, *, max_grad_norm: float, device: torch.device,
-               bf16: bool, env: DistEnv = DistEnv()) -> StepResult:
-    """One optimizer update over `micro_batches` (gradient accumulation), exact per target token."""
+               autocast_dtype: torch.dtype | None, grad_scaler: torch.amp.GradScaler | None = None,
+               env: DistEnv = DistEnv()) -> StepResult:
+    """One optimizer update over `micro_batches` (gradient accumulation), exact per target token.
+
+    With `grad_scaler` (fp16) the loss is scaled up before backward, so that small gradients survive
+    fp16, and the gradients are scaled back down before clipping; an update whose scaled gradients
+    overflowed is skipped and the scale lowered."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     optimizer.zero_grad(set_to_none=True)
     loss_sum = torch.zeros((), device=device)
     num_tokens = 0
     for index, batch in enumerate(micro_batches):
-        with gradient_sync(model, index == len(micro_batches) - 1), autocast_for(device, bf16):
+        with gradient_sync(model, index == len(micro_batches) - 1), autocast_for(device, autocast_dtype):
             loss, n = compute_loss(model, batch.to(device))
-            loss.backward()
+            (grad_scaler.scale(loss) if grad_scaler is not None else loss).backward()
         loss_sum += loss.detach()
         num_tokens += n
     loss_all, tokens_all = all_reduce_sum([float(loss_sum), num_tokens], env, device)
@@ -95,13 +106,22 @@ def train_step(model: nn.Module, compute_loss: LossFunction, optimizer: torch.op
     for p in model.parameters():
         if p.grad is not None:
             p.grad.div_(tokens_all / env.world_size)
+    if grad_scaler is not None:
+        grad_scaler.unscale_(optimizer)  # clip (and log) the true gradients; inf/nan if they overflowed
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm if max_grad_norm > 0 else math.inf)
     grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
     loss_per_token = loss_all / tokens_all
     applied = math.isfinite(loss_per_token) and math.isfinite(grad_norm)
-    if applied:
+    if applied and grad_scaler is not None:
+        grad_scaler.step(optimizer)
+    elif applied:
         optimizer.step()
-    return StepResult(loss_per_token, int(tokens_all), grad_norm, applied)
+    overflowed = False
+    if grad_scaler is not None:
+        # Below a scale of 1, scaling no longer explains the overflow: the gradients themselves diverged.
+        overflowed = not applied and math.isfinite(loss_per_token) and grad_scaler.get_scale() >= 1
+        grad_scaler.update()  # halves the scale after an overflow, doubles it after 2000 clean steps
+    return StepResult(loss_per_token, int(tokens_all), grad_norm, applied, overflowed)
 
 
 @dataclass
@@ -115,7 +135,7 @@ class TrainState:
     best_value: float | None = None
     """Best validation `--trainer.best-metric` so far (what best.pt holds)."""
     bad_steps: int = 0
-    """Consecutive updates skipped for a non-finite loss or gradient."""
+    """Consecutive updates skipped for a non-finite loss or gradient (fp16 loss-scale overflows excepted)."""
     skipped_steps: int = 0
     """All updates skipped so far (logged)."""
     patience_count: int = 0
@@ -198,6 +218,12 @@ def check_config(cfg: TrainConfig, env: DistEnv = DistEnv()) -> None:
     check_optimizer_config(cfg.optimizer)
     check_lr_scheduler_config(cfg.lr_scheduler)
     check_trainer_config(cfg.trainer)
+    check_lora_config(cfg.lora)
+    if cfg.init is None and (cfg.lang_map or cfg.add_languages):
+        raise UserError(f"{'--lang-map' if cfg.lang_map else '--add-languages'} applies to the model --init starts "
+                        "from; expected --init RUN_DIR too")
+    if cfg.lora.rank and _sharded(cfg.trainer, env):
+        raise UserError("--lora.rank is not available with --trainer.data-parallel fsdp; use ddp")
     if cfg.trainer.best_metric == "bleu" and _sharded(cfg.trainer, env):
         raise UserError("--trainer.best-metric bleu is not available with --trainer.data-parallel fsdp; use loss")
 
@@ -239,8 +265,11 @@ def _train(cfg: TrainConfig, env: DistEnv, device: torch.device) -> Path:
 def _train_locked(cfg: TrainConfig, env: DistEnv, device: torch.device) -> Path:
     tc, run_dir = cfg.trainer, cfg.run_dir
     checkpoint = newest_checkpoint(cfg, env)
-    tokenizer = run_tokenizer(cfg, checkpoint, env)
-    parts = build_components(cfg, tokenizer, device, env, checkpoint)
+    init = None  # a new run started from another model's weights (--init); a resume continues from its own
+    if checkpoint is None and cfg.init is not None:
+        init = read_init(cfg.init, run_languages(cfg.data), cfg.lang_map, cfg.add_languages)
+    tokenizer = init.tokenizer if init is not None else run_tokenizer(cfg, checkpoint, env)
+    parts = build_components(cfg, tokenizer, device, env, checkpoint, init.weights if init is not None else None)
     state = TrainState()
     if checkpoint is not None:
         state.load_state_dict(checkpoint, device)
@@ -253,6 +282,8 @@ def _train_locked(cfg: TrainConfig, env: DistEnv, device: torch.device) -> Path:
         # or a resumed one whose copy was lost (restored from the checkpoint).
         if not kept.is_file() or kept.read_bytes() != tokenizer.model_bytes:
             write_atomically(kept, lambda handle: handle.write(tokenizer.model_bytes))
+        if tokenizer.layout != TokenizerLayout():  # an imported model's ids (fs2mini.tokenizer.TokenizerLayout)
+            write_atomically(run_dir / LAYOUT_FILE, lambda handle: handle.write(tokenizer.layout.to_json().encode()))
         save_config(cfg, run_dir / "config.json")
     barrier(env)
     display = ProgressDisplay(tc.max_steps, state.step, tc.progress if env.is_main else "off", tc.log_every,
@@ -262,7 +293,10 @@ def _train_locked(cfg: TrainConfig, env: DistEnv, device: torch.device) -> Path:
         f"vocab {tokenizer.vocab_info.size}"
         + (f" | {env.world_size} processes ({tc.data_parallel})" if env.active else "")
         + (f" | resumed at step {state.step}" if checkpoint is not None else "")
+        + (f" | LoRA rank {cfg.lora.rank}: {count_trainable(parts.model):,} trainable" if cfg.lora.rank else "")
     )
+    if init is not None:
+        display.message(init.message())
     metrics = RunLog(cfg, state.step, state.wandb_run_id) if env.is_main else None
     if metrics is not None:
         state.wandb_run_id = metrics.wandb_run_id
@@ -303,7 +337,8 @@ def _loop(cfg: TrainConfig, parts: Components, state: TrainState, validate_now: 
             raise UserError(f"the learning-rate schedule gave {lr} at step {state.step}; expected a finite number >= 0 "
                             "(check --optimizer.lr and the --lr-scheduler settings)")
         result = train_step(parts.model, parts.task.compute_loss, parts.optimizer, [b for _, b in micro_batches], lr,
-                            max_grad_norm=tc.max_grad_norm, device=device, bf16=parts.bf16, env=env)
+                            max_grad_norm=tc.max_grad_norm, device=device, autocast_dtype=parts.precision.autocast_dtype,
+                            grad_scaler=parts.grad_scaler, env=env)
         _count_bad_step(state, result, tc.max_bad_steps)
         if result.applied and not _weights_finite(parts.model, env, device):
             raise UserError(f"stopping at step {state.step}: the update made the weights non-finite (lr {lr:.3g}); "
@@ -316,7 +351,8 @@ def _loop(cfg: TrainConfig, parts: Components, state: TrainState, validate_now: 
             if metrics is not None:
                 metrics.write({"step": state.step, "split": "train", "loss": result.loss, "lr": lr,
                                "grad_norm": result.grad_norm, "tokens_per_s": tokens_per_s, "epoch": state.epoch,
-                               "skipped_steps": state.skipped_steps, "elapsed_s": state.elapsed_s})
+                               "skipped_steps": state.skipped_steps, "elapsed_s": state.elapsed_s,
+                               **({"loss_scale": parts.grad_scaler.get_scale()} if parts.grad_scaler is not None else {})})
             speed = TokenRate()
         # Every rank must agree to stop: the clock of one decides for all.
         out_of_time = tc.max_seconds is not None and bool(all_reduce_max(int(state.elapsed_s >= tc.max_seconds), env, device))
@@ -453,8 +489,10 @@ def _count_bad_step(state: TrainState, result: StepResult, max_bad_steps: int) -
     if result.applied:
         state.bad_steps = 0
         return
-    state.bad_steps += 1
     state.skipped_steps += 1
+    if result.overflowed:  # the fp16 loss scaler finding its scale: by design, not a sign of divergence
+        return
+    state.bad_steps += 1
     if state.bad_steps >= max_bad_steps:
         raise UserError(
             f"stopping at step {state.step}: {state.bad_steps} consecutive updates had a non-finite loss or gradient "
@@ -490,7 +528,7 @@ class Validator:
     def __init__(self, cfg: TrainConfig, parts: Components, env: DistEnv, device: torch.device,
                  metrics: RunLog | None, display: ProgressDisplay) -> None:
         self.parts, self.env, self.device, self.metrics, self.display = parts, env, device, metrics, display
-        self.bf16 = parts.bf16
+        self.autocast_dtype = parts.precision.autocast_dtype
         self.translations_dir = cfg.run_dir / "translations"
         """Each validation's translations, `valid_step_XXXXXXXX.tsv` (source, reference, hypothesis per line)."""
         tc, data = cfg.trainer, cfg.data
@@ -512,7 +550,7 @@ class Validator:
             self.generation = GenerationConfig(beam_size=tc.valid_beam_size)
 
     def __call__(self, step: int, elapsed_s: float) -> dict[str, float]:
-        each = [validate(self.parts.model, self.parts.task, batches, self.device, self.bf16, self.env) for batches in self.batches]
+        each = [validate(self.parts.model, self.parts.task, batches, self.device, self.autocast_dtype, self.env) for batches in self.batches]
         result = combine_losses(each[:self.trained])
         samples = []
         if self.translates and step > 0:  # an untrained model's output runs to the length limit and scores ~0
@@ -569,8 +607,15 @@ def save_checkpoint(cfg: TrainConfig, parts: Components, state: TrainState, devi
     model_state, optimizer_state = full_state_dicts(parts.model, parts.optimizer)
     if not env.is_main:
         return
+    lora = None
+    if cfg.lora.rank:  # frozen weights under their plain names, adapters apart (fs2mini.lora)
+        model_state, adapters = split_adapters(model_state)
+        lora = adapter_state(adapters, cfg.lora)
     checkpoint = {"model": model_state, "optimizer": optimizer_state, "config": config_to_json(cfg),
-                  "tokenizer": tokenizer_record(parts.tokenizer), **state.state_dict(device)}
+                  "tokenizer": tokenizer_record(parts.tokenizer), **state.state_dict(device),
+                  **({"lora": lora} if lora is not None else {})}
+    if parts.grad_scaler is not None:  # fp16: resume at the loss scale the run had found
+        checkpoint["grad_scaler"] = parts.grad_scaler.state_dict()
     checkpoint_dir = cfg.run_dir / "checkpoints"
     save_atomically(checkpoint, path if path is not None else checkpoint_path(checkpoint_dir, state.step))
     if path is None:

@@ -86,6 +86,12 @@ class Translator:
         run_dir = Path(run_dir)
         if not run_dir.is_dir():
             raise UserError(f"run directory {run_dir} does not exist; expected a directory written by python -m fs2mini.train")
+        if (run_dir / "model.bin").is_file() and (run_dir / "shared_vocabulary.json").is_file():
+            from fs2mini.ctranslate import CTranslate2Translator  # a run converted by `fs2mini.hf ctranslate2`
+
+            translator = CTranslate2Translator(run_dir, "cpu" if device == "auto" else device)
+            translator.source_lang, translator.target_lang = translator.languages(source_lang, target_lang)
+            return translator
         cfg = load_config(run_dir / "config.json")
         run_langs = run_languages(cfg.data)
         directions = [corpus_languages(corpus) for corpus in cfg.data.primary_corpora]

@@ -1,0 +1,129 @@
+"""Deployment through CTranslate2: convert an exported run, and translate with the converted model.
+
+Why CTranslate2: it is the standard CPU inference engine for M2M100/NLLB models (int8 weights,
+fused kernels, no Python per step), and it reads exactly the directory `fs2mini.hf export` writes.
+`python -m fs2mini.hf ctranslate2 RUN_DIR OUT --quantization int8` exports and converts in one go;
+`python -m fs2mini.translate OUT` then translates with it, as with a run directory: the same
+tokenizer code (the exported sentencepiece model and NLLB ids, copied into OUT), the same length
+limits and batching, the same output. `ctranslate2` (and `transformers`, which its converter uses)
+are optional: `pip install 'fs2mini[deploy]'`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from fs2mini.errors import UserError
+from fs2mini.generation import GenerationConfig, Hypothesis, check_generation_config, max_output_lengths
+from fs2mini.tokenizer import Tokenizer
+from fs2mini.translate import Translator, TruncationCallback, warn_truncated
+
+Quantization = Literal["int8", "int8_float32", "float32"]
+TOKENIZER_FILES = ("sentencepiece.bpe.model", "tokenizer_config.json", "special_tokens_map.json")
+"""What `fs2mini.hf export` writes for the tokenizer, copied next to the converted model."""
+
+
+def is_ctranslate2_dir(path: Path) -> bool:
+    """A directory CTranslate2's converter wrote (its weights are model.bin, its vocabulary a JSON list)."""
+    return (path / "model.bin").is_file() and (path / "shared_vocabulary.json").is_file()
+
+
+def _import_ctranslate2():
+    try:
+        import ctranslate2
+    except ImportError:
+        raise UserError("CTranslate2 is not installed; expected `pip install 'fs2mini[deploy]'` "
+                        "(ctranslate2 and transformers)") from None
+    return ctranslate2
+
+
+def convert_exported(exported: Path, out: Path, quantization: Quantization) -> Path:
+    """Convert the M2M100 directory `exported` into the new CTranslate2 directory `out` (atomically)."""
+    _import_ctranslate2()
+    from ctranslate2.converters import TransformersConverter
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        converted = tmp / "model"
+        TransformersConverter(str(exported), copy_files=[f for f in TOKENIZER_FILES if (exported / f).is_file()]
+                              ).convert(str(converted), quantization=quantization)
+        os.replace(converted, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+class CTranslate2Translator(Translator):
+    """`Translator` whose search runs in CTranslate2 (greedy or beam), with fs2mini's tokenizer and length limits."""
+
+    def __init__(self, path: Path, device: str = "cpu", threads: int | None = None) -> None:
+        ctranslate2 = _import_ctranslate2()
+        from fs2mini.hf import nllb_layout  # the exported tokenizer files are read as `hf import` reads them
+
+        self.vocabulary = json.loads((path / "shared_vocabulary.json").read_text(encoding="utf-8"))
+        self.token_ids = {token: i for i, token in enumerate(self.vocabulary)}
+        spm_path = path / TOKENIZER_FILES[0]
+        if not spm_path.is_file():
+            raise UserError(f"{spm_path} does not exist; expected a directory written by python -m fs2mini.hf ctranslate2")
+        tok_cfg = json.loads((path / "tokenizer_config.json").read_text(encoding="utf-8"))
+        probe = Tokenizer(spm_path, ())
+        layout = nllb_layout(path, probe.sp.get_piece_size(), len(self.vocabulary))
+        source_lang, target_lang = tok_cfg.get("src_lang"), tok_cfg.get("tgt_lang")
+        tokenizer = Tokenizer(spm_path, tuple(layout.lang_ids), layout=layout)  # every code: any may be asked for
+        try:
+            self.engine = ctranslate2.Translator(str(path), device=device, intra_threads=threads or torch.get_num_threads())
+        except (RuntimeError, ValueError) as err:
+            raise UserError(f"cannot load the CTranslate2 model in {path}: {err}") from None
+        self.max_seq_len = int(tok_cfg.get("model_max_length", 1024))
+        super().__init__(None, tokenizer, source_lang, target_lang or source_lang, checkpoint_path=path / "model.bin")
+        self.banned_tokens = [[self.vocabulary[i]] for i in self.banned_ids]
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def search(self, texts: Sequence[str], cfg: GenerationConfig = GenerationConfig(),
+               on_truncated: TruncationCallback = warn_truncated, *, source_lang: str | None = None,
+               target_lang: str | None = None) -> list[list[Hypothesis]]:
+        """As `Translator.search`; sentences are batched by equal output-length limit, which CTranslate2 takes per batch."""
+        check_generation_config(cfg)
+        source_lang, target_lang = self.languages(source_lang, target_lang)
+        results: list[list[Hypothesis]] = [[Hypothesis((), 0.0, ())] for _ in texts]
+        todo = [i for i, text in enumerate(texts) if text.strip()]
+        if not todo:
+            return results
+        sources = self.tokenizer.encode_source([texts[i].strip() for i in todo], source_lang)
+        for position, ids in enumerate(sources):
+            if len(ids) > self.max_seq_len:
+                on_truncated(todo[position], len(ids), self.max_seq_len)
+                sources[position] = ids[: self.max_seq_len - 1] + [self.eos_idx]
+        prefix = self.tokenizer.target_prefix(target_lang)[1:]  # CTranslate2 starts the decoder with </s> itself
+        limits = max_output_lengths(torch.tensor([len(ids) for ids in sources]), cfg.max_len_a, cfg.max_len_b,
+                                    self.max_seq_len - len(prefix) - 1).tolist()
+        order = sorted(range(len(sources)), key=lambda p: (limits[p], len(sources[p])))
+        start = 0
+        while start < len(order):
+            end = start + 1
+            while end < len(order) and end - start < cfg.batch_size and limits[order[end]] == limits[order[start]]:
+                end += 1
+            batch = order[start:end]
+            found = self.engine.translate_batch(
+                [[self.vocabulary[i] for i in sources[p]] for p in batch],
+                target_prefix=[[self.vocabulary[i] for i in prefix]] * len(batch),
+                beam_size=cfg.beam_size, num_hypotheses=cfg.nbest, length_penalty=cfg.len_penalty,
+                max_decoding_length=limits[batch[0]] + len(prefix), suppress_sequences=self.banned_tokens or None,
+                return_scores=True, max_input_length=0)
+            for p, result in zip(batch, found):
+                results[todo[p]] = [Hypothesis(tuple(self.token_ids[t] for t in tokens[len(prefix):]), score, ())
+                                    for tokens, score in zip(result.hypotheses, result.scores)]
+            start = end
+        return results

@@ -1,0 +1,121 @@
+"""LoRA adapters (through `peft`) for fine-tuning big models in little memory, and merging them back.
+
+Why: full fine-tuning of NLLB-600M keeps fp32 gradients and two AdamW moments for every weight
+(~12 GiB on a CPU); with low-rank adapters on the attention and feed-forward projections only the
+adapters train, so the optimizer state and gradients shrink to a few MB. `peft` injects them into
+fs2mini's own `nn.Linear` layers (`inject_adapter_in_model`), which also freezes every other weight.
+
+A checkpoint of such a run keeps the frozen weights under plain names in "model" and the adapters
+under "lora" (`split_adapters`), so a resume restores both exactly; every reader of a checkpoint
+(translate, evaluate, average, export, `--init`) takes `model_weights(checkpoint)`: the adapters
+merged into their layers, W + (alpha / rank) · B A, the plain model a run without LoRA would have.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor, nn
+
+from fs2mini.errors import UserError
+
+_ADAPTER_NAME = "default"
+_PEFT_BASE = ".base_layer"
+_A, _B = f".lora_A.{_ADAPTER_NAME}.weight", f".lora_B.{_ADAPTER_NAME}.weight"
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    """Low-rank adapters on the model's linear layers (rank 0: off, every weight trains)."""
+
+    rank: int = 0
+    """Rank of each adapter (8 or 16 are usual); 0 trains every weight instead."""
+    alpha: float = 16.0
+    """Scale of the adapters' output: alpha / rank (peft's lora_alpha)."""
+    dropout: float = 0.0
+    """Dropout on the adapters' input."""
+    targets: tuple[str, ...] = ("qkv_proj", "q_proj", "kv_proj", "out_proj", "inner_proj")
+    """Names of the nn.Linear modules that get an adapter (fs2mini's attention and FFN projections)."""
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / self.rank
+
+
+def check_lora_config(cfg: LoraConfig) -> None:
+    if cfg.rank < 0:
+        raise UserError(f"--lora.rank must be >= 0 (0 disables LoRA), got {cfg.rank}")
+    if cfg.rank and not cfg.alpha > 0:
+        raise UserError(f"--lora.alpha must be > 0, got {cfg.alpha}")
+    if not 0.0 <= cfg.dropout < 1.0:
+        raise UserError(f"--lora.dropout must be in [0, 1), got {cfg.dropout}")
+    if cfg.rank and not cfg.targets:
+        raise UserError("--lora.targets is empty; expected names of linear layers such as qkv_proj out_proj")
+
+
+def add_adapters(model: nn.Module, cfg: LoraConfig) -> nn.Module:
+    """`model` with an adapter on each targeted linear layer and every other weight frozen (in place)."""
+    targeted = [(name, module) for name, module in model.named_modules()
+                if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in cfg.targets]
+    if not targeted:
+        linears = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, nn.Linear)})
+        raise UserError(f"--lora.targets {' '.join(cfg.targets)}: no linear layer of the model has these names, so LoRA "
+                        f"would change nothing; expected some of: {' '.join(linears) or '(the model has no nn.Linear)'}")
+    narrowest = min(min(m.in_features, m.out_features) for _, m in targeted)
+    if cfg.rank >= narrowest:
+        raise UserError(f"--lora.rank {cfg.rank} is not below the narrowest targeted layer ({narrowest}), so the "
+                        f"adapters would be as large as the layers; expected a rank < {narrowest} (8 or 16 are usual)")
+    try:
+        from peft import LoraConfig as PeftLoraConfig
+        from peft import inject_adapter_in_model
+    except ImportError:
+        raise UserError("--lora.rank needs peft; expected `pip install 'fs2mini[lora]'`") from None
+    peft_cfg = PeftLoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=list(cfg.targets))
+    return inject_adapter_in_model(peft_cfg, model, adapter_name=_ADAPTER_NAME)
+
+
+def split_adapters(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """A peft-injected model's state dict as (frozen weights under plain names, adapter tensors)."""
+    weights, adapters = {}, {}
+    for name, tensor in state.items():
+        if ".lora_" in name:
+            adapters[name] = tensor
+        else:
+            weights[name.replace(_PEFT_BASE, "")] = tensor
+    return weights, adapters
+
+
+def adapter_state(state: dict[str, Tensor], cfg: LoraConfig) -> dict[str, Any]:
+    """What a checkpoint keeps under "lora": the settings and the adapters."""
+    return {"rank": cfg.rank, "alpha": cfg.alpha, "weights": state}
+
+
+def load_adapters(model: nn.Module, lora: dict[str, Any]) -> None:
+    """Load a checkpoint's "lora" entry into a peft-injected `model` whose frozen weights are loaded (a resume)."""
+    missing, unexpected = model.load_state_dict(lora["weights"], strict=False)
+    missing = [name for name in missing if ".lora_" in name]
+    if missing or unexpected:
+        raise UserError(f"the checkpoint's LoRA adapters do not fit the configured model "
+                        f"({(missing or unexpected)[0]}); expected the --lora settings it was trained with")
+
+
+def model_weights(checkpoint: dict[str, Any]) -> dict[str, Tensor]:
+    """The plain model's weights in a checkpoint: its "model", with any LoRA adapters merged in."""
+    lora = checkpoint.get("lora")
+    if not lora:
+        return checkpoint["model"]
+    scaling = float(lora["alpha"]) / int(lora["rank"])
+    merged = dict(checkpoint["model"])
+    for name, a in lora["weights"].items():
+        if name.endswith(_A):
+            module = name.removesuffix(_A)
+            b = lora["weights"][module + _B]
+            weight = merged[f"{module}.weight"]
+            merged[f"{module}.weight"] = (weight.float() + scaling * (b.float() @ a.float())).to(weight.dtype)
+    return merged
+
+
+def count_trainable(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
