@@ -26,6 +26,7 @@ import tyro
 
 from fs2mini.checkpoint import list_best_checkpoints, list_checkpoints, load_checkpoint, save_atomically
 from fs2mini.errors import UserError, exit_on_user_error
+from fs2mini.lora import model_weights
 
 
 def average_state_dicts(states: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -89,7 +90,7 @@ def average_checkpoints(paths: Sequence[Path], output: Path) -> dict[str, Any]:
     states = [load_checkpoint(path) for path in paths]
     newest = states[-1]
     try:
-        model = average_state_dicts([state["model"] for state in states])
+        model = average_state_dicts([model_weights(state) for state in states])  # LoRA runs: adapters merged
     except ValueError as err:
         raise UserError(f"cannot average {', '.join(p.name for p in paths)}: {err} (were they trained by the same run?)") from None
     averaged = {"model": model, "config": newest["config"], "tokenizer": newest.get("tokenizer"), "step": newest["step"],

@@ -6,7 +6,7 @@ or a Hub id at `--revision` (fetched with `huggingface_hub`), and writes an fs2m
 tokenizer.model with tokenizer_layout.json beside it (NLLB's ids are not fs2mini's own, see
 `fs2mini.tokenizer.TokenizerLayout`), and checkpoints/best.pt. `translate`, `evaluate`,
 `Translator.from_run` and recipes/finetune_nllb.py use that directory as any other run
-(`seed_finetuning` starts a fine-tuning run from it).
+(`--init RUN_DIR` starts a fine-tuning run from it: fs2mini.initialize).
 `export` writes the reverse: a directory `transformers.AutoModelForSeq2SeqLM` and `AutoTokenizer`
 load. Neither needs `transformers`. Weights go through `safetensors` when the checkpoint has them; a
 pytorch_model.bin (all that facebook/nllb-200-distilled-600M serves) goes through torch's tensors-only
@@ -21,11 +21,9 @@ one to one. HF's positions are rows `pad_idx + 1 + j` of the sinusoidal table, w
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import pickle
-import random
 import re
 import shutil
 import sys
@@ -38,18 +36,17 @@ from typing import Annotated, Any, Literal
 import torch
 import tyro
 from torch import Tensor
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-from fs2mini.checkpoint import checkpoint_path, list_checkpoints, save_atomically
-from fs2mini.config import TrainConfig, config_to_json, load_config, save_config
+from fs2mini.checkpoint import save_atomically
+from fs2mini.config import TrainConfig, load_config, save_config
 from fs2mini.corpus import TsvCorpus
-from fs2mini.data import DataConfig, run_languages
+from fs2mini.data import DataConfig
 from fs2mini.errors import UserError, exit_on_user_error
+from fs2mini.lora import model_weights
 from fs2mini.model import ModelConfig, build_model
 from fs2mini.relayout import NLLB_SPECIALS, to_nllb_ids
 from fs2mini.rundir import MARKER
 from fs2mini.tokenizer import LAYOUT_FILE, Tokenizer, TokenizerConfig, TokenizerLayout, tokenizer_record
-from fs2mini.trainer import TrainState
 from fs2mini.translate import find_checkpoints, load_first_readable
 
 SPM_FILE = "sentencepiece.bpe.model"
@@ -426,7 +423,7 @@ def export_run(run_dir: Path, out: Path, checkpoint: str | None = None) -> Path:
                         "only the built-in architecture exports to M2M100")
     ckpt_path, state = load_first_readable(find_checkpoints(run_dir, checkpoint))
     tokenizer = Tokenizer(run_dir / "tokenizer.model", ())
-    weights = state["model"]
+    weights = model_weights(state)  # LoRA adapters merged in
     if tokenizer.layout == TokenizerLayout():  # trained with fs2mini's own tokenizer: rewritten in NLLB's ids
         nllb = to_nllb_ids(tokenizer, weights)
         tokenizer, weights = Tokenizer(tokenizer.model_path, (), model_bytes=nllb.model_bytes, layout=nllb.layout), nllb.state
@@ -479,59 +476,6 @@ def export_run(run_dir: Path, out: Path, checkpoint: str | None = None) -> Path:
         raise
     print(f"exported {ckpt_path} to {out}", file=sys.stderr)
     return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Fine-tuning an imported run
-
-
-def map_languages(langs: Sequence[str], codes: dict[str, int], explicit: dict[str, str]) -> dict[str, int]:
-    """The corpora's codes (every language of the run) as extra names of the model's language ids."""
-    mapped = {}
-    for lang in langs:
-        if lang in codes:
-            continue
-        code = explicit.get(lang)
-        if code is None:
-            candidates = [c for c in codes if c.split("_")[0] == lang]
-            if len(candidates) != 1:
-                raise UserError(f"corpus language {lang!r} matches {', '.join(candidates) or 'no code'} of the model; "
-                                f"expected one: pass --lang-map {lang}=CODE (e.g. {lang}=eng_Latn)")
-            code = candidates[0]
-        if code not in codes:
-            raise UserError(f"--lang-map {lang}={code}: unknown language code {code!r}; expected one of the model's "
-                            f"codes such as {', '.join(sorted(codes)[:5])}")
-        mapped[lang] = codes[code]
-    return mapped
-
-
-def seed_finetuning(cfg: TrainConfig, init: Path, lang_map: dict[str, str]) -> None:
-    """Start `cfg.run_dir` from the imported run `init` (recipes/finetune_nllb.py): its weights as the
-    step-0 checkpoint (with a fresh optimizer state), its tokenizer with the language codes of every
-    direction of the run added as names of the model's ones; training then resumes from step 0. Nothing happens when the
-    run directory already has checkpoints (a resumed fine-tuning)."""
-    run_dir = cfg.run_dir
-    if list_checkpoints(run_dir / "checkpoints"):
-        return  # resuming
-    _, state = load_first_readable(find_checkpoints(init, None))
-    source = Tokenizer(init / "tokenizer.model", ())
-    langs = run_languages(cfg.data)
-    layout = dataclasses.replace(source.layout, lang_ids={**source.layout.lang_ids,
-                                                          **map_languages(langs, source.layout.lang_ids, lang_map)})
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "tokenizer.model").write_bytes(source.model_bytes)
-    (run_dir / LAYOUT_FILE).write_text(layout.to_json(), encoding="utf-8")
-    tokenizer = Tokenizer(run_dir / "tokenizer.model", langs)
-    model = cfg.model.build(tokenizer.vocab_info)
-    model.load_state_dict(state["model"])
-    optimizer = cfg.optimizer.build(model.parameters())
-    save_config(cfg, run_dir / "config.json")
-    optimizer_state = get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True))
-    torch.manual_seed(cfg.trainer.seed)  # the random state a new run would start from (dropout, shuffling)
-    random.seed(cfg.trainer.seed)
-    save_atomically({"model": model.state_dict(), "optimizer": optimizer_state, "config": config_to_json(cfg),
-                     "tokenizer": tokenizer_record(tokenizer), **TrainState().state_dict(torch.device("cpu"))},
-                    checkpoint_path(run_dir / "checkpoints", 0))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -80,9 +80,10 @@ def read_init(path: Path, langs: Sequence[str], lang_map: Sequence[str] = (), ad
 
 def _source_tokenizer(run_dir: Path, state: dict, checkpoint_file: Path) -> Tokenizer:
     """The tokenizer the checkpoint was trained with: its run directory's (checked), else the checkpoint's copy."""
-    if (run_dir / "tokenizer.model").is_file():
-        return checked_tokenizer(run_dir / "tokenizer.model", (), state.get("tokenizer"), checkpoint_file)
     record = state.get("tokenizer")
+    if (run_dir / "tokenizer.model").is_file():
+        langs = tuple((record or {}).get("lang_ids", ()))  # the languages it was checked with when saved
+        return checked_tokenizer(run_dir / "tokenizer.model", langs, record, checkpoint_file)
     if not record or "model_bytes" not in record:
         raise UserError(f"--init {checkpoint_file}: no tokenizer.model beside it and none recorded in it; expected "
                         "a checkpoint inside its run directory")

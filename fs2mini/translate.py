@@ -31,6 +31,7 @@ from fs2mini.data import run_languages
 from fs2mini.distributed import pick_device
 from fs2mini.errors import UserError, exit_on_user_error
 from fs2mini.generation import GenerationConfig, Hypothesis, check_generation_config, generate
+from fs2mini.lora import model_weights
 from fs2mini.model import Seq2SeqModel, build_model
 from fs2mini.pipeline import INNER_LINE_BREAK, text_line
 from fs2mini.tokenizer import LAYOUT_FILE, Tokenizer, checked_tokenizer
@@ -107,7 +108,7 @@ class Translator:
                                   model_bytes=tokenizer.model_bytes, layout=tokenizer.layout)
         model = build_model(cfg.model, tokenizer.vocab_info)
         try:
-            model.load_state_dict(state["model"])
+            model.load_state_dict(model_weights(state))  # a LoRA run: its adapters merged in
         except RuntimeError as err:
             lines = str(err).splitlines()
             raise UserError(f"checkpoint {path} does not fit the model in {run_dir / 'config.json'}: "

@@ -29,7 +29,6 @@ from typing import Literal
 from fs2mini.config import TrainConfig, TrainerConfig, load_config
 from fs2mini.data import DataConfig
 from fs2mini.errors import exit_on_user_error
-from fs2mini.hf import seed_finetuning
 from fs2mini.model import EncoderDecoderModel, ModelConfig, check_model_config
 from fs2mini.optim import AdamWConfig, InverseSqrtConfig
 from fs2mini.train import parse_config
@@ -61,7 +60,7 @@ def default_config(init: Path) -> TrainConfig:
     shape = {f.name: getattr(imported.model, f.name) for f in dataclasses.fields(ModelConfig)}
     shape.update(dropout_p=0.1, attention_dropout_p=0.1, ffn_dropout_p=0.0)
     longest = min(DataConfig.max_source_len, imported.model.max_seq_len)
-    return TrainConfig(run_name=Path(__file__).stem, tokenizer=imported.tokenizer, model=FinetuneModelConfig(**shape),
+    return TrainConfig(run_name=Path(__file__).stem, init=init, tokenizer=imported.tokenizer, model=FinetuneModelConfig(**shape),
                        data=DataConfig(max_source_len=longest, max_target_len=longest),
                        optimizer=AdamWConfig(lr=5e-5), lr_scheduler=InverseSqrtConfig(warmup_steps=200),
                        trainer=TrainerConfig(max_steps=1000, validate_every=200, checkpoint_every=200))
@@ -69,14 +68,12 @@ def default_config(init: Path) -> TrainConfig:
 
 def main(argv: list[str] | None = None) -> None:
     pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--init", type=Path, required=True, help="run directory written by python -m fs2mini.hf import")
-    pre.add_argument("--lang-map", nargs="*", default=[], help="corpus code=model code, e.g. eng=eng_Latn")
+    pre.add_argument("--init", type=Path, required=True, help="run directory written by python -m fs2mini.hf import "
+                     "(or any fs2mini run of the same shape)")
     known, rest = pre.parse_known_args(sys.argv[1:] if argv is None else argv)
     with exit_on_user_error():
-        lang_map = dict(item.split("=", 1) for item in known.lang_map if "=" in item)
         default = default_config(known.init)
         cfg = parse_config(default, rest, __doc__, models={"finetune": default.model})
-        seed_finetuning(cfg, known.init, lang_map)
         train(cfg)
 
 

@@ -286,23 +286,14 @@ def test_finetune_recipe_resumes_translates_exports(tmp_path):
 
 
 def test_finetuning_maps_the_codes_of_every_direction(tmp_path):
-    """seed_finetuning on a run of two directions (eng→fra, eng→spa) names spa too, not only the first direction's codes."""
-    import dataclasses
-
-    from fs2mini.config import load_config
-    from fs2mini.corpus import TsvCorpus
-    from fs2mini.data import DataConfig
-    from fs2mini.hf import seed_finetuning
+    """--init of an imported run for two directions (eng→fra, eng→spa) names spa too, not only the first direction's codes."""
+    from fs2mini.initialize import read_init
 
     write_nllb_dir(tmp_path / "hf")
     import_checkpoint(str(tmp_path / "hf"), tmp_path / "imported", "eng_Latn", "fra_Latn")
-    data = DataConfig(corpus=TsvCorpus(tmp_path / "fra.tsv", "eng", "fra"),
-                      more_corpora=(TsvCorpus(tmp_path / "spa.tsv", "eng", "spa"),))
-    cfg = dataclasses.replace(load_config(tmp_path / "imported" / "config.json"), data=data, output_dir=tmp_path / "ft")
-    seed_finetuning(cfg, tmp_path / "imported", {})
-    tuned = Translator.from_run(tmp_path / "ft", device="cpu", target_lang="spa")
-    assert tuned.tokenizer.lang_ids == {"eng": 42, "fra": 43, "spa": 44}
-    assert tuned.languages() == ("eng", "spa") and tuned.tokenizer.target_prefix("spa") == [2, 44]
+    tokenizer = read_init(tmp_path / "imported", ("eng", "fra", "spa")).tokenizer
+    assert tokenizer.lang_ids == {"eng": 42, "fra": 43, "spa": 44}
+    assert tokenizer.target_prefix("spa") == [2, 44]
 
 
 def test_m2m100_vocab_json_tokenizer_and_logits(tmp_path):
