@@ -5,6 +5,7 @@ offset by pad_idx + 1): the cost of a step does not depend on the weights, and n
 downloaded. One process per setting, so the peak resident memory is that setting's own.
 
     python benchmarks/finetune_600m.py --freeze none --batch 8 --length 32
+    python benchmarks/finetune_600m.py --lora-rank 16 --activation-checkpointing
 """
 
 import argparse
@@ -15,7 +16,8 @@ import time
 import torch
 
 from fs2mini.data import Seq2SeqBatch
-from fs2mini.model import ARCHS
+from fs2mini.lora import LoraConfig, add_adapters
+from fs2mini.model import ARCHS, enable_activation_checkpointing
 from fs2mini.task import TaskConfig
 from fs2mini.vocab import VocabInfo
 
@@ -26,6 +28,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--length", type=int, default=32, help="tokens per source and per target sentence")
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--lora-rank", type=int, default=0, help="LoRA adapters of this rank (fs2mini.lora); 0: none")
+    parser.add_argument("--activation-checkpointing", action="store_true", help="recompute each layer in the backward")
     args = parser.parse_args()
     torch.manual_seed(0)
     vocab = VocabInfo(256_206, pad_idx=1, bos_idx=0, eos_idx=2, unk_idx=3)
@@ -36,6 +40,10 @@ def main() -> None:
     if args.freeze == "encoder":
         model.encoder_layers.requires_grad_(False)
         model.encoder_norm.requires_grad_(False)
+    if args.lora_rank:
+        model = add_adapters(model, LoraConfig(rank=args.lora_rank))
+    if args.activation_checkpointing:
+        enable_activation_checkpointing(model)
     trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-5)
     task = TaskConfig().build(vocab)
@@ -52,7 +60,7 @@ def main() -> None:
         optimizer.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - start)
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    print(f"freeze={args.freeze} batch={args.batch}x{args.length} params={sum(p.numel() for p in model.parameters())/1e6:.0f}M "
+    print(f"freeze={args.freeze} lora_rank={args.lora_rank} activation_checkpointing={args.activation_checkpointing} batch={args.batch}x{args.length} params={sum(p.numel() for p in model.parameters())/1e6:.0f}M "
           f"trained={trained/1e6:.0f}M threads={torch.get_num_threads()} step_s={' '.join(f'{t:.1f}' for t in times)} "
           f"peak_rss_gib={peak_gib:.1f}")
 

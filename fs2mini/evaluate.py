@@ -160,6 +160,9 @@ def evaluate(args: EvaluateArgs) -> dict:
         raise UserError(f"--max-sentences must be a positive integer, got {args.max_sentences}")
     if (args.source is None) != (args.reference is None):
         raise UserError("--source and --reference go together: a file of sentences to translate and their references")
+    if (args.run_dir / "model.bin").is_file() and (args.run_dir / "shared_vocabulary.json").is_file():
+        raise UserError(f"{args.run_dir} is a CTranslate2 model, which gives translations but no losses; expected the run "
+                        f"directory it was converted from (or: python -m fs2mini.translate {args.run_dir}, then sacrebleu)")
     name = args.split if args.source is None else args.source.stem
     output = args.output if args.output is not None else args.run_dir / "eval" / f"{name}.hyp"
     if output.suffix in (".src", ".ref", ".json"):
@@ -236,7 +239,7 @@ def _evaluate_direction(args: EvaluateArgs, translator: Translator, cfg: TrainCo
 
     batches = Seq2SeqBatches(cfg.data, args.split, translator.tokenizer, seed=0, shuffle=False, corpora=[corpus])
     losses = validate(translator.model, build_task(cfg.task, translator.tokenizer.vocab_info), batches,
-                      translator.device, bf16=False)
+                      translator.device, autocast_dtype=None)
     result = translate_and_score(translator, pairs, args.generation, args.max_sentences, source_lang=source_lang,
                                  target_lang=target_lang)
     scores = result.scores

@@ -54,18 +54,25 @@ def check_lora_config(cfg: LoraConfig) -> None:
         raise UserError("--lora.targets is empty; expected names of linear layers such as qkv_proj out_proj")
 
 
+def check_lora_targets(cfg: LoraConfig, linears: dict[str, int]) -> None:
+    """Refuse adapters that would change nothing: `linears` maps the model's nn.Linear names to their narrowest width."""
+    targeted = [width for name, width in linears.items() if name in cfg.targets]
+    if not targeted:
+        raise UserError(f"--lora.targets {' '.join(cfg.targets)}: no linear layer of the model has these names, so LoRA "
+                        f"would change nothing; expected some of: {' '.join(sorted(linears)) or '(the model has no nn.Linear)'}")
+    if cfg.rank >= min(targeted):
+        raise UserError(f"--lora.rank {cfg.rank} is not below the narrowest targeted layer ({min(targeted)}), so the "
+                        f"adapters would be as large as the layers; expected a rank < {min(targeted)} (8 or 16 are usual)")
+
+
 def add_adapters(model: nn.Module, cfg: LoraConfig) -> nn.Module:
     """`model` with an adapter on each targeted linear layer and every other weight frozen (in place)."""
-    targeted = [(name, module) for name, module in model.named_modules()
-                if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in cfg.targets]
-    if not targeted:
-        linears = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, nn.Linear)})
-        raise UserError(f"--lora.targets {' '.join(cfg.targets)}: no linear layer of the model has these names, so LoRA "
-                        f"would change nothing; expected some of: {' '.join(linears) or '(the model has no nn.Linear)'}")
-    narrowest = min(min(m.in_features, m.out_features) for _, m in targeted)
-    if cfg.rank >= narrowest:
-        raise UserError(f"--lora.rank {cfg.rank} is not below the narrowest targeted layer ({narrowest}), so the "
-                        f"adapters would be as large as the layers; expected a rank < {narrowest} (8 or 16 are usual)")
+    linears: dict[str, int] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            leaf = name.rsplit(".", 1)[-1]
+            linears[leaf] = min(linears.get(leaf, module.in_features), module.in_features, module.out_features)
+    check_lora_targets(cfg, linears)
     try:
         from peft import LoraConfig as PeftLoraConfig
         from peft import inject_adapter_in_model

@@ -51,7 +51,7 @@ from fs2mini.errors import RunStopped, UserError, expect, finite
 from fs2mini.evaluate import Evaluation, translate_and_score
 from fs2mini.generation import GenerationConfig
 from fs2mini.initialize import read_init
-from fs2mini.lora import adapter_state, check_lora_config, count_trainable, split_adapters
+from fs2mini.lora import adapter_state, check_lora_config, check_lora_targets, count_trainable, split_adapters
 from fs2mini.metrics import ProgressDisplay, best_effort
 from fs2mini.model import ModelConfig, check_model_config
 from fs2mini.optim import check_lr_scheduler_config, check_optimizer_config
@@ -219,6 +219,9 @@ def check_config(cfg: TrainConfig, env: DistEnv = DistEnv()) -> None:
     check_lr_scheduler_config(cfg.lr_scheduler)
     check_trainer_config(cfg.trainer)
     check_lora_config(cfg.lora)
+    if cfg.lora.rank and isinstance(cfg.model, ModelConfig):  # before any slow work; a recipe's model is checked when built
+        check_lora_targets(cfg.lora, {name: cfg.model.model_dim for name in ("qkv_proj", "q_proj", "kv_proj", "out_proj",
+                                                                              "inner_proj")})
     if cfg.init is None and (cfg.lang_map or cfg.add_languages):
         raise UserError(f"{'--lang-map' if cfg.lang_map else '--add-languages'} applies to the model --init starts "
                         "from; expected --init RUN_DIR too")

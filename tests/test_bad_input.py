@@ -231,6 +231,15 @@ CASES = [
          "--optimizer.momentum -0.5: expected a finite number >= 0"),
     Case("dropout nan", ["--model.dropout-p", "nan"], 2, "--model.dropout-p must be in [0, 1), got nan"),
     Case("label smoothing nan", ["--task.label-smoothing", "nan"], 2, "--task.label-smoothing must be in [0, 1), got nan"),
+    # Fine-tuning (fs2mini.initialize, fs2mini.lora): nothing of the new run is written.
+    Case("--init nowhere", ["--init", "nowhere"], 2, "nowhere does not exist; expected a run directory"),
+    Case("--init of another architecture", ["--init", "run", "--output-dir", "tuned", "--model.ffn-inner-dim", "96"], 2,
+         "run: its model does not fit the configured model", train_then(lambda path: None)),
+    Case("--add-languages to fs2mini's tokenizer", ["--init", "run", "--output-dir", "tuned", "--add-languages", "deu=fra"],
+         2, "run uses fs2mini's own tokenizer", train_then(lambda path: None)),
+    Case("--lang-map without --init", ["--lang-map", "eng=eng_Latn"], 2, "--lang-map applies to the model --init starts from"),
+    Case("--lora.rank -1", ["--lora.rank", "-1"], 2, "--lora.rank must be >= 0"),
+    Case("LoRA on no layer", ["--lora.rank", "4", "--lora.targets", "fc1"], 2, "--lora.targets fc1: no linear layer"),
 ]
 
 
