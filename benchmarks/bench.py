@@ -8,7 +8,7 @@
 
 Precisions (`--precisions`, default auto): on a CPU every figure is measured in fp32 and, where the
 CPU multiplies bf16 natively (AVX512-BF16 or AMX: `fs2mini.precision.has_native_bf16`), again under
-bf16 autocast, i.e. `train_step(..., bf16=True)` as `fs2mini.train --trainer.autocast bf16` runs it
+bf16 autocast, i.e. `train_step(..., autocast_dtype=torch.bfloat16)` as `fs2mini.train --trainer.autocast bf16` runs it
 (bf16 matmuls, fp32 master weights, optimizer state and loss); on a CPU without native bf16 only
 fp32 (bf16 is emulated there, and far slower). The report's header gives the CPU model, the CPU flags
 that decide matmul speed, and `fs2mini.precision.cpu_matmul_probe` (what `--trainer.autocast auto`
@@ -189,7 +189,7 @@ def make_train_step(system: str, cfg: ModelConfig, tok: dict, device: torch.devi
     def step(batch: Seq2SeqBatch) -> float:
         """Returns the loss per target token."""
         return train_step(model, compute_loss, optimizer, [batch], LR, max_grad_norm=1.0, device=device,
-                          bf16=bf16).loss
+                          autocast_dtype=torch.bfloat16 if bf16 else None).loss
 
     return model, step
 
@@ -244,7 +244,7 @@ def train_flops(cfg: ModelConfig, vocab: int, batch: Seq2SeqBatch) -> float:
 def generate_worker(job: dict) -> dict:
     """Greedy and beam-4 sentences/s; forced = every output exactly FORCED_LEN tokens + </s>; for bf16
     every search (warm-up included) runs under bf16 autocast."""
-    from fs2mini.validation import autocast_for
+    from fs2mini.precision import autocast_for
 
     torch.manual_seed(0)
     device = torch.device(job["device"])
@@ -260,7 +260,7 @@ def generate_worker(job: dict) -> dict:
         search = _hf_generate(cfg, tok, device)
 
     def run(batch: Seq2SeqBatch, beam: int, forced: bool) -> list[int]:
-        with autocast_for(device, job["precision"] == "bf16"):
+        with autocast_for(device, torch.bfloat16 if job["precision"] == "bf16" else None):
             return search(batch, beam, forced)
 
     results = {}
@@ -493,7 +493,8 @@ def main(cfg: BenchConfig) -> dict:
     if not on_cuda:
         # What `fs2mini.train --trainer.autocast auto` decides with (cached per CPU model and torch).
         machine["bf16_probe"] = asdict(cpu_matmul_probe())
-        machine["autocast_auto"] = asdict(choose_precision("auto", torch.device("cpu")))
+        auto = choose_precision("auto", torch.device("cpu"))  # (results.json keeps its {"bf16", "reason"} format)
+        machine["autocast_auto"] = {"bf16": auto.autocast_dtype == torch.bfloat16, "reason": auto.reason}
         if "bf16" in precisions and not machine["bf16_probe"]["native_bf16"]:
             log("warning: bf16 on a CPU without native bf16 matmuls: emulated, expect it far slower than fp32")
     results: dict = {"machine": machine,

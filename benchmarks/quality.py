@@ -214,7 +214,7 @@ def train_equal_terms(job: dict, tokenizer: Tokenizer, device: torch.device) -> 
                 break
             step += 1
             result = train_step(model, compute_loss, optimizer, [batch], lr_at(step), max_grad_norm=1.0, device=device,
-                                bf16=job["bf16"])
+                                autocast_dtype=torch.bfloat16 if job["bf16"] else None)
             tokens += result.num_tokens
             losses.append(result.loss)
         epoch += 1

@@ -1,17 +1,24 @@
-"""Which precision a run computes in: bf16 autocast where the hardware multiplies bf16 fast, fp32 elsewhere.
+"""Which precision a run computes in: bf16 autocast where the hardware multiplies bf16 natively, fp16
+with loss scaling on GPUs that have no bf16, fp32 elsewhere.
 
-Why a measurement: on CPUs with native bf16 matmuls (AVX512-BF16 or AMX) a bf16 `torch.mm` runs
-several times faster than fp32 (seen here: 461 vs 78 GFLOP/s on one core of an AMD EPYC with
+Why a measurement on CPU: on CPUs with native bf16 matmuls (AVX512-BF16 or AMX) a bf16 `torch.mm`
+runs several times faster than fp32 (seen here: 461 vs 78 GFLOP/s on one core of an AMD EPYC with
 AVX512-BF16), while on CPUs without them bf16 is emulated and far slower than fp32. What torch
 reports about the CPU is checked first, then confirmed by timing a small matmul in both precisions
 (about 0.3 s), because a flag is not a speed. The result is cached per machine (CPU model, torch
-version) in ~/.cache/fs2mini/, so later runs decide at once. On CUDA, bf16 autocast is on (`auto`),
-as before. Either way the master weights, the optimizer state and the loss stay fp32: autocast
-only runs matmuls (and what torch lists with them) in bf16.
+version) in ~/.cache/fs2mini/, so later runs decide at once.
+
+On CUDA, `auto` picks bf16 from compute capability 8.0 (Ampere) on, where tensor cores multiply it
+natively; older GPUs (V100 7.0, T4 7.5) only emulate bf16 but multiply fp16 natively, so they get fp16
+autocast with a `torch.amp.GradScaler`: fp16 is more precise than bf16 (10 mantissa bits to 7) but
+has only 5 exponent bits to its 8, so small gradients underflow to zero unless the loss is scaled up
+before backward (and the gradients scaled back down before clipping). Either way the master weights, the optimizer state and
+the loss stay fp32: autocast only runs matmuls (and what torch lists with them) in 16 bits.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -19,7 +26,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -40,20 +47,80 @@ class MatmulProbe:
         return self.bf16_gflops / self.fp32_gflops
 
 
+AutocastMode = Literal["auto", "bf16", "fp16", "off"]
+"""`--trainer.autocast`."""
+
+NATIVE_BF16_CUDA = (8, 0)
+"""The first CUDA compute capability (Ampere) whose tensor cores multiply bf16 natively."""
+
+
 @dataclass(frozen=True)
 class Precision:
     """The run's choice, and the sentence that says why (printed in the run's first line)."""
 
-    bf16: bool
+    autocast_dtype: torch.dtype | None
+    """torch.bfloat16 or torch.float16 autocast, or None for fp32."""
     reason: str
 
+    @property
+    def scales_loss(self) -> bool:
+        """fp16 needs a GradScaler: its 5 exponent bits flush small gradients to zero unless the loss is scaled up."""
+        return self.autocast_dtype == torch.float16
 
-def choose_precision(mode: Literal["auto", "bf16", "off"], device: torch.device) -> Precision:
-    """`--trainer.autocast`: off = fp32; bf16 = bf16 (warned where slow); auto = bf16 where it is fast."""
+
+def autocast_for(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """Autocast to `dtype` on `device` (None: fp32, no autocast); the dtype is `Precision.autocast_dtype`."""
+    return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+
+
+def build_grad_scaler(precision: Precision, device: torch.device, state: dict[str, Any] | None) -> torch.amp.GradScaler | None:
+    """fp16's loss scaler (None for bf16 and fp32), at the scale a resumed run had found: `state` is its
+    checkpoint's, None for a new run (or a checkpoint of another precision or an older version: it starts afresh)."""
+    if not precision.scales_loss:
+        return None
+    scaler = torch.amp.GradScaler(device.type)
+    if state is not None:
+        scaler.load_state_dict(state)
+    return scaler
+
+
+def choose_precision(mode: AutocastMode, device: torch.device) -> Precision:
+    """`--trainer.autocast`: off = fp32; bf16 or fp16 as asked (warned where slow); auto = bf16 where native,
+    else fp16 on CUDA and fp32 on CPU."""
     if mode == "off":
-        return Precision(False, "fp32 (--trainer.autocast off)")
+        return Precision(None, "fp32 (--trainer.autocast off)")
+    if device.type == "cuda":
+        return _cuda_precision(mode, device)
     if device.type != "cpu":
-        return Precision(True, f"bf16 autocast ({device.type})")
+        if mode == "fp16":
+            return Precision(torch.float16, f"fp16 autocast + GradScaler (--trainer.autocast fp16; {device.type})")
+        return Precision(torch.bfloat16, f"bf16 autocast ({device.type})")
+    if mode == "fp16":
+        print("warning: --trainer.autocast fp16 on CPU: most CPUs emulate fp16 matmuls (1 vs 95 GFLOP/s fp32 on an "
+              "AMD EPYC core), so it is for testing the fp16 path, not for speed", file=sys.stderr)
+        return Precision(torch.float16, "fp16 autocast + GradScaler (--trainer.autocast fp16; cpu)")
+    return _cpu_precision(mode)
+
+
+def _cuda_precision(mode: AutocastMode, device: torch.device) -> Precision:
+    """bf16 from compute capability 8.0 on, fp16 + GradScaler before (where bf16 is emulated)."""
+    major, minor = torch.cuda.get_device_capability(device)
+    native_bf16 = (major, minor) >= NATIVE_BF16_CUDA
+    capability = f"cuda: compute capability {major}.{minor}"
+    if mode == "fp16":
+        return Precision(torch.float16, f"fp16 autocast + GradScaler (--trainer.autocast fp16; {capability})")
+    if mode == "bf16":
+        if not native_bf16:
+            print(f"warning: --trainer.autocast bf16 on a GPU without native bf16 ({capability}): expect slow "
+                  "matmuls; --trainer.autocast fp16 (or auto) multiplies natively there", file=sys.stderr)
+        return Precision(torch.bfloat16, f"bf16 autocast (--trainer.autocast bf16; {capability})")
+    if native_bf16:
+        return Precision(torch.bfloat16, f"bf16 autocast ({capability} has native bf16)")
+    return Precision(torch.float16, f"fp16 autocast + GradScaler ({capability} has no native bf16)")
+
+
+def _cpu_precision(mode: AutocastMode) -> Precision:
+    """bf16 where the measured probe says it is fast (auto), or as asked with a warning where it is slow."""
     probe = cpu_matmul_probe()
     measured = f"bf16 mm {probe.bf16_gflops:.0f} vs fp32 {probe.fp32_gflops:.0f} GFLOP/s"
     fast = probe.native_bf16 and probe.speedup >= MIN_SPEEDUP
@@ -61,11 +128,11 @@ def choose_precision(mode: Literal["auto", "bf16", "off"], device: torch.device)
         if not fast:
             print(f"warning: --trainer.autocast bf16 on a CPU without fast bf16 matmuls ({measured}): "
                   f"expect about {1 / probe.speedup:.1f}x slower matmuls than fp32", file=sys.stderr)
-        return Precision(True, f"bf16 autocast (--trainer.autocast bf16; {measured})")
+        return Precision(torch.bfloat16, f"bf16 autocast (--trainer.autocast bf16; {measured})")
     if fast:
-        return Precision(True, f"bf16 autocast (CPU has native bf16: {measured})")
+        return Precision(torch.bfloat16, f"bf16 autocast (CPU has native bf16: {measured})")
     why = "no native bf16 on this CPU" if not probe.native_bf16 else f"bf16 not faster here: {measured}"
-    return Precision(False, f"fp32 ({why})")
+    return Precision(None, f"fp32 ({why})")
 
 
 def cpu_matmul_probe(cache_dir: Path | None = None) -> MatmulProbe:

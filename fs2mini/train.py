@@ -35,12 +35,11 @@ from fs2mini.metrics import best_effort
 from fs2mini.model import ARCHS
 from fs2mini.optim import LR_SCHEDULERS, OPTIMIZERS, build_lr_schedule
 from fs2mini.pipeline import Skipped
-from fs2mini.precision import choose_precision
+from fs2mini.precision import autocast_for, choose_precision
 from fs2mini.prepared import open_or_prepare
 from fs2mini.task import TaskConfig
 from fs2mini.tokenizer import Tokenizer
 from fs2mini.trainer import check_config, train
-from fs2mini.validation import autocast_for
 
 COMPONENTS = ("tokenizer", "data", "model", "task", "optimizer", "lr-scheduler", "trainer")
 
@@ -210,7 +209,7 @@ def _check_model(cfg: TrainConfig, parts: Components, batch: Seq2SeqBatch) -> No
     print(f"model {type(model).__name__}, {parts.num_parameters:,} parameters: {cfg.model}")
     started = time.perf_counter()
     print(f"precision: {parts.precision.reason}")
-    with autocast_for(next(model.parameters()).device, parts.bf16):
+    with autocast_for(next(model.parameters()).device, parts.precision.autocast_dtype):
         encoder_out, _ = model.encode(batch.source, batch.source_lengths)
         loss, num_tokens = parts.task.compute_loss(model, batch)
     loss.backward()

@@ -6,7 +6,6 @@ importing the trainer (and the trainer can import them).
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
@@ -16,18 +15,14 @@ from fs2mini.corpus import describe_corpus
 from fs2mini.data import Seq2SeqBatches, collate, direction_name
 from fs2mini.distributed import DistEnv, all_reduce_max, all_reduce_sum
 from fs2mini.errors import UserError
+from fs2mini.precision import autocast_for
 from fs2mini.task import Seq2Seq
 from fs2mini.tokenizer import EOS_ID, PAD_ID
 
 
-def autocast_for(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
-    """bf16 autocast when `bf16` (decided once per run by `fs2mini.precision.choose_precision`)."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
-
-
 @torch.no_grad()
-def validate(model: nn.Module, task: Seq2Seq, batches: Seq2SeqBatches, device: torch.device, bf16: bool,
-             env: DistEnv = DistEnv()) -> dict[str, float]:
+def validate(model: nn.Module, task: Seq2Seq, batches: Seq2SeqBatches, device: torch.device,
+             autocast_dtype: torch.dtype | None, env: DistEnv = DistEnv()) -> dict[str, float]:
     """Loss (the training objective) and NLL/perplexity per target token over the whole split.
 
     Under torchrun each rank evaluates its shard and the sums are all-reduced. Ranks with fewer
@@ -42,7 +37,7 @@ def validate(model: nn.Module, task: Seq2Seq, batches: Seq2SeqBatches, device: t
     tokens = 0
     for index in range(rounds):
         batch = (own[index] if index < len(own) else filler).to(device)
-        with autocast_for(device, bf16):
+        with autocast_for(device, autocast_dtype):
             loss, num_tokens = task.compute_loss(model, batch)
             nll, _ = task.compute_nll(model, batch)
         if index < len(own):

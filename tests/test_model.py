@@ -5,7 +5,7 @@ import torch
 
 from fs2mini.errors import UserError
 from fs2mini.dropout import Dropout
-from fs2mini.model import ARCHS, ModelConfig, attention, build_model, check_model_config
+from fs2mini.model import ARCHS, ModelConfig, attention, build_model, check_model_config, enable_activation_checkpointing
 from fs2mini.vocab import VocabInfo
 
 VOCAB = VocabInfo(size=50, pad_idx=0, bos_idx=2, eos_idx=3, unk_idx=1)
@@ -98,3 +98,59 @@ def test_init_choices_set_the_documented_scales(init, linear_std, embed_std):
     inner = model.encoder_layers[0].ffn.inner_proj.weight
     xavier_std = (2 / (inner.size(0) + inner.size(1))) ** 0.5
     assert inner.std().item() == pytest.approx(linear_std or xavier_std, rel=0.05)
+
+
+def loss_and_gradients(model, seed):
+    """Summed training loss and every parameter's gradient of one teacher-forced batch, dropout on."""
+    model.train().zero_grad(set_to_none=True)
+    torch.manual_seed(seed)
+    source, lengths = torch.tensor([[4, 5, 6, 7, 3], [4, 5, 3, 0, 0]]), torch.tensor([5, 3])
+    target_input, target_output = torch.tensor([[3, 8, 9, 10], [3, 11, 12, 0]]), torch.tensor([[8, 9, 10, 3], [11, 12, 3, 0]])
+    loss = model(source, lengths, target_input).loss(target_output, VOCAB.pad_idx, 0.1)
+    loss.backward()
+    return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
+def count_layer_calls(model):
+    """Calls of every encoder and decoder layer so far (each recomputation under checkpointing counts)."""
+    calls = []
+    for layer in [*model.encoder_layers, *model.decoder_layers]:
+        layer.register_forward_pre_hook(lambda module, inputs: calls.append(module))
+    return calls
+
+
+def test_activation_checkpointing_recomputes_layers_with_the_same_loss_and_gradients():
+    """Checkpointing restores the RNG state before recomputing, so dropout draws the same masks."""
+    model = tiny_model()
+    calls = count_layer_calls(model)
+    plain_loss, plain_grads = loss_and_gradients(model, seed=7)
+    assert len(calls) == 4
+    enable_activation_checkpointing(model)
+    checkpointed_loss, checkpointed_grads = loss_and_gradients(model, seed=7)
+    assert len(calls) == 4 + 8  # each layer ran again in the backward pass
+    assert torch.equal(checkpointed_loss, plain_loss)
+    for name, grad in plain_grads.items():
+        assert torch.equal(checkpointed_grads[name], grad), name
+    _, other_seed = loss_and_gradients(model, seed=8)
+    assert not torch.equal(other_seed["embed.weight"], plain_grads["embed.weight"])  # dropout was really on
+
+
+def test_activation_checkpointing_is_off_in_eval_and_incremental_decoding():
+    model = tiny_model()
+    enable_activation_checkpointing(model)
+    calls = count_layer_calls(model)
+    source, lengths = torch.tensor([[4, 5, 6, 3]]), torch.tensor([4])
+    model.train()  # even in training mode, a decoder state (a cache each call appends to) is never recomputed
+    encoder_out, mask = model.encode(source, lengths)
+    state = model.new_decoder_state()
+    model.decode(torch.tensor([[3]]), encoder_out, mask, state).sum().backward()
+    assert len(calls) == 2 * 2 + 2 and state.num_steps == 1  # encoder layers twice, decoder layers once
+    model.eval()
+    with torch.no_grad():
+        model(source, lengths, torch.tensor([[3, 8, 9]]))
+    assert len(calls) == 6 + 4
+
+
+def test_activation_checkpointing_of_a_model_without_the_hook_names_the_flag():
+    with pytest.raises(UserError, match=r"^--trainer.activation-checkpointing: model Linear has no checkpoint_layers"):
+        enable_activation_checkpointing(torch.nn.Linear(2, 2))

@@ -163,7 +163,7 @@ def test_empty_valid_split_of_a_direction_is_named(reversal_tsv, reversal_tokeni
     batches = Seq2SeqBatches(cfg.data, "valid", reversal_tokenizer, seed=0, shuffle=False, corpora=[empty])
     model = cfg.model.build(reversal_tokenizer.vocab_info)
     with pytest.raises(UserError, match=r"^the valid split of direction eng-fra \(.*reverse.tsv\) has no usable"):
-        validate(model, build_task(cfg.task, reversal_tokenizer.vocab_info), batches, torch.device("cpu"), bf16=False)
+        validate(model, build_task(cfg.task, reversal_tokenizer.vocab_info), batches, torch.device("cpu"), autocast_dtype=None)
 
 
 def test_tokenizer_has_every_language_token_and_balanced_text(two_direction_run):

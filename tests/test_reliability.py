@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import math
 import signal
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from fs2mini.checkpoint import list_checkpoints, load_checkpoint
 from fs2mini.errors import UserError
 from helpers import read_metrics
 from fs2mini.task import Seq2Seq
-from fs2mini.trainer import train
+from fs2mini.trainer import StepResult, TrainState, _count_bad_step, train
 
 from conftest import tiny_config
 
@@ -128,6 +129,17 @@ def test_non_finite_updates_are_skipped_then_the_run_stops(reversal_tsv, tokeniz
     weights_at_6 = load_checkpoint(tmp_path / "run" / "checkpoints" / "step_00000006.pt")["model"]
     for name in weights_at_4:  # skipped updates leave the weights untouched
         assert torch.equal(weights_at_4[name], weights_at_6[name]), name
+
+
+def test_fp16_loss_scale_overflows_are_skipped_but_never_stop_the_run():
+    """GradScaler skips updates whose scaled gradients overflow while it finds its scale: by design, not divergence."""
+    state = TrainState()
+    for _ in range(10):
+        _count_bad_step(state, StepResult(4.0, 10, math.inf, applied=False, overflowed=True), max_bad_steps=2)
+    assert (state.bad_steps, state.skipped_steps) == (0, 10)
+    _count_bad_step(state, StepResult(math.nan, 10, math.nan, applied=False), max_bad_steps=2)
+    with pytest.raises(UserError, match=r"stopping at step 0: 2 consecutive updates had a non-finite loss"):
+        _count_bad_step(state, StepResult(math.nan, 10, math.nan, applied=False), max_bad_steps=2)
 
 
 def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(reversal_tsv, tokenizer_cache, tmp_path, capsys):

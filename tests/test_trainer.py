@@ -101,6 +101,20 @@ def test_pinned_loss_of_a_tiny_deterministic_run(reversal_tsv, tokenizer_cache, 
 
 
 
+def test_activation_checkpointing_trains_exactly_as_without_it(reversal_tsv, tokenizer_cache, tmp_path):
+    """--trainer.activation-checkpointing trades compute for memory: the same losses and weights, dropout included."""
+    runs = []
+    for flag in (False, True):
+        cfg = tiny_config(reversal_tsv, tmp_path / f"checkpointing_{flag}", tokenizer_cache, max_steps=4, log_every=1,
+                          validate_every=4, checkpoint_every=4, valid_translate_sentences=0, activation_checkpointing=flag)
+        runs.append(train(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, dropout_p=0.2))))
+    losses = [[m["loss"] for m in read_metrics(run / "metrics.jsonl")] for run in runs]
+    assert losses[1] == losses[0]
+    weights = [load_checkpoint(run / "checkpoints" / "step_00000004.pt")["model"] for run in runs]
+    for name, weight in weights[0].items():
+        assert torch.equal(weights[1][name], weight), name
+
+
 @pytest.mark.slow
 def test_compiled_training_matches_eager(reversal_tsv, tokenizer_cache, tmp_path):
     """--trainer.compile changes speed, not results: same losses, loadable checkpoints with the same names."""
