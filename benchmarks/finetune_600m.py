@@ -10,11 +10,15 @@ downloaded. One process per setting, so the peak resident memory is that setting
 
 import argparse
 import dataclasses
+import gc
 import resource
 import time
+from pathlib import Path
 
 import torch
 
+from fs2mini.checkpoint import load_checkpoint, save_atomically
+from fs2mini.components import load_model_state
 from fs2mini.data import Seq2SeqBatch
 from fs2mini.lora import LoraConfig, add_adapters
 from fs2mini.model import ARCHS, enable_activation_checkpointing
@@ -30,11 +34,21 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--lora-rank", type=int, default=0, help="LoRA adapters of this rank (fs2mini.lora); 0: none")
     parser.add_argument("--activation-checkpointing", action="store_true", help="recompute each layer in the backward")
+    parser.add_argument("--from-checkpoint", type=Path, default=None,
+                        help="start as --init does: write the weights to this file first, then build the model from it "
+                             "memory-mapped (fs2mini.initialize + load_state_dict(assign=True))")
     args = parser.parse_args()
     torch.manual_seed(0)
     vocab = VocabInfo(256_206, pad_idx=1, bos_idx=0, eos_idx=2, unk_idx=3)
     cfg = dataclasses.replace(ARCHS["dense_600m"], position_offset=2, ffn_dropout_p=0.0)
     model = cfg.build(vocab).train()
+    if args.from_checkpoint is not None:
+        save_atomically({"model": model.state_dict()}, args.from_checkpoint)
+        del model
+        gc.collect()
+        weights = load_checkpoint(args.from_checkpoint, mmap=True)["model"]
+        model = cfg.build(vocab).train()
+        load_model_state(model, weights, args.from_checkpoint, flag="--init", assign=True)
     if args.freeze in ("embeddings", "encoder"):
         model.embed.weight.requires_grad_(False)
     if args.freeze == "encoder":
@@ -60,7 +74,7 @@ def main() -> None:
         optimizer.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - start)
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    print(f"freeze={args.freeze} lora_rank={args.lora_rank} activation_checkpointing={args.activation_checkpointing} batch={args.batch}x{args.length} params={sum(p.numel() for p in model.parameters())/1e6:.0f}M "
+    print(f"from_checkpoint={args.from_checkpoint is not None} freeze={args.freeze} lora_rank={args.lora_rank} activation_checkpointing={args.activation_checkpointing} batch={args.batch}x{args.length} params={sum(p.numel() for p in model.parameters())/1e6:.0f}M "
           f"trained={trained/1e6:.0f}M threads={torch.get_num_threads()} step_s={' '.join(f'{t:.1f}' for t in times)} "
           f"peak_rss_gib={peak_gib:.1f}")
 

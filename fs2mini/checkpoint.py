@@ -96,12 +96,15 @@ def prune_checkpoints(checkpoint_dir: Path, keep_last: int) -> None:
         path.unlink(missing_ok=True)
 
 
-def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint written by `save_atomically`, or raise `UserError` saying what is wrong."""
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict[str, Any]:
+    """Load a checkpoint written by `save_atomically`, or raise `UserError` saying what is wrong.
+
+    `mmap`: tensors stay in the file's pages until used (a 600M model's weights are not copied into
+    memory a second time when a model takes them over with `load_state_dict(assign=True)`)."""
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as err:  # torch raises many types for truncated/garbage files
         raise UserError(f"checkpoint {path} is corrupt or not an fs2mini checkpoint ({type(err).__name__})") from None
     if not isinstance(state, dict) or "model" not in state:

@@ -196,7 +196,7 @@ def build_components(cfg: TrainConfig, tokenizer: Tokenizer, device: torch.devic
     if checkpoint is not None:
         load_model_state(model, checkpoint["model"], cfg.run_dir / "checkpoints")
     elif init_weights is not None:
-        load_model_state(model, init_weights, cfg.init, flag="--init")
+        load_model_state(model, init_weights, cfg.init, flag="--init", assign=device.type == "cpu")
     if cfg.lora.rank:
         model = add_adapters(model, cfg.lora)  # freezes every other weight
         if checkpoint is not None:
@@ -218,10 +218,13 @@ def build_components(cfg: TrainConfig, tokenizer: Tokenizer, device: torch.devic
     return Components(tokenizer, train_batches, valid_batches, model, task, optimizer, lr_at, precision, grad_scaler)
 
 
-def load_model_state(model: nn.Module, state: dict[str, Any], source: Path, flag: str | None = None) -> None:
-    """`model.load_state_dict(state)`, or one sentence naming `source` (and the `flag` that named it) and the first mismatch."""
+def load_model_state(model: nn.Module, state: dict[str, Any], source: Path, flag: str | None = None,
+                     assign: bool = False) -> None:
+    """`model.load_state_dict(state)`, or one sentence naming `source` (and the `flag` that named it) and the first mismatch.
+
+    `assign`: the model takes `state`'s tensors over instead of copying them (same device and dtype)."""
     try:
-        model.load_state_dict(state)
+        model.load_state_dict(state, assign=assign)
     except RuntimeError as err:
         lines = str(err).splitlines()
         where = f"{flag} {source}: its model" if flag else f"the checkpoint in {source}"

@@ -54,8 +54,12 @@ def convert_exported(exported: Path, out: Path, quantization: Quantization) -> P
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         converted = tmp / "model"
-        TransformersConverter(str(exported), copy_files=[f for f in TOKENIZER_FILES if (exported / f).is_file()]
-                              ).convert(str(converted), quantization=quantization)
+        try:
+            TransformersConverter(str(exported), copy_files=[f for f in TOKENIZER_FILES if (exported / f).is_file()]
+                                  ).convert(str(converted), quantization=quantization)
+        except ImportError as err:  # the converter reads the model with transformers
+            raise UserError(f"CTranslate2's converter needs {err.name or 'transformers'}; expected "
+                            "`pip install 'fs2mini[deploy]'`") from None
         os.replace(converted, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -94,13 +98,37 @@ class CTranslate2Translator(Translator):
     def search(self, texts: Sequence[str], cfg: GenerationConfig = GenerationConfig(),
                on_truncated: TruncationCallback = warn_truncated, *, source_lang: str | None = None,
                target_lang: str | None = None) -> list[list[Hypothesis]]:
-        """As `Translator.search`; sentences are batched by equal output-length limit, which CTranslate2 takes per batch."""
+        """As `Translator.search`. CTranslate2 takes one length limit per batch: each batch (sentences of similar
+        length) runs to its longest limit and each output is cut at its own, which is exactly where fs2mini's
+        greedy search stops; a beam that reaches the limit may rank its hypotheses differently."""
         check_generation_config(cfg)
         source_lang, target_lang = self.languages(source_lang, target_lang)
         results: list[list[Hypothesis]] = [[Hypothesis((), 0.0, ())] for _ in texts]
         todo = [i for i, text in enumerate(texts) if text.strip()]
         if not todo:
             return results
+        sources = self.tokenizer.encode_source([texts[i].strip() for i in todo], source_lang)
+        for position, ids in enumerate(sources):
+            if len(ids) > self.max_seq_len:
+                on_truncated(todo[position], len(ids), self.max_seq_len)
+                sources[position] = ids[: self.max_seq_len - 1] + [self.eos_idx]
+        prefix = self.tokenizer.target_prefix(target_lang)[1:]  # CTranslate2 starts the decoder with </s> itself
+        limits = max_output_lengths(torch.tensor([len(ids) for ids in sources]), cfg.max_len_a, cfg.max_len_b,
+                                    self.max_seq_len - len(prefix) - 1).tolist()
+        order = sorted(range(len(sources)), key=lambda p: len(sources[p]))
+        for start in range(0, len(order), cfg.batch_size):
+            batch = order[start : start + cfg.batch_size]
+            found = self.engine.translate_batch(
+                [[self.vocabulary[i] for i in sources[p]] for p in batch],
+                target_prefix=[[self.vocabulary[i] for i in prefix]] * len(batch),
+                beam_size=cfg.beam_size, num_hypotheses=cfg.nbest, length_penalty=cfg.len_penalty,
+                max_decoding_length=max(limits[p] for p in batch) + len(prefix),
+                suppress_sequences=self.banned_tokens or None, return_scores=True, max_input_length=0)
+            for p, result in zip(batch, found):
+                results[todo[p]] = [
+                    Hypothesis(tuple(self.token_ids[t] for t in tokens[len(prefix):][: limits[p]]), score, ())
+                    for tokens, score in zip(result.hypotheses, result.scores)]
+        return results
         sources = self.tokenizer.encode_source([texts[i].strip() for i in todo], source_lang)
         for position, ids in enumerate(sources):
             if len(ids) > self.max_seq_len:

@@ -5,7 +5,8 @@ one checkpoint file. The new run takes its tokenizer (embeddings mean nothing wi
 its weights, and starts everything else afresh: the optimizer state, the learning-rate schedule
 and the step count (fairseq's `--finetune-from-model`, OpenNMT's `-train_from` with `-reset_optim all`).
 Nothing is written until training starts, so a refused `--init` leaves no run directory behind;
-a resumed run continues from its own checkpoints and ignores `--init`.
+a resumed run continues from its own checkpoints and ignores `--init`. The checkpoint is memory-mapped
+and its tensors become the model's (on CPU), so a 600M model is not held twice while it starts.
 
 The run's corpora name their languages (`eng`); an imported NLLB model names its own (`eng_Latn`):
 each corpus code becomes another name of the one model code it starts with, or of the one
@@ -52,11 +53,11 @@ class Initialization:
 def read_init(path: Path, langs: Sequence[str], lang_map: Sequence[str] = (), add_languages: Sequence[str] = ()) -> Initialization:
     """The tokenizer (with the run's languages `langs` mapped and added) and weights `--init path` starts from."""
     if path.is_file():
-        checkpoint_file, state = path, load_checkpoint(path)
+        checkpoint_file, state = path, load_checkpoint(path, mmap=True)
         run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
     elif path.is_dir():
         run_dir = path
-        checkpoint_file, state = load_first_readable(find_checkpoints(path, None))
+        checkpoint_file, state = load_first_readable(find_checkpoints(path, None), mmap=True)
     else:
         raise UserError(f"--init {path} does not exist; expected a run directory (trained, or written by "
                         "python -m fs2mini.hf import) or a checkpoint file")

@@ -239,11 +239,11 @@ def find_checkpoints(run_dir: Path, checkpoint: str | None) -> list[Path]:
     return found
 
 
-def load_first_readable(paths: Sequence[Path]) -> tuple[Path, dict]:
+def load_first_readable(paths: Sequence[Path], mmap: bool = False) -> tuple[Path, dict]:
     """The first of `paths` that loads; a warning for each unreadable one before it, the error if none loads."""
     for index, path in enumerate(paths):
         try:
-            return path, load_checkpoint(path, map_location="cpu")
+            return path, load_checkpoint(path, map_location="cpu", mmap=mmap)
         except UserError as err:
             if index == len(paths) - 1:
                 raise

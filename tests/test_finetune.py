@@ -24,7 +24,11 @@ def _init_config(reversal_tsv, source_run, out, cache, **trainer):
 
 def test_init_from_a_run_starts_from_its_weights_with_fresh_optimizer(trained_reversal_run, reversal_tsv, tmp_path, capsys):
     cfg = _init_config(reversal_tsv, trained_reversal_run, tmp_path / "ft", tmp_path / "cache", max_steps=3)
+    source_file = trained_reversal_run / "checkpoints" / "best.pt"
+    source_bytes = source_file.read_bytes()
     run = train(cfg)
+    # The model trained on the source's memory-mapped tensors (copy-on-write): the source file is untouched.
+    assert source_file.read_bytes() == source_bytes
     printed = capsys.readouterr()
     assert "initialized from" in printed.out + printed.err
     assert "optimizer, learning-rate schedule and step start afresh" in printed.out + printed.err

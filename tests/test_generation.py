@@ -21,7 +21,7 @@ def tiny_model(seed=0, max_seq_len=1024):
     # end-of-sentence bias that ends sentences at different steps) happen; N(0, 0.02) logits are near-flat.
     cfg = ModelConfig(model_dim=32, max_seq_len=max_seq_len, num_encoder_layers=2, num_decoder_layers=2,
                       num_encoder_attn_heads=4, num_decoder_attn_heads=4, ffn_inner_dim=64, dropout_p=0.1,
-                      init="fairseq")
+                      init="fairseq", position_offset=0)  # the random models these cases were written against
     return build_model(cfg, VOCAB).eval()
 
 

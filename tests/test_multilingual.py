@@ -45,6 +45,9 @@ def corpora(tmp_path_factory):
 
 def two_direction_config(corpora, out, cache, **trainer):
     cfg = tiny_config(corpora[0].path, out, cache, **trainer)
+    # Positions from row 0 (the default before 2026-12-05): the BLEU bars below were set with it; with NLLB's
+    # offset 2 (today's default) this 700-step toy run reaches 86.8 and 88.6, 89.5 at 900 steps.
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, position_offset=0))
     return dataclasses.replace(cfg, data=DataConfig(corpus=corpora[0], more_corpora=(corpora[1],), max_tokens=512,
                                                     sampling_temperature=2.0),
                                lr_scheduler=CosineConfig(warmup_steps=30, final_lr_scale=0.01))
