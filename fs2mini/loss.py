@@ -45,11 +45,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, rows: Tensor, weight: Tensor, target: Tensor, label_smoothing: float, chunk_rows: int) -> Tensor:
         need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        # A frozen table (LoRA, --model.freeze embeddings) needs no vocab × dim gradient: for NLLB's 256k
+        # pieces that is 1 GB written and a third of the loss's matmuls saved.
+        need_grad_weight = ctx.needs_input_grad[1]
         vocab = weight.size(0)
         loss_dtype = torch.promote_types(rows.dtype, torch.float32)  # bf16/fp16 logits are summed in fp32
         loss = torch.zeros((), dtype=loss_dtype, device=rows.device)
         grad_rows = torch.empty_like(rows) if need_grad else None
-        grad_weight = torch.zeros(weight.shape, dtype=loss_dtype, device=weight.device) if need_grad else None
+        grad_weight = torch.zeros(weight.shape, dtype=loss_dtype, device=weight.device) if need_grad_weight else None
         for start in range(0, rows.size(0), chunk_rows):
             chunk = rows[start : start + chunk_rows]
             gold = target[start : start + chunk_rows].unsqueeze(1)
@@ -71,15 +74,18 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 grad_logits.scatter_add_(1, gold, torch.full_like(gold, label_smoothing - 1.0, dtype=grad_logits.dtype))
                 grad_logits = grad_logits.to(chunk.dtype)
                 grad_rows[start : start + chunk_rows] = grad_logits @ weight.to(chunk.dtype)
-                if grad_logits.dtype == grad_weight.dtype:
+                if grad_weight is None:
+                    pass
+                elif grad_logits.dtype == grad_weight.dtype:
                     grad_weight.addmm_(grad_logits.T, chunk)  # accumulates without a vocab × dim temporary
                 else:
                     grad_weight += (grad_logits.T @ chunk).to(loss_dtype)
         if need_grad:
-            ctx.save_for_backward(grad_rows, grad_weight.to(weight.dtype))
+            ctx.save_for_backward(grad_rows, grad_weight.to(weight.dtype) if grad_weight is not None else None)
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss: Tensor):
         grad_rows, grad_weight = ctx.saved_tensors
-        return grad_rows * grad_loss.to(grad_rows.dtype), grad_weight * grad_loss.to(grad_weight.dtype), None, None, None
+        return (grad_rows * grad_loss.to(grad_rows.dtype),
+                grad_weight * grad_loss.to(grad_weight.dtype) if grad_weight is not None else None, None, None, None)

@@ -48,6 +48,19 @@ def test_fused_loss_and_gradients_match_pytorch_cross_entropy(eps, chunk_rows):
     assert grads[0][1, 6:].abs().sum() == 0  # pad positions get no gradient
 
 
+def test_fused_loss_with_a_frozen_table_computes_no_table_gradient():
+    """LoRA and --model.freeze embeddings: the hidden states' gradient is unchanged, the table's is never built."""
+    torch.manual_seed(2)
+    hidden = torch.randn(2, 9, 16, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(40, 16, dtype=torch.float64)  # frozen
+    target = torch.randint(1, 40, (2, 9))
+    fused = linear_cross_entropy(hidden, weight, target, 0, 0.1, 4)
+    reference = F.cross_entropy(F.linear(hidden, weight).flatten(0, 1), target.flatten(), ignore_index=0,
+                                reduction="sum", label_smoothing=0.1)
+    assert fused.grad_fn.saved_tensors[1] is None
+    torch.testing.assert_close(torch.autograd.grad(fused, hidden)[0], torch.autograd.grad(reference, hidden)[0])
+
+
 def test_fused_loss_under_bf16_autocast_is_close_to_fp32():
     torch.manual_seed(2)
     hidden, weight = torch.randn(64, 32, requires_grad=True), torch.randn(100, 32, requires_grad=True)
