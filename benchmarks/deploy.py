@@ -5,7 +5,7 @@ beam and length settings in each engine, one after the other, in one process; th
 sentences per second and BLEU / chrF (sacrebleu). CTranslate2 runs on the converted directories
 `python -m fs2mini.hf ctranslate2 RUN OUT --quantization ...` writes. Writes benchmarks/deploy.json.
 
-    python benchmarks/deploy.py --run runs/default
+    python benchmarks/deploy.py --run runs/fs2mini      # the run `make train` writes
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def timed(name: str, translate, sources: list[str], references: list[str]) -> di
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--run", type=Path, default=Path("runs/default"))
+    parser.add_argument("--run", type=Path, default=Path("runs/fs2mini"))
     parser.add_argument("--beam-size", type=int, default=4)
     parser.add_argument("--max-sentences", type=int, default=None)
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("deploy.json"))
