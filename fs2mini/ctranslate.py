@@ -22,7 +22,7 @@ from typing import Literal
 import torch
 
 from fs2mini.errors import UserError
-from fs2mini.generation import GenerationConfig, Hypothesis, check_generation_config, max_output_lengths
+from fs2mini.generation import GenerationConfig, Hypothesis, max_output_lengths
 from fs2mini.tokenizer import Tokenizer
 from fs2mini.translate import Translator, TruncationCallback, warn_truncated
 
@@ -87,13 +87,17 @@ class CTranslate2Translator(Translator):
             self.engine = ctranslate2.Translator(str(path), device=device, intra_threads=threads or torch.get_num_threads())
         except (RuntimeError, ValueError) as err:
             raise UserError(f"cannot load the CTranslate2 model in {path}: {err}") from None
-        self.max_seq_len = int(tok_cfg.get("model_max_length", 1024))
         super().__init__(None, tokenizer, source_lang, target_lang or source_lang, checkpoint_path=path / "model.bin")
+        self.longest_source = int(tok_cfg.get("model_max_length", 1024))
         self.banned_tokens = [[self.vocabulary[i]] for i in self.banned_ids]
 
     @property
     def device(self) -> torch.device:
         return torch.device("cpu")
+
+    @property
+    def max_seq_len(self) -> int:
+        return self.longest_source
 
     def search(self, texts: Sequence[str], cfg: GenerationConfig = GenerationConfig(),
                on_truncated: TruncationCallback = warn_truncated, *, source_lang: str | None = None,
@@ -101,17 +105,9 @@ class CTranslate2Translator(Translator):
         """As `Translator.search`. CTranslate2 takes one length limit per batch: each batch (sentences of similar
         length) runs to its longest limit and each output is cut at its own, which is exactly where fs2mini's
         greedy search stops; a beam that reaches the limit may rank its hypotheses differently."""
-        check_generation_config(cfg)
-        source_lang, target_lang = self.languages(source_lang, target_lang)
-        results: list[list[Hypothesis]] = [[Hypothesis((), 0.0, ())] for _ in texts]
-        todo = [i for i, text in enumerate(texts) if text.strip()]
+        results, todo, sources, target_lang = self.encoded_sources(texts, cfg, on_truncated, source_lang, target_lang)
         if not todo:
             return results
-        sources = self.tokenizer.encode_source([texts[i].strip() for i in todo], source_lang)
-        for position, ids in enumerate(sources):
-            if len(ids) > self.max_seq_len:
-                on_truncated(todo[position], len(ids), self.max_seq_len)
-                sources[position] = ids[: self.max_seq_len - 1] + [self.eos_idx]
         prefix = self.tokenizer.target_prefix(target_lang)[1:]  # CTranslate2 starts the decoder with </s> itself
         limits = max_output_lengths(torch.tensor([len(ids) for ids in sources]), cfg.max_len_a, cfg.max_len_b,
                                     self.max_seq_len - len(prefix) - 1).tolist()
@@ -128,30 +124,4 @@ class CTranslate2Translator(Translator):
                 results[todo[p]] = [
                     Hypothesis(tuple(self.token_ids[t] for t in tokens[len(prefix):][: limits[p]]), score, ())
                     for tokens, score in zip(result.hypotheses, result.scores)]
-        return results
-        sources = self.tokenizer.encode_source([texts[i].strip() for i in todo], source_lang)
-        for position, ids in enumerate(sources):
-            if len(ids) > self.max_seq_len:
-                on_truncated(todo[position], len(ids), self.max_seq_len)
-                sources[position] = ids[: self.max_seq_len - 1] + [self.eos_idx]
-        prefix = self.tokenizer.target_prefix(target_lang)[1:]  # CTranslate2 starts the decoder with </s> itself
-        limits = max_output_lengths(torch.tensor([len(ids) for ids in sources]), cfg.max_len_a, cfg.max_len_b,
-                                    self.max_seq_len - len(prefix) - 1).tolist()
-        order = sorted(range(len(sources)), key=lambda p: (limits[p], len(sources[p])))
-        start = 0
-        while start < len(order):
-            end = start + 1
-            while end < len(order) and end - start < cfg.batch_size and limits[order[end]] == limits[order[start]]:
-                end += 1
-            batch = order[start:end]
-            found = self.engine.translate_batch(
-                [[self.vocabulary[i] for i in sources[p]] for p in batch],
-                target_prefix=[[self.vocabulary[i] for i in prefix]] * len(batch),
-                beam_size=cfg.beam_size, num_hypotheses=cfg.nbest, length_penalty=cfg.len_penalty,
-                max_decoding_length=limits[batch[0]] + len(prefix), suppress_sequences=self.banned_tokens or None,
-                return_scores=True, max_input_length=0)
-            for p, result in zip(batch, found):
-                results[todo[p]] = [Hypothesis(tuple(self.token_ids[t] for t in tokens[len(prefix):]), score, ())
-                                    for tokens, score in zip(result.hypotheses, result.scores)]
-            start = end
         return results

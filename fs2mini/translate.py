@@ -157,6 +157,11 @@ class Translator:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def max_seq_len(self) -> int:
+        """Longest source the model takes; longer ones are cut (`encoded_sources`)."""
+        return self.model.max_seq_len
+
     def __call__(self, text: str, cfg: GenerationConfig = GenerationConfig(), *, source_lang: str | None = None,
                  target_lang: str | None = None) -> str:
         """The best translation of one sentence (into `target_lang`, default the run's; see `languages`)."""
@@ -176,22 +181,29 @@ class Translator:
         found = self.search(texts, cfg, on_truncated, source_lang=source_lang, target_lang=target_lang)
         return [[(self.tokenizer.decode(hyp.tokens), hyp.score) for hyp in hyps] for hyps in found]
 
-    def search(self, texts: Sequence[str], cfg: GenerationConfig = GenerationConfig(),
-               on_truncated: TruncationCallback = warn_truncated, *, source_lang: str | None = None,
-               target_lang: str | None = None) -> list[list[Hypothesis]]:
-        """Hypotheses (token ids and scores) per text, in input order; blank texts get one empty hypothesis."""
+    def encoded_sources(self, texts: Sequence[str], cfg: GenerationConfig, on_truncated: TruncationCallback,
+                        source_lang: str | None, target_lang: str | None
+                        ) -> tuple[list[list[Hypothesis]], list[int], list[list[int]], str]:
+        """What every search starts from: one empty hypothesis per text, the indices of the non-blank texts,
+        their encoded sources (cut to `max_seq_len`, `on_truncated` called for each cut), the target language."""
         check_generation_config(cfg)
         source_lang, target_lang = self.languages(source_lang, target_lang)
         results: list[list[Hypothesis]] = [[Hypothesis((), 0.0, ())] for _ in texts]
         todo = [i for i, text in enumerate(texts) if text.strip()]
+        sources = self.tokenizer.encode_source([texts[i].strip() for i in todo], source_lang) if todo else []
+        for position, ids in enumerate(sources):
+            if len(ids) > self.max_seq_len:
+                on_truncated(todo[position], len(ids), self.max_seq_len)
+                sources[position] = ids[: self.max_seq_len - 1] + [self.eos_idx]
+        return results, todo, sources, target_lang
+
+    def search(self, texts: Sequence[str], cfg: GenerationConfig = GenerationConfig(),
+               on_truncated: TruncationCallback = warn_truncated, *, source_lang: str | None = None,
+               target_lang: str | None = None) -> list[list[Hypothesis]]:
+        """Hypotheses (token ids and scores) per text, in input order; blank texts get one empty hypothesis."""
+        results, todo, sources, target_lang = self.encoded_sources(texts, cfg, on_truncated, source_lang, target_lang)
         if not todo:
             return results
-        sources = self.tokenizer.encode_source([texts[i].strip() for i in todo], source_lang)
-        limit = self.model.max_seq_len
-        for position, ids in enumerate(sources):
-            if len(ids) > limit:
-                on_truncated(todo[position], len(ids), limit)
-                sources[position] = ids[: limit - 1] + [self.eos_idx]
         prefix = self.tokenizer.target_prefix(target_lang)
         pad_idx = self.tokenizer.vocab_info.pad_idx
         # Sorted by length, so each batch holds similar lengths and little padding.
