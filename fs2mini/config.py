@@ -32,6 +32,7 @@ from fs2mini.errors import UserError
 from fs2mini.lora import LoraConfig
 from fs2mini.model import ARCHS
 from fs2mini.optim import LR_SCHEDULERS, OPTIMIZERS, AdamWConfig, InverseSqrtConfig
+from fs2mini.precision import AutocastMode
 from fs2mini.task import TaskConfig
 from fs2mini.tokenizer import TokenizerConfig
 
@@ -67,7 +68,7 @@ class TrainerConfig:
     """cpu, cuda, cuda:N, or auto (CUDA when available). Under torchrun each rank uses cuda:LOCAL_RANK or cpu."""
     data_parallel: Literal["ddp", "fsdp", "none"] = "ddp"
     """Under torchrun: ddp replicates the model, fsdp shards it per layer (FSDP2); none = single process only."""
-    autocast: Literal["auto", "bf16", "fp16", "off"] = "auto"
+    autocast: AutocastMode = "auto"
     """Mixed precision: auto = bf16 where it is native (CUDA compute capability >= 8.0; CPUs whose bf16 matmuls
     measure faster than fp32), fp16 with loss scaling (GradScaler) on older GPUs, fp32 on other CPUs."""
     activation_checkpointing: bool = False

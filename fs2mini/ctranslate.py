@@ -11,8 +11,10 @@ are optional: `pip install 'fs2mini[deploy]'`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -29,6 +31,7 @@ from fs2mini.translate import Translator, TruncationCallback, warn_truncated
 Quantization = Literal["int8", "int8_float32", "float32"]
 TOKENIZER_FILES = ("sentencepiece.bpe.model", "tokenizer_config.json", "special_tokens_map.json")
 """What `fs2mini.hf export` writes for the tokenizer, copied next to the converted model."""
+_PIECE_CODE = re.compile(r"^__(.+)__$")
 
 
 def is_ctranslate2_dir(path: Path) -> bool:
@@ -36,7 +39,7 @@ def is_ctranslate2_dir(path: Path) -> bool:
     return (path / "model.bin").is_file() and (path / "shared_vocabulary.json").is_file()
 
 
-def _import_ctranslate2():
+def import_ctranslate2():
     try:
         import ctranslate2
     except ImportError:
@@ -47,7 +50,7 @@ def _import_ctranslate2():
 
 def convert_exported(exported: Path, out: Path, quantization: Quantization) -> Path:
     """Convert the M2M100 directory `exported` into the new CTranslate2 directory `out` (atomically)."""
-    _import_ctranslate2()
+    import_ctranslate2()
     from ctranslate2.converters import TransformersConverter
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -69,8 +72,9 @@ def convert_exported(exported: Path, out: Path, quantization: Quantization) -> P
 class CTranslate2Translator(Translator):
     """`Translator` whose search runs in CTranslate2 (greedy or beam), with fs2mini's tokenizer and length limits."""
 
-    def __init__(self, path: Path, device: str = "cpu", threads: int | None = None) -> None:
-        ctranslate2 = _import_ctranslate2()
+    def __init__(self, path: Path, device: str = "auto", threads: int | None = None) -> None:
+        """`device`: cpu, cuda, cuda:N, or auto (CUDA when CTranslate2 sees a GPU)."""
+        ctranslate2 = import_ctranslate2()
         from fs2mini.hf import nllb_layout  # the exported tokenizer files are read as `hf import` reads them
 
         self.vocabulary = json.loads((path / "shared_vocabulary.json").read_text(encoding="utf-8"))
@@ -78,17 +82,30 @@ class CTranslate2Translator(Translator):
         spm_path = path / TOKENIZER_FILES[0]
         if not spm_path.is_file():
             raise UserError(f"{spm_path} does not exist; expected a directory written by python -m fs2mini.hf ctranslate2")
-        tok_cfg = json.loads((path / "tokenizer_config.json").read_text(encoding="utf-8"))
+        try:
+            tok_cfg = json.loads((path / "tokenizer_config.json").read_text(encoding="utf-8"))
+            longest_source = int(tok_cfg["model_max_length"])
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise UserError(f"cannot read {path / 'tokenizer_config.json'} ({type(err).__name__}: {err}); expected the "
+                            "tokenizer files python -m fs2mini.hf ctranslate2 copies there") from None
         probe = Tokenizer(spm_path, ())
         layout = nllb_layout(path, probe.sp.get_piece_size(), len(self.vocabulary))
-        source_lang, target_lang = tok_cfg.get("src_lang"), tok_cfg.get("tgt_lang")
+        # A run trained with fs2mini's tokenizer exports its codes as `__eng__`: `eng` names them too.
+        aliases = {match.group(1): i for code, i in layout.lang_ids.items() if (match := _PIECE_CODE.match(code))}
+        layout = dataclasses.replace(layout, lang_ids={**layout.lang_ids, **aliases})
+        source_lang, target_lang = (next((a for a, i in aliases.items() if i == layout.lang_ids.get(code)), code)
+                                    for code in (tok_cfg.get("src_lang"), tok_cfg.get("tgt_lang")))
         tokenizer = Tokenizer(spm_path, tuple(layout.lang_ids), layout=layout)  # every code: any may be asked for
+        kind, _, index = device.partition(":")
+        if kind == "auto":
+            kind = "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
         try:
-            self.engine = ctranslate2.Translator(str(path), device=device, intra_threads=threads or torch.get_num_threads())
+            self.engine = ctranslate2.Translator(str(path), device=kind, device_index=int(index or 0),
+                                                 intra_threads=threads or torch.get_num_threads())
         except (RuntimeError, ValueError) as err:
             raise UserError(f"cannot load the CTranslate2 model in {path}: {err}") from None
         super().__init__(None, tokenizer, source_lang, target_lang or source_lang, checkpoint_path=path / "model.bin")
-        self.longest_source = int(tok_cfg.get("model_max_length", 1024))
+        self.longest_source = longest_source
         self.banned_tokens = [[self.vocabulary[i]] for i in self.banned_ids]
 
     @property

@@ -160,7 +160,9 @@ def evaluate(args: EvaluateArgs) -> dict:
         raise UserError(f"--max-sentences must be a positive integer, got {args.max_sentences}")
     if (args.source is None) != (args.reference is None):
         raise UserError("--source and --reference go together: a file of sentences to translate and their references")
-    if (args.run_dir / "model.bin").is_file() and (args.run_dir / "shared_vocabulary.json").is_file():
+    from fs2mini.ctranslate import is_ctranslate2_dir
+
+    if is_ctranslate2_dir(args.run_dir):
         raise UserError(f"{args.run_dir} is a CTranslate2 model, which gives translations but no losses; expected the run "
                         f"directory it was converted from (or: python -m fs2mini.translate {args.run_dir}, then sacrebleu)")
     name = args.split if args.source is None else args.source.stem

@@ -331,7 +331,8 @@ def fetch(src: str, revision: str | None = None) -> Path:
     if src.count("/") != 1:
         raise UserError(f"{src} does not exist; expected a local directory or a Hub id such as facebook/nllb-200-distilled-600M")
     path = download(src, revision, HUB_FILES)
-    return path if weight_files(path) else download(src, revision, HUB_FILES + HUB_BIN_FILES)
+    found = weight_files(path)  # a pytorch_model.bin.index.json comes with the JSON files, its shards do not
+    return path if found and all(f.is_file() for f in found) else download(src, revision, HUB_FILES + HUB_BIN_FILES)
 
 
 def download(src: str, revision: str | None, patterns: list[str]) -> Path:
@@ -528,16 +529,15 @@ class CTranslate2Args:
 
 def export_ctranslate2(run_dir: Path, out: Path, quantization: str, checkpoint: str | None = None) -> Path:
     """`export_run` into a temporary directory, then CTranslate2's converter from it into `out`."""
-    from fs2mini.ctranslate import convert_exported
+    from fs2mini.ctranslate import convert_exported, import_ctranslate2
 
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out} already exists; expected a new directory")
+    import_ctranslate2()  # before the export's work
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
         exported = export_run(run_dir, Path(tmp) / "m2m100", checkpoint)
-        if out.exists():
-            out.rmdir()
-        convert_exported(exported, out, quantization)
+        convert_exported(exported, out, quantization)  # renamed over `out` (an empty directory is replaced)
     print(f"converted to CTranslate2 ({quantization}) in {out}; translate with python -m fs2mini.translate {out}",
           file=sys.stderr)
     return out

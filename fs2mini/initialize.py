@@ -17,6 +17,7 @@ one new embedding row, a copy of the related code's, recorded in the run's token
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from torch import Tensor
 from fs2mini.checkpoint import load_checkpoint
 from fs2mini.errors import UserError
 from fs2mini.lora import model_weights
-from fs2mini.tokenizer import LAYOUT_FILE, Tokenizer, TokenizerLayout, checked_tokenizer
+from fs2mini.tokenizer import Tokenizer, TokenizerLayout, checked_tokenizer
 from fs2mini.translate import find_checkpoints, load_first_readable
 
 _CODE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
@@ -50,8 +51,17 @@ class Initialization:
                 "and step start afresh")
 
 
-def read_init(path: Path, langs: Sequence[str], lang_map: Sequence[str] = (), add_languages: Sequence[str] = ()) -> Initialization:
-    """The tokenizer (with the run's languages `langs` mapped and added) and weights `--init path` starts from."""
+ARCHITECTURE_FIELDS = ("model_dim", "num_encoder_layers", "num_decoder_layers", "num_encoder_attn_heads",
+                       "num_decoder_attn_heads", "ffn_inner_dim", "position_offset", "scale_embeddings")
+"""Model settings the weights only mean something under; several (heads, positions, scaling) change no tensor's shape."""
+
+
+def read_init(path: Path, langs: Sequence[str], lang_map: Sequence[str] = (), add_languages: Sequence[str] = (),
+              configured_model: dict | None = None) -> Initialization:
+    """The tokenizer (with the run's languages `langs` mapped and added) and weights `--init path` starts from.
+
+    `configured_model`: the run's model section as config.json writes it; refused when an architecture field
+    differs from the one the weights were trained with (a shape mismatch is caught when they are loaded)."""
     if path.is_file():
         checkpoint_file, state = path, load_checkpoint(path, mmap=True)
         run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
@@ -61,6 +71,14 @@ def read_init(path: Path, langs: Sequence[str], lang_map: Sequence[str] = (), ad
     else:
         raise UserError(f"--init {path} does not exist; expected a run directory (trained, or written by "
                         "python -m fs2mini.hf import) or a checkpoint file")
+    trained_model = (state.get("config") or {}).get("model") or {}
+    differing = [k for k in ARCHITECTURE_FIELDS if configured_model and k in trained_model and k in configured_model
+                 and trained_model[k] != configured_model[k]]
+    if differing:
+        flags = " ".join("--model." + k.replace("_", "-") + f" {trained_model[k]}" for k in differing)
+        raise UserError(f"--init {path} was trained with {', '.join(f'{k} {trained_model[k]}' for k in differing)}, the "
+                        f"configured model has {', '.join(f'{k} {configured_model[k]}' for k in differing)}; expected the "
+                        f"same architecture ({flags})")
     tokenizer = _source_tokenizer(run_dir, state, checkpoint_file)
     layout = tokenizer.layout
     weights = model_weights(state)
@@ -88,9 +106,9 @@ def _source_tokenizer(run_dir: Path, state: dict, checkpoint_file: Path) -> Toke
     if not record or "model_bytes" not in record:
         raise UserError(f"--init {checkpoint_file}: no tokenizer.model beside it and none recorded in it; expected "
                         "a checkpoint inside its run directory")
-    layout_file = run_dir / LAYOUT_FILE
+    layout = TokenizerLayout(**json.loads(record["layout"])) if "layout" in record else TokenizerLayout()
     return Tokenizer(run_dir / "tokenizer.model", (), model_bytes=bytes(record["model_bytes"].numpy().tobytes()),
-                     layout=None if layout_file.is_file() else TokenizerLayout())
+                     layout=layout)
 
 
 def map_languages(langs: Sequence[str], codes: dict[str, int], lang_map: Sequence[str]) -> dict[str, int]:
@@ -121,13 +139,18 @@ def map_languages(langs: Sequence[str], codes: dict[str, int], lang_map: Sequenc
 
 def _with_new_languages(layout: TokenizerLayout, weights: dict[str, Tensor], add_languages: Sequence[str],
                         path: Path) -> tuple[TokenizerLayout, dict[str, Tensor]]:
-    """One embedding row per new code, appended after the table and copied from the related code's row."""
+    """One embedding row per new code, copied from the related code's row: the first unused rows after the codes
+    and the <mask> that follows them (NLLB-200 has two spare rows there), then rows appended to the table.
+
+    Contiguous ids, because transformers' tokenizers give added tokens the next free id whatever their
+    recorded one: a code placed after a gap would be exported under a wrong id."""
     if not layout.lang_ids:
         raise UserError(f"--add-languages: {path} uses fs2mini's own tokenizer, whose languages are pieces of its "
                         "sentencepiece model; expected a model imported from NLLB/M2M100 (python -m fs2mini.hf import)")
     embed = weights["embed.weight"]
     size = embed.size(0)
     lang_ids, rows = dict(layout.lang_ids), []
+    next_id = max(lang_ids.values()) + 2  # after the last code and <mask>
     for item in add_languages:
         code, sep, related = item.partition("=")
         if not sep or not _CODE.match(code):
@@ -139,8 +162,11 @@ def _with_new_languages(layout: TokenizerLayout, weights: dict[str, Tensor], add
         if related not in lang_ids:
             raise UserError(f"--add-languages {item}: unknown related code {related!r}; expected one of the model's "
                             f"codes such as {', '.join(sorted(layout.lang_ids)[:5])}")
-        lang_ids[code] = size + len(rows)
-        rows.append(embed[lang_ids[related]])
-    grown = torch.cat([embed, torch.stack(rows).to(embed.dtype)])
-    layout = dataclasses.replace(layout, lang_ids=lang_ids, vocab_size=size + len(rows))
+        lang_ids[code] = next_id
+        rows.append((next_id, embed[lang_ids[related]]))
+        next_id += 1
+    grown = torch.cat([embed, embed.new_zeros(max(0, next_id - size), embed.size(1))])
+    for row, vector in rows:
+        grown[row] = vector
+    layout = dataclasses.replace(layout, lang_ids=lang_ids, vocab_size=grown.size(0))
     return layout, {**weights, "embed.weight": grown}

@@ -38,10 +38,6 @@ class LoraConfig:
     targets: tuple[str, ...] = ("qkv_proj", "q_proj", "kv_proj", "out_proj", "inner_proj")
     """Names of the nn.Linear modules that get an adapter (fs2mini's attention and FFN projections)."""
 
-    @property
-    def scaling(self) -> float:
-        return self.alpha / self.rank
-
 
 def check_lora_config(cfg: LoraConfig) -> None:
     if cfg.rank < 0:
@@ -52,6 +48,16 @@ def check_lora_config(cfg: LoraConfig) -> None:
         raise UserError(f"--lora.dropout must be in [0, 1), got {cfg.dropout}")
     if cfg.rank and not cfg.targets:
         raise UserError("--lora.targets is empty; expected names of linear layers such as qkv_proj out_proj")
+
+
+def linear_widths(model: nn.Module) -> dict[str, int]:
+    """The names (last component) of `model`'s nn.Linear layers, each with its narrowest width (in or out)."""
+    widths: dict[str, int] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            leaf = name.rsplit(".", 1)[-1]
+            widths[leaf] = min(widths.get(leaf, module.in_features), module.in_features, module.out_features)
+    return widths
 
 
 def check_lora_targets(cfg: LoraConfig, linears: dict[str, int]) -> None:
@@ -67,12 +73,7 @@ def check_lora_targets(cfg: LoraConfig, linears: dict[str, int]) -> None:
 
 def add_adapters(model: nn.Module, cfg: LoraConfig) -> nn.Module:
     """`model` with an adapter on each targeted linear layer and every other weight frozen (in place)."""
-    linears: dict[str, int] = {}
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear):
-            leaf = name.rsplit(".", 1)[-1]
-            linears[leaf] = min(linears.get(leaf, module.in_features), module.in_features, module.out_features)
-    check_lora_targets(cfg, linears)
+    check_lora_targets(cfg, linear_widths(model))
     try:
         from peft import LoraConfig as PeftLoraConfig
         from peft import inject_adapter_in_model

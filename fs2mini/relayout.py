@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from sentencepiece import sentencepiece_model_pb2
 from torch import Tensor
 
-from fs2mini.tokenizer import Tokenizer, TokenizerLayout
+from fs2mini.tokenizer import Tokenizer, TokenizerLayout, lang_token
 
 NLLB_SPECIALS = {"bos_id": 0, "pad_id": 1, "eos_id": 2, "unk_id": 3}
 """fairseq's dictionary: <s> <pad> </s> <unk> first, then the sentencepiece pieces shifted by one."""
@@ -37,7 +37,7 @@ class NllbIds:
 def to_nllb_ids(tokenizer: Tokenizer, state: dict[str, Tensor]) -> NllbIds:
     """`tokenizer` (fs2mini's own layout) and the weights `state` of its model, rewritten in NLLB's layout.
 
-    The languages are the tokenizer's `__code__` pieces, named `code`; one <mask> row follows them,
+    The languages are the tokenizer's `__code__` pieces, named `__code__` and `code`; one <mask> row follows them,
     a copy of <unk>'s (never produced: NLLB's layout has it, so tokenizers expect it there)."""
     if tokenizer.layout != TokenizerLayout():
         raise ValueError("to_nllb_ids rewrites fs2mini's own layout only")
@@ -65,7 +65,11 @@ def to_nllb_ids(tokenizer: Tokenizer, state: dict[str, Tensor]) -> NllbIds:
     # Model id of each row, in NLLB's order: specials, pieces from sentencepiece id 3 on, codes, <mask>.
     rows = [old.bos_id, old.pad_id, old.eos_id, old.unk_id] + kept + list(codes.values()) + [old.unk_id]
     first_code = len(new_pieces) + 1
-    layout = TokenizerLayout(**NLLB_SPECIALS, piece_offset=1, vocab_size=len(rows),
-                             lang_ids={code: first_code + k for k, code in enumerate(codes)})
+    # Exported under their `__eng__` piece names (transformers matches added tokens inside words: a code named
+    # `eng` would split "length"), and known to fs2mini by its own names (`eng`) too.
+    lang_ids = {}
+    for k, code in enumerate(codes):
+        lang_ids[lang_token(code)] = lang_ids[code] = first_code + k
+    layout = TokenizerLayout(**NLLB_SPECIALS, piece_offset=1, vocab_size=len(rows), lang_ids=lang_ids)
     embed = state["embed.weight"]
     return NllbIds(proto.SerializeToString(), layout, {**state, "embed.weight": embed[rows].clone()})

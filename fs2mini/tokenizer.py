@@ -234,9 +234,13 @@ class Tokenizer:
 
 
 def tokenizer_record(tokenizer: Tokenizer) -> dict[str, Any]:
-    """What a checkpoint keeps of its tokenizer: identity (fingerprint, size, language ids) and the file itself."""
-    return {"sha256": tokenizer.fingerprint, "vocab_size": tokenizer.vocab_info.size, "lang_ids": dict(tokenizer.lang_ids),
-            "model_bytes": torch.frombuffer(bytearray(tokenizer.model_bytes), dtype=torch.uint8).clone()}
+    """What a checkpoint keeps of its tokenizer: identity (fingerprint, size, language ids), the file itself, and an
+    imported model's id layout (so a checkpoint copied out of its run directory still starts a run: `--init`)."""
+    record = {"sha256": tokenizer.fingerprint, "vocab_size": tokenizer.vocab_info.size, "lang_ids": dict(tokenizer.lang_ids),
+              "model_bytes": torch.frombuffer(bytearray(tokenizer.model_bytes), dtype=torch.uint8).clone()}
+    if tokenizer.layout != TokenizerLayout():
+        record["layout"] = tokenizer.layout.to_json()
+    return record
 
 
 def checked_tokenizer(path: Path, langs: Sequence[str], record: dict[str, Any] | None, checkpoint: Path) -> Tokenizer:

@@ -51,7 +51,7 @@ from fs2mini.errors import RunStopped, UserError, expect, finite
 from fs2mini.evaluate import Evaluation, translate_and_score
 from fs2mini.generation import GenerationConfig
 from fs2mini.initialize import read_init
-from fs2mini.lora import adapter_state, check_lora_config, check_lora_targets, count_trainable, split_adapters
+from fs2mini.lora import adapter_state, check_lora_config, check_lora_targets, count_trainable, linear_widths, split_adapters
 from fs2mini.metrics import ProgressDisplay, best_effort
 from fs2mini.model import ModelConfig, check_model_config
 from fs2mini.optim import check_lr_scheduler_config, check_optimizer_config
@@ -62,6 +62,7 @@ from fs2mini.task import TaskConfig, check_task_config
 from fs2mini.trackers import RunLog, check_tracker_config
 from fs2mini.translate import Translator
 from fs2mini.validation import combine_losses, validate
+from fs2mini.vocab import VocabInfo
 
 LossFunction = Callable[[nn.Module, Seq2SeqBatch], tuple[Tensor, int]]
 """(model, batch) -> (loss summed over the batch's target tokens, their number): `Task.compute_loss`."""
@@ -220,8 +221,8 @@ def check_config(cfg: TrainConfig, env: DistEnv = DistEnv()) -> None:
     check_trainer_config(cfg.trainer)
     check_lora_config(cfg.lora)
     if cfg.lora.rank and isinstance(cfg.model, ModelConfig):  # before any slow work; a recipe's model is checked when built
-        check_lora_targets(cfg.lora, {name: cfg.model.model_dim for name in ("qkv_proj", "q_proj", "kv_proj", "out_proj",
-                                                                              "inner_proj")})
+        with torch.device("meta"):  # the layers' names and widths, without allocating any weight
+            check_lora_targets(cfg.lora, linear_widths(cfg.model.build(VocabInfo(8, 0, 2, 3, 1))))
     if cfg.init is None and (cfg.lang_map or cfg.add_languages):
         raise UserError(f"{'--lang-map' if cfg.lang_map else '--add-languages'} applies to the model --init starts "
                         "from; expected --init RUN_DIR too")
@@ -270,9 +271,11 @@ def _train_locked(cfg: TrainConfig, env: DistEnv, device: torch.device) -> Path:
     checkpoint = newest_checkpoint(cfg, env)
     init = None  # a new run started from another model's weights (--init); a resume continues from its own
     if checkpoint is None and cfg.init is not None:
-        init = read_init(cfg.init, run_languages(cfg.data), cfg.lang_map, cfg.add_languages)
+        init = read_init(cfg.init, run_languages(cfg.data), cfg.lang_map, cfg.add_languages, config_to_json(cfg)["model"])
     tokenizer = init.tokenizer if init is not None else run_tokenizer(cfg, checkpoint, env)
     parts = build_components(cfg, tokenizer, device, env, checkpoint, init.weights if init is not None else None)
+    init_message = init.message() if init is not None else None
+    del init  # its weights are the model's now (or were copied into it): not held twice for the whole run
     state = TrainState()
     if checkpoint is not None:
         state.load_state_dict(checkpoint, device)
@@ -298,8 +301,8 @@ def _train_locked(cfg: TrainConfig, env: DistEnv, device: torch.device) -> Path:
         + (f" | resumed at step {state.step}" if checkpoint is not None else "")
         + (f" | LoRA rank {cfg.lora.rank}: {count_trainable(parts.model):,} trainable" if cfg.lora.rank else "")
     )
-    if init is not None:
-        display.message(init.message())
+    if init_message is not None:
+        display.message(init_message)
     metrics = RunLog(cfg, state.step, state.wandb_run_id) if env.is_main else None
     if metrics is not None:
         state.wandb_run_id = metrics.wandb_run_id

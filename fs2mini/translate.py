@@ -87,10 +87,13 @@ class Translator:
         run_dir = Path(run_dir)
         if not run_dir.is_dir():
             raise UserError(f"run directory {run_dir} does not exist; expected a directory written by python -m fs2mini.train")
-        if (run_dir / "model.bin").is_file() and (run_dir / "shared_vocabulary.json").is_file():
-            from fs2mini.ctranslate import CTranslate2Translator  # a run converted by `fs2mini.hf ctranslate2`
+        from fs2mini.ctranslate import CTranslate2Translator, is_ctranslate2_dir  # (it imports this module)
 
-            translator = CTranslate2Translator(run_dir, "cpu" if device == "auto" else device)
+        if is_ctranslate2_dir(run_dir):  # a run converted by `fs2mini.hf ctranslate2`
+            if checkpoint is not None:
+                raise UserError(f"--checkpoint {checkpoint}: {run_dir} is a CTranslate2 model, which holds one set of "
+                                "weights; expected no --checkpoint (convert another checkpoint with --checkpoint instead)")
+            translator = CTranslate2Translator(run_dir, device)
             translator.source_lang, translator.target_lang = translator.languages(source_lang, target_lang)
             return translator
         cfg = load_config(run_dir / "config.json")

@@ -5,11 +5,13 @@
     python -m fs2mini.translate runs/finetune_nllb --input test.eng
     python -m fs2mini.hf export runs/finetune_nllb exported/
 
-`--init RUN_DIR` is a directory written by `fs2mini.hf import`: its shape, tokenizer (with NLLB's
-ids) and weights start the run, which is seeded as a step-0 checkpoint in the new run directory, so
-every later command (resume, translate, evaluate, export) treats it as any fs2mini run. The
-corpus's language codes are mapped onto the model's: `eng` → the one code starting with `eng_`
-(eng_Latn), or as `--lang-map eng=eng_Latn` says. Every other flag is `fs2mini.train`'s.
+`--init` is a directory written by `fs2mini.hf import` (or any fs2mini run, or one of its
+checkpoint files): its shape, tokenizer (with NLLB's ids) and weights start the run; the
+optimizer, the schedule and the step start afresh (`fs2mini.initialize`), and every later command
+(resume, translate, evaluate, export) treats the run as any other. The corpus's language codes are
+mapped onto the model's: `eng` → the one code starting with `eng_` (eng_Latn), or as
+`--lang-map eng=eng_Latn` says. Every other flag is `fs2mini.train`'s (`--lora.rank 16`,
+`--trainer.activation-checkpointing`, `--add-languages NEW=RELATED`, ...).
 
 Defaults are the usual fine-tuning ones: AdamW at 5e-5 (pre-training peaked near 1e-3), 200
 warmup steps, dropout 0.1, label smoothing 0.1, 1000 steps; `--model.freeze embeddings` keeps the
@@ -56,7 +58,8 @@ class FinetuneModelConfig(ModelConfig):
 
 def default_config(init: Path) -> TrainConfig:
     """Fine-tuning defaults on top of the imported run's shape and tokenizer settings."""
-    imported = load_config(init / "config.json")
+    run_dir = init if init.is_dir() else init.parent.parent  # a checkpoint file: RUN/checkpoints/NAME.pt
+    imported = load_config(run_dir / "config.json")
     shape = {f.name: getattr(imported.model, f.name) for f in dataclasses.fields(ModelConfig)}
     shape.update(dropout_p=0.1, attention_dropout_p=0.1, ffn_dropout_p=0.0)
     longest = min(DataConfig.max_source_len, imported.model.max_seq_len)

@@ -234,7 +234,9 @@ CASES = [
     # Fine-tuning (fs2mini.initialize, fs2mini.lora): nothing of the new run is written.
     Case("--init nowhere", ["--init", "nowhere"], 2, "nowhere does not exist; expected a run directory"),
     Case("--init of another architecture", ["--init", "run", "--output-dir", "tuned", "--model.ffn-inner-dim", "96"], 2,
-         "run: its model does not fit the configured model", train_then(lambda path: None)),
+         "run was trained with ffn_inner_dim 128, the configured model has ffn_inner_dim 96", train_then(lambda path: None)),
+    Case("--init of a run with positions from row 0", ["--init", "run", "--output-dir", "tuned", "--model.position-offset", "0"],
+         2, "expected the same architecture (--model.position-offset 2)", train_then(lambda path: None)),
     Case("--add-languages to fs2mini's tokenizer", ["--init", "run", "--output-dir", "tuned", "--add-languages", "deu=fra"],
          2, "run uses fs2mini's own tokenizer", train_then(lambda path: None)),
     Case("--lang-map without --init", ["--lang-map", "eng=eng_Latn"], 2, "--lang-map applies to the model --init starts from"),

@@ -8,6 +8,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from fs2mini.errors import UserError  # noqa: E402
 from fs2mini.generation import GenerationConfig  # noqa: E402
 from fs2mini.hf import export_run, main as hf_main  # noqa: E402
 from fs2mini.relayout import to_nllb_ids  # noqa: E402
@@ -45,11 +46,19 @@ def test_exported_run_translates_the_same_in_transformers(exported, reversal_tsv
     source_lang, target_lang = translator.source_lang, translator.target_lang
     texts = _sources(reversal_tsv)
     ours = translator.translate(texts, GenerationConfig(beam_size=1))
-    hf_tok = transformers.AutoTokenizer.from_pretrained(out, src_lang=source_lang, tgt_lang=target_lang)
+    # The codes are exported under their piece names: transformers finds added tokens inside words, so a code
+    # named `eng` would split "length" (and `fra` "fragile") where sentencepiece does not.
+    hf_tok = transformers.AutoTokenizer.from_pretrained(out, src_lang=f"__{source_lang}__", tgt_lang=f"__{target_lang}__")
+    nllb = to_nllb_ids(translator.tokenizer, translator.model.state_dict())
+    from fs2mini.tokenizer import Tokenizer
+
+    relaid = Tokenizer(out / "sentencepiece.bpe.model", (source_lang,), layout=nllb.layout)
+    words = ["length fragile", "a b c", "engine fra eng"]
+    assert hf_tok(words)["input_ids"] == relaid.encode_source(words, source_lang)
     hf_model = transformers.AutoModelForSeq2SeqLM.from_pretrained(out).eval()
     batch = hf_tok(texts, return_tensors="pt", padding=True)
     with torch.no_grad():
-        generated = hf_model.generate(**batch, forced_bos_token_id=hf_tok.convert_tokens_to_ids(target_lang),
+        generated = hf_model.generate(**batch, forced_bos_token_id=hf_tok.convert_tokens_to_ids(f"__{target_lang}__"),
                                       num_beams=1, do_sample=False, max_new_tokens=40)
     theirs = [text.strip() for text in hf_tok.batch_decode(generated, skip_special_tokens=True)]
     assert theirs == ours
@@ -64,6 +73,9 @@ def test_ctranslate2_equals_fs2mini_in_float32(exported, reversal_tsv, tmp_path,
     assert (out / "model.bin").is_file() and not list(tmp_path.glob(".ct2.*"))
     translator = Translator.from_run(run, device="cpu")
     converted = Translator.from_run(out)
+    assert (converted.source_lang, converted.target_lang) == (translator.source_lang, translator.target_lang)
+    with pytest.raises(UserError, match="is a CTranslate2 model, which holds one set of weights"):
+        Translator.from_run(out, checkpoint="best")
     texts = _sources(reversal_tsv) + ["", "a"]
     for cfg in (GenerationConfig(beam_size=1), GenerationConfig(beam_size=4),
                 GenerationConfig(beam_size=1, max_len_a=0.0, max_len_b=3)):  # the same length limits too

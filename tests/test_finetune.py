@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -54,8 +55,13 @@ def test_init_from_a_checkpoint_file(trained_reversal_run, reversal_tsv, tmp_pat
 def test_init_with_another_architecture_is_one_line_and_leaves_nothing(trained_reversal_run, reversal_tsv, tmp_path):
     cfg = _init_config(reversal_tsv, trained_reversal_run, tmp_path / "ft", tmp_path / "cache")
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, ffn_inner_dim=96))
-    with pytest.raises(UserError, match=r"--init .*does not fit the configured model.*expected the same architecture"):
+    with pytest.raises(UserError, match=r"--init .* was trained with ffn_inner_dim 128, the configured model has "
+                                        r"ffn_inner_dim 96; expected the same architecture \(--model.ffn-inner-dim 128\)"):
         train(cfg)
+    # Settings that change no tensor's shape are compared too: heads, positions.
+    heads = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, ffn_inner_dim=128, num_encoder_attn_heads=2))
+    with pytest.raises(UserError, match="num_encoder_attn_heads 4, the configured model has num_encoder_attn_heads 2"):
+        train(heads)
     assert not (tmp_path / "ft").exists()
     with pytest.raises(UserError, match="--init .* does not exist"):
         train(dataclasses.replace(cfg, init=tmp_path / "nowhere"))
@@ -147,6 +153,23 @@ def test_add_language_grows_the_table_from_a_related_code(imported):
     assert new_id == old.size(0) and table.size(0) == old.size(0) + 1
     assert torch.equal(table[new_id], old[init.tokenizer.layout.lang_ids["fra_Latn"]])
     assert torch.equal(table[: old.size(0)], old)
+
+
+def test_new_languages_take_the_spare_rows_after_mask_first():
+    """NLLB-200: codes, <mask>, then two unused rows; a new code must get the next id (tokenizers number added tokens
+    contiguously), so it takes a spare row, and only then does the table grow."""
+    from fs2mini.initialize import _with_new_languages
+    from fs2mini.tokenizer import TokenizerLayout
+
+    table = torch.randn(10, 4)
+    layout = TokenizerLayout(lang_ids={"aaa_Latn": 5, "bbb_Latn": 6}, vocab_size=10)  # <mask> 7, spare 8 and 9
+    grown_layout, weights = _with_new_languages(layout, {"embed.weight": table}, ("x_Latn=aaa_Latn", "y_Latn=bbb_Latn",
+                                                                                 "z_Latn=aaa_Latn"), Path("run"))
+    assert [grown_layout.lang_ids[c] for c in ("x_Latn", "y_Latn", "z_Latn")] == [8, 9, 10]
+    grown = weights["embed.weight"]
+    assert grown.shape == (11, 4) and grown_layout.vocab_size == 11
+    assert torch.equal(grown[8], table[5]) and torch.equal(grown[9], table[6]) and torch.equal(grown[10], table[5])
+    assert torch.equal(grown[:8], table[:8])
 
 
 @pytest.mark.parametrize("item, needle", [

@@ -154,16 +154,18 @@ def test_hub_revision_reaches_snapshot_download(reference, tmp_path, monkeypatch
     assert torch.equal(_weights(tmp_path / "run")["embed.weight"], _weights(ref_run)["embed.weight"])
 
 
-def test_hub_bin_only_downloads_the_bin_second(reference, tmp_path, monkeypatch):
-    """facebook/nllb-200-distilled-600M's main branch: config, tokenizer and pytorch_model.bin, no safetensors."""
+@pytest.mark.parametrize("layout", ["bin", "sharded_bin"])
+def test_hub_bin_only_downloads_the_bin_second(reference, tmp_path, monkeypatch, layout):
+    """facebook/nllb-200-distilled-600M's main branch: config, tokenizer and pytorch_model.bin, no safetensors
+    (nllb-200-3.3B: pytorch_model.bin.index.json and its shards, the index coming with the first, JSON-only download)."""
     hf_model, src, ref_run = reference
-    repo = _layout(hf_model, src, tmp_path / "repo", "bin")
+    repo = _layout(hf_model, src, tmp_path / "repo", layout)
     calls = _stub_hub(monkeypatch, repo)
     main(["import", "facebook/tiny-nllb", str(tmp_path / "run")])
     assert [c["revision"] for c in calls] == [None, None]
     first, second = (set(c["allow_patterns"]) for c in calls)
     assert not any("bin" in pattern for pattern in first) and first < second
-    assert (tmp_path / "snapshot2" / "pytorch_model.bin").is_file()
+    assert list((tmp_path / "snapshot2").glob("pytorch_model*.bin"))
     ours, theirs = _weights(tmp_path / "run"), _weights(ref_run)
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
 
