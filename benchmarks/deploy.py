@@ -22,12 +22,12 @@ import torch
 
 from fs2mini.config import load_config
 from fs2mini.corpus import read_pairs
-from fs2mini.evaluate import score_translations
+from fs2mini.scoring import score_translations
 from fs2mini.generation import GenerationConfig
 from fs2mini.hf import export_ctranslate2
 from fs2mini.pipeline import Skipped
 from fs2mini.precision import cpu_model, has_native_bf16, measure_matmuls
-from fs2mini.translate import Translator
+from fs2mini.translator import Translator
 
 
 def timed(name: str, translate, sources: list[str], references: list[str]) -> dict:

@@ -46,7 +46,7 @@ from bench import machine_info  # noqa: E402
 
 from fs2mini.corpus import BibleCorpus, corpus_languages, read_pairs, training_sentences  # noqa: E402
 from fs2mini.data import DataConfig, Seq2SeqBatches  # noqa: E402
-from fs2mini.evaluate import score_translations  # noqa: E402
+from fs2mini.scoring import score_translations  # noqa: E402
 from fs2mini.generation import GenerationConfig  # noqa: E402
 from fs2mini.model import ModelConfig  # noqa: E402
 from fs2mini.optim import AdamWConfig, InverseSqrtConfig, build_optimizer  # noqa: E402
@@ -165,7 +165,7 @@ def translate(job: dict, model: torch.nn.Module, tokenizer: Tokenizer, sources: 
               len_penalty: float, device: torch.device) -> list[str]:
     """Test translations: fs2mini's `Translator`, or HF's `generate` with the same forced start, length
     limit and length penalty (1.0 is HF's default, 1.4 fs2mini's)."""
-    from fs2mini.translate import Translator, pad_sources
+    from fs2mini.translator import Translator, pad_sources
 
     source_lang, target_lang = tokenizer.langs
     model.eval()
@@ -225,7 +225,7 @@ def train_equal_terms(job: dict, tokenizer: Tokenizer, device: torch.device) -> 
 
 def train_recipe(job: dict) -> tuple[torch.nn.Module, Tokenizer, dict]:
     """Run the recipe as a user runs it (its own CLI, `--trainer.max-time` = the budget) and load its final weights."""
-    from fs2mini.translate import Translator
+    from fs2mini.translator import Translator
 
     run_dir = Path(job["recipe_run_dir"])
     command = [sys.executable, job["fs2mini_recipe"], "--output-dir", str(run_dir),

@@ -1,4 +1,4 @@
-"""Checkpoint files: atomic writes, pruning, and loads that fail with a sentence.
+"""Checkpoint files: atomic writes, pruning, lookup in a run directory, and loads that fail with a sentence.
 
 A checkpoint is written to a temporary file in the same directory, fsynced, then renamed over the
 final name, and the directory is fsynced: at any moment each `step_*.pt` is either complete or
@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -110,3 +111,34 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu", mmap: 
     if not isinstance(state, dict) or "model" not in state:
         raise UserError(f"checkpoint {path} is not an fs2mini checkpoint (no model weights)")
     return state
+
+
+def find_checkpoints(run_dir: Path, checkpoint: str | None) -> list[Path]:
+    """`--checkpoint` as a path or a name in RUN_DIR/checkpoints; by default best.pt, then the step
+    checkpoints newest first (the fallbacks when one is unreadable, as training does)."""
+    directory = run_dir / "checkpoints"
+    if checkpoint is not None:
+        for candidate in (Path(checkpoint), directory / checkpoint, directory / f"{checkpoint}.pt"):
+            if candidate.is_file():
+                return [candidate]
+        names = sorted(p.name for p in directory.glob("*.pt")) if directory.is_dir() else []
+        raise UserError(f"--checkpoint {checkpoint}: no such file, nor in {directory}; "
+                        f"expected a path or one of: {', '.join(names) or 'no checkpoints there'}")
+    best = directory / "best.pt"
+    found = ([best] if best.is_file() else []) + list(reversed(list_checkpoints(directory)))
+    if not found:
+        raise UserError(f"no checkpoint in {directory}; train the run first (python -m fs2mini.train --output-dir {run_dir}) "
+                        "or pass --checkpoint PATH")
+    return found
+
+
+def load_first_readable(paths: Sequence[Path], mmap: bool = False) -> tuple[Path, dict]:
+    """The first of `paths` that loads; a warning for each unreadable one before it, the error if none loads."""
+    for index, path in enumerate(paths):
+        try:
+            return path, load_checkpoint(path, map_location="cpu", mmap=mmap)
+        except UserError as err:
+            if index == len(paths) - 1:
+                raise
+            print(f"warning: {err}; trying {paths[index + 1].name}", file=sys.stderr)
+    raise AssertionError("no checkpoint paths")

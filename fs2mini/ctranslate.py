@@ -26,7 +26,7 @@ import torch
 from fs2mini.errors import UserError
 from fs2mini.generation import GenerationConfig, Hypothesis, max_output_lengths
 from fs2mini.tokenizer import Tokenizer
-from fs2mini.translate import Translator, TruncationCallback, warn_truncated
+from fs2mini.translator import Translator, TruncationCallback, warn_truncated
 
 Quantization = Literal["int8", "int8_float32", "float32"]
 TOKENIZER_FILES = ("sentencepiece.bpe.model", "tokenizer_config.json", "special_tokens_map.json")

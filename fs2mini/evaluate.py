@@ -1,10 +1,8 @@
-"""Score translations: BLEU and chrF with sacrebleu, and `python -m fs2mini.evaluate RUN_DIR --split test`.
+"""Command line: `python -m fs2mini.evaluate RUN_DIR --split test`: loss, perplexity, BLEU and chrF of a run.
 
-`score_translations` and `translate_and_score` are what a training loop calls to report BLEU during
-validation; the command line adds the teacher-forced loss and perplexity of the same split and
-writes sources, references, hypotheses and scores to files for a closer look. Scores use sacrebleu's
-`BLEU()` and `CHRF()` with their default settings (13a tokenisation, mixed case), and the
-signatures printed with them say exactly that, so numbers can be compared across papers and runs.
+It adds to `fs2mini.scoring` (BLEU and chrF with sacrebleu, also what validation reports) the teacher-forced
+loss and perplexity of the same split, and writes sources, references, hypotheses and scores to files
+for a closer look.
 """
 
 from __future__ import annotations
@@ -18,7 +16,6 @@ from pathlib import Path
 from typing import Annotated, get_args
 
 import tyro
-from sacrebleu.metrics import BLEU, CHRF
 
 from fs2mini.config import TrainConfig, load_config
 from fs2mini.corpus import Corpus, Split, corpus_languages, describe_corpus, read_pairs
@@ -26,74 +23,11 @@ from fs2mini.data import Seq2SeqBatches, direction_name
 from fs2mini.errors import UserError, exit_on_user_error
 from fs2mini.generation import GenerationConfig, check_generation_config
 from fs2mini.pipeline import Skipped, read_text
+from fs2mini.scoring import translate_and_score
 from fs2mini.task import build_task
-from fs2mini.translate import Translator, use_utf8
+from fs2mini.translate import use_utf8
+from fs2mini.translator import Translator
 from fs2mini.validation import combine_losses, validate
-
-
-@dataclass(frozen=True)
-class TranslationScores:
-    """Corpus-level scores and the sacrebleu signatures that say how they were computed.
-
-    BLEU's parts are kept because a length problem hides in them: precisions can be good while
-    the brevity penalty (translations shorter than the references) takes the score down."""
-
-    bleu: float
-    chrf: float
-    bleu_signature: str
-    chrf_signature: str
-    precisions: tuple[float, ...]
-    """1- to 4-gram precisions (percent)."""
-    brevity_penalty: float
-    length_ratio: float
-    """Hypothesis length / reference length, in 13a tokens (1.0 = as long as the references)."""
-    chrf_pp: float
-    """chrF++ (chrF with word bigrams, sacrebleu's CHRF(word_order=2)), as WMT reports it next to chrF."""
-    chrf_pp_signature: str
-
-
-def score_translations(hypotheses: Sequence[str], references: Sequence[str]) -> TranslationScores:
-    """Corpus BLEU and chrF of `hypotheses` against one reference each (sacrebleu defaults)."""
-    if len(hypotheses) != len(references):
-        raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references")
-    if not hypotheses:
-        raise ValueError("no translations to score")
-    bleu, chrf = BLEU(), CHRF()
-    bleu_score = bleu.corpus_score(list(hypotheses), [list(references)])
-    chrf_score = chrf.corpus_score(list(hypotheses), [list(references)])
-    chrf_pp = CHRF(word_order=2)
-    chrf_pp_score = chrf_pp.corpus_score(list(hypotheses), [list(references)])
-    return TranslationScores(bleu_score.score, chrf_score.score, str(bleu.get_signature()), str(chrf.get_signature()),
-                             tuple(bleu_score.precisions), bleu_score.bp, bleu_score.sys_len / max(bleu_score.ref_len, 1),
-                             chrf_pp_score.score, str(chrf_pp.get_signature()))
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """What `translate_and_score` translated, what it produced, and the scores."""
-
-    sources: list[str]
-    references: list[str]
-    hypotheses: list[str]
-    scores: TranslationScores
-
-
-def translate_and_score(
-    translator: Translator, pairs: Sequence[tuple[str, str]], cfg: GenerationConfig, max_sentences: int | None = None,
-    *, source_lang: str | None = None, target_lang: str | None = None,
-) -> Evaluation:
-    """Translate the sources of the first `max_sentences` (source, reference) pairs (all if None) and score them
-    (from `source_lang` into `target_lang`: by default the translator's)."""
-    if max_sentences is not None and max_sentences <= 0:
-        raise UserError(f"--max-sentences must be a positive integer, got {max_sentences}")
-    pairs = list(pairs[:max_sentences] if max_sentences is not None else pairs)
-    if not pairs:
-        raise UserError(f"direction {direction_name(translator.languages(source_lang, target_lang))}: "
-                        "no sentence pairs to translate")
-    sources = [source for source, _ in pairs]
-    references = [reference for _, reference in pairs]
-    hypotheses = translator.translate(sources, cfg, source_lang=source_lang, target_lang=target_lang)
-    return Evaluation(sources, references, hypotheses, score_translations(hypotheses, references))
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ import torch
 import tyro
 from torch import Tensor
 
-from fs2mini.checkpoint import save_atomically
+from fs2mini.checkpoint import find_checkpoints, load_first_readable, save_atomically
 from fs2mini.config import TrainConfig, load_config, save_config
 from fs2mini.corpus import TsvCorpus
 from fs2mini.data import DataConfig
@@ -47,7 +47,6 @@ from fs2mini.model import ModelConfig, build_model
 from fs2mini.relayout import NLLB_SPECIALS, to_nllb_ids
 from fs2mini.rundir import MARKER
 from fs2mini.tokenizer import LAYOUT_FILE, Tokenizer, TokenizerConfig, TokenizerLayout, tokenizer_record
-from fs2mini.translate import find_checkpoints, load_first_readable
 
 SPM_FILE = "sentencepiece.bpe.model"
 """The sentencepiece model's name in a Hugging Face NLLB/M2M100 directory."""

@@ -26,11 +26,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from fs2mini.checkpoint import load_checkpoint
+from fs2mini.checkpoint import find_checkpoints, load_checkpoint, load_first_readable
 from fs2mini.errors import UserError
 from fs2mini.lora import model_weights
 from fs2mini.tokenizer import Tokenizer, TokenizerLayout, checked_tokenizer
-from fs2mini.translate import find_checkpoints, load_first_readable
 
 _CODE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
 

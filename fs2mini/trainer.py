@@ -48,7 +48,6 @@ from fs2mini.distributed import (
     unwrap,
 )
 from fs2mini.errors import RunStopped, UserError, expect, finite
-from fs2mini.evaluate import Evaluation, translate_and_score
 from fs2mini.generation import GenerationConfig
 from fs2mini.initialize import read_init
 from fs2mini.lora import adapter_state, check_lora_config, check_lora_targets, count_trainable, linear_widths, split_adapters
@@ -57,10 +56,11 @@ from fs2mini.model import ModelConfig, check_model_config
 from fs2mini.optim import check_lr_scheduler_config, check_optimizer_config
 from fs2mini.precision import autocast_for
 from fs2mini.rundir import RunDirectory
+from fs2mini.scoring import Evaluation, translate_and_score
 from fs2mini.tokenizer import LAYOUT_FILE, TokenizerLayout, check_tokenizer_config, tokenizer_record
 from fs2mini.task import TaskConfig, check_task_config
 from fs2mini.trackers import RunLog, check_tracker_config
-from fs2mini.translate import Translator
+from fs2mini.translator import Translator
 from fs2mini.validation import combine_losses, validate
 from fs2mini.vocab import VocabInfo
 

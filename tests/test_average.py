@@ -7,7 +7,7 @@ from fs2mini.average import main
 from fs2mini.checkpoint import checkpoint_path, list_best_checkpoints, load_checkpoint
 from fs2mini.evaluate import EvaluateArgs, evaluate
 from fs2mini.trainer import train
-from fs2mini.translate import Translator
+from fs2mini.translator import Translator
 from helpers import read_metrics
 
 from conftest import tiny_config

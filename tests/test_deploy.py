@@ -12,7 +12,8 @@ from fs2mini.errors import UserError  # noqa: E402
 from fs2mini.generation import GenerationConfig  # noqa: E402
 from fs2mini.hf import export_run, main as hf_main  # noqa: E402
 from fs2mini.relayout import to_nllb_ids  # noqa: E402
-from fs2mini.translate import Translator, main as translate_main  # noqa: E402
+from fs2mini.translate import main as translate_main  # noqa: E402
+from fs2mini.translator import Translator  # noqa: E402
 
 
 def _sources(tsv, n=60):

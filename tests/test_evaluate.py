@@ -6,9 +6,10 @@ import shutil
 import pytest
 
 from fs2mini.errors import UserError
-from fs2mini.evaluate import main, score_translations, translate_and_score
+from fs2mini.evaluate import main
+from fs2mini.scoring import score_translations, translate_and_score
 from fs2mini.generation import GenerationConfig
-from fs2mini.translate import Translator
+from fs2mini.translator import Translator
 
 
 def test_scores_and_signatures_use_sacrebleu_defaults():

@@ -14,7 +14,7 @@ from fs2mini.errors import UserError
 from fs2mini.lora import LoraConfig
 from fs2mini.model import ModelConfig
 from fs2mini.trainer import train
-from fs2mini.translate import Translator
+from fs2mini.translator import Translator
 from helpers import read_metrics
 
 

@@ -16,7 +16,7 @@ transformers = pytest.importorskip("transformers")
 from fs2mini.generation import GenerationConfig  # noqa: E402
 from fs2mini.hf import export_run, import_checkpoint, main  # noqa: E402
 from fs2mini.tokenizer import LAYOUT_FILE  # noqa: E402
-from fs2mini.translate import Translator, pad_sources  # noqa: E402
+from fs2mini.translator import Translator, pad_sources  # noqa: E402
 
 CODES = ["deu_Latn", "eng_Latn", "fra_Latn", "spa_Latn"]
 WORDS = "the cat sat on a mat and dog ran far le chat est sur tapis un chien court loin".split()

@@ -15,7 +15,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from fs2mini.hf import main  # noqa: E402
-from fs2mini.translate import Translator  # noqa: E402
+from fs2mini.translator import Translator  # noqa: E402
 from test_hf import _batch, _sentences, write_nllb_dir  # noqa: E402
 
 WEIGHT_NAMES = ["model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"]

@@ -21,7 +21,7 @@ from fs2mini.evaluate import main as evaluate_main
 from fs2mini.optim import CosineConfig
 from fs2mini.tokenizer import Tokenizer, balanced_sentences
 from fs2mini.trainer import check_config, train
-from fs2mini.translate import Translator
+from fs2mini.translator import Translator
 from helpers import read_metrics
 from synthetic import reversal_pairs
 

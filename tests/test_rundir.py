@@ -19,7 +19,8 @@ from fs2mini.checkpoint import list_checkpoints, load_checkpoint
 from fs2mini.errors import UserError
 from fs2mini.rundir import LOCK, MARKER, WRITTEN, RunDirectory, check_ownership
 from fs2mini.trainer import train
-from fs2mini.translate import Translator, main as translate_main
+from fs2mini.translate import main as translate_main
+from fs2mini.translator import Translator
 from synthetic import write_reversal_tsv
 
 from conftest import tiny_config

@@ -11,7 +11,8 @@ from sacrebleu.metrics import BLEU
 
 from fs2mini.generation import GenerationConfig
 from synthetic import reversal_pairs
-from fs2mini.translate import TranslateArgs, Translator, main
+from fs2mini.translate import TranslateArgs, main
+from fs2mini.translator import Translator
 
 
 @pytest.fixture(scope="module")

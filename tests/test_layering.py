@@ -1,0 +1,40 @@
+"""Library modules never import command-line modules: `Translator`, scoring and checkpoint lookup live in
+library modules (`translator`, `scoring`, `checkpoint`), so the trainer, `hf`, `initialize` and `ctranslate`
+depend on the library, never on `python -m fs2mini.translate / evaluate / train`.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "fs2mini"
+CLI_MODULES = {"translate", "evaluate", "train"}
+"""Command-line modules (a `main` and `if __name__ == "__main__"`) that library code must not import."""
+CLI_ENTRY_POINTS = {"translate", "evaluate", "train", "prepare"}
+"""The thin command lines allowed to import them (`prepare` is `train prepare`; `hf`, also a library, is not)."""
+
+
+def imported_modules(tree: ast.Module) -> list[tuple[int, str]]:
+    """(line, module) for every import in `tree`, at any depth (lazy imports inside functions too)."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = "fs2mini" + (f".{node.module}" if node.module else "") if node.level else node.module or ""
+            found.append((node.lineno, base))
+            found += [(node.lineno, f"{base}.{alias.name}") for alias in node.names]  # from fs2mini import translate
+    return found
+
+
+def test_library_modules_import_no_cli_module():
+    offenders = []
+    for path in sorted(PACKAGE.glob("*.py")):
+        if path.stem in CLI_ENTRY_POINTS:
+            continue
+        for line, module in imported_modules(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            if module in {f"fs2mini.{name}" for name in CLI_MODULES}:
+                offenders.append(f"fs2mini/{path.name}:{line} imports {module}")
+    assert not offenders, ("library modules import command-line modules (import from fs2mini.translator, "
+                           "fs2mini.scoring or fs2mini.checkpoint instead):\n" + "\n".join(offenders))
