@@ -1,4 +1,4 @@
-"""Three CUDA measurements behind README's "On CUDA" figures (~40 s on an H200):
+"""Three CUDA measurements behind the "Speed on a GPU" figures of docs/results.md (~40 s on an H200):
 
     python benchmarks/cuda_probe.py              # needs a CUDA GPU; `cpu` as argument for a smoke run
 

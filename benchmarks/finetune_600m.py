@@ -1,4 +1,4 @@
-"""Memory and step time of fine-tuning NLLB dense_600m on this CPU (README, "Start from NLLB").
+"""Memory and step time of fine-tuning NLLB dense_600m on this CPU (docs/nllb.md, "Fine-tuning: memory and time").
 
 A randomly initialised model of the imported shape (NLLB-200's 256,206-token vocabulary, positions
 offset by pad_idx + 1): the cost of a step does not depend on the weights, and nothing is

@@ -264,7 +264,7 @@ def worker(job: dict) -> dict:
     sources, references = [s for s, _ in pairs], [t for _, t in pairs]
     decoded = {}
     # Both systems decode alike: greedy, beam 4 with HF's default length penalty (1.0), and beam 4 with
-    # fs2mini's default (1.4, chosen on the validation split; README "Decoding defaults").
+    # fs2mini's default (1.4, chosen on the validation split; docs/results.md, "Quality within a time budget").
     for name, beam, len_penalty in DECODINGS:
         started = time.perf_counter()
         hypotheses = translate(job, model, tokenizer, sources, beam, len_penalty, device)

@@ -76,7 +76,7 @@ class TrainerConfig:
     less memory for big models and long batches, for about one more forward pass per update."""
     compile: bool = False
     """Compile the model's forward with torch.compile (dynamic shapes). Off by default: on CPU it was
-    measured slower than eager (see README, Performance) and the first steps wait for compilation."""
+    measured slower than eager (docs/results.md, "Speed on a CPU") and the first steps wait for compilation."""
     valid_translate_sentences: int | Literal["all"] = "all"
     """Validation also translates the validation split and logs BLEU/chrF: all of it, the first N, or none (0)."""
     valid_beam_size: int = 1
@@ -128,10 +128,13 @@ class TrainConfig:
     """Name of the run; the run directory defaults to runs/<run_name>."""
     output_dir: Path | None = None
     """Run directory (config, tokenizer, checkpoints, metrics.jsonl); default runs/<run_name>."""
-    # The defaults are the default run (`make train`): recipes/bible_budget.py's lessons in a 12-minute
-    # training budget (README, "Quality within a time budget"); each class's own defaults stay generic.
+    # (The defaults below are the default run, `make train`: recipes/bible_budget.py's lessons in a 12-minute
+    # budget, docs/results.md "Quality within a time budget"; each class's own defaults stay generic. A comment
+    # right above a field would become its --help text, hence the field docstrings.)
     tokenizer: TokenizerConfig = TokenizerConfig(vocab_size=8000)
+    """Sentencepiece model trained on the training split (cached by corpus content and settings)."""
     data: DataConfig = DataConfig()
+    """Corpora, splits, batching and the prepared-data cache."""
     model: ModelChoice = ARCHS["medium"]
     """Model shape; `model:NAME` picks a preset whose fields can then be overridden."""
     task: TaskConfig = TaskConfig()

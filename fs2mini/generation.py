@@ -43,7 +43,7 @@ class GenerationConfig:
     """Constant term of the maximum output length; see max_len_a."""
     len_penalty: float = 1.4
     """Hypotheses score sum(log p) / length**len_penalty: 1 = mean log-prob per token, 0 = plain sum (favours
-    short outputs); 1.4 measured best with beam 4 on the Bible validation split (README, decoding defaults)."""
+    short outputs); 1.4 measured best with beam 4 on the Bible validation split (docs/results.md, "Quality within a time budget")."""
     nbest: int = 1
     """Hypotheses returned per sentence, best first; at most beam_size."""
     batch_size: int = 64

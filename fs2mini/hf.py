@@ -12,7 +12,7 @@ load. Neither needs `transformers`. Weights go through `safetensors` when the ch
 pytorch_model.bin (all that facebook/nllb-200-distilled-600M serves) goes through torch's tensors-only
 unpickler (`weights_only=True`), which refuses any other object before it runs.
 
-The two models compute the same function (README, "Start from NLLB" lists every convention):
+The two models compute the same function (docs/nllb.md, "Equivalence with transformers", lists every convention):
 fs2mini fuses q/k/v (self-attention) and k/v (encoder–decoder attention) into one projection, so
 their weights and biases are concatenated on import and split on export; everything else maps
 one to one. HF's positions are rows `pad_idx + 1 + j` of the sinusoidal table, which is

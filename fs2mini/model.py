@@ -114,9 +114,9 @@ class ModelConfig:
     dropout_p: float = 0.1
     """Dropout on embeddings and on each residual branch (attention and FFN outputs)."""
     attention_dropout_p: float = 0.0
-    """Dropout on attention weights (fairseq's attention_dropout; 0 measured best, README "Quality")."""
+    """Dropout on attention weights (fairseq's attention_dropout; 0 measured best, docs/results.md "Quality at equal updates")."""
     ffn_dropout_p: float = 0.0
-    """Dropout after the FFN activation (fairseq's activation_dropout; 0 measured best, README "Quality")."""
+    """Dropout after the FFN activation (fairseq's activation_dropout; 0 measured best, docs/results.md "Quality at equal updates")."""
     position_offset: int = 2
     """Row of the sinusoidal table used by the first token: 2, as NLLB/M2M100 (fairseq's pad_idx + 1), so that every
     model exports to Hugging Face and CTranslate2 exactly (runs before 2026-12-05 used 0 and do not export)."""
@@ -125,7 +125,7 @@ class ModelConfig:
     init: Literal["fairseq", "hf"] = "hf"
     """Weight init: Hugging Face M2M100's (N(0, 0.02) for every weight) or fairseq's (Xavier-uniform
     linears, N(0, model_dim^-½) embeddings). N(0, 0.02) is the default, measured on the 256-wide
-    model (README "Quality"): +0.8 BLEU over fairseq's across 5 seeds at 1,200 equal updates, and
+    model (docs/results.md, "Quality at equal updates"): +0.8 BLEU over fairseq's across 5 seeds at 1,200 equal updates, and
     with lr 1.5e-3 the best 18-minute model. Narrow models learn faster with fairseq's (the 64-wide
     `tiny` preset keeps it: the tests' toy tasks learn far slower with N(0, 0.02) at that width)."""
 
@@ -153,7 +153,7 @@ ARCHS: dict[str, ModelConfig] = {
                         num_decoder_attn_heads=4, ffn_inner_dim=256, dropout_p=0.0, attention_dropout_p=0.0,
                         ffn_dropout_p=0.0, init="fairseq"),  # 64 wide: see ModelConfig.init
     "small": ModelConfig(),  # a quick look: trains in minutes on a laptop CPU
-    # The default run's model: the best of a 2-core CPU's time budget (README, "Quality within a time budget").
+    # The default run's model: the best of a 2-core CPU's time budget (docs/results.md, "Quality within a time budget").
     "medium": ModelConfig(model_dim=256, ffn_inner_dim=1024),
     "base": ModelConfig(model_dim=512, num_encoder_layers=6, num_decoder_layers=6, num_encoder_attn_heads=8,
                         num_decoder_attn_heads=8, ffn_inner_dim=2048, dropout_p=0.1),

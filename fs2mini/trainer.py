@@ -351,11 +351,11 @@ def _loop(cfg: TrainConfig, parts: Components, state: TrainState, validate_now: 
                             f"nothing was saved from this step, checkpoints up to step {saver.saved_step} are intact "
                             "(try a lower --optimizer.lr)")
         clock.tick()
-        tokens_per_s = speed.add(result.num_tokens)
-        display.update(state.step, result.loss, lr, tokens_per_s, state.elapsed_s)
+        tokens_per_s = speed.add(result.num_tokens, result.loss)
+        display.update(state.step, speed.mean_loss, lr, tokens_per_s, state.elapsed_s)
         if state.step % tc.log_every == 0:
             if metrics is not None:
-                metrics.write({"step": state.step, "split": "train", "loss": result.loss, "lr": lr,
+                metrics.write({"step": state.step, "split": "train", "loss": speed.mean_loss, "tokens": speed.tokens, "lr": lr,
                                "grad_norm": result.grad_norm, "tokens_per_s": tokens_per_s, "epoch": state.epoch,
                                "skipped_steps": state.skipped_steps, "elapsed_s": state.elapsed_s,
                                **({"loss_scale": parts.grad_scaler.get_scale()} if parts.grad_scaler is not None else {})})
@@ -507,16 +507,28 @@ def _count_bad_step(state: TrainState, result: StepResult, max_bad_steps: int) -
 
 
 class TokenRate:
-    """Target tokens per second since it was created."""
+    """Target tokens per second since it was created, and the loss per target token over the same updates.
+
+    The logged train loss is that interval's mean, weighted by tokens (one update's loss alone is noisy:
+    its batch may be all short or all long sentences); updates whose loss was not finite are left out."""
 
     def __init__(self) -> None:
         self.tokens = 0
+        self.loss_tokens = 0
+        self.loss_sum = 0.0
         self.started = time.perf_counter()
 
-    def add(self, tokens: int) -> float:
+    def add(self, tokens: int, loss: float = math.nan) -> float:
         self.tokens += tokens
+        if math.isfinite(loss):
+            self.loss_tokens += tokens
+            self.loss_sum += loss * tokens
         elapsed = time.perf_counter() - self.started
         return self.tokens / elapsed if elapsed > 0 else 0.0
+
+    @property
+    def mean_loss(self) -> float:
+        return self.loss_sum / self.loss_tokens if self.loss_tokens else math.nan
 
 
 VALIDATION_SAMPLES = 2

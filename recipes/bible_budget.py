@@ -1,11 +1,11 @@
 """The best English→French Bible translator that 18 minutes of a 2-core CPU can train.
 
-Tuned with `benchmarks/quality.py`'s budget mode (README, "Quality within a time budget"), which
+Tuned with `benchmarks/quality.py`'s budget mode (docs/quality.md, "Quality within a time budget"), which
 runs this file exactly as below against Hugging Face M2M100 trained for the same time:
 
     python benchmarks/quality.py --budget-minutes 18 --fs2mini-recipe recipes/bible_budget.py
 
-What makes the difference, each measured (see README for the figures):
+What makes the difference, each measured (docs/results.md has the figures):
 - a 256-wide 4+4 model (9.4 M parameters, the `medium` preset of the default run): wider than
   `small`, still making thousands of updates in the budget;
 - bf16 autocast where the CPU has native bf16 (`--trainer.autocast auto`, the default): 1.4× the

@@ -30,7 +30,7 @@ from typing import Literal
 
 from fs2mini.config import TrainConfig, TrainerConfig, load_config
 from fs2mini.data import DataConfig
-from fs2mini.errors import exit_on_user_error
+from fs2mini.errors import UserError, exit_on_user_error
 from fs2mini.model import EncoderDecoderModel, ModelConfig, check_model_config
 from fs2mini.optim import AdamWConfig, InverseSqrtConfig
 from fs2mini.train import parse_config
@@ -56,10 +56,14 @@ class FinetuneModelConfig(ModelConfig):
         return model
 
 
-def default_config(init: Path) -> TrainConfig:
-    """Fine-tuning defaults on top of the imported run's shape and tokenizer settings."""
-    run_dir = init if init.is_dir() else init.parent.parent  # a checkpoint file: RUN/checkpoints/NAME.pt
-    imported = load_config(run_dir / "config.json")
+def default_config(init: Path | None) -> TrainConfig:
+    """Fine-tuning defaults on top of the imported run's shape and tokenizer settings (without `init`, `--help`
+    shows them on fs2mini's default shape)."""
+    if init is None:
+        imported = TrainConfig()
+    else:
+        run_dir = init if init.is_dir() else init.parent.parent  # a checkpoint file: RUN/checkpoints/NAME.pt
+        imported = load_config(run_dir / "config.json")
     shape = {f.name: getattr(imported.model, f.name) for f in dataclasses.fields(ModelConfig)}
     shape.update(dropout_p=0.1, attention_dropout_p=0.1, ffn_dropout_p=0.0)
     longest = min(DataConfig.max_source_len, imported.model.max_seq_len)
@@ -71,10 +75,12 @@ def default_config(init: Path) -> TrainConfig:
 
 def main(argv: list[str] | None = None) -> None:
     pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--init", type=Path, required=True, help="run directory written by python -m fs2mini.hf import "
-                     "(or any fs2mini run of the same shape)")
+    pre.add_argument("--init", type=Path, default=None)
     known, rest = pre.parse_known_args(sys.argv[1:] if argv is None else argv)
     with exit_on_user_error():
+        if known.init is None and not {"-h", "--help"} & set(rest):
+            raise UserError("--init is required: a run directory written by python -m fs2mini.hf import (or any "
+                            "fs2mini run, or one of its checkpoint files)")
         default = default_config(known.init)
         cfg = parse_config(default, rest, __doc__, models={"finetune": default.model})
         train(cfg)

@@ -94,10 +94,24 @@ PINNED_LOSS_AT_STEP_5 = 4.1183  # measured on CPU, torch 2.13; update only with 
 
 def test_pinned_loss_of_a_tiny_deterministic_run(reversal_tsv, tokenizer_cache, tmp_path):
     """Catches silent changes to init, data order, loss or the update (a changed pin needs a reason)."""
-    run_dir = train(tiny_config(reversal_tsv, tmp_path / "run", tokenizer_cache, max_steps=5, log_every=5))
+    run_dir = train(tiny_config(reversal_tsv, tmp_path / "run", tokenizer_cache, max_steps=5, log_every=1))
     record = [m for m in read_metrics(run_dir / "metrics.jsonl") if m["split"] == "train"][-1]
     assert record["step"] == 5
     assert record["loss"] == pytest.approx(PINNED_LOSS_AT_STEP_5, rel=1e-3)
+
+
+def test_logged_train_loss_is_the_token_weighted_mean_of_its_interval(reversal_tsv, tokenizer_cache, tmp_path):
+    """One update's loss is noisy (its batch may be all short sentences): each train line averages its interval."""
+    every = [m for m in read_metrics(train(tiny_config(reversal_tsv, tmp_path / "a", tokenizer_cache, max_steps=6,
+                                                       log_every=1)) / "metrics.jsonl") if m["split"] == "train"]
+    pooled = [m for m in read_metrics(train(tiny_config(reversal_tsv, tmp_path / "b", tokenizer_cache, max_steps=6,
+                                                        log_every=3)) / "metrics.jsonl") if m["split"] == "train"]
+    assert [m["step"] for m in pooled] == [3, 6]
+    for line, steps in zip(pooled, (every[:3], every[3:])):
+        assert line["tokens"] == sum(m["tokens"] for m in steps)
+        mean = sum(m["loss"] * m["tokens"] for m in steps) / line["tokens"]
+        assert line["loss"] == pytest.approx(mean, rel=1e-9)
+        assert min(m["loss"] for m in steps) < line["loss"] < max(m["loss"] for m in steps)
 
 
 
