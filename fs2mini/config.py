@@ -1,4 +1,4 @@
-"""The top-level training config, the training loop's settings, and how it is written to / read from a run directory.
+"""The top-level training config, the training loop's settings, their checks, and how it is written to / read from a run directory.
 
 `TrainConfig` nests one frozen dataclass per component; `tyro` turns it into the command line
 (`--model.model-dim 128`, `optimizer:sgd`, ...; see fs2mini/train.py, which also adds a recipe's
@@ -24,17 +24,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
+import torch
 import tyro
 
 from fs2mini.checkpoint import write_atomically
-from fs2mini.data import DataConfig
-from fs2mini.errors import UserError
-from fs2mini.lora import LoraConfig
-from fs2mini.model import ARCHS
-from fs2mini.optim import LR_SCHEDULERS, OPTIMIZERS, AdamWConfig, InverseSqrtConfig
+from fs2mini.corpus import check_corpus_config
+from fs2mini.data import DataConfig, check_data_config, check_directions, run_languages
+from fs2mini.distributed import DistEnv
+from fs2mini.errors import UserError, expect, finite
+from fs2mini.lora import LoraConfig, check_lora_config, check_lora_targets, linear_widths
+from fs2mini.model import ARCHS, ModelConfig, check_model_config
+from fs2mini.optim import LR_SCHEDULERS, OPTIMIZERS, AdamWConfig, InverseSqrtConfig, check_lr_scheduler_config, check_optimizer_config
 from fs2mini.precision import AutocastMode
-from fs2mini.task import TaskConfig
-from fs2mini.tokenizer import TokenizerConfig
+from fs2mini.task import TaskConfig, check_task_config
+from fs2mini.tokenizer import TokenizerConfig, check_tokenizer_config
+from fs2mini.vocab import VocabInfo
 
 # The built-in alternatives as types (the command line rebuilds them with a recipe's own ones added).
 ModelChoice = tyro.extras.subcommand_type_from_defaults(ARCHS)
@@ -102,7 +106,7 @@ class TrainerConfig:
 
     @property
     def max_seconds(self) -> float | None:
-        """`max_time` in seconds (checked by `fs2mini.trainer.check_trainer_config`)."""
+        """`max_time` in seconds (checked by `check_trainer_config`)."""
         return None if self.max_time is None else parse_duration(self.max_time)
 
 
@@ -118,6 +122,49 @@ def parse_duration(text: str) -> float:
     if not (math.isfinite(seconds) and seconds > 0):
         raise ValueError(f"not a positive duration: {text}")
     return seconds
+
+
+def check_tracker_config(cfg: TrainerConfig) -> None:
+    """Fail before any slow work when W&B is asked for but not installed."""
+    if cfg.wandb_project is not None and importlib.util.find_spec("wandb") is None:
+        raise UserError(f"--trainer.wandb-project {cfg.wandb_project}: the wandb package is not installed; "
+                        "expected `pip install wandb` (or `pip install fs2mini[wandb]`)")
+
+
+def check_trainer_config(cfg: TrainerConfig) -> None:
+    for flag, value in [
+        ("--trainer.max-steps", cfg.max_steps),
+        ("--trainer.grad-accum-steps", cfg.grad_accum_steps),
+        ("--trainer.validate-every", cfg.validate_every),
+        ("--trainer.checkpoint-every", cfg.checkpoint_every),
+        ("--trainer.keep-last-checkpoints", cfg.keep_last_checkpoints),
+        ("--trainer.log-every", cfg.log_every),
+        ("--trainer.max-bad-steps", cfg.max_bad_steps),
+        ("--trainer.valid-beam-size", cfg.valid_beam_size),
+    ]:
+        if value <= 0:
+            raise UserError(f"{flag} must be a positive integer, got {value}")
+    if cfg.max_epochs is not None and cfg.max_epochs <= 0:
+        raise UserError(f"--trainer.max-epochs must be a positive integer, got {cfg.max_epochs}")
+    if cfg.max_grad_norm < 0:
+        raise UserError(f"--trainer.max-grad-norm must be >= 0, got {cfg.max_grad_norm}")
+    expect("--trainer.max-grad-norm", cfg.max_grad_norm, finite(cfg.max_grad_norm), "a finite number >= 0 (0 disables clipping)")
+    expect("--trainer.seed", cfg.seed, 0 <= cfg.seed < 2**63, "an integer in [0, 2**63)")
+    if cfg.valid_translate_sentences != "all" and cfg.valid_translate_sentences < 0:
+        raise UserError(f"--trainer.valid-translate-sentences must be >= 0, got {cfg.valid_translate_sentences}")
+    if cfg.best_metric == "bleu" and cfg.valid_translate_sentences == 0:
+        raise UserError("--trainer.best-metric bleu needs --trainer.valid-translate-sentences > 0")
+    if cfg.patience is not None:
+        expect("--trainer.patience", cfg.patience, cfg.patience > 0, "a positive number of validations")
+    expect("--trainer.keep-best-checkpoints", cfg.keep_best_checkpoints, cfg.keep_best_checkpoints >= 0,
+           "an integer >= 0 (0 keeps only best.pt)")
+    if cfg.max_time is not None:
+        try:
+            parse_duration(cfg.max_time)
+        except ValueError:
+            raise UserError(f"--trainer.max-time {cfg.max_time}: expected a positive duration such as 18m, 2h, 90s "
+                            "or 3600 (seconds)") from None
+    check_tracker_config(cfg)
 
 
 @dataclass(frozen=True)
@@ -156,6 +203,41 @@ class TrainConfig:
     @property
     def run_dir(self) -> Path:
         return self.output_dir if self.output_dir is not None else Path("runs") / self.run_name
+
+
+def sharded(tc: TrainerConfig, env: DistEnv) -> bool:
+    """FSDP shards the parameters, so no rank has whole weights to translate with during validation."""
+    return env.active and tc.data_parallel == "fsdp"
+
+
+def check_config(cfg: TrainConfig, env: DistEnv = DistEnv()) -> None:
+    """Reject every bad setting before any slow work (tokenizer training, data reading)."""
+    for flag, corpus in cfg.data.flagged_corpora:
+        check_corpus_config(corpus, flag)
+    check_directions(cfg.data)
+    check_tokenizer_config(cfg.tokenizer, run_languages(cfg.data))
+    check_data_config(cfg.data)
+    if isinstance(cfg.model, ModelConfig):
+        check_model_config(cfg.model)
+        longest = max(cfg.data.max_source_len, cfg.data.max_target_len)
+        expect("--model.max-seq-len", cfg.model.max_seq_len, cfg.model.max_seq_len >= longest,
+               f"at least {longest}, the longest sequence --data.max-source-len/--data.max-target-len let through")
+    if isinstance(cfg.task, TaskConfig):
+        check_task_config(cfg.task)
+    check_optimizer_config(cfg.optimizer)
+    check_lr_scheduler_config(cfg.lr_scheduler)
+    check_trainer_config(cfg.trainer)
+    check_lora_config(cfg.lora)
+    if cfg.lora.rank and isinstance(cfg.model, ModelConfig):  # before any slow work; a recipe's model is checked when built
+        with torch.device("meta"):  # the layers' names and widths, without allocating any weight
+            check_lora_targets(cfg.lora, linear_widths(cfg.model.build(VocabInfo(8, 0, 2, 3, 1))))
+    if cfg.init is None and (cfg.lang_map or cfg.add_languages):
+        raise UserError(f"{'--lang-map' if cfg.lang_map else '--add-languages'} applies to the model --init starts "
+                        "from; expected --init RUN_DIR too")
+    if cfg.lora.rank and sharded(cfg.trainer, env):
+        raise UserError("--lora.rank is not available with --trainer.data-parallel fsdp; use ddp")
+    if cfg.trainer.best_metric == "bleu" and sharded(cfg.trainer, env):
+        raise UserError("--trainer.best-metric bleu is not available with --trainer.data-parallel fsdp; use loss")
 
 
 # Sections whose change makes an existing checkpoint mean something else (where the tokenizer

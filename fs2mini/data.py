@@ -464,3 +464,8 @@ def check_directions(cfg: DataConfig) -> None:
         if unknown:
             raise UserError(f"{flag}: language {unknown[0]} is not in the run's trained "
                             f"directions; expected one of {', '.join(languages)}")
+
+
+def epoch_batches(batches: Seq2SeqBatches, epoch: int, skip: int) -> Iterator[tuple[int, Seq2SeqBatch]]:
+    """(batches consumed so far in the epoch, batch) for one epoch, after skipping `skip` batches."""
+    return enumerate(batches.iter_epoch(epoch, skip=skip), start=skip + 1)

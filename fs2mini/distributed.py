@@ -152,6 +152,14 @@ def all_reduce_max(value: int, env: DistEnv, device: torch.device) -> int:
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
+def weights_finite(model: nn.Module, env: DistEnv, device: torch.device) -> bool:
+    """Whether every weight is finite (on every rank: FSDP shards them), checked after each update."""
+    with torch.no_grad():
+        local = [p.to_local() if hasattr(p, "to_local") else p for p in model.parameters()]
+        bad = int(not bool(torch.stack([t.abs().max() for t in local if t.numel()]).isfinite().all()))
+    return not all_reduce_max(bad, env, device)
+
+
 def full_state_dicts(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict[str, Any], dict[str, Any]]:
     """Unsharded model and optimizer state keyed by parameter name (a collective under FSDP)."""
     return get_model_state_dict(model, options=_FULL), get_optimizer_state_dict(model, optimizer, options=_FULL)

@@ -1,4 +1,4 @@
-"""What a run reports: metrics.jsonl lines and the progress display.
+"""What a run reports: metrics.jsonl lines, the progress display, tokens/s (`TokenRate`) and training time (`RunClock`).
 
 `metrics.jsonl` gets one JSON object per line (`step`, `split`, `loss`, ...), flushed immediately so
 a crashed run keeps everything up to its last step and tools can tail the file; a failed write (disk
@@ -13,17 +13,21 @@ same fields: step, loss, lr, tokens/s and the estimated time left.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from fs2mini.checkpoint import write_atomically
 from fs2mini.errors import UserError
+
+if TYPE_CHECKING:  # the annotation only: the trainer imports this module
+    from fs2mini.trainer import TrainState
 
 
 class BestEffortStream:
@@ -149,7 +153,7 @@ class ProgressDisplay:
     def seconds_left(self, step: int, elapsed_s: float) -> float:
         """Estimated seconds to the end of the run: by steps, or by the time budget if that ends sooner.
 
-        `elapsed_s` is the run's training time as the trainer's `RunClock` counts it (resumes included)."""
+        `elapsed_s` is the run's training time as `RunClock` counts it (resumes included)."""
         done = step - self.start_step
         by_steps = (time.perf_counter() - self.started) / done * (self.total_steps - step) if done else float("nan")
         if self.budget_s is None:
@@ -177,3 +181,39 @@ class ProgressDisplay:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.stop()
+
+
+class TokenRate:
+    """Target tokens per second since it was created, and the loss per target token over the same updates.
+
+    The logged train loss is that interval's mean, weighted by tokens (one update's loss alone is noisy:
+    its batch may be all short or all long sentences); updates whose loss was not finite are left out."""
+
+    def __init__(self) -> None:
+        self.tokens = 0
+        self.loss_tokens = 0
+        self.loss_sum = 0.0
+        self.started = time.perf_counter()
+
+    def add(self, tokens: int, loss: float = math.nan) -> float:
+        self.tokens += tokens
+        if math.isfinite(loss):
+            self.loss_tokens += tokens
+            self.loss_sum += loss * tokens
+        elapsed = time.perf_counter() - self.started
+        return self.tokens / elapsed if elapsed > 0 else 0.0
+
+    @property
+    def mean_loss(self) -> float:
+        return self.loss_sum / self.loss_tokens if self.loss_tokens else math.nan
+
+
+class RunClock:
+    """Training time of the run, earlier runs of it (before a resume) included, kept in `state.elapsed_s`."""
+
+    def __init__(self, state: TrainState) -> None:
+        self.state = state
+        self.started = time.perf_counter() - state.elapsed_s
+
+    def tick(self) -> None:
+        self.state.elapsed_s = time.perf_counter() - self.started

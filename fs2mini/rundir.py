@@ -25,7 +25,10 @@ import sys
 from pathlib import Path
 from types import TracebackType
 
+from fs2mini.checkpoint import remove_partial_writes, write_atomically
+from fs2mini.config import TrainConfig, save_config
 from fs2mini.errors import UserError
+from fs2mini.tokenizer import LAYOUT_FILE, Tokenizer, TokenizerLayout
 
 MARKER = ".fs2mini-run"
 """Present in every directory fs2mini writes runs into."""
@@ -62,6 +65,42 @@ def _written_by_older_fs2mini(run_dir: Path) -> bool:
         return json.loads((run_dir / "config.json").read_bytes()).get("_type") == "TrainConfig"
     except (OSError, ValueError, AttributeError):
         return False
+
+
+def check_writable(run_dir: Path) -> None:
+    """Fail before any slow work when the run directory cannot be created or written (nothing is created here)."""
+    existing = next(p for p in (run_dir, *run_dir.parents) if p.exists())
+    if not existing.is_dir():
+        raise UserError(f"--output-dir {run_dir} is not writable: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"--output-dir {run_dir} is not writable: Permission denied")
+
+
+def prepare_run_dir(run_dir: Path) -> None:
+    """Create the run directory (main process only) and clear leftovers of a killed checkpoint write."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise UserError(f"--output-dir {run_dir} is not writable: {err.strerror}") from None
+    remove_partial_writes(run_dir, run_dir / "checkpoints")
+
+
+def write_run_files(cfg: TrainConfig, tokenizer: Tokenizer) -> None:
+    """Create the run directory and write what a run keeps beside its checkpoints: its tokenizer (with an
+    imported model's token layout) and `config.json` (main process only, once every component is built)."""
+    run_dir = cfg.run_dir
+    prepare_run_dir(run_dir)
+    kept = run_dir / "tokenizer.model"
+    # A new run (a copy left by a try killed before its first checkpoint may be of another training),
+    # or a resumed one whose copy was lost (restored from the checkpoint).
+    if not kept.is_file() or kept.read_bytes() != tokenizer.model_bytes:
+        write_atomically(kept, lambda handle: handle.write(tokenizer.model_bytes))
+    if tokenizer.layout != TokenizerLayout():  # an imported model's ids (fs2mini.tokenizer.TokenizerLayout)
+        write_atomically(run_dir / LAYOUT_FILE, lambda handle: handle.write(tokenizer.layout.to_json().encode()))
+    save_config(cfg, run_dir / "config.json")
 
 
 class RunDirectory:

@@ -11,24 +11,16 @@ resumed run continues the same W&B run (W&B keeps the points it already had for 
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 from typing import Any
 
-from fs2mini.config import TrainConfig, TrainerConfig, config_to_json
+from fs2mini.config import TrainConfig, config_to_json
 from fs2mini.errors import UserError
 from fs2mini.metrics import MetricsLog
 
 TENSORBOARD_DIR = "tb"
 """TensorBoard event files go to RUN_DIR/tb."""
-
-
-def check_tracker_config(cfg: TrainerConfig) -> None:
-    """Fail before any slow work when W&B is asked for but not installed."""
-    if cfg.wandb_project is not None and importlib.util.find_spec("wandb") is None:
-        raise UserError(f"--trainer.wandb-project {cfg.wandb_project}: the wandb package is not installed; "
-                        "expected `pip install wandb` (or `pip install fs2mini[wandb]`)")
 
 
 class RunLog:

@@ -26,7 +26,7 @@ import torch
 import tyro
 
 from fs2mini.components import Components, build_components, build_tokenizer, newest_checkpoint
-from fs2mini.config import TrainConfig, as_started
+from fs2mini.config import TrainConfig, as_started, check_config
 from fs2mini.corpus import CORPORA, corpus_languages, describe_corpus, read_pairs
 from fs2mini.data import DataConfig, Seq2SeqBatch, direction_name
 from fs2mini.distributed import DistEnv, pick_device
@@ -39,7 +39,7 @@ from fs2mini.precision import autocast_for, choose_precision
 from fs2mini.prepared import open_or_prepare
 from fs2mini.task import TaskConfig
 from fs2mini.tokenizer import Tokenizer
-from fs2mini.trainer import check_config, train
+from fs2mini.trainer import train
 
 COMPONENTS = ("tokenizer", "data", "model", "task", "optimizer", "lr-scheduler", "trainer")
 

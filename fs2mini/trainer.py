@@ -17,12 +17,7 @@ import contextlib
 import dataclasses
 import itertools
 import math
-import os
 import random
-import signal
-import sys
-import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,38 +26,22 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fs2mini.checkpoint import best_checkpoint_path, checkpoint_path, prune_checkpoints, remove_partial_writes, save_atomically, write_atomically
+from fs2mini.checkpoint import best_checkpoint_path, checkpoint_path, prune_checkpoints, save_atomically
 from fs2mini.components import Components, build_components, newest_checkpoint, run_tokenizer
-from fs2mini.config import TrainConfig, TrainerConfig, config_to_json, parse_duration, as_started, save_config
-from fs2mini.corpus import check_corpus_config, corpus_languages
-from fs2mini.data import Seq2SeqBatch, Seq2SeqBatches, check_data_config, check_directions, direction_name, run_languages
-from fs2mini.distributed import (
-    DistEnv,
-    all_reduce_max,
-    all_reduce_sum,
-    barrier,
-    full_state_dicts,
-    gradient_sync,
-    init_distributed,
-    shutdown,
-    unwrap,
-)
-from fs2mini.errors import RunStopped, UserError, expect, finite
-from fs2mini.generation import GenerationConfig
+from fs2mini.config import TrainConfig, TrainerConfig, as_started, check_config, config_to_json
+from fs2mini.data import Seq2SeqBatch, epoch_batches, run_languages
+from fs2mini.distributed import (DistEnv, all_reduce_max, all_reduce_sum, barrier, full_state_dicts, gradient_sync, init_distributed,
+                                 shutdown, weights_finite)
+from fs2mini.errors import UserError, finite
 from fs2mini.initialize import read_init
-from fs2mini.lora import adapter_state, check_lora_config, check_lora_targets, count_trainable, linear_widths, split_adapters
-from fs2mini.metrics import ProgressDisplay, best_effort
-from fs2mini.model import ModelConfig, check_model_config
-from fs2mini.optim import check_lr_scheduler_config, check_optimizer_config
+from fs2mini.lora import adapter_state, count_trainable, split_adapters
+from fs2mini.metrics import ProgressDisplay, RunClock, TokenRate
 from fs2mini.precision import autocast_for
-from fs2mini.rundir import RunDirectory
-from fs2mini.scoring import Evaluation, translate_and_score
-from fs2mini.tokenizer import LAYOUT_FILE, TokenizerLayout, check_tokenizer_config, tokenizer_record
-from fs2mini.task import TaskConfig, check_task_config
-from fs2mini.trackers import RunLog, check_tracker_config
-from fs2mini.translator import Translator
-from fs2mini.validation import combine_losses, validate
-from fs2mini.vocab import VocabInfo
+from fs2mini.rundir import RunDirectory, check_writable, write_run_files
+from fs2mini.stopping import catch_stop_signals, restore_signal_handlers, save_and_stop
+from fs2mini.tokenizer import tokenizer_record
+from fs2mini.trackers import RunLog
+from fs2mini.validation import Validator
 
 LossFunction = Callable[[nn.Module, Seq2SeqBatch], tuple[Tensor, int]]
 """(model, batch) -> (loss summed over the batch's target tokens, their number): `Task.compute_loss`."""
@@ -166,72 +145,6 @@ class TrainState:
         return self.best_value is None or (value < self.best_value if metric == "loss" else value > self.best_value)
 
 
-def check_trainer_config(cfg: TrainerConfig) -> None:
-    for flag, value in [
-        ("--trainer.max-steps", cfg.max_steps),
-        ("--trainer.grad-accum-steps", cfg.grad_accum_steps),
-        ("--trainer.validate-every", cfg.validate_every),
-        ("--trainer.checkpoint-every", cfg.checkpoint_every),
-        ("--trainer.keep-last-checkpoints", cfg.keep_last_checkpoints),
-        ("--trainer.log-every", cfg.log_every),
-        ("--trainer.max-bad-steps", cfg.max_bad_steps),
-        ("--trainer.valid-beam-size", cfg.valid_beam_size),
-    ]:
-        if value <= 0:
-            raise UserError(f"{flag} must be a positive integer, got {value}")
-    if cfg.max_epochs is not None and cfg.max_epochs <= 0:
-        raise UserError(f"--trainer.max-epochs must be a positive integer, got {cfg.max_epochs}")
-    if cfg.max_grad_norm < 0:
-        raise UserError(f"--trainer.max-grad-norm must be >= 0, got {cfg.max_grad_norm}")
-    expect("--trainer.max-grad-norm", cfg.max_grad_norm, finite(cfg.max_grad_norm), "a finite number >= 0 (0 disables clipping)")
-    expect("--trainer.seed", cfg.seed, 0 <= cfg.seed < 2**63, "an integer in [0, 2**63)")
-    if cfg.valid_translate_sentences != "all" and cfg.valid_translate_sentences < 0:
-        raise UserError(f"--trainer.valid-translate-sentences must be >= 0, got {cfg.valid_translate_sentences}")
-    if cfg.best_metric == "bleu" and cfg.valid_translate_sentences == 0:
-        raise UserError("--trainer.best-metric bleu needs --trainer.valid-translate-sentences > 0")
-    if cfg.patience is not None:
-        expect("--trainer.patience", cfg.patience, cfg.patience > 0, "a positive number of validations")
-    expect("--trainer.keep-best-checkpoints", cfg.keep_best_checkpoints, cfg.keep_best_checkpoints >= 0,
-           "an integer >= 0 (0 keeps only best.pt)")
-    if cfg.max_time is not None:
-        try:
-            parse_duration(cfg.max_time)
-        except ValueError:
-            raise UserError(f"--trainer.max-time {cfg.max_time}: expected a positive duration such as 18m, 2h, 90s "
-                            "or 3600 (seconds)") from None
-    check_tracker_config(cfg)
-
-
-def check_config(cfg: TrainConfig, env: DistEnv = DistEnv()) -> None:
-    """Reject every bad setting before any slow work (tokenizer training, data reading)."""
-    for flag, corpus in cfg.data.flagged_corpora:
-        check_corpus_config(corpus, flag)
-    check_directions(cfg.data)
-    check_tokenizer_config(cfg.tokenizer, run_languages(cfg.data))
-    check_data_config(cfg.data)
-    if isinstance(cfg.model, ModelConfig):
-        check_model_config(cfg.model)
-        longest = max(cfg.data.max_source_len, cfg.data.max_target_len)
-        expect("--model.max-seq-len", cfg.model.max_seq_len, cfg.model.max_seq_len >= longest,
-               f"at least {longest}, the longest sequence --data.max-source-len/--data.max-target-len let through")
-    if isinstance(cfg.task, TaskConfig):
-        check_task_config(cfg.task)
-    check_optimizer_config(cfg.optimizer)
-    check_lr_scheduler_config(cfg.lr_scheduler)
-    check_trainer_config(cfg.trainer)
-    check_lora_config(cfg.lora)
-    if cfg.lora.rank and isinstance(cfg.model, ModelConfig):  # before any slow work; a recipe's model is checked when built
-        with torch.device("meta"):  # the layers' names and widths, without allocating any weight
-            check_lora_targets(cfg.lora, linear_widths(cfg.model.build(VocabInfo(8, 0, 2, 3, 1))))
-    if cfg.init is None and (cfg.lang_map or cfg.add_languages):
-        raise UserError(f"{'--lang-map' if cfg.lang_map else '--add-languages'} applies to the model --init starts "
-                        "from; expected --init RUN_DIR too")
-    if cfg.lora.rank and _sharded(cfg.trainer, env):
-        raise UserError("--lora.rank is not available with --trainer.data-parallel fsdp; use ddp")
-    if cfg.trainer.best_metric == "bleu" and _sharded(cfg.trainer, env):
-        raise UserError("--trainer.best-metric bleu is not available with --trainer.data-parallel fsdp; use loss")
-
-
 def train(cfg: TrainConfig) -> Path:
     """Train (or resume) the run described by `cfg`; returns the run directory.
 
@@ -254,13 +167,8 @@ def train(cfg: TrainConfig) -> Path:
         shutdown(env)
 
 
-def _sharded(tc: TrainerConfig, env: DistEnv) -> bool:
-    """FSDP shards the parameters, so no rank has whole weights to translate with during validation."""
-    return env.active and tc.data_parallel == "fsdp"
-
-
 def _train(cfg: TrainConfig, env: DistEnv, device: torch.device) -> Path:
-    _check_writable(cfg.run_dir)
+    check_writable(cfg.run_dir)
     # Rank 0 holds the directory's lock for the whole run; a failure before the first write leaves it as it was.
     with RunDirectory(cfg.run_dir) if env.is_main else contextlib.nullcontext():
         return _train_locked(cfg, env, device)
@@ -282,15 +190,7 @@ def _train_locked(cfg: TrainConfig, env: DistEnv, device: torch.device) -> Path:
     if env.rank > 0:
         torch.manual_seed(tc.seed + 1000 * env.rank + state.step)  # different dropout masks on each rank
     if env.is_main:  # only now: a refused resume or a failed build leaves the directory as it was
-        _prepare_run_dir(run_dir)
-        kept = run_dir / "tokenizer.model"
-        # A new run (a copy left by a try killed before its first checkpoint may be of another training),
-        # or a resumed one whose copy was lost (restored from the checkpoint).
-        if not kept.is_file() or kept.read_bytes() != tokenizer.model_bytes:
-            write_atomically(kept, lambda handle: handle.write(tokenizer.model_bytes))
-        if tokenizer.layout != TokenizerLayout():  # an imported model's ids (fs2mini.tokenizer.TokenizerLayout)
-            write_atomically(run_dir / LAYOUT_FILE, lambda handle: handle.write(tokenizer.layout.to_json().encode()))
-        save_config(cfg, run_dir / "config.json")
+        write_run_files(cfg, tokenizer)
     barrier(env)
     display = ProgressDisplay(tc.max_steps, state.step, tc.progress if env.is_main else "off", tc.log_every,
                               budget_s=tc.max_seconds, elapsed_s=state.elapsed_s)
@@ -307,13 +207,13 @@ def _train_locked(cfg: TrainConfig, env: DistEnv, device: torch.device) -> Path:
     if metrics is not None:
         state.wandb_run_id = metrics.wandb_run_id
     stop_requests: list[int] = []
-    previous_handlers = _catch_stop_signals(stop_requests, env)
+    previous_handlers = catch_stop_signals(stop_requests, env)
     try:
         _loop(cfg, parts, state, Validator(cfg, parts, env, device, metrics, display), metrics, display, stop_requests,
               env, device)
         return run_dir
     finally:
-        _restore_signal_handlers(previous_handlers)
+        restore_signal_handlers(previous_handlers)
         display.close()
         if metrics is not None:
             metrics.close()
@@ -346,7 +246,7 @@ def _loop(cfg: TrainConfig, parts: Components, state: TrainState, validate_now: 
                             max_grad_norm=tc.max_grad_norm, device=device, autocast_dtype=parts.precision.autocast_dtype,
                             grad_scaler=parts.grad_scaler, env=env)
         _count_bad_step(state, result, tc.max_bad_steps)
-        if result.applied and not _weights_finite(parts.model, env, device):
+        if result.applied and not weights_finite(parts.model, env, device):
             raise UserError(f"stopping at step {state.step}: the update made the weights non-finite (lr {lr:.3g}); "
                             f"nothing was saved from this step, checkpoints up to step {saver.saved_step} are intact "
                             "(try a lower --optimizer.lr)")
@@ -378,7 +278,7 @@ def _loop(cfg: TrainConfig, parts: Components, state: TrainState, validate_now: 
             break
         if all_reduce_sum([len(stop_requests)], env, device)[0]:
             clock.tick()
-            _save_and_stop(saver, stop_requests, cfg.run_dir)
+            save_and_stop(saver, stop_requests, cfg.run_dir)
     if saver.saved_step != state.step:  # stopped early by --trainer.max-epochs
         saver.save_best(validate_now(state.step, state.elapsed_s))
         clock.tick()
@@ -420,17 +320,6 @@ def _next_update(parts: Components, state: TrainState, tc: TrainerConfig, batche
         batches = epoch_batches(parts.train_batches, state.epoch, 0)
 
 
-class RunClock:
-    """Training time of the run, earlier runs of it (before a resume) included, kept in `state.elapsed_s`."""
-
-    def __init__(self, state: TrainState) -> None:
-        self.state = state
-        self.started = time.perf_counter() - state.elapsed_s
-
-    def tick(self) -> None:
-        self.state.elapsed_s = time.perf_counter() - self.started
-
-
 class Checkpointer:
     """Step checkpoints, best.pt, the N best checkpoints and the patience counter of one run."""
 
@@ -463,32 +352,12 @@ class Checkpointer:
         return tc.patience is not None and state.patience_count >= tc.patience
 
 
-def _save_and_stop(saver: Checkpointer, stop_requests: list[int], run_dir: Path) -> None:
-    """A stop signal: save unless this step is saved already, then stop with the shell's exit code."""
-    if saver.saved_step != saver.state.step:
-        saver.save()
-    signum = stop_requests[0] if stop_requests else signal.SIGTERM
-    raise RunStopped(
-        f"stopped by {signal.Signals(signum).name} after step {saver.state.step}; checkpoint saved in "
-        f"{run_dir / 'checkpoints'}. Run the same command again to resume.",
-        128 + signum,
-    )
-
-
 def _rank_best(state: TrainState, value: float, metric: str, keep: int) -> list[int]:
     """Put this step's `value` among `state.best_checkpoints` (the `keep` best, best first; the earlier
     of equal values first); returns the steps that fell out (possibly this one)."""
     entries = sorted([*state.best_checkpoints, [value, state.step]], key=lambda e: e[0] if metric == "loss" else -e[0])
     state.best_checkpoints = entries[:keep]
     return [int(step) for _, step in entries[keep:]]
-
-
-def _weights_finite(model: nn.Module, env: DistEnv, device: torch.device) -> bool:
-    """Whether every weight is finite (on every rank: FSDP shards them), checked after each update."""
-    with torch.no_grad():
-        local = [p.to_local() if hasattr(p, "to_local") else p for p in model.parameters()]
-        bad = int(not bool(torch.stack([t.abs().max() for t in local if t.numel()]).isfinite().all()))
-    return not all_reduce_max(bad, env, device)
 
 
 def _count_bad_step(state: TrainState, result: StepResult, max_bad_steps: int) -> None:
@@ -504,116 +373,6 @@ def _count_bad_step(state: TrainState, result: StepResult, max_bad_steps: int) -
             f"stopping at step {state.step}: {state.bad_steps} consecutive updates had a non-finite loss or gradient "
             "(try a lower --optimizer.lr); checkpoints are intact"
         )
-
-
-class TokenRate:
-    """Target tokens per second since it was created, and the loss per target token over the same updates.
-
-    The logged train loss is that interval's mean, weighted by tokens (one update's loss alone is noisy:
-    its batch may be all short or all long sentences); updates whose loss was not finite are left out."""
-
-    def __init__(self) -> None:
-        self.tokens = 0
-        self.loss_tokens = 0
-        self.loss_sum = 0.0
-        self.started = time.perf_counter()
-
-    def add(self, tokens: int, loss: float = math.nan) -> float:
-        self.tokens += tokens
-        if math.isfinite(loss):
-            self.loss_tokens += tokens
-            self.loss_sum += loss * tokens
-        elapsed = time.perf_counter() - self.started
-        return self.tokens / elapsed if elapsed > 0 else 0.0
-
-    @property
-    def mean_loss(self) -> float:
-        return self.loss_sum / self.loss_tokens if self.loss_tokens else math.nan
-
-
-VALIDATION_SAMPLES = 2
-"""Translations printed next to their references at each validation."""
-
-
-class Validator:
-    """Validation loss over the whole split (+ BLEU/chrF of all of it or its first N sentences, translated on rank 0), logged.
-
-    A run of several directions (zero-shot ones included) is validated direction by direction:
-    `metrics.jsonl` gets `eng-fra/loss`, `eng-fra/bleu`, ... next to the overall `loss` (per target
-    token over the trained directions) and `bleu`/`chrf` (their mean); zero-shot directions are
-    reported but count in neither."""
-
-    def __init__(self, cfg: TrainConfig, parts: Components, env: DistEnv, device: torch.device,
-                 metrics: RunLog | None, display: ProgressDisplay) -> None:
-        self.parts, self.env, self.device, self.metrics, self.display = parts, env, device, metrics, display
-        self.autocast_dtype = parts.precision.autocast_dtype
-        self.translations_dir = cfg.run_dir / "translations"
-        """Each validation's translations, `valid_step_XXXXXXXX.tsv` (source, reference, hypothesis per line)."""
-        tc, data = cfg.trainer, cfg.data
-        corpora = [*data.primary_corpora, *data.zero_shot_corpora]
-        self.languages = [corpus_languages(corpus) for corpus in corpora]
-        self.names = [direction_name(langs) + (" (zero-shot)" if index >= len(data.primary_corpora) else "")
-                      for index, langs in enumerate(self.languages)]
-        self.trained = len(data.primary_corpora)
-        self.several = len(corpora) > 1
-        shard = {"rank": env.rank, "world_size": env.world_size}
-        self.batches = [Seq2SeqBatches(data, "valid", parts.tokenizer, seed=tc.seed, shuffle=False, corpora=[corpus], **shard)
-                        for corpus in corpora] if self.several else [parts.valid_batches]
-        self.translates = tc.valid_translate_sentences != 0 and not _sharded(tc, env)
-        if self.translates and env.is_main:  # only rank 0 translates
-            count = None if tc.valid_translate_sentences == "all" else tc.valid_translate_sentences
-            self.pairs = [batches.text_pairs(count) for batches in self.batches]  # (from the prepared split: no corpus re-read)
-            self.translator = Translator(unwrap(parts.model), parts.tokenizer, *self.languages[0],
-                                         directions=self.languages[:self.trained])
-            self.generation = GenerationConfig(beam_size=tc.valid_beam_size)
-
-    def __call__(self, step: int, elapsed_s: float) -> dict[str, float]:
-        each = [validate(self.parts.model, self.parts.task, batches, self.device, self.autocast_dtype, self.env) for batches in self.batches]
-        result = combine_losses(each[:self.trained])
-        samples = []
-        if self.translates and step > 0:  # an untrained model's output runs to the length limit and scores ~0
-            # Rank 0 translates (the unwrapped replica, no collectives); the scores reach every rank.
-            evaluations = [translate_and_score(self.translator, pairs, self.generation, source_lang=langs[0],
-                                               target_lang=langs[1]) for pairs, langs in zip(self.pairs, self.languages)
-                           ] if self.env.is_main else [None] * len(each)
-            scores = all_reduce_sum([value for evaluation in evaluations for value in (
-                [evaluation.scores.bleu, evaluation.scores.chrf, evaluation.scores.length_ratio] if evaluation else [0.0] * 3)],
-                self.env, self.device)
-            for index, direction in enumerate(each):
-                direction.update(bleu=scores[3 * index], chrf=scores[3 * index + 1], length_ratio=scores[3 * index + 2])
-            for key in ("bleu", "chrf", "length_ratio"):
-                result[key] = sum(direction[key] for direction in each[:self.trained]) / self.trained
-            if self.env.is_main:
-                samples = [list(zip(evaluation.hypotheses, evaluation.references))[:VALIDATION_SAMPLES if not self.several else 1]
-                           for evaluation in evaluations]
-                for index, evaluation in enumerate(evaluations):
-                    self._save_translations(step, evaluation, self.languages[index] if self.several else None)
-        if self.several:
-            result.update({f"{direction_name(langs)}/{key}": value for langs, direction in zip(self.languages, each)
-                           for key, value in direction.items()})
-        if self.metrics is not None:
-            self.metrics.write({"step": step, "split": "valid", **result, "elapsed_s": elapsed_s})
-        self.display.message(f"valid step {step}: {_scores_line(result)}")
-        for index, direction in enumerate(each if self.several else []):
-            self.display.message(f"  {self.names[index]}: {_scores_line(direction)}")
-        for name, direction_samples in zip(self.names, samples):  # so a length or repetition problem shows while training
-            for hypothesis, reference in direction_samples:
-                self.display.message((f"  {name}\n" if self.several else "") + f"  hyp: {hypothesis}\n  ref: {reference}")
-        return result
-
-    def _save_translations(self, step: int, evaluation: Evaluation, langs: tuple[str, str] | None) -> None:
-        """So a user can read what the model said at step N, not only its score (one file per direction)."""
-        rows = "".join(f"{s}\t{r}\t{h}\n" for s, r, h in zip(evaluation.sources, evaluation.references, evaluation.hypotheses))
-        name = f"valid_step_{step:08d}" + (f".{direction_name(langs)}" if langs else "")
-        path = self.translations_dir / f"{name}.tsv"
-        self.translations_dir.mkdir(exist_ok=True)
-        write_atomically(path, lambda handle: handle.write(rows.encode("utf-8")), what=str(path))
-
-
-def _scores_line(result: dict[str, float]) -> str:
-    return (f"loss {result['loss']:.3f}  nll {result['nll']:.3f}  ppl {result['ppl']:.2f}"
-            + (f"  BLEU {result['bleu']:.2f}  chrF {result['chrf']:.2f}  hyp/ref length {result['length_ratio']:.3f}"
-               if "bleu" in result else ""))
 
 
 def save_checkpoint(cfg: TrainConfig, parts: Components, state: TrainState, device: torch.device, env: DistEnv,
@@ -638,52 +397,3 @@ def save_checkpoint(cfg: TrainConfig, parts: Components, state: TrainState, devi
     save_atomically(checkpoint, path if path is not None else checkpoint_path(checkpoint_dir, state.step))
     if path is None:
         prune_checkpoints(checkpoint_dir, cfg.trainer.keep_last_checkpoints)
-
-
-def epoch_batches(batches: Seq2SeqBatches, epoch: int, skip: int) -> Iterator[tuple[int, Seq2SeqBatch]]:
-    """(batches consumed so far in the epoch, batch) for one epoch, after skipping `skip` batches."""
-    return enumerate(batches.iter_epoch(epoch, skip=skip), start=skip + 1)
-
-
-def _check_writable(run_dir: Path) -> None:
-    """Fail before any slow work when the run directory cannot be created or written (nothing is created here)."""
-    existing = next(p for p in (run_dir, *run_dir.parents) if p.exists())
-    if not existing.is_dir():
-        raise UserError(f"--output-dir {run_dir} is not writable: {existing} is not a directory")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"--output-dir {run_dir} is not writable: Permission denied")
-
-
-def _prepare_run_dir(run_dir: Path) -> None:
-    """Create the run directory (main process only) and clear leftovers of a killed checkpoint write."""
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as err:
-        raise UserError(f"--output-dir {run_dir} is not writable: {err.strerror}") from None
-    remove_partial_writes(run_dir, run_dir / "checkpoints")
-
-
-def _catch_stop_signals(requests: list[int], env: DistEnv) -> dict[int, Any]:
-    """SIGINT/SIGTERM/SIGHUP finish the current step, save and stop; a second signal interrupts at once.
-
-    SIGHUP is what a closed terminal or ssh session sends: a run started without nohup saves too."""
-    if threading.current_thread() is not threading.main_thread():
-        return {}
-
-    def request_stop(signum: int, frame: Any) -> None:
-        if requests:
-            raise KeyboardInterrupt
-        requests.append(signum)
-        if env.is_main:
-            print(f"\n{signal.Signals(signum).name}: finishing this step, then saving a checkpoint",
-                  file=best_effort(sys.stderr), flush=True)
-
-    return {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-
-
-def _restore_signal_handlers(previous: dict[int, Any]) -> None:
-    for sig, handler in previous.items():
-        signal.signal(sig, handler)

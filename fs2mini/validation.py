@@ -1,23 +1,36 @@
-"""Loss and perplexity over a split, computed the same way during training and by `fs2mini.evaluate`.
+"""Loss and perplexity over a split, computed the same way during training and by `fs2mini.evaluate`,
+and `Validator`: the training run's validation (every direction's loss, BLEU/chrF, printed samples).
 
 Kept apart from the training loop so that evaluation and translation code can use it without
-importing the trainer (and the trainer can import them).
+importing the trainer (and the trainer can import them). Translations are scored by
+fs2mini/scoring.py, as `evaluate` scores them.
 """
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from fs2mini.corpus import describe_corpus
+from fs2mini.checkpoint import write_atomically
+from fs2mini.config import TrainConfig, sharded
+from fs2mini.corpus import corpus_languages, describe_corpus
 from fs2mini.data import Seq2SeqBatches, collate, direction_name
-from fs2mini.distributed import DistEnv, all_reduce_max, all_reduce_sum
+from fs2mini.distributed import DistEnv, all_reduce_max, all_reduce_sum, unwrap
 from fs2mini.errors import UserError
+from fs2mini.generation import GenerationConfig
 from fs2mini.precision import autocast_for
+from fs2mini.scoring import Evaluation, translate_and_score
 from fs2mini.task import Seq2Seq
 from fs2mini.tokenizer import EOS_ID, PAD_ID
+from fs2mini.translator import Translator
+
+if TYPE_CHECKING:  # annotations only: evaluate imports this module without the training run's parts
+    from fs2mini.components import Components
+    from fs2mini.metrics import ProgressDisplay
+    from fs2mini.trackers import RunLog
 
 
 @torch.no_grad()
@@ -63,3 +76,88 @@ def combine_losses(results: list[dict[str, float]]) -> dict[str, float]:
     nll_per_token = sum(result["nll"] * result["tokens"] for result in results) / tokens
     return {"loss": sum(result["loss"] * result["tokens"] for result in results) / tokens, "nll": nll_per_token,
             "ppl": math.exp(min(nll_per_token, 100.0)), "tokens": int(tokens)}
+
+
+VALIDATION_SAMPLES = 2
+"""Translations printed next to their references at each validation."""
+
+
+class Validator:
+    """Validation loss over the whole split (+ BLEU/chrF of all of it or its first N sentences, translated on rank 0), logged.
+
+    A run of several directions (zero-shot ones included) is validated direction by direction:
+    `metrics.jsonl` gets `eng-fra/loss`, `eng-fra/bleu`, ... next to the overall `loss` (per target
+    token over the trained directions) and `bleu`/`chrf` (their mean); zero-shot directions are
+    reported but count in neither."""
+
+    def __init__(self, cfg: TrainConfig, parts: Components, env: DistEnv, device: torch.device,
+                 metrics: RunLog | None, display: ProgressDisplay) -> None:
+        self.parts, self.env, self.device, self.metrics, self.display = parts, env, device, metrics, display
+        self.autocast_dtype = parts.precision.autocast_dtype
+        self.translations_dir = cfg.run_dir / "translations"
+        """Each validation's translations, `valid_step_XXXXXXXX.tsv` (source, reference, hypothesis per line)."""
+        tc, data = cfg.trainer, cfg.data
+        corpora = [*data.primary_corpora, *data.zero_shot_corpora]
+        self.languages = [corpus_languages(corpus) for corpus in corpora]
+        self.names = [direction_name(langs) + (" (zero-shot)" if index >= len(data.primary_corpora) else "")
+                      for index, langs in enumerate(self.languages)]
+        self.trained = len(data.primary_corpora)
+        self.several = len(corpora) > 1
+        shard = {"rank": env.rank, "world_size": env.world_size}
+        self.batches = [Seq2SeqBatches(data, "valid", parts.tokenizer, seed=tc.seed, shuffle=False, corpora=[corpus], **shard)
+                        for corpus in corpora] if self.several else [parts.valid_batches]
+        self.translates = tc.valid_translate_sentences != 0 and not sharded(tc, env)
+        if self.translates and env.is_main:  # only rank 0 translates
+            count = None if tc.valid_translate_sentences == "all" else tc.valid_translate_sentences
+            self.pairs = [batches.text_pairs(count) for batches in self.batches]  # (from the prepared split: no corpus re-read)
+            self.translator = Translator(unwrap(parts.model), parts.tokenizer, *self.languages[0],
+                                         directions=self.languages[:self.trained])
+            self.generation = GenerationConfig(beam_size=tc.valid_beam_size)
+
+    def __call__(self, step: int, elapsed_s: float) -> dict[str, float]:
+        each = [validate(self.parts.model, self.parts.task, batches, self.device, self.autocast_dtype, self.env) for batches in self.batches]
+        result = combine_losses(each[:self.trained])
+        samples = []
+        if self.translates and step > 0:  # an untrained model's output runs to the length limit and scores ~0
+            # Rank 0 translates (the unwrapped replica, no collectives); the scores reach every rank.
+            evaluations = [translate_and_score(self.translator, pairs, self.generation, source_lang=langs[0],
+                                               target_lang=langs[1]) for pairs, langs in zip(self.pairs, self.languages)
+                           ] if self.env.is_main else [None] * len(each)
+            scores = all_reduce_sum([value for evaluation in evaluations for value in (
+                [evaluation.scores.bleu, evaluation.scores.chrf, evaluation.scores.length_ratio] if evaluation else [0.0] * 3)],
+                self.env, self.device)
+            for index, direction in enumerate(each):
+                direction.update(bleu=scores[3 * index], chrf=scores[3 * index + 1], length_ratio=scores[3 * index + 2])
+            for key in ("bleu", "chrf", "length_ratio"):
+                result[key] = sum(direction[key] for direction in each[:self.trained]) / self.trained
+            if self.env.is_main:
+                samples = [list(zip(evaluation.hypotheses, evaluation.references))[:VALIDATION_SAMPLES if not self.several else 1]
+                           for evaluation in evaluations]
+                for index, evaluation in enumerate(evaluations):
+                    self._save_translations(step, evaluation, self.languages[index] if self.several else None)
+        if self.several:
+            result.update({f"{direction_name(langs)}/{key}": value for langs, direction in zip(self.languages, each)
+                           for key, value in direction.items()})
+        if self.metrics is not None:
+            self.metrics.write({"step": step, "split": "valid", **result, "elapsed_s": elapsed_s})
+        self.display.message(f"valid step {step}: {_scores_line(result)}")
+        for index, direction in enumerate(each if self.several else []):
+            self.display.message(f"  {self.names[index]}: {_scores_line(direction)}")
+        for name, direction_samples in zip(self.names, samples):  # so a length or repetition problem shows while training
+            for hypothesis, reference in direction_samples:
+                self.display.message((f"  {name}\n" if self.several else "") + f"  hyp: {hypothesis}\n  ref: {reference}")
+        return result
+
+    def _save_translations(self, step: int, evaluation: Evaluation, langs: tuple[str, str] | None) -> None:
+        """So a user can read what the model said at step N, not only its score (one file per direction)."""
+        rows = "".join(f"{s}\t{r}\t{h}\n" for s, r, h in zip(evaluation.sources, evaluation.references, evaluation.hypotheses))
+        name = f"valid_step_{step:08d}" + (f".{direction_name(langs)}" if langs else "")
+        path = self.translations_dir / f"{name}.tsv"
+        self.translations_dir.mkdir(exist_ok=True)
+        write_atomically(path, lambda handle: handle.write(rows.encode("utf-8")), what=str(path))
+
+
+def _scores_line(result: dict[str, float]) -> str:
+    return (f"loss {result['loss']:.3f}  nll {result['nll']:.3f}  ppl {result['ppl']:.2f}"
+            + (f"  BLEU {result['bleu']:.2f}  chrF {result['chrf']:.2f}  hyp/ref length {result['length_ratio']:.3f}"
+               if "bleu" in result else ""))

@@ -13,14 +13,14 @@ import torch
 from sacrebleu.metrics import BLEU
 
 from conftest import tiny_config
-from fs2mini.config import load_config
+from fs2mini.config import check_config, load_config
 from fs2mini.corpus import BibleCorpus, TsvCorpus
 from fs2mini.data import DataConfig, Seq2SeqBatches, run_languages, sampling_probabilities
 from fs2mini.errors import UserError
 from fs2mini.evaluate import main as evaluate_main
 from fs2mini.optim import CosineConfig
 from fs2mini.tokenizer import Tokenizer, balanced_sentences
-from fs2mini.trainer import check_config, train
+from fs2mini.trainer import train
 from fs2mini.translator import Translator
 from helpers import read_metrics
 from synthetic import reversal_pairs

@@ -6,8 +6,9 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fs2mini.checkpoint import checkpoint_path
+from fs2mini.config import check_trainer_config
 from fs2mini.errors import UserError
-from fs2mini.trainer import check_trainer_config, train
+from fs2mini.trainer import train
 from helpers import read_metrics
 
 from conftest import tiny_config
