@@ -27,6 +27,7 @@ import tyro
 from fs2mini.checkpoint import list_best_checkpoints, list_checkpoints, load_checkpoint, save_atomically
 from fs2mini.errors import UserError, exit_on_user_error
 from fs2mini.lora import model_weights
+from fs2mini.rundir import BEST_CHECKPOINT, CHECKPOINT_DIR
 
 
 def average_state_dicts(states: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -57,7 +58,7 @@ def choose_checkpoints(run_dir: Path, last: int | None, best: int | None) -> lis
     flag = "--last" if last is not None else "--best"
     if count <= 0:
         raise UserError(f"{flag} {count}: expected a positive number of checkpoints")
-    directory = run_dir / "checkpoints"
+    directory = run_dir / CHECKPOINT_DIR
     if last is not None:
         found = list_checkpoints(directory)
         if len(found) < last:
@@ -122,8 +123,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     with exit_on_user_error():
         paths = choose_checkpoints(args.run_dir, args.last, args.best)
         name = args.output or (f"averaged_last{args.last}" if args.last is not None else f"averaged_best{args.best}")
-        output = Path(name) if name.endswith(".pt") else args.run_dir / "checkpoints" / f"{name}.pt"
-        if output.name.startswith("step_") or output.name == "best.pt":
+        output = Path(name) if name.endswith(".pt") else args.run_dir / CHECKPOINT_DIR / f"{name}.pt"
+        if output.name.startswith("step_") or output.name == BEST_CHECKPOINT:
             raise UserError(f"--output {name}: that name is the trainer's own; expected another, e.g. averaged_last5")
         averaged = average_checkpoints(paths, output)
         print(f"averaged {len(paths)} checkpoints ({', '.join(averaged['averaged_from'])}) into {output}")

@@ -19,6 +19,7 @@ from typing import Any, BinaryIO
 import torch
 
 from fs2mini.errors import UserError
+from fs2mini.rundir import BEST_CHECKPOINT, CHECKPOINT_DIR
 
 _STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
 _BEST_FILE = re.compile(r"^best_step_(\d+)\.pt$")
@@ -116,7 +117,7 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu", mmap: 
 def find_checkpoints(run_dir: Path, checkpoint: str | None) -> list[Path]:
     """`--checkpoint` as a path or a name in RUN_DIR/checkpoints; by default best.pt, then the step
     checkpoints newest first (the fallbacks when one is unreadable, as training does)."""
-    directory = run_dir / "checkpoints"
+    directory = run_dir / CHECKPOINT_DIR
     if checkpoint is not None:
         for candidate in (Path(checkpoint), directory / checkpoint, directory / f"{checkpoint}.pt"):
             if candidate.is_file():
@@ -124,7 +125,7 @@ def find_checkpoints(run_dir: Path, checkpoint: str | None) -> list[Path]:
         names = sorted(p.name for p in directory.glob("*.pt")) if directory.is_dir() else []
         raise UserError(f"--checkpoint {checkpoint}: no such file, nor in {directory}; "
                         f"expected a path or one of: {', '.join(names) or 'no checkpoints there'}")
-    best = directory / "best.pt"
+    best = directory / BEST_CHECKPOINT
     found = ([best] if best.is_file() else []) + list(reversed(list_checkpoints(directory)))
     if not found:
         raise UserError(f"no checkpoint in {directory}; train the run first (python -m fs2mini.train --output-dir {run_dir}) "

@@ -33,6 +33,7 @@ from fs2mini.model import build_model, enable_activation_checkpointing
 from fs2mini.optim import build_lr_schedule, build_optimizer
 from fs2mini.pipeline import Skipped
 from fs2mini.precision import Precision, build_grad_scaler, choose_precision
+from fs2mini.rundir import BEST_CHECKPOINT, CHECKPOINT_DIR, CONFIG_FILE, METRICS_FILE, TOKENIZER_FILE
 from fs2mini.task import Task, build_task
 from fs2mini.tokenizer import Tokenizer, balanced_sentences, checked_tokenizer, load_or_train_tokenizer
 
@@ -98,8 +99,8 @@ def run_tokenizer(cfg: TrainConfig, checkpoint: dict[str, Any] | None, env: Dist
     component has been built), so a corpus that cannot be read leaves the directory untouched.
     """
     if checkpoint is not None:
-        return checked_tokenizer(cfg.run_dir / "tokenizer.model", run_languages(cfg.data),
-                                 checkpoint.get("tokenizer"), checkpoint_path(cfg.run_dir / "checkpoints", checkpoint["step"]))
+        return checked_tokenizer(cfg.run_dir / TOKENIZER_FILE, run_languages(cfg.data),
+                                 checkpoint.get("tokenizer"), checkpoint_path(cfg.run_dir / CHECKPOINT_DIR, checkpoint["step"]))
     if env.is_main:
         tokenizer = build_tokenizer(cfg)  # trains it once, into the cache
     barrier(env)
@@ -110,7 +111,7 @@ def newest_checkpoint(cfg: TrainConfig, env: DistEnv) -> dict[str, Any] | None:
     """The newest readable checkpoint of the run directory, if it is resumed (checked against `cfg`)."""
     run_dir = cfg.run_dir
     checkpoint = None
-    existing = list_checkpoints(run_dir / "checkpoints")
+    existing = list_checkpoints(run_dir / CHECKPOINT_DIR)
     for path in reversed(existing):
         try:
             checkpoint = load_checkpoint(path)
@@ -120,13 +121,13 @@ def newest_checkpoint(cfg: TrainConfig, env: DistEnv) -> dict[str, Any] | None:
                 print(f"warning: {err}; trying the previous checkpoint", file=sys.stderr)
     if existing and checkpoint is None:
         raise UserError(
-            f"no readable checkpoint in {run_dir / 'checkpoints'} ({len(existing)} corrupt); "
+            f"no readable checkpoint in {run_dir / CHECKPOINT_DIR} ({len(existing)} corrupt); "
             "move them away to start this run over, or use another --output-dir"
         )
     if checkpoint is None:
         refuse_silent_restart(cfg)
     if checkpoint is not None:
-        differing = incompatible_fields(load_config(run_dir / "config.json"), cfg)
+        differing = incompatible_fields(load_config(run_dir / CONFIG_FILE), cfg)
         if differing:
             raise UserError(
                 f"cannot resume {run_dir}: the checkpoint was trained with different {', '.join(differing)}; "
@@ -143,7 +144,7 @@ def refuse_silent_restart(cfg: TrainConfig) -> None:
     interval) is the one case that restarts, with a warning.
     """
     run_dir = cfg.run_dir
-    best = run_dir / "checkpoints" / "best.pt"
+    best = run_dir / CHECKPOINT_DIR / BEST_CHECKPOINT
     if best.exists():
         try:
             step = load_checkpoint(best)["step"]
@@ -152,9 +153,9 @@ def refuse_silent_restart(cfg: TrainConfig) -> None:
             how = "it is not readable either"
         raise UserError(f"{run_dir} has checkpoints/best.pt but no step checkpoint to resume from, and starting over "
                         f"would overwrite best.pt; {how}, or use another --output-dir to start over")
-    trained = _last_logged_step(run_dir / "metrics.jsonl")
+    trained = _last_logged_step(run_dir / METRICS_FILE)
     if trained > cfg.trainer.checkpoint_every:  # killed inside the first write: step `checkpoint_every` is logged
-        raise UserError(f"{run_dir}/metrics.jsonl records training up to step {trained} but {run_dir / 'checkpoints'} has "
+        raise UserError(f"{run_dir / METRICS_FILE} records training up to step {trained} but {run_dir / CHECKPOINT_DIR} has "
                         "no checkpoint (were they deleted?); starting over would replace that record. Restore the "
                         "checkpoints, or use another --output-dir to start over")
     if trained > 0:
@@ -194,7 +195,7 @@ def build_components(cfg: TrainConfig, tokenizer: Tokenizer, device: torch.devic
     valid_batches.prepare()
     model = build_model(cfg.model, tokenizer.vocab_info).to(device)
     if checkpoint is not None:
-        load_model_state(model, checkpoint["model"], cfg.run_dir / "checkpoints")
+        load_model_state(model, checkpoint["model"], cfg.run_dir / CHECKPOINT_DIR)
     elif init_weights is not None:
         load_model_state(model, init_weights, cfg.init, flag="--init", assign=device.type == "cpu")
     if cfg.lora.rank:

@@ -23,6 +23,7 @@ from fs2mini.data import Seq2SeqBatches, direction_name
 from fs2mini.errors import UserError, exit_on_user_error
 from fs2mini.generation import GenerationConfig, check_generation_config
 from fs2mini.pipeline import Skipped, read_text
+from fs2mini.rundir import CONFIG_FILE, EVAL_DIR
 from fs2mini.scoring import translate_and_score
 from fs2mini.task import build_task
 from fs2mini.translate import use_utf8
@@ -100,18 +101,18 @@ def evaluate(args: EvaluateArgs) -> dict:
         raise UserError(f"{args.run_dir} is a CTranslate2 model, which gives translations but no losses; expected the run "
                         f"directory it was converted from (or: python -m fs2mini.translate {args.run_dir}, then sacrebleu)")
     name = args.split if args.source is None else args.source.stem
-    output = args.output if args.output is not None else args.run_dir / "eval" / f"{name}.hyp"
+    output = args.output if args.output is not None else args.run_dir / EVAL_DIR / f"{name}.hyp"
     if output.suffix in (".src", ".ref", ".json"):
         raise UserError(f"--output {output} would be overwritten by the {output.suffix} file; expected e.g. {output.with_suffix('.hyp')}")
     if args.source is not None:
         translator = Translator.from_run(args.run_dir, args.checkpoint, args.device, source_lang=args.source_lang,
                                          target_lang=args.target_lang)
         langs = (translator.source_lang, translator.target_lang)
-        cfg = load_config(args.run_dir / "config.json")
+        cfg = load_config(args.run_dir / CONFIG_FILE)
         return _evaluate_direction(args, translator, cfg, AlignedFiles(args.source, args.reference, langs), output)
     # The run's own split: every direction, or those that --source-lang / --target-lang name.
     translator = Translator.from_run(args.run_dir, args.checkpoint, args.device)
-    cfg = load_config(args.run_dir / "config.json")
+    cfg = load_config(args.run_dir / CONFIG_FILE)
     corpora = _chosen_directions(args, cfg)
     if len(cfg.data.primary_corpora) == 1 and not cfg.data.zero_shot_corpora:
         return _evaluate_direction(args, translator, cfg, cfg.data.corpus, output)

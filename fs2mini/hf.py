@@ -45,8 +45,8 @@ from fs2mini.errors import UserError, exit_on_user_error
 from fs2mini.lora import model_weights
 from fs2mini.model import ModelConfig, build_model
 from fs2mini.relayout import NLLB_SPECIALS, to_nllb_ids
-from fs2mini.rundir import MARKER
-from fs2mini.tokenizer import LAYOUT_FILE, Tokenizer, TokenizerConfig, TokenizerLayout, tokenizer_record
+from fs2mini.rundir import BEST_CHECKPOINT, CHECKPOINT_DIR, CONFIG_FILE, LAYOUT_FILE, MARKER, TOKENIZER_FILE
+from fs2mini.tokenizer import Tokenizer, TokenizerConfig, TokenizerLayout, tokenizer_record
 
 SPM_FILE = "sentencepiece.bpe.model"
 """The sentencepiece model's name in a Hugging Face NLLB/M2M100 directory."""
@@ -388,20 +388,20 @@ def import_checkpoint(src: str, run_dir: Path, source_lang: str, target_lang: st
     tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.", dir=run_dir.parent))
     try:
         (tmp / MARKER).touch()  # a run directory fs2mini may write into (fs2mini.rundir)
-        (tmp / "tokenizer.model").write_bytes(spm_bytes)
+        (tmp / TOKENIZER_FILE).write_bytes(spm_bytes)
         (tmp / LAYOUT_FILE).write_text(layout.to_json(), encoding="utf-8")
-        tokenizer = Tokenizer(tmp / "tokenizer.model", (source_lang, target_lang))  # checks the language codes
+        tokenizer = Tokenizer(tmp / TOKENIZER_FILE, (source_lang, target_lang))  # checks the language codes
         model = build_model(model_cfg, tokenizer.vocab_info)
         try:
             model.load_state_dict(state)
         except RuntimeError as err:
             lines = str(err).splitlines()
             raise UserError(f"{path} does not fit its config.json: {(lines[1] if len(lines) > 1 else lines[0]).strip()}") from None
-        save_config(cfg, tmp / "config.json")
-        (tmp / "checkpoints").mkdir()
-        save_atomically({"model": model.state_dict(), "config": json.loads((tmp / "config.json").read_text()),
+        save_config(cfg, tmp / CONFIG_FILE)
+        (tmp / CHECKPOINT_DIR).mkdir()
+        save_atomically({"model": model.state_dict(), "config": json.loads((tmp / CONFIG_FILE).read_text()),
                          "tokenizer": tokenizer_record(tokenizer), "step": 0, "imported_from": str(src)},
-                        tmp / "checkpoints" / "best.pt")
+                        tmp / CHECKPOINT_DIR / BEST_CHECKPOINT)
         if run_dir.exists():
             run_dir.rmdir()
         os.replace(tmp, run_dir)
@@ -417,19 +417,19 @@ def export_run(run_dir: Path, out: Path, checkpoint: str | None = None) -> Path:
 
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out} already exists; expected a new directory")
-    cfg = load_config(run_dir / "config.json")
+    cfg = load_config(run_dir / CONFIG_FILE)
     if not isinstance(cfg.model, ModelConfig):
-        raise UserError(f"{run_dir / 'config.json'}: model {type(cfg.model).__qualname__} is not fs2mini's ModelConfig; "
+        raise UserError(f"{run_dir / CONFIG_FILE}: model {type(cfg.model).__qualname__} is not fs2mini's ModelConfig; "
                         "only the built-in architecture exports to M2M100")
     ckpt_path, state = load_first_readable(find_checkpoints(run_dir, checkpoint))
-    tokenizer = Tokenizer(run_dir / "tokenizer.model", ())
+    tokenizer = Tokenizer(run_dir / TOKENIZER_FILE, ())
     weights = model_weights(state)  # LoRA adapters merged in
     if tokenizer.layout == TokenizerLayout():  # trained with fs2mini's own tokenizer: rewritten in NLLB's ids
         nllb = to_nllb_ids(tokenizer, weights)
         tokenizer, weights = Tokenizer(tokenizer.model_path, (), model_bytes=nllb.model_bytes, layout=nllb.layout), nllb.state
     layout = tokenizer.layout
     if layout.piece_offset != 1 or not layout.lang_ids or layout.piece_ids:
-        raise UserError(f"{run_dir / 'tokenizer.model'} uses M2M100's vocab.json ids; export writes NLLB's layout, "
+        raise UserError(f"{run_dir / TOKENIZER_FILE} uses M2M100's vocab.json ids; export writes NLLB's layout, "
                         "expected a run trained with fs2mini's tokenizer or imported from an NLLB checkpoint")
     vocab_size = tokenizer.vocab_info.size
     by_id: dict[int, str] = {}

@@ -29,6 +29,7 @@ from torch import Tensor
 from fs2mini.checkpoint import find_checkpoints, load_checkpoint, load_first_readable
 from fs2mini.errors import UserError
 from fs2mini.lora import model_weights
+from fs2mini.rundir import CHECKPOINT_DIR, TOKENIZER_FILE
 from fs2mini.tokenizer import Tokenizer, TokenizerLayout, checked_tokenizer
 
 _CODE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
@@ -63,7 +64,7 @@ def read_init(path: Path, langs: Sequence[str], lang_map: Sequence[str] = (), ad
     differs from the one the weights were trained with (a shape mismatch is caught when they are loaded)."""
     if path.is_file():
         checkpoint_file, state = path, load_checkpoint(path, mmap=True)
-        run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+        run_dir = path.parent.parent if path.parent.name == CHECKPOINT_DIR else path.parent
     elif path.is_dir():
         run_dir = path
         checkpoint_file, state = load_first_readable(find_checkpoints(path, None), mmap=True)
@@ -99,14 +100,14 @@ def read_init(path: Path, langs: Sequence[str], lang_map: Sequence[str] = (), ad
 def _source_tokenizer(run_dir: Path, state: dict, checkpoint_file: Path) -> Tokenizer:
     """The tokenizer the checkpoint was trained with: its run directory's (checked), else the checkpoint's copy."""
     record = state.get("tokenizer")
-    if (run_dir / "tokenizer.model").is_file():
+    if (run_dir / TOKENIZER_FILE).is_file():
         langs = tuple((record or {}).get("lang_ids", ()))  # the languages it was checked with when saved
-        return checked_tokenizer(run_dir / "tokenizer.model", langs, record, checkpoint_file)
+        return checked_tokenizer(run_dir / TOKENIZER_FILE, langs, record, checkpoint_file)
     if not record or "model_bytes" not in record:
         raise UserError(f"--init {checkpoint_file}: no tokenizer.model beside it and none recorded in it; expected "
                         "a checkpoint inside its run directory")
     layout = TokenizerLayout(**json.loads(record["layout"])) if "layout" in record else TokenizerLayout()
-    return Tokenizer(run_dir / "tokenizer.model", (), model_bytes=bytes(record["model_bytes"].numpy().tobytes()),
+    return Tokenizer(run_dir / TOKENIZER_FILE, (), model_bytes=bytes(record["model_bytes"].numpy().tobytes()),
                      layout=layout)
 
 

@@ -18,11 +18,12 @@ from typing import Annotated, Any
 import tyro
 
 from fs2mini.errors import UserError, exit_on_user_error
+from fs2mini.rundir import METRICS_FILE
 
 
 def read_records(run_dir: Path) -> list[dict[str, Any]]:
     """Every complete record of RUN_DIR/metrics.jsonl, in order (a line cut short by a crash is skipped)."""
-    path = run_dir / "metrics.jsonl"
+    path = run_dir / METRICS_FILE
     if not run_dir.is_dir():
         raise UserError(f"run directory {run_dir} does not exist; expected a directory written by python -m fs2mini.train")
     try:

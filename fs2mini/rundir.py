@@ -1,4 +1,8 @@
-"""The run directory: whose it is (a marker file), who is using it (a lock), and leaving it as it was on failure.
+"""The run directory: the names of its files, whose it is (a marker file), who is using it (a lock), and leaving it
+as it was on failure.
+
+Every file and folder name of a run directory is a constant here (`CONFIG_FILE`, `CHECKPOINT_DIR`, ...);
+other modules import them instead of spelling the names (tests/test_layering.py checks this).
 
 fs2mini writes `config.json`, `tokenizer.model`, `metrics.jsonl`, `checkpoints/` and `eval/` into a
 run directory. Those are common names, so it only writes into a directory that it created or that
@@ -24,17 +28,38 @@ import socket
 import sys
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
-from fs2mini.checkpoint import remove_partial_writes, write_atomically
-from fs2mini.config import TrainConfig, save_config
 from fs2mini.errors import UserError
-from fs2mini.tokenizer import LAYOUT_FILE, Tokenizer, TokenizerLayout
 
+if TYPE_CHECKING:
+    from fs2mini.config import TrainConfig
+    from fs2mini.tokenizer import Tokenizer
+
+# Every name fs2mini gives a file or folder of a run directory; other modules import these.
+CONFIG_FILE = "config.json"
+"""The run's `TrainConfig`, written once every component is built."""
+TOKENIZER_FILE = "tokenizer.model"
+"""The run's sentencepiece model (trained for the run or copied from an imported model)."""
+LAYOUT_FILE = "tokenizer_layout.json"
+"""Beside tokenizer.model when the model's ids are not fs2mini's own (an imported NLLB/M2M100)."""
+CHECKPOINT_DIR = "checkpoints"
+"""The folder of the run's checkpoints (`step_N.pt`, `best.pt`)."""
+BEST_CHECKPOINT = "best.pt"
+"""In CHECKPOINT_DIR: the checkpoint with the best validation score so far."""
+METRICS_FILE = "metrics.jsonl"
+"""One JSON line per logged train/validation step."""
+TENSORBOARD_DIR = "tb"
+"""TensorBoard event files (with `--tensorboard`)."""
+TRANSLATIONS_DIR = "translations"
+"""Validation translations, one file per step and direction."""
+EVAL_DIR = "eval"
+"""Hypotheses written by `python -m fs2mini.evaluate` when no `--output` is given."""
 MARKER = ".fs2mini-run"
 """Present in every directory fs2mini writes runs into."""
 LOCK = ".fs2mini-lock"
 """Locked (flock) by the process training in the directory; holds its PID and host."""
-WRITTEN = ("config.json", "tokenizer.model", "metrics.jsonl", "checkpoints", "eval")
+WRITTEN = (CONFIG_FILE, TOKENIZER_FILE, METRICS_FILE, CHECKPOINT_DIR, EVAL_DIR)
 """What fs2mini writes in a run directory (besides its marker and lock)."""
 
 
@@ -62,7 +87,7 @@ def check_ownership(run_dir: Path) -> None:
 def _written_by_older_fs2mini(run_dir: Path) -> bool:
     """A run directory from before the marker existed: its config.json is a serialised `TrainConfig`."""
     try:
-        return json.loads((run_dir / "config.json").read_bytes()).get("_type") == "TrainConfig"
+        return json.loads((run_dir / CONFIG_FILE).read_bytes()).get("_type") == "TrainConfig"
     except (OSError, ValueError, AttributeError):
         return False
 
@@ -78,6 +103,8 @@ def check_writable(run_dir: Path) -> None:
 
 def prepare_run_dir(run_dir: Path) -> None:
     """Create the run directory (main process only) and clear leftovers of a killed checkpoint write."""
+    from fs2mini.checkpoint import remove_partial_writes  # not at the top: checkpoint imports this module's names
+
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".write-test"
@@ -85,22 +112,27 @@ def prepare_run_dir(run_dir: Path) -> None:
         probe.unlink()
     except OSError as err:
         raise UserError(f"--output-dir {run_dir} is not writable: {err.strerror}") from None
-    remove_partial_writes(run_dir, run_dir / "checkpoints")
+    remove_partial_writes(run_dir, run_dir / CHECKPOINT_DIR)
 
 
 def write_run_files(cfg: TrainConfig, tokenizer: Tokenizer) -> None:
     """Create the run directory and write what a run keeps beside its checkpoints: its tokenizer (with an
     imported model's token layout) and `config.json` (main process only, once every component is built)."""
+    # Not at the top: checkpoint, config and tokenizer import this module's names.
+    from fs2mini.checkpoint import write_atomically
+    from fs2mini.config import save_config
+    from fs2mini.tokenizer import TokenizerLayout
+
     run_dir = cfg.run_dir
     prepare_run_dir(run_dir)
-    kept = run_dir / "tokenizer.model"
+    kept = run_dir / TOKENIZER_FILE
     # A new run (a copy left by a try killed before its first checkpoint may be of another training),
     # or a resumed one whose copy was lost (restored from the checkpoint).
     if not kept.is_file() or kept.read_bytes() != tokenizer.model_bytes:
         write_atomically(kept, lambda handle: handle.write(tokenizer.model_bytes))
     if tokenizer.layout != TokenizerLayout():  # an imported model's ids (fs2mini.tokenizer.TokenizerLayout)
         write_atomically(run_dir / LAYOUT_FILE, lambda handle: handle.write(tokenizer.layout.to_json().encode()))
-    save_config(cfg, run_dir / "config.json")
+    save_config(cfg, run_dir / CONFIG_FILE)
 
 
 class RunDirectory:

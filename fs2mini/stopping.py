@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from fs2mini.distributed import DistEnv
 from fs2mini.errors import RunStopped
 from fs2mini.metrics import best_effort
+from fs2mini.rundir import CHECKPOINT_DIR
 
 if TYPE_CHECKING:  # the annotation only: the trainer imports this module
     from fs2mini.trainer import Checkpointer
@@ -53,6 +54,6 @@ def save_and_stop(saver: Checkpointer, stop_requests: list[int], run_dir: Path) 
     signum = stop_requests[0] if stop_requests else signal.SIGTERM
     raise RunStopped(
         f"stopped by {signal.Signals(signum).name} after step {saver.state.step}; checkpoint saved in "
-        f"{run_dir / 'checkpoints'}. Run the same command again to resume.",
+        f"{run_dir / CHECKPOINT_DIR}. Run the same command again to resume.",
         128 + signum,
     )

@@ -36,6 +36,7 @@ import sentencepiece as spm
 import torch
 
 from fs2mini.errors import UserError, expect, finite
+from fs2mini.rundir import LAYOUT_FILE
 from fs2mini.vocab import VocabInfo
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
@@ -62,9 +63,6 @@ class TokenizerConfig:
 def lang_token(lang: str) -> str:
     return f"__{lang}__"
 
-
-LAYOUT_FILE = "tokenizer_layout.json"
-"""Beside a run directory's tokenizer.model when the model's ids are not fs2mini's own (an imported NLLB/M2M100)."""
 
 
 @dataclass(frozen=True)

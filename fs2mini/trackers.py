@@ -18,9 +18,8 @@ from typing import Any
 from fs2mini.config import TrainConfig, config_to_json
 from fs2mini.errors import UserError
 from fs2mini.metrics import MetricsLog
+from fs2mini.rundir import METRICS_FILE, TENSORBOARD_DIR
 
-TENSORBOARD_DIR = "tb"
-"""TensorBoard event files go to RUN_DIR/tb."""
 
 
 class RunLog:
@@ -28,7 +27,7 @@ class RunLog:
 
     def __init__(self, cfg: TrainConfig, resume_step: int, wandb_run_id: str | None) -> None:
         run_dir = cfg.run_dir
-        self.metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step=resume_step)
+        self.metrics = MetricsLog(run_dir / METRICS_FILE, resume_step=resume_step)
         self.tensorboard = None
         self.wandb = None
         if cfg.trainer.tensorboard:

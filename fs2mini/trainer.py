@@ -37,7 +37,7 @@ from fs2mini.initialize import read_init
 from fs2mini.lora import adapter_state, count_trainable, split_adapters
 from fs2mini.metrics import ProgressDisplay, RunClock, TokenRate
 from fs2mini.precision import autocast_for
-from fs2mini.rundir import RunDirectory, check_writable, write_run_files
+from fs2mini.rundir import BEST_CHECKPOINT, CHECKPOINT_DIR, RunDirectory, check_writable, write_run_files
 from fs2mini.stopping import catch_stop_signals, restore_signal_handlers, save_and_stop
 from fs2mini.tokenizer import tokenizer_record
 from fs2mini.trackers import RunLog
@@ -283,7 +283,7 @@ def _loop(cfg: TrainConfig, parts: Components, state: TrainState, validate_now: 
         saver.save_best(validate_now(state.step, state.elapsed_s))
         clock.tick()
         saver.save()
-    display.message(f"done: {state.step} steps, checkpoints in {cfg.run_dir / 'checkpoints'}")
+    display.message(f"done: {state.step} steps, checkpoints in {cfg.run_dir / CHECKPOINT_DIR}")
 
 
 def _already_finished(state: TrainState, tc: TrainerConfig, display: ProgressDisplay) -> bool:
@@ -325,7 +325,7 @@ class Checkpointer:
 
     def __init__(self, cfg: TrainConfig, parts: Components, state: TrainState, device: torch.device, env: DistEnv) -> None:
         self.cfg, self.parts, self.state, self.device, self.env = cfg, parts, state, device, env
-        self.directory = cfg.run_dir / "checkpoints"
+        self.directory = cfg.run_dir / CHECKPOINT_DIR
         self.saved_step = state.step
         """The step of the newest step checkpoint (a stop saves only when it is older than the current step)."""
 
@@ -344,7 +344,7 @@ class Checkpointer:
             state.best_value = value
         dropped = _rank_best(state, value, tc.best_metric, tc.keep_best_checkpoints) if math.isfinite(value) else [state.step]
         if better:
-            self.save(self.directory / "best.pt")
+            self.save(self.directory / BEST_CHECKPOINT)
         if tc.keep_best_checkpoints and state.step not in dropped:
             self.save(best_checkpoint_path(self.directory, state.step))
         for step in dropped if self.env.is_main else []:
@@ -393,7 +393,7 @@ def save_checkpoint(cfg: TrainConfig, parts: Components, state: TrainState, devi
                   **({"lora": lora} if lora is not None else {})}
     if parts.grad_scaler is not None:  # fp16: resume at the loss scale the run had found
         checkpoint["grad_scaler"] = parts.grad_scaler.state_dict()
-    checkpoint_dir = cfg.run_dir / "checkpoints"
+    checkpoint_dir = cfg.run_dir / CHECKPOINT_DIR
     save_atomically(checkpoint, path if path is not None else checkpoint_path(checkpoint_dir, state.step))
     if path is None:
         prune_checkpoints(checkpoint_dir, cfg.trainer.keep_last_checkpoints)

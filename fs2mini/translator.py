@@ -27,7 +27,8 @@ from fs2mini.errors import UserError
 from fs2mini.generation import GenerationConfig, Hypothesis, check_generation_config, generate
 from fs2mini.lora import model_weights
 from fs2mini.model import Seq2SeqModel, build_model
-from fs2mini.tokenizer import LAYOUT_FILE, Tokenizer, checked_tokenizer
+from fs2mini.rundir import CONFIG_FILE, LAYOUT_FILE, TOKENIZER_FILE
+from fs2mini.tokenizer import Tokenizer, checked_tokenizer
 
 # Called with (index of the text, its length in tokens, the length it was cut to).
 TruncationCallback = Callable[[int, int, int], None]
@@ -89,7 +90,7 @@ class Translator:
             translator = CTranslate2Translator(run_dir, device)
             translator.source_lang, translator.target_lang = translator.languages(source_lang, target_lang)
             return translator
-        cfg = load_config(run_dir / "config.json")
+        cfg = load_config(run_dir / CONFIG_FILE)
         run_langs = run_languages(cfg.data)
         directions = [corpus_languages(corpus) for corpus in cfg.data.primary_corpora]
         imported = (run_dir / LAYOUT_FILE).is_file()  # an NLLB/M2M100 layout knows more codes than the run's corpus
@@ -97,7 +98,7 @@ class Translator:
             check_languages(run_langs, source_lang, target_lang)
         torch_device = pick_device(device, "--device")
         path, state = load_first_readable(find_checkpoints(run_dir, checkpoint))
-        tokenizer = checked_tokenizer(run_dir / "tokenizer.model", run_langs, state.get("tokenizer"), path)
+        tokenizer = checked_tokenizer(run_dir / TOKENIZER_FILE, run_langs, state.get("tokenizer"), path)
         wanted = [lang for lang in (source_lang, target_lang) if lang is not None and lang not in tokenizer.lang_ids]
         if wanted:  # the codes of an imported layout beyond the run's pair
             tokenizer = Tokenizer(tokenizer.model_path, tuple(dict.fromkeys((*run_langs, *wanted))),
@@ -107,7 +108,7 @@ class Translator:
             model.load_state_dict(model_weights(state))  # a LoRA run: its adapters merged in
         except RuntimeError as err:
             lines = str(err).splitlines()
-            raise UserError(f"checkpoint {path} does not fit the model in {run_dir / 'config.json'}: "
+            raise UserError(f"checkpoint {path} does not fit the model in {run_dir / CONFIG_FILE}: "
                             f"{(lines[1] if len(lines) > 1 else lines[0]).strip()}") from None
         model.to(torch_device).eval()
         step = state.get("step")

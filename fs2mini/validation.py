@@ -22,6 +22,7 @@ from fs2mini.distributed import DistEnv, all_reduce_max, all_reduce_sum, unwrap
 from fs2mini.errors import UserError
 from fs2mini.generation import GenerationConfig
 from fs2mini.precision import autocast_for
+from fs2mini.rundir import TRANSLATIONS_DIR
 from fs2mini.scoring import Evaluation, translate_and_score
 from fs2mini.task import Seq2Seq
 from fs2mini.tokenizer import EOS_ID, PAD_ID
@@ -94,7 +95,7 @@ class Validator:
                  metrics: RunLog | None, display: ProgressDisplay) -> None:
         self.parts, self.env, self.device, self.metrics, self.display = parts, env, device, metrics, display
         self.autocast_dtype = parts.precision.autocast_dtype
-        self.translations_dir = cfg.run_dir / "translations"
+        self.translations_dir = cfg.run_dir / TRANSLATIONS_DIR
         """Each validation's translations, `valid_step_XXXXXXXX.tsv` (source, reference, hypothesis per line)."""
         tc, data = cfg.trainer, cfg.data
         corpora = [*data.primary_corpora, *data.zero_shot_corpora]

@@ -38,3 +38,23 @@ def test_library_modules_import_no_cli_module():
                 offenders.append(f"fs2mini/{path.name}:{line} imports {module}")
     assert not offenders, ("library modules import command-line modules (import from fs2mini.translator, "
                            "fs2mini.scoring or fs2mini.checkpoint instead):\n" + "\n".join(offenders))
+
+
+RUN_DIR_NAMES = {"tokenizer.model", "tokenizer_layout.json", "checkpoints", "best.pt", "metrics.jsonl", "translations",
+                 ".fs2mini-lock", ".fs2mini-run"}
+"""Names of run-directory files that mean nothing else in the package (`fs2mini.rundir` owns them)."""
+HF_MODULES = {"hf", "ctranslate"}
+"""Modules that also read and write Hugging Face directories, whose own `config.json` is not the run's."""
+
+
+def test_only_rundir_spells_run_directory_file_names():
+    offenders = []
+    for path in sorted(PACKAGE.glob("*.py")):
+        if path.stem == "rundir":
+            continue
+        names = RUN_DIR_NAMES | (set() if path.stem in HF_MODULES else {"config.json"})
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            if isinstance(node, ast.Constant) and node.value in names:
+                offenders.append(f"fs2mini/{path.name}:{node.lineno} spells {node.value!r}")
+    assert not offenders, ("run-directory file names are spelled outside fs2mini/rundir.py "
+                           "(import its constant, e.g. CHECKPOINT_DIR):\n" + "\n".join(offenders))
