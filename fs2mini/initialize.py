@@ -17,7 +17,6 @@ one new embedding row, a copy of the related code's, recorded in the run's token
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -100,15 +99,8 @@ def read_init(path: Path, langs: Sequence[str], lang_map: Sequence[str] = (), ad
 def _source_tokenizer(run_dir: Path, state: dict, checkpoint_file: Path) -> Tokenizer:
     """The tokenizer the checkpoint was trained with: its run directory's (checked), else the checkpoint's copy."""
     record = state.get("tokenizer")
-    if (run_dir / TOKENIZER_FILE).is_file():
-        langs = tuple((record or {}).get("lang_ids", ()))  # the languages it was checked with when saved
-        return checked_tokenizer(run_dir / TOKENIZER_FILE, langs, record, checkpoint_file)
-    if not record or "model_bytes" not in record:
-        raise UserError(f"--init {checkpoint_file}: no tokenizer.model beside it and none recorded in it; expected "
-                        "a checkpoint inside its run directory")
-    layout = TokenizerLayout(**json.loads(record["layout"])) if "layout" in record else TokenizerLayout()
-    return Tokenizer(run_dir / TOKENIZER_FILE, (), model_bytes=bytes(record["model_bytes"].numpy().tobytes()),
-                     layout=layout)
+    langs = tuple((record or {}).get("lang_ids", ()))  # the languages it was checked with when saved
+    return checked_tokenizer(run_dir / TOKENIZER_FILE, langs, record, checkpoint_file)
 
 
 def map_languages(langs: Sequence[str], codes: dict[str, int], lang_map: Sequence[str]) -> dict[str, int]:

@@ -243,7 +243,9 @@ def tokenizer_record(tokenizer: Tokenizer) -> dict[str, Any]:
 
 def checked_tokenizer(path: Path, langs: Sequence[str], record: dict[str, Any] | None, checkpoint: Path) -> Tokenizer:
     """The tokenizer a checkpoint was trained with: `path` verified against the checkpoint's `record`,
-    or (when `path` is missing) the copy inside the checkpoint. Never a newly trained one.
+    or (when `path` is missing) the copy inside the checkpoint. Never a newly trained one. Its ids follow
+    the `LAYOUT_FILE` beside `path`, else the layout the record keeps (an imported model's checkpoint
+    copied out of its run directory), else fs2mini's own.
 
     Checkpoints of older fs2mini versions have no record: `path` is then used unverified."""
     if record is None:
@@ -253,12 +255,15 @@ def checked_tokenizer(path: Path, langs: Sequence[str], record: dict[str, Any] |
         print(f"warning: {checkpoint} does not record its tokenizer; using {path} unverified", file=sys.stderr)
         return Tokenizer(path, langs)
     kept = bytes(record["model_bytes"].numpy().tobytes())
+    layout = None  # the file beside `path`, or fs2mini's own
+    if not path.with_name(LAYOUT_FILE).is_file() and "layout" in record:
+        layout = TokenizerLayout(**json.loads(record["layout"]))
     if not path.is_file():
         print(f"warning: {path} is missing; using the copy kept in {checkpoint} (sha256 {record['sha256'][:12]})",
               file=sys.stderr)
-        tokenizer = Tokenizer(path, langs, model_bytes=kept)
+        tokenizer = Tokenizer(path, langs, model_bytes=kept, layout=layout)
     else:
-        tokenizer = Tokenizer(path, langs)
+        tokenizer = Tokenizer(path, langs, layout=layout)
     found = {"sha256": tokenizer.fingerprint, "vocab_size": tokenizer.vocab_info.size, "lang_ids": dict(tokenizer.lang_ids)}
     expected = {key: record[key] for key in found}
     if found != expected:

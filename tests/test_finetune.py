@@ -143,6 +143,21 @@ def imported(tmp_path_factory):
     return root / "run"
 
 
+def test_a_checkpoint_copied_out_of_its_run_keeps_the_imported_layout(imported, tmp_path):
+    """No tokenizer.model or tokenizer_layout.json beside it: the copies the checkpoint keeps are used."""
+    import shutil
+
+    from fs2mini.initialize import read_init
+
+    copy = tmp_path / "elsewhere" / "best.pt"
+    copy.parent.mkdir()
+    shutil.copy(imported / "checkpoints" / "best.pt", copy)
+    tokenizer = read_init(copy, ("eng_Latn", "fra_Latn")).tokenizer
+    original = read_init(imported, ("eng_Latn", "fra_Latn")).tokenizer
+    assert tokenizer.layout == original.layout and tokenizer.lang_ids == original.lang_ids
+    assert tokenizer.encode_source(["the cat"], "eng_Latn") == original.encode_source(["the cat"], "eng_Latn")
+
+
 def test_add_language_grows_the_table_from_a_related_code(imported):
     from fs2mini.initialize import read_init
 
