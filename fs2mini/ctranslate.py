@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -25,13 +24,12 @@ import torch
 
 from fs2mini.errors import UserError
 from fs2mini.generation import GenerationConfig, Hypothesis, max_output_lengths
-from fs2mini.tokenizer import Tokenizer
+from fs2mini.tokenizer import Tokenizer, token_lang
 from fs2mini.translator import Translator, TruncationCallback, warn_truncated
 
 Quantization = Literal["int8", "int8_float32", "float32"]
 TOKENIZER_FILES = ("sentencepiece.bpe.model", "tokenizer_config.json", "special_tokens_map.json")
 """What `fs2mini.hf export` writes for the tokenizer, copied next to the converted model."""
-_PIECE_CODE = re.compile(r"^__(.+)__$")
 
 
 def is_ctranslate2_dir(path: Path) -> bool:
@@ -91,7 +89,7 @@ class CTranslate2Translator(Translator):
         probe = Tokenizer(spm_path, ())
         layout = nllb_layout(path, probe.sp.get_piece_size(), len(self.vocabulary))
         # A run trained with fs2mini's tokenizer exports its codes as `__eng__`: `eng` names them too.
-        aliases = {match.group(1): i for code, i in layout.lang_ids.items() if (match := _PIECE_CODE.match(code))}
+        aliases = {lang: i for code, i in layout.lang_ids.items() if (lang := token_lang(code)) is not None}
         layout = dataclasses.replace(layout, lang_ids={**layout.lang_ids, **aliases})
         source_lang, target_lang = (next((a for a, i in aliases.items() if i == layout.lang_ids.get(code)), code)
                                     for code in (tok_cfg.get("src_lang"), tok_cfg.get("tgt_lang")))

@@ -46,7 +46,7 @@ from fs2mini.lora import model_weights
 from fs2mini.model import ModelConfig, build_model
 from fs2mini.relayout import NLLB_SPECIALS, to_nllb_ids
 from fs2mini.rundir import BEST_CHECKPOINT, CHECKPOINT_DIR, CONFIG_FILE, LAYOUT_FILE, MARKER, TOKENIZER_FILE
-from fs2mini.tokenizer import Tokenizer, TokenizerConfig, TokenizerLayout, tokenizer_record
+from fs2mini.tokenizer import Tokenizer, TokenizerConfig, TokenizerLayout, token_lang, tokenizer_record
 
 SPM_FILE = "sentencepiece.bpe.model"
 """The sentencepiece model's name in a Hugging Face NLLB/M2M100 directory."""
@@ -294,7 +294,7 @@ def m2m100_layout(src: Path, tok_cfg: dict[str, Any], vocab_size: int) -> Tokeni
     listed = [f"__{code}__" for code in M2M100_LANGUAGE_CODES.get(tok_cfg.get("language_codes", "m2m100"), [])]
     for i, token in enumerate(listed):
         tokens.setdefault(token, len(vocab) + i)
-    lang_ids = {token[2:-2]: i for token, i in tokens.items() if token.startswith("__") and token.endswith("__")}
+    lang_ids = {lang: i for token, i in tokens.items() if (lang := token_lang(token)) is not None}
     if not lang_ids:
         raise UserError(f"{src / 'tokenizer_config.json'}: language_codes {tok_cfg.get('language_codes')!r} is unknown; "
                         f"expected one of {', '.join(M2M100_LANGUAGE_CODES)}")

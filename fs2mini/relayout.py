@@ -12,17 +12,15 @@ exported model computes exactly the same function on exactly the same segmentati
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from sentencepiece import sentencepiece_model_pb2
 from torch import Tensor
 
-from fs2mini.tokenizer import Tokenizer, TokenizerLayout, lang_token
+from fs2mini.tokenizer import Tokenizer, TokenizerLayout, lang_token, token_lang
 
 NLLB_SPECIALS = {"bos_id": 0, "pad_id": 1, "eos_id": 2, "unk_id": 3}
 """fairseq's dictionary: <s> <pad> </s> <unk> first, then the sentencepiece pieces shifted by one."""
-_LANG_PIECE = re.compile(r"^__(.+)__$")
 
 
 @dataclass(frozen=True)
@@ -51,9 +49,9 @@ def to_nllb_ids(tokenizer: Tokenizer, state: dict[str, Tensor]) -> NllbIds:
     for old_id, piece in enumerate(proto.pieces):
         if old_id in specials:
             continue
-        match = _LANG_PIECE.match(piece.piece)
-        if piece.type == kinds.USER_DEFINED and match:
-            codes[match.group(1)] = old_id
+        code = token_lang(piece.piece)
+        if piece.type == kinds.USER_DEFINED and code is not None:
+            codes[code] = old_id
         else:
             kept.append(old_id)
     old_pieces = list(proto.pieces)

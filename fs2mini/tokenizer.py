@@ -64,6 +64,13 @@ def lang_token(lang: str) -> str:
     return f"__{lang}__"
 
 
+def token_lang(token: str) -> str | None:
+    """The language code a `__lang__` token names (the inverse of `lang_token`); None for any other token."""
+    if len(token) > 4 and token.startswith("__") and token.endswith("__"):
+        return token[2:-2]
+    return None
+
+
 
 @dataclass(frozen=True)
 class TokenizerLayout:
