@@ -31,7 +31,7 @@ from fs2mini.checkpoint import write_atomically
 from fs2mini.corpus import check_corpus_config
 from fs2mini.data import DataConfig, check_data_config, check_directions, run_languages
 from fs2mini.distributed import DistEnv
-from fs2mini.errors import UserError, expect, finite
+from fs2mini.errors import UserError, expect, expect_positive_ints, finite
 from fs2mini.lora import LoraConfig, check_lora_config, check_lora_targets, linear_widths
 from fs2mini.model import ARCHS, ModelConfig, check_model_config
 from fs2mini.optim import LR_SCHEDULERS, OPTIMIZERS, AdamWConfig, InverseSqrtConfig, check_lr_scheduler_config, check_optimizer_config
@@ -132,7 +132,7 @@ def check_tracker_config(cfg: TrainerConfig) -> None:
 
 
 def check_trainer_config(cfg: TrainerConfig) -> None:
-    for flag, value in [
+    expect_positive_ints([
         ("--trainer.max-steps", cfg.max_steps),
         ("--trainer.grad-accum-steps", cfg.grad_accum_steps),
         ("--trainer.validate-every", cfg.validate_every),
@@ -141,9 +141,7 @@ def check_trainer_config(cfg: TrainerConfig) -> None:
         ("--trainer.log-every", cfg.log_every),
         ("--trainer.max-bad-steps", cfg.max_bad_steps),
         ("--trainer.valid-beam-size", cfg.valid_beam_size),
-    ]:
-        if value <= 0:
-            raise UserError(f"{flag} must be a positive integer, got {value}")
+    ])
     if cfg.max_epochs is not None and cfg.max_epochs <= 0:
         raise UserError(f"--trainer.max-epochs must be a positive integer, got {cfg.max_epochs}")
     if cfg.max_grad_norm < 0:

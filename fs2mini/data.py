@@ -36,7 +36,7 @@ import tyro
 from torch import Tensor
 
 from fs2mini.corpus import CORPORA, Corpus, Split, corpus_languages, corpus_tag, corpus_weight, describe_corpus
-from fs2mini.errors import UserError, expect, finite
+from fs2mini.errors import UserError, expect, expect_positive_ints, finite
 from fs2mini.pipeline import Skipped, batch_by_max_tokens, chunk, shard, shuffle_window
 from fs2mini.prepared import PreparedSplit, open_or_prepare
 from fs2mini.tokenizer import Tokenizer
@@ -425,15 +425,13 @@ class Seq2SeqBatches:
 
 
 def check_data_config(cfg: DataConfig) -> None:
-    for flag, value in [
+    expect_positive_ints([
         ("--data.max-tokens", cfg.max_tokens),
         ("--data.max-source-len", cfg.max_source_len),
         ("--data.max-target-len", cfg.max_target_len),
         ("--data.shuffle-window", cfg.shuffle_window),
         ("--data.pool-size", cfg.pool_size),
-    ]:
-        if value <= 0:
-            raise UserError(f"{flag} must be a positive integer, got {value}")
+    ])
     expect("--data.subword-alpha", cfg.subword_alpha, finite(cfg.subword_alpha) and cfg.subword_alpha >= 0,
            "a number >= 0 (0 = no subword regularization)")
     expect("--data.subword-nbest-size", cfg.subword_nbest_size, cfg.subword_nbest_size == -1 or cfg.subword_nbest_size > 0,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 USER_ERROR_EXIT_CODE = 2
 
@@ -32,6 +32,13 @@ def expect(flag: str, value: object, ok: bool, expected: str) -> None:
     """The check of one numeric flag: unless `ok`, stop with `--flag VALUE: expected ...`."""
     if not ok:
         raise UserError(f"{flag} {value}: expected {expected}")
+
+
+def expect_positive_ints(flags: Sequence[tuple[str, int]]) -> None:
+    """The check of integer flags that count something: stop at the first (flag, value) that is not > 0."""
+    for flag, value in flags:
+        if value <= 0:
+            raise UserError(f"{flag} must be a positive integer, got {value}")
 
 
 def finite(value: object) -> bool:

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fs2mini.errors import UserError, expect, finite
+from fs2mini.errors import UserError, expect, expect_positive_ints, finite
 from fs2mini.model import DecoderState, Seq2SeqModel
 
 
@@ -52,9 +52,7 @@ class GenerationConfig:
 
 def check_generation_config(cfg: GenerationConfig) -> None:
     """Reject settings that cannot search, naming the flag and what was expected."""
-    for flag, value in [("--beam-size", cfg.beam_size), ("--nbest", cfg.nbest), ("--batch-size", cfg.batch_size)]:
-        if value <= 0:
-            raise UserError(f"{flag} must be a positive integer, got {value}")
+    expect_positive_ints([("--beam-size", cfg.beam_size), ("--nbest", cfg.nbest), ("--batch-size", cfg.batch_size)])
     if cfg.nbest > cfg.beam_size:
         raise UserError(f"--nbest {cfg.nbest} must be at most --beam-size {cfg.beam_size}")
     if cfg.max_len_a < 0 or cfg.max_len_b < 0:

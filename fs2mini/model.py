@@ -35,7 +35,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 
 from fs2mini.dropout import Dropout
-from fs2mini.errors import UserError
+from fs2mini.errors import UserError, expect_positive_ints
 from fs2mini.loss import linear_cross_entropy
 from fs2mini.vocab import VocabInfo
 
@@ -165,7 +165,7 @@ ARCHS: dict[str, ModelConfig] = {
 
 def check_model_config(cfg: ModelConfig) -> None:
     """Reject shapes that cannot build, naming the flag and what was expected."""
-    for flag, value in [
+    expect_positive_ints([
         ("--model.model-dim", cfg.model_dim),
         ("--model.max-seq-len", cfg.max_seq_len),
         ("--model.num-encoder-layers", cfg.num_encoder_layers),
@@ -173,9 +173,7 @@ def check_model_config(cfg: ModelConfig) -> None:
         ("--model.num-encoder-attn-heads", cfg.num_encoder_attn_heads),
         ("--model.num-decoder-attn-heads", cfg.num_decoder_attn_heads),
         ("--model.ffn-inner-dim", cfg.ffn_inner_dim),
-    ]:
-        if value <= 0:
-            raise UserError(f"{flag} must be a positive integer, got {value}")
+    ])
     if cfg.position_offset < 0:
         raise UserError(f"--model.position-offset must be >= 0, got {cfg.position_offset}")
     for flag, heads in [
