@@ -30,7 +30,7 @@ from fs2mini.distributed import DistEnv, barrier, load_optimizer_state, wrap_mod
 from fs2mini.errors import UserError
 from fs2mini.lora import add_adapters, load_adapters
 from fs2mini.model import build_model, enable_activation_checkpointing
-from fs2mini.optim import build_lr_schedule, build_optimizer
+from fs2mini.optim import Schedule, build_lr_schedule, build_optimizer
 from fs2mini.pipeline import Skipped
 from fs2mini.precision import Precision, build_grad_scaler, choose_precision
 from fs2mini.rundir import BEST_CHECKPOINT, CHECKPOINT_DIR, CONFIG_FILE, METRICS_FILE, TOKENIZER_FILE
@@ -48,7 +48,7 @@ class Components:
     model: nn.Module  # on its device; wrapped by DDP/FSDP under torchrun
     task: Task
     optimizer: torch.optim.Optimizer
-    lr_at: Callable[[int], float]
+    lr_at: Schedule
     precision: Precision  # bf16 or fp16 autocast, or fp32, and why
     grad_scaler: torch.amp.GradScaler | None  # fp16's loss scaler (None in bf16 and fp32)
 

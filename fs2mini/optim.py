@@ -1,8 +1,12 @@
 """Optimizers and learning-rate schedules: configs, builders, and the schedule as a pure function.
 
-A schedule is `lr_at(step) -> float`, a function of the step alone. The trainer sets the learning
-rate from it before every update, so there is no scheduler state to save, restore or get out of
-step with the optimizer when a run resumes.
+A schedule is `lr_at(step, time_fraction) -> float`: a function of the step and of the share of
+the run's time budget spent (`elapsed / --trainer.max-time`, 0 without one). The trainer sets the
+learning rate from it before every update, so there is no scheduler state to save, restore or get
+out of step with the optimizer when a run resumes. A schedule that decays over the run (cosine)
+follows whichever budget runs out first, steps or time: a 12-minute run with max_steps 100,000
+still decays to its final lr at minute 12. `lr_at(step)` of one argument (a recipe's own schedule)
+is accepted too and sees the step alone.
 
 Each config builds its own object (`AdamWConfig.build(params)`, `CosineConfig.build(peak_lr,
 max_steps)`), so a recipe adds an optimizer or a schedule by writing one frozen dataclass with the
@@ -12,6 +16,7 @@ same method and passing it to `fs2mini.train.main(..., optimizers={...})`; `buil
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -19,6 +24,9 @@ from dataclasses import dataclass
 import torch
 
 from fs2mini.errors import UserError, expect, finite
+
+# lr_at(step, time_fraction): step = 1, 2, ... (the update about to be made); time_fraction in [0, 1].
+Schedule = Callable[[int, float], float]
 
 
 @dataclass(frozen=True)
@@ -68,10 +76,10 @@ class InverseSqrtConfig:
     init_lr: float = 1e-7
     """Learning rate at step 0."""
 
-    def build(self, peak_lr: float, max_steps: int) -> Callable[[int], float]:
+    def build(self, peak_lr: float, max_steps: int) -> Schedule:
         warmup, init_lr = self.warmup_steps, self.init_lr
 
-        def lr_at(step: int) -> float:
+        def lr_at(step: int, time_fraction: float = 0.0) -> float:  # decays with steps only: no end to reach
             if step < warmup:
                 return init_lr + (peak_lr - init_lr) * step / warmup
             return peak_lr * math.sqrt(max(warmup, 1) / step)
@@ -81,20 +89,22 @@ class InverseSqrtConfig:
 
 @dataclass(frozen=True)
 class CosineConfig:
-    """Linear warmup, then cosine decay to `final_lr_scale × lr` at the last step."""
+    """Linear warmup, then cosine decay to `final_lr_scale × lr` at the end of the run: its last step, or the end
+    of `--trainer.max-time` if that comes first."""
 
     warmup_steps: int = 400
     """Steps of linear warmup from 0."""
     final_lr_scale: float = 0.01
     """Final learning rate as a fraction of the peak."""
 
-    def build(self, peak_lr: float, max_steps: int) -> Callable[[int], float]:
+    def build(self, peak_lr: float, max_steps: int) -> Schedule:
         warmup, final_lr = self.warmup_steps, peak_lr * self.final_lr_scale
 
-        def lr_at(step: int) -> float:
+        def lr_at(step: int, time_fraction: float = 0.0) -> float:
             if step < warmup:
                 return peak_lr * step / warmup
-            progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
+            # The budget nearer its end decides; a time-bounded run reaches final_lr when its time is up.
+            progress = min(1.0, max((step - warmup) / max(1, max_steps - warmup), time_fraction))
             return final_lr + (peak_lr - final_lr) * 0.5 * (1 + math.cos(math.pi * progress))
 
         return lr_at
@@ -107,9 +117,9 @@ class ConstantConfig:
     warmup_steps: int = 0
     """Steps of linear warmup from 0."""
 
-    def build(self, peak_lr: float, max_steps: int) -> Callable[[int], float]:
+    def build(self, peak_lr: float, max_steps: int) -> Schedule:
         warmup = self.warmup_steps
-        return lambda step: peak_lr * step / warmup if step < warmup else peak_lr
+        return lambda step, time_fraction=0.0: peak_lr * step / warmup if step < warmup else peak_lr
 
 
 # The CLI's `lr-scheduler:NAME` choices; a recipe adds its own with `main(..., lr_schedulers={...})`.
@@ -139,7 +149,7 @@ def check_optimizer_config(cfg) -> None:
 def check_lr_scheduler_config(cfg) -> None:
     name = type(cfg).__qualname__
     if not callable(getattr(cfg, "build", None)):
-        raise UserError(f"lr scheduler config {name} has no build(peak_lr, max_steps) method returning lr_at(step)")
+        raise UserError(f"lr scheduler config {name} has no build(peak_lr, max_steps) method returning lr_at(step, time_fraction)")
     warmup = getattr(cfg, "warmup_steps", 0)
     if warmup < 0:
         raise UserError(f"--lr-scheduler.warmup-steps must be >= 0, got {warmup}")
@@ -159,7 +169,24 @@ def build_optimizer(cfg, params: Iterable[torch.nn.Parameter]) -> torch.optim.Op
     return optimizer
 
 
-def build_lr_schedule(cfg, peak_lr: float, max_steps: int) -> Callable[[int], float]:
-    """`lr_at(step)` for step = 1, 2, ... (the update about to be made), from `cfg.build(peak_lr, max_steps)`."""
+def build_lr_schedule(cfg, peak_lr: float, max_steps: int) -> Schedule:
+    """`lr_at(step, time_fraction)` from `cfg.build(peak_lr, max_steps)`; a built `lr_at(step)` of one parameter
+    (a recipe's schedule that knows nothing of time) is wrapped to ignore the time fraction."""
     check_lr_scheduler_config(cfg)
-    return cfg.build(peak_lr, max_steps)
+    lr_at = cfg.build(peak_lr, max_steps)
+    if not callable(lr_at):
+        raise UserError(f"{type(cfg).__qualname__}.build returned {type(lr_at).__qualname__}; expected a function "
+                        "lr_at(step) or lr_at(step, time_fraction)")
+    if _positional_parameters(lr_at) == 1:
+        return lambda step, time_fraction=0.0: lr_at(step)
+    return lr_at
+
+
+def _positional_parameters(function: Callable) -> int:
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: call it the new way
+        return 2
+    if any(p.kind is p.VAR_POSITIONAL for p in parameters):
+        return 2
+    return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in parameters)

@@ -232,13 +232,14 @@ def _loop(cfg: TrainConfig, parts: Components, state: TrainState, validate_now: 
     if state.step == 0:
         validate_now(state.step, state.elapsed_s)  # the untrained baseline, so the curve starts where training does
     speed = TokenRate()
+    budget_elapsed_s = state.elapsed_s  # the same on every rank: restored from one checkpoint, then agreed each step
     while state.step < tc.max_steps:
         batches, micro_batches = _next_update(parts, state, tc, batches, display, env, device)
         if micro_batches is None:  # --trainer.max-epochs reached
             break
         state.position = micro_batches[-1][0]
         state.step += 1
-        lr = parts.lr_at(state.step)
+        lr = parts.lr_at(state.step, min(1.0, budget_elapsed_s / tc.max_seconds) if tc.max_seconds else 0.0)
         if not (finite(lr) and lr >= 0):
             raise UserError(f"the learning-rate schedule gave {lr} at step {state.step}; expected a finite number >= 0 "
                             "(check --optimizer.lr and the --lr-scheduler settings)")
@@ -260,8 +261,9 @@ def _loop(cfg: TrainConfig, parts: Components, state: TrainState, validate_now: 
                                "skipped_steps": state.skipped_steps, "elapsed_s": state.elapsed_s,
                                **({"loss_scale": parts.grad_scaler.get_scale()} if parts.grad_scaler is not None else {})})
             speed = TokenRate()
-        # Every rank must agree to stop: the clock of one decides for all.
-        out_of_time = tc.max_seconds is not None and bool(all_reduce_max(int(state.elapsed_s >= tc.max_seconds), env, device))
+        # Every rank must agree to stop (and on the next learning rate): the slowest clock decides for all.
+        budget_elapsed_s = all_reduce_max(round(state.elapsed_s * 1000), env, device) / 1000 if tc.max_seconds else 0.0
+        out_of_time = tc.max_seconds is not None and budget_elapsed_s >= tc.max_seconds
         last_step = state.step == tc.max_steps or out_of_time
         patience_ran_out = False
         if state.step % tc.validate_every == 0 or last_step:

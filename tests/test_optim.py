@@ -23,6 +23,28 @@ def test_cosine_ends_at_final_scale_and_constant_stays():
     assert constant(1) == constant(10) == 0.5
 
 
+def test_cosine_decays_on_whichever_budget_ends_first():
+    cosine = build_lr_schedule(CosineConfig(warmup_steps=10, final_lr_scale=0.1), 1.0, 100_010)
+    assert cosine(20, 0.0) == pytest.approx(1.0, abs=1e-3)  # steps alone: barely started
+    assert cosine(20, 0.5) == pytest.approx(0.55) and cosine(20, 1.0) == pytest.approx(0.1)  # half / all the time spent
+    short = build_lr_schedule(CosineConfig(warmup_steps=10, final_lr_scale=0.1), 1.0, 110)
+    assert short(110, 0.2) == pytest.approx(0.1)  # the steps ran out first
+    assert short(5, 0.9) == pytest.approx(0.5)  # warmup is counted in steps
+    inverse_sqrt = build_lr_schedule(InverseSqrtConfig(warmup_steps=100, init_lr=0.0), 1e-3, 1000)
+    assert inverse_sqrt(400, 0.9) == inverse_sqrt(400)  # no end to decay towards: time changes nothing
+
+
+def test_a_recipe_schedule_of_the_step_alone_is_still_accepted():
+    class StepOnly:
+        def build(self, peak_lr, max_steps):
+            return lambda step: peak_lr / step
+
+    lr_at = build_lr_schedule(StepOnly(), 1.0, 10)
+    assert lr_at(4, 0.5) == 0.25
+    with pytest.raises(UserError, match="expected a function lr_at"):
+        build_lr_schedule(type("Broken", (), {"build": lambda self, peak_lr, max_steps: 3.0})(), 1.0, 10)
+
+
 def test_optimizers_are_built_from_their_configs():
     params = [torch.nn.Parameter(torch.zeros(2))]
     adamw = build_optimizer(AdamWConfig(), params)

@@ -6,7 +6,7 @@ import pytest
 
 from fs2mini.checkpoint import list_checkpoints, load_checkpoint
 from fs2mini.config import parse_duration
-from fs2mini.optim import AdamWConfig, ConstantConfig
+from fs2mini.optim import AdamWConfig, ConstantConfig, CosineConfig
 from fs2mini.train import main
 from fs2mini.trainer import train
 from helpers import read_metrics
@@ -59,6 +59,15 @@ def test_max_time_ends_with_validation_and_checkpoint_and_counts_across_resumes(
     train_records = [r for r in read_metrics(run_dir / "metrics.jsonl") if r["split"] == "train"]
     resumed = [r["elapsed_s"] for r in train_records if r["step"] > first["step"]]
     assert resumed and min(resumed) >= first["elapsed_s"]  # the clock continues from the checkpoint's time
+
+
+def test_cosine_decays_over_the_time_budget(reversal_tsv, tokenizer_cache, tmp_path):
+    cfg = tiny_config(reversal_tsv, tmp_path / "run", tokenizer_cache, max_steps=100_000, validate_every=10_000,
+                      checkpoint_every=10_000, log_every=1, max_time="2s", valid_translate_sentences=0)
+    cfg = dataclasses.replace(cfg, optimizer=AdamWConfig(lr=1e-3), lr_scheduler=CosineConfig(warmup_steps=1, final_lr_scale=0.0))
+    lrs = [r["lr"] for r in read_metrics(train(cfg) / "metrics.jsonl") if r["split"] == "train"]
+    # 100,000 steps were never in reach: on steps alone the lr would still be at its peak when time runs out.
+    assert len(lrs) > 3 and lrs == sorted(lrs, reverse=True) and lrs[-1] < 0.2e-3
 
 
 @pytest.mark.parametrize("text, seconds", [("18m", 1080), ("2h", 7200), ("90s", 90), ("3600", 3600), ("1.5h", 5400)])
