@@ -182,8 +182,8 @@ def test_copied_multilingual_recipe_trains_every_direction_and_evaluates_the_zer
     db = recipe.parent / "bible.db"
     write_tiny_bibles(db)
     help_text = run(recipe, "--help", cwd=recipe.parent)
-    assert help_text.returncode == 0 and "--data.more-corpora.4.target-bible" in help_text.stdout
-    databases = [f"--data.{name}.db-path" for name in ("corpus", *(f"more-corpora.{i}" for i in range(5)),
+    assert help_text.returncode == 0 and "--data.more-corpora.1.target-bible" in help_text.stdout
+    databases = [f"--data.{name}.db-path" for name in ("corpus", *(f"more-corpora.{i}" for i in range(2)),
                                                         "zero-shot-corpora.0")]
     tiny = [*TINY[:1], "40", *TINY[2:], *(arg for flag in databases for arg in (flag, db))]
     result = run(recipe, *tiny, cwd=recipe.parent)
@@ -191,14 +191,14 @@ def test_copied_multilingual_recipe_trains_every_direction_and_evaluates_the_zer
     assert "fra-deu (zero-shot): loss" in result.stderr
     run_dir = recipe.parent / "runs" / "my_languages"
     last = [m for m in read_metrics(run_dir / "metrics.jsonl") if m["split"] == "valid"][-1]
-    for name in ("eng-fra", "fra-eng", "eng-deu", "deu-eng", "eng-spa", "spa-eng", "fra-deu"):
+    for name in ("eng-fra", "eng-deu", "eng-spa", "fra-deu"):
         assert f"{name}/loss" in last and f"{name}/bleu" in last
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     evaluate = run("-m", "fs2mini.evaluate", run_dir, "--split", "test", cwd=elsewhere)
     assert evaluate.returncode == 0, evaluate.stderr
     summary = json.loads((run_dir / "eval" / "test.json").read_text())
-    assert len(summary["directions"]) == 7 and summary["zero_shot"] == ["fra-deu"] and "bleu" in summary["average"]
+    assert len(summary["directions"]) == 4 and summary["zero_shot"] == ["fra-deu"] and "bleu" in summary["average"]
     zero_shot = run("-m", "fs2mini.translate", run_dir, "--source-lang", "fra", "--target-lang", "deu", cwd=elsewhere,
                     stdin="a b c\n")
     assert zero_shot.returncode == 0 and len(zero_shot.stdout.splitlines()) == 1, zero_shot.stderr
