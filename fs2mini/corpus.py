@@ -124,6 +124,8 @@ class BibleCorpus(Mixing):
     """Book numbers held out for validation (Ruth, Ephesians, Colossians, James: 443 verses)."""
     test_books: tuple[int, ...] = (32, 48, 50, 60)
     """Book numbers held out for test (Jonah, Galatians, Philippians, 1 Peter: 406 verses)."""
+    train_books: tuple[int, ...] = ()
+    """Book numbers trained on (1-39 Old, 40-66 New Testament); empty = every book not held out."""
 
     def languages(self) -> tuple[str, str]:
         return _bible_language(self.source_bible, "--data.corpus.source-bible"), _bible_language(
@@ -314,7 +316,7 @@ def _read_bible_pairs(corpus: BibleCorpus, split: Split, skipped: Skipped) -> It
     held_out = set(corpus.valid_books) | set(corpus.test_books)
     match split:
         case "train":
-            keep = lambda book: book not in held_out  # noqa: E731
+            keep = lambda book: book not in held_out and (not corpus.train_books or book in corpus.train_books)  # noqa: E731
         case "valid":
             keep = lambda book: book in corpus.valid_books  # noqa: E731
         case "test":

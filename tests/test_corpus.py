@@ -65,6 +65,13 @@ def test_bible_pairs_are_aligned_by_verse_and_split_by_book(tmp_path):
     assert corpus_languages(corpus) == ("eng", "fra")
 
 
+def test_train_books_narrow_the_training_split_only(tmp_path):
+    make_bible_db(tmp_path / "bible.db")
+    corpus = BibleCorpus(db_path=tmp_path / "bible.db", valid_books=(1,), test_books=(), train_books=(3, 1))
+    assert [s for s, _ in read_pairs(corpus, "train", Skipped())] == ["english 3.1", "english 3.2"]  # book 1 is held out
+    assert [s for s, _ in read_pairs(corpus, "valid", Skipped())] == ["english 1.1"]
+
+
 def test_unknown_bible_code_and_bad_database_are_clear_errors(tmp_path):
     with pytest.raises(UserError, match=r"--data.corpus.target-bible: unknown Bible code 'xx'"):
         corpus_languages(BibleCorpus(target_bible="xx"))
