@@ -17,8 +17,7 @@ from pathlib import Path
 
 import torch
 
-from fs2mini.checkpoint import load_checkpoint, save_atomically
-from fs2mini.components import load_model_state
+from fs2mini.checkpoint import MODEL, load_checkpoint, load_weights, write_checkpoint
 from fs2mini.data import Seq2SeqBatch
 from fs2mini.lora import LoraConfig, add_adapters
 from fs2mini.model import ARCHS, enable_activation_checkpointing
@@ -43,12 +42,12 @@ def main() -> None:
     cfg = dataclasses.replace(ARCHS["dense_600m"], position_offset=2, ffn_dropout_p=0.0)
     model = cfg.build(vocab).train()
     if args.from_checkpoint is not None:
-        save_atomically({"model": model.state_dict()}, args.from_checkpoint)
+        write_checkpoint(args.from_checkpoint, model.state_dict(), config={}, tokenizer=None, step=0)
         del model
         gc.collect()
-        weights = load_checkpoint(args.from_checkpoint, mmap=True)["model"]
+        weights = load_checkpoint(args.from_checkpoint, mmap=True)[MODEL]
         model = cfg.build(vocab).train()
-        load_model_state(model, weights, args.from_checkpoint, flag="--init", assign=True)
+        load_weights(model, weights, f"--init {args.from_checkpoint}: its model", assign=True)
     if args.freeze in ("embeddings", "encoder"):
         model.embed.weight.requires_grad_(False)
     if args.freeze == "encoder":

@@ -73,7 +73,7 @@ import tyro
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench import machine_info  # noqa: E402
-from fs2mini.checkpoint import list_checkpoints, load_checkpoint  # noqa: E402
+from fs2mini.checkpoint import MODEL, STEP, list_checkpoints, load_checkpoint  # noqa: E402
 
 ENGLISH_BIBLES = ("k", "4", "3")
 FRENCH_BIBLES = ("l", "o", "5")
@@ -406,7 +406,7 @@ def train(setup: Setup, out: Path, max_steps: int, checkpoint_every: int, *, npr
     """Train (or resume) `out` to `max_steps`: seconds to the first update it makes, peak RSS per rank, tokens/s
     over the updates `measure` = (first, last)."""
     checkpoints = list_checkpoints(out / "checkpoints")
-    newest = int(load_checkpoint(checkpoints[-1])["step"]) if checkpoints else 0
+    newest = int(load_checkpoint(checkpoints[-1])[STEP]) if checkpoints else 0
     command = setup.train_command(out, max_steps, checkpoint_every, nproc=nproc)
     measured = run(command).check(f"training {out.name}")
     result = {"nproc": nproc, "start_step": newest, "wall_s": measured.wall_s,
@@ -422,7 +422,7 @@ def train(setup: Setup, out: Path, max_steps: int, checkpoint_every: int, *, npr
 
 def final_weights(run_dir: Path) -> dict:
     """The model weights of the run's newest step checkpoint."""
-    return load_checkpoint(list_checkpoints(run_dir / "checkpoints")[-1])["model"]
+    return load_checkpoint(list_checkpoints(run_dir / "checkpoints")[-1])[MODEL]
 
 
 def prepare_size(cfg: ScaleConfig, name: str) -> tuple[Setup, dict]:

@@ -24,7 +24,8 @@ from typing import Any
 import torch
 import tyro
 
-from fs2mini.checkpoint import list_best_checkpoints, list_checkpoints, load_checkpoint, save_atomically
+from fs2mini.checkpoint import (CONFIG, STEP, TOKENIZER, TrainState, list_best_checkpoints, list_checkpoints, load_checkpoint,
+                                write_checkpoint)
 from fs2mini.errors import UserError, exit_on_user_error
 from fs2mini.lora import model_weights
 from fs2mini.rundir import BEST_CHECKPOINT, CHECKPOINT_DIR
@@ -76,9 +77,9 @@ def _best_of(paths: list[Path], count: int) -> list[Path]:
     """The `count` best of the kept best checkpoints, ranked by the validation values the newest one records."""
     states = {path: load_checkpoint(path) for path in paths}
     newest = states[paths[-1]]
-    metric = newest["config"]["trainer"]["best_metric"]
-    ranking = [int(step) for _, step in newest.get("best_checkpoints", [])]  # best first
-    by_step = {int(state["step"]): path for path, state in states.items()}
+    metric = newest[CONFIG]["trainer"]["best_metric"]
+    ranking = [int(step) for _, step in TrainState.saved_in(newest).best_checkpoints]  # best first
+    by_step = {int(state[STEP]): path for path, state in states.items()}
     ranked = [by_step[step] for step in ranking if step in by_step]
     ranked += [path for path in paths if path not in ranked]  # files the ranking does not list (older runs)
     chosen = ranked[:count]
@@ -94,10 +95,8 @@ def average_checkpoints(paths: Sequence[Path], output: Path) -> dict[str, Any]:
         model = average_state_dicts([model_weights(state) for state in states])  # LoRA runs: adapters merged
     except ValueError as err:
         raise UserError(f"cannot average {', '.join(p.name for p in paths)}: {err} (were they trained by the same run?)") from None
-    averaged = {"model": model, "config": newest["config"], "tokenizer": newest.get("tokenizer"), "step": newest["step"],
-                "averaged_from": [path.name for path in paths]}
-    save_atomically(averaged, output)
-    return averaged
+    return write_checkpoint(output, model, config=newest[CONFIG], tokenizer=newest.get(TOKENIZER), step=newest[STEP],
+                            averaged_from=[path.name for path in paths])
 
 
 @dataclass(frozen=True)
@@ -126,8 +125,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         output = Path(name) if name.endswith(".pt") else args.run_dir / CHECKPOINT_DIR / f"{name}.pt"
         if output.name.startswith("step_") or output.name == BEST_CHECKPOINT:
             raise UserError(f"--output {name}: that name is the trainer's own; expected another, e.g. averaged_last5")
-        averaged = average_checkpoints(paths, output)
-        print(f"averaged {len(paths)} checkpoints ({', '.join(averaged['averaged_from'])}) into {output}")
+        average_checkpoints(paths, output)
+        print(f"averaged {len(paths)} checkpoints ({', '.join(path.name for path in paths)}) into {output}")
 
 
 if __name__ == "__main__":

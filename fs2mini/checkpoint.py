@@ -1,4 +1,11 @@
-"""Checkpoint files: atomic writes, pruning, lookup in a run directory, and loads that fail with a sentence.
+"""Checkpoint files: their format (one writer, one loader), atomic writes, pruning, and lookup in a run directory.
+
+The format is owned here: a checkpoint is a dict whose keys are the constants below, assembled only by
+`write_checkpoint` (the trainer, `average`, `hf import`) and read back only through `load_checkpoint`,
+which says in one sentence what is wrong with a file that is not one. A training checkpoint also holds
+`TrainState` (where the run stands, its random states) so that a resume continues bit for bit;
+`load_weights` puts a checkpoint's weights into a model, or says what does not fit. Older
+checkpoints lack some keys (counters, the tokenizer record): readers take them with `.get`.
 
 A checkpoint is written to a temporary file in the same directory, fsynced, then renamed over the
 final name, and the directory is fsynced: at any moment each `step_*.pt` is either complete or
@@ -8,18 +15,94 @@ directory's other files (config.json, tokenizer.model) are written the same way 
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import random
 import re
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import torch
+from torch import Tensor, nn
 
 from fs2mini.errors import UserError
 from fs2mini.rundir import BEST_CHECKPOINT, CHECKPOINT_DIR
+
+# The keys of a checkpoint dict: every checkpoint has the first four, the others where they apply.
+MODEL = "model"
+"""The model's weights, a state dict (a LoRA run: the frozen weights under their plain names)."""
+CONFIG = "config"
+"""The run's `TrainConfig` as config.json holds it."""
+TOKENIZER = "tokenizer"
+"""`fs2mini.tokenizer.tokenizer_record` of the tokenizer the weights were trained with (absent in the oldest files)."""
+STEP = "step"
+"""The training step of the weights (0 for an imported model)."""
+OPTIMIZER = "optimizer"
+"""The optimizer state of a training checkpoint, which a resume restores."""
+RNG = "rng"
+"""The Python, torch and CUDA random states of a training checkpoint (`TrainState.state_dict`)."""
+LORA = "lora"
+"""A LoRA run's adapters and their settings (`fs2mini.lora.adapter_state`)."""
+GRAD_SCALER = "grad_scaler"
+"""fp16's loss scaler, so that a resumed run continues at the scale it had found."""
+AVERAGED_FROM = "averaged_from"
+"""The names of the checkpoints `python -m fs2mini.average` averaged into this one."""
+IMPORTED_FROM = "imported_from"
+"""Where `python -m fs2mini.hf import` read the weights from."""
+
+
+@dataclass
+class TrainState:
+    """Where a run stands: what a checkpoint restores besides the weights and the optimizer state.
+
+    Its fields are top-level keys of a training checkpoint, next to `RNG`."""
+
+    step: int = 0
+    epoch: int = 0
+    position: int = 0
+    """Batches of `epoch` already consumed (a resumed run skips them)."""
+    best_value: float | None = None
+    """Best validation `--trainer.best-metric` so far (what best.pt holds)."""
+    bad_steps: int = 0
+    """Consecutive updates skipped for a non-finite loss or gradient (fp16 loss-scale overflows excepted)."""
+    skipped_steps: int = 0
+    """All updates skipped so far (logged)."""
+    patience_count: int = 0
+    """Validations in a row without a better best-metric (early stopping at `--trainer.patience`)."""
+    elapsed_s: float = 0.0
+    """Seconds spent in the training loop so far, all runs of it together (`--trainer.max-time`)."""
+    best_checkpoints: list[list[float]] = field(default_factory=list)
+    """[value, step] of each kept checkpoints/best_step_*.pt, best first (`--trainer.keep-best-checkpoints`)."""
+    wandb_run_id: str | None = None
+    """The W&B run this run logs to, so a resume continues it."""
+
+    @classmethod
+    def saved_in(cls, checkpoint: dict[str, Any]) -> TrainState:
+        """The state a training checkpoint holds (checkpoints of older versions lack the later counters)."""
+        return cls(**{f.name: checkpoint[f.name] for f in dataclasses.fields(cls) if f.name in checkpoint})
+
+    def state_dict(self, device: torch.device) -> dict[str, Any]:
+        rng = {"python": random.getstate(), "torch": torch.get_rng_state(),
+               "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+        return {**dataclasses.asdict(self), RNG: rng}
+
+    @classmethod
+    def resumed(cls, checkpoint: dict[str, Any], device: torch.device) -> TrainState:
+        """The state `checkpoint` holds, with the random number generators put back where they were."""
+        rng = checkpoint[RNG]
+        random.setstate(rng["python"])
+        torch.set_rng_state(rng["torch"])
+        if device.type == "cuda" and rng.get("cuda") is not None:
+            torch.cuda.set_rng_state(rng["cuda"], device)
+        return cls.saved_in(checkpoint)
+
+    def improves(self, value: float, metric: str) -> bool:
+        return self.best_value is None or (value < self.best_value if metric == "loss" else value > self.best_value)
+
 
 _STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
 _BEST_FILE = re.compile(r"^best_step_(\d+)\.pt$")
@@ -47,9 +130,21 @@ def list_best_checkpoints(checkpoint_dir: Path) -> list[Path]:
     return list_checkpoints(checkpoint_dir, _BEST_FILE)
 
 
-def save_atomically(state: dict[str, Any], path: Path) -> None:
-    """torch.save `state` to `path` so that `path` is either the old file or the complete new one."""
-    write_atomically(path, lambda handle: torch.save(state, handle), f"checkpoint {path}", "earlier checkpoints are intact")
+def write_checkpoint(path: Path, weights: dict[str, Tensor], *, config: dict[str, Any], tokenizer: dict[str, Any] | None,
+                     step: int, train_state: dict[str, Any] | None = None, optimizer: dict[str, Any] | None = None,
+                     lora: dict[str, Any] | None = None, grad_scaler: dict[str, Any] | None = None,
+                     averaged_from: list[str] | None = None, imported_from: str | None = None) -> dict[str, Any]:
+    """Write a checkpoint to `path` (either the old file or the complete new one) and return it: the one place a
+    checkpoint dict is assembled.
+
+    A checkpoint training resumes from has `train_state` (`TrainState.state_dict`) and `optimizer`; the
+    optional entries are left out when None."""
+    checkpoint = {MODEL: weights, CONFIG: config, TOKENIZER: tokenizer, **(train_state or {}), STEP: step}
+    optional = {OPTIMIZER: optimizer, LORA: lora, GRAD_SCALER: grad_scaler, AVERAGED_FROM: averaged_from,
+                IMPORTED_FROM: imported_from}
+    checkpoint.update({key: value for key, value in optional.items() if value is not None})
+    write_atomically(path, lambda handle: torch.save(checkpoint, handle), f"checkpoint {path}", "earlier checkpoints are intact")
+    return checkpoint
 
 
 def write_atomically(path: Path, write: Callable[[BinaryIO], None], what: str | None = None,
@@ -99,7 +194,7 @@ def prune_checkpoints(checkpoint_dir: Path, keep_last: int) -> None:
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict[str, Any]:
-    """Load a checkpoint written by `save_atomically`, or raise `UserError` saying what is wrong.
+    """Load a checkpoint written by `write_checkpoint`, or raise `UserError` saying what is wrong.
 
     `mmap`: tensors stay in the file's pages until used (a 600M model's weights are not copied into
     memory a second time when a model takes them over with `load_state_dict(assign=True)`)."""
@@ -109,9 +204,28 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu", mmap: 
         state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as err:  # torch raises many types for truncated/garbage files
         raise UserError(f"checkpoint {path} is corrupt or not an fs2mini checkpoint ({type(err).__name__})") from None
-    if not isinstance(state, dict) or "model" not in state:
+    if not isinstance(state, dict) or not isinstance(state.get(MODEL), dict):
         raise UserError(f"checkpoint {path} is not an fs2mini checkpoint (no model weights)")
     return state
+
+
+def checkpoint_step(checkpoint: dict[str, Any]) -> int | None:
+    """The step a checkpoint's weights were trained to, when it records one (for reports)."""
+    step = checkpoint.get(STEP)
+    return step if isinstance(step, int) else None
+
+
+def load_weights(model: nn.Module, weights: dict[str, Tensor], what: str, fits: str = "the configured model",
+                 expected: str | None = None, assign: bool = False) -> None:
+    """`model.load_state_dict(weights)`, or one sentence: `<what> does not fit <fits>: <first mismatch>[; expected ...]`.
+
+    `assign`: the model takes the tensors over instead of copying them (same device and dtype)."""
+    try:
+        model.load_state_dict(weights, assign=assign)
+    except RuntimeError as err:
+        lines = str(err).splitlines()
+        mismatch = (lines[1] if len(lines) > 1 else lines[0]).strip()
+        raise UserError(f"{what} does not fit {fits}: {mismatch}" + (f"; expected {expected}" if expected else "")) from None
 
 
 def find_checkpoints(run_dir: Path, checkpoint: str | None) -> list[Path]:

@@ -13,7 +13,7 @@ import hashlib
 import json
 import random
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from itertools import chain
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from fs2mini.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint
+from fs2mini.checkpoint import (GRAD_SCALER, LORA, MODEL, OPTIMIZER, STEP, TOKENIZER, checkpoint_path, list_checkpoints,
+                                load_checkpoint, load_weights)
 from fs2mini.config import TrainConfig, incompatible_fields, load_config
 from fs2mini.corpus import corpus_fingerprint, corpus_languages, corpus_tag, describe_corpus, read_pairs, training_sentences_by_language
 from fs2mini.data import Seq2SeqBatches, run_languages
@@ -100,7 +101,7 @@ def run_tokenizer(cfg: TrainConfig, checkpoint: dict[str, Any] | None, env: Dist
     """
     if checkpoint is not None:
         return checked_tokenizer(cfg.run_dir / TOKENIZER_FILE, run_languages(cfg.data),
-                                 checkpoint.get("tokenizer"), checkpoint_path(cfg.run_dir / CHECKPOINT_DIR, checkpoint["step"]))
+                                 checkpoint.get(TOKENIZER), checkpoint_path(cfg.run_dir / CHECKPOINT_DIR, checkpoint[STEP]))
     if env.is_main:
         tokenizer = build_tokenizer(cfg)  # trains it once, into the cache
     barrier(env)
@@ -147,7 +148,7 @@ def refuse_silent_restart(cfg: TrainConfig) -> None:
     best = run_dir / CHECKPOINT_DIR / BEST_CHECKPOINT
     if best.exists():
         try:
-            step = load_checkpoint(best)["step"]
+            step = load_checkpoint(best)[STEP]
             how = f"copy it to {checkpoint_path(best.parent, step).name} to continue from its step {step}"
         except (UserError, KeyError):
             how = "it is not readable either"
@@ -195,15 +196,16 @@ def build_components(cfg: TrainConfig, tokenizer: Tokenizer, device: torch.devic
     valid_batches.prepare()
     model = build_model(cfg.model, tokenizer.vocab_info).to(device)
     if checkpoint is not None:
-        load_model_state(model, checkpoint["model"], cfg.run_dir / CHECKPOINT_DIR)
+        load_weights(model, checkpoint[MODEL], f"the checkpoint in {cfg.run_dir / CHECKPOINT_DIR}")
     elif init_weights is not None:
-        load_model_state(model, init_weights, cfg.init, flag="--init", assign=device.type == "cpu")
+        load_weights(model, init_weights, f"--init {cfg.init}: its model", assign=device.type == "cpu",
+                     expected="the same architecture (--model.* as it was trained with)")
     if cfg.lora.rank:
         model = add_adapters(model, cfg.lora)  # freezes every other weight
         if checkpoint is not None:
-            if not checkpoint.get("lora"):
+            if not checkpoint.get(LORA):
                 raise UserError(f"cannot resume {cfg.run_dir} with --lora.rank {cfg.lora.rank}: it was trained without LoRA")
-            load_adapters(model, checkpoint["lora"])
+            load_adapters(model, checkpoint[LORA])
     if tc.activation_checkpointing:
         enable_activation_checkpointing(model)
     if tc.compile:
@@ -212,22 +214,8 @@ def build_components(cfg: TrainConfig, tokenizer: Tokenizer, device: torch.devic
     task = build_task(cfg.task, tokenizer.vocab_info)
     optimizer = build_optimizer(cfg.optimizer, model.parameters())
     if checkpoint is not None:
-        load_optimizer_state(model, optimizer, checkpoint["optimizer"])
+        load_optimizer_state(model, optimizer, checkpoint[OPTIMIZER])
     lr_at = build_lr_schedule(cfg.lr_scheduler, cfg.optimizer.lr, tc.max_steps)
     precision = choose_precision(tc.autocast, device)
-    grad_scaler = build_grad_scaler(precision, device, checkpoint.get("grad_scaler") if checkpoint is not None else None)
+    grad_scaler = build_grad_scaler(precision, device, checkpoint.get(GRAD_SCALER) if checkpoint is not None else None)
     return Components(tokenizer, train_batches, valid_batches, model, task, optimizer, lr_at, precision, grad_scaler)
-
-
-def load_model_state(model: nn.Module, state: dict[str, Any], source: Path, flag: str | None = None,
-                     assign: bool = False) -> None:
-    """`model.load_state_dict(state)`, or one sentence naming `source` (and the `flag` that named it) and the first mismatch.
-
-    `assign`: the model takes `state`'s tensors over instead of copying them (same device and dtype)."""
-    try:
-        model.load_state_dict(state, assign=assign)
-    except RuntimeError as err:
-        lines = str(err).splitlines()
-        where = f"{flag} {source}: its model" if flag else f"the checkpoint in {source}"
-        raise UserError(f"{where} does not fit the configured model: {(lines[1] if len(lines) > 1 else lines[0]).strip()}"
-                        + ("; expected the same architecture (--model.* as it was trained with)" if flag else "")) from None

@@ -37,7 +37,7 @@ import torch
 import tyro
 from torch import Tensor
 
-from fs2mini.checkpoint import find_checkpoints, load_first_readable, save_atomically
+from fs2mini.checkpoint import find_checkpoints, load_first_readable, load_weights, write_checkpoint
 from fs2mini.config import TrainConfig, load_config, save_config
 from fs2mini.corpus import TsvCorpus
 from fs2mini.data import DataConfig
@@ -392,16 +392,12 @@ def import_checkpoint(src: str, run_dir: Path, source_lang: str, target_lang: st
         (tmp / LAYOUT_FILE).write_text(layout.to_json(), encoding="utf-8")
         tokenizer = Tokenizer(tmp / TOKENIZER_FILE, (source_lang, target_lang))  # checks the language codes
         model = build_model(model_cfg, tokenizer.vocab_info)
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as err:
-            lines = str(err).splitlines()
-            raise UserError(f"{path} does not fit its config.json: {(lines[1] if len(lines) > 1 else lines[0]).strip()}") from None
+        load_weights(model, state, str(path), fits="its config.json")
         save_config(cfg, tmp / CONFIG_FILE)
         (tmp / CHECKPOINT_DIR).mkdir()
-        save_atomically({"model": model.state_dict(), "config": json.loads((tmp / CONFIG_FILE).read_text()),
-                         "tokenizer": tokenizer_record(tokenizer), "step": 0, "imported_from": str(src)},
-                        tmp / CHECKPOINT_DIR / BEST_CHECKPOINT)
+        write_checkpoint(tmp / CHECKPOINT_DIR / BEST_CHECKPOINT, model.state_dict(),
+                         config=json.loads((tmp / CONFIG_FILE).read_text()), tokenizer=tokenizer_record(tokenizer), step=0,
+                         imported_from=str(src))
         if run_dir.exists():
             run_dir.rmdir()
         os.replace(tmp, run_dir)

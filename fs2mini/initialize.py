@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from fs2mini.checkpoint import find_checkpoints, load_checkpoint, load_first_readable
+from fs2mini.checkpoint import CONFIG, TOKENIZER, checkpoint_step, find_checkpoints, load_checkpoint, load_first_readable
 from fs2mini.errors import UserError
 from fs2mini.lora import model_weights
 from fs2mini.rundir import CHECKPOINT_DIR, TOKENIZER_FILE
@@ -70,7 +70,7 @@ def read_init(path: Path, langs: Sequence[str], lang_map: Sequence[str] = (), ad
     else:
         raise UserError(f"--init {path} does not exist; expected a run directory (trained, or written by "
                         "python -m fs2mini.hf import) or a checkpoint file")
-    trained_model = (state.get("config") or {}).get("model") or {}
+    trained_model = (state.get(CONFIG) or {}).get("model") or {}
     differing = [k for k in ARCHITECTURE_FIELDS if configured_model and k in trained_model and k in configured_model
                  and trained_model[k] != configured_model[k]]
     if differing:
@@ -92,13 +92,12 @@ def read_init(path: Path, langs: Sequence[str], lang_map: Sequence[str] = (), ad
         tokenizer = Tokenizer(tokenizer.model_path, langs, model_bytes=tokenizer.model_bytes, layout=layout)
     except UserError as err:
         raise UserError(f"--init {path}: {err}; its tokenizer cannot encode the run's languages") from None
-    step = state.get("step")
-    return Initialization(tokenizer, weights, checkpoint_file, step if isinstance(step, int) else None)
+    return Initialization(tokenizer, weights, checkpoint_file, checkpoint_step(state))
 
 
 def _source_tokenizer(run_dir: Path, state: dict, checkpoint_file: Path) -> Tokenizer:
     """The tokenizer the checkpoint was trained with: its run directory's (checked), else the checkpoint's copy."""
-    record = state.get("tokenizer")
+    record = state.get(TOKENIZER)
     langs = tuple((record or {}).get("lang_ids", ()))  # the languages it was checked with when saved
     return checked_tokenizer(run_dir / TOKENIZER_FILE, langs, record, checkpoint_file)
 

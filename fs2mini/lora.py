@@ -5,8 +5,8 @@ Why: full fine-tuning of NLLB-600M keeps fp32 gradients and two AdamW moments fo
 adapters train, so the optimizer state and gradients shrink to a few MB. `peft` injects them into
 fs2mini's own `nn.Linear` layers (`inject_adapter_in_model`), which also freezes every other weight.
 
-A checkpoint of such a run keeps the frozen weights under plain names in "model" and the adapters
-under "lora" (`split_adapters`), so a resume restores both exactly; every reader of a checkpoint
+A checkpoint of such a run keeps the frozen weights under plain names in `MODEL` and the adapters
+under `LORA` (`split_adapters`; fs2mini/checkpoint.py), so a resume restores both exactly; every reader of a checkpoint
 (translate, evaluate, average, export, `--init`) takes `model_weights(checkpoint)`: the adapters
 merged into their layers, W + (alpha / rank) · B A, the plain model a run without LoRA would have.
 """
@@ -18,6 +18,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from fs2mini.checkpoint import LORA, MODEL
 from fs2mini.errors import UserError
 
 _ADAPTER_NAME = "default"
@@ -95,12 +96,12 @@ def split_adapters(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[st
 
 
 def adapter_state(state: dict[str, Tensor], cfg: LoraConfig) -> dict[str, Any]:
-    """What a checkpoint keeps under "lora": the settings and the adapters."""
+    """What a checkpoint keeps under `LORA`: the settings and the adapters."""
     return {"rank": cfg.rank, "alpha": cfg.alpha, "weights": state}
 
 
 def load_adapters(model: nn.Module, lora: dict[str, Any]) -> None:
-    """Load a checkpoint's "lora" entry into a peft-injected `model` whose frozen weights are loaded (a resume)."""
+    """Load a checkpoint's `LORA` entry into a peft-injected `model` whose frozen weights are loaded (a resume)."""
     missing, unexpected = model.load_state_dict(lora["weights"], strict=False)
     missing = [name for name in missing if ".lora_" in name]
     if missing or unexpected:
@@ -109,12 +110,12 @@ def load_adapters(model: nn.Module, lora: dict[str, Any]) -> None:
 
 
 def model_weights(checkpoint: dict[str, Any]) -> dict[str, Tensor]:
-    """The plain model's weights in a checkpoint: its "model", with any LoRA adapters merged in."""
-    lora = checkpoint.get("lora")
+    """The plain model's weights in a checkpoint: its `MODEL`, with any LoRA adapters merged in."""
+    lora = checkpoint.get(LORA)
     if not lora:
-        return checkpoint["model"]
+        return checkpoint[MODEL]
     scaling = float(lora["alpha"]) / int(lora["rank"])
-    merged = dict(checkpoint["model"])
+    merged = dict(checkpoint[MODEL])
     for name, a in lora["weights"].items():
         if name.endswith(_A):
             module = name.removesuffix(_A)

@@ -18,16 +18,13 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from fs2mini.checkpoint import write_atomically
+from fs2mini.checkpoint import TrainState, write_atomically
 from fs2mini.errors import UserError
-
-if TYPE_CHECKING:  # the annotation only: the trainer imports this module
-    from fs2mini.trainer import TrainState
 
 
 class BestEffortStream:

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 import tyro
 
+from fs2mini.checkpoint import TrainState
 from fs2mini.components import Components, build_components, build_tokenizer, newest_checkpoint
 from fs2mini.config import TrainConfig, as_started, check_config
 from fs2mini.corpus import CORPORA, corpus_languages, describe_corpus, read_pairs
@@ -227,8 +228,8 @@ def _check_trainer(cfg: TrainConfig, device: torch.device) -> None:
     checkpoint = newest_checkpoint(cfg, DistEnv())
     print(f"device {device}, {tc.max_steps} steps, {choose_precision(tc.autocast, device).reason}, run dir {cfg.run_dir}")
     if checkpoint is not None:
-        print(f"{cfg.run_dir} has checkpoints: training would resume at step {checkpoint['step']} "
-              f"(epoch {checkpoint['epoch']})")
+        saved = TrainState.saved_in(checkpoint)
+        print(f"{cfg.run_dir} has checkpoints: training would resume at step {saved.step} (epoch {saved.epoch})")
     elif cfg.run_dir.exists():
         print(f"{cfg.run_dir} exists without checkpoints: training would start at step 0")
     else:

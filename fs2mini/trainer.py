@@ -4,8 +4,8 @@
 - `train_step` makes one update: set the learning rate → `task.compute_loss` on each micro-batch
   and backpropagate → divide gradients by the update's total target tokens → clip → step. It is the
   one place to read a step, and the benchmarks time this same function;
-- `TrainState` is where the run stands (step, epoch, position in the epoch, best validation value,
-  counters, RNG states), saved in every checkpoint and restored from it;
+- `TrainState` (fs2mini/checkpoint.py) is where the run stands (step, epoch, position in the epoch, best
+  validation value, counters, RNG states), saved in every checkpoint and restored from it;
 - `train` runs the loop: next micro-batches → `train_step` → log → validate/checkpoint at their
   intervals. A run directory that already has checkpoints is resumed from the newest readable one,
   so rerunning the same command continues a stopped run, bit for bit on CPU.
@@ -14,19 +14,16 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import itertools
 import math
-import random
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from fs2mini.checkpoint import best_checkpoint_path, checkpoint_path, prune_checkpoints, save_atomically
+from fs2mini.checkpoint import TrainState, best_checkpoint_path, checkpoint_path, prune_checkpoints, write_checkpoint
 from fs2mini.components import Components, build_components, newest_checkpoint, run_tokenizer
 from fs2mini.config import TrainConfig, TrainerConfig, as_started, check_config, config_to_json
 from fs2mini.data import Seq2SeqBatch, epoch_batches, run_languages
@@ -104,47 +101,6 @@ def train_step(model: nn.Module, compute_loss: LossFunction, optimizer: torch.op
     return StepResult(loss_per_token, int(tokens_all), grad_norm, applied, overflowed)
 
 
-@dataclass
-class TrainState:
-    """Where a run stands: what a checkpoint restores besides the weights and the optimizer state."""
-
-    step: int = 0
-    epoch: int = 0
-    position: int = 0
-    """Batches of `epoch` already consumed (a resumed run skips them)."""
-    best_value: float | None = None
-    """Best validation `--trainer.best-metric` so far (what best.pt holds)."""
-    bad_steps: int = 0
-    """Consecutive updates skipped for a non-finite loss or gradient (fp16 loss-scale overflows excepted)."""
-    skipped_steps: int = 0
-    """All updates skipped so far (logged)."""
-    patience_count: int = 0
-    """Validations in a row without a better best-metric (early stopping at `--trainer.patience`)."""
-    elapsed_s: float = 0.0
-    """Seconds spent in the training loop so far, all runs of it together (`--trainer.max-time`)."""
-    best_checkpoints: list[list[float]] = field(default_factory=list)
-    """[value, step] of each kept checkpoints/best_step_*.pt, best first (`--trainer.keep-best-checkpoints`)."""
-    wandb_run_id: str | None = None
-    """The W&B run this run logs to, so a resume continues it."""
-
-    def state_dict(self, device: torch.device) -> dict[str, Any]:
-        rng = {"python": random.getstate(), "torch": torch.get_rng_state(),
-               "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
-        return {**dataclasses.asdict(self), "rng": rng}
-
-    def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
-        for f in dataclasses.fields(self):
-            if f.name in state:  # checkpoints of older versions lack the counters
-                setattr(self, f.name, state[f.name])
-        random.setstate(state["rng"]["python"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if device.type == "cuda" and state["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(state["rng"]["cuda"], device)
-
-    def improves(self, value: float, metric: str) -> bool:
-        return self.best_value is None or (value < self.best_value if metric == "loss" else value > self.best_value)
-
-
 def train(cfg: TrainConfig) -> Path:
     """Train (or resume) the run described by `cfg`; returns the run directory.
 
@@ -184,9 +140,7 @@ def _train_locked(cfg: TrainConfig, env: DistEnv, device: torch.device) -> Path:
     parts = build_components(cfg, tokenizer, device, env, checkpoint, init.weights if init is not None else None)
     init_message = init.message() if init is not None else None
     del init  # its weights are the model's now (or were copied into it): not held twice for the whole run
-    state = TrainState()
-    if checkpoint is not None:
-        state.load_state_dict(checkpoint, device)
+    state = TrainState.resumed(checkpoint, device) if checkpoint is not None else TrainState()
     if env.rank > 0:
         torch.manual_seed(tc.seed + 1000 * env.rank + state.step)  # different dropout masks on each rank
     if env.is_main:  # only now: a refused resume or a failed build leaves the directory as it was
@@ -390,12 +344,10 @@ def save_checkpoint(cfg: TrainConfig, parts: Components, state: TrainState, devi
     if cfg.lora.rank:  # frozen weights under their plain names, adapters apart (fs2mini.lora)
         model_state, adapters = split_adapters(model_state)
         lora = adapter_state(adapters, cfg.lora)
-    checkpoint = {"model": model_state, "optimizer": optimizer_state, "config": config_to_json(cfg),
-                  "tokenizer": tokenizer_record(parts.tokenizer), **state.state_dict(device),
-                  **({"lora": lora} if lora is not None else {})}
-    if parts.grad_scaler is not None:  # fp16: resume at the loss scale the run had found
-        checkpoint["grad_scaler"] = parts.grad_scaler.state_dict()
     checkpoint_dir = cfg.run_dir / CHECKPOINT_DIR
-    save_atomically(checkpoint, path if path is not None else checkpoint_path(checkpoint_dir, state.step))
+    write_checkpoint(path if path is not None else checkpoint_path(checkpoint_dir, state.step), model_state,
+                     config=config_to_json(cfg), tokenizer=tokenizer_record(parts.tokenizer), step=state.step,
+                     train_state=state.state_dict(device), optimizer=optimizer_state, lora=lora,
+                     grad_scaler=parts.grad_scaler.state_dict() if parts.grad_scaler is not None else None)
     if path is None:
         prune_checkpoints(checkpoint_dir, cfg.trainer.keep_last_checkpoints)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from fs2mini.checkpoint import find_checkpoints, load_first_readable
+from fs2mini.checkpoint import TOKENIZER, checkpoint_step, find_checkpoints, load_first_readable, load_weights
 from fs2mini.config import load_config
 from fs2mini.corpus import corpus_languages
 from fs2mini.data import run_languages
@@ -98,22 +98,17 @@ class Translator:
             check_languages(run_langs, source_lang, target_lang)
         torch_device = pick_device(device, "--device")
         path, state = load_first_readable(find_checkpoints(run_dir, checkpoint))
-        tokenizer = checked_tokenizer(run_dir / TOKENIZER_FILE, run_langs, state.get("tokenizer"), path)
+        tokenizer = checked_tokenizer(run_dir / TOKENIZER_FILE, run_langs, state.get(TOKENIZER), path)
         wanted = [lang for lang in (source_lang, target_lang) if lang is not None and lang not in tokenizer.lang_ids]
         if wanted:  # the codes of an imported layout beyond the run's pair
             tokenizer = Tokenizer(tokenizer.model_path, tuple(dict.fromkeys((*run_langs, *wanted))),
                                   model_bytes=tokenizer.model_bytes, layout=tokenizer.layout)
         model = build_model(cfg.model, tokenizer.vocab_info)
-        try:
-            model.load_state_dict(model_weights(state))  # a LoRA run: its adapters merged in
-        except RuntimeError as err:
-            lines = str(err).splitlines()
-            raise UserError(f"checkpoint {path} does not fit the model in {run_dir / CONFIG_FILE}: "
-                            f"{(lines[1] if len(lines) > 1 else lines[0]).strip()}") from None
+        # (a LoRA run: its adapters merged in)
+        load_weights(model, model_weights(state), f"checkpoint {path}", fits=f"the model in {run_dir / CONFIG_FILE}")
         model.to(torch_device).eval()
-        step = state.get("step")
         translator = cls(model, tokenizer, *directions[0], directions=directions, checkpoint_path=path,
-                         step=step if isinstance(step, int) else None)
+                         step=checkpoint_step(state))
         translator.source_lang, translator.target_lang = translator.languages(source_lang, target_lang)
         return translator
 

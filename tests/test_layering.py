@@ -58,3 +58,31 @@ def test_only_rundir_spells_run_directory_file_names():
                 offenders.append(f"fs2mini/{path.name}:{node.lineno} spells {node.value!r}")
     assert not offenders, ("run-directory file names are spelled outside fs2mini/rundir.py "
                            "(import its constant, e.g. CHECKPOINT_DIR):\n" + "\n".join(offenders))
+
+
+CHECKPOINT_KEYS = {"model", "optimizer", "rng", "lora", "grad_scaler", "averaged_from", "imported_from"}
+"""Keys that make a dict literal a checkpoint (`fs2mini.checkpoint` owns them: MODEL, OPTIMIZER, ...)."""
+OWN_LOAD_STATE_DICT = {"lora": "adapters only (strict=False)", "precision": "the fp16 loss scaler"}
+"""Modules that call `load_state_dict` on something other than a model's weights."""
+
+
+def test_only_checkpoint_py_assembles_reads_and_loads_checkpoints():
+    """One writer (`write_checkpoint`), one loader (`load_checkpoint`), one `load_weights` with its message."""
+    offenders = []
+    for path in sorted(PACKAGE.glob("*.py")):
+        if path.stem == "checkpoint":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            if isinstance(node, ast.Dict):
+                keys = {key.value for key in node.keys if isinstance(key, ast.Constant)} & CHECKPOINT_KEYS
+                if keys:
+                    offenders.append(f"fs2mini/{path.name}:{node.lineno} builds a dict with {sorted(keys)}")
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                name, owner = node.func.attr, node.func.value
+                if name == "load_state_dict" and path.stem not in OWN_LOAD_STATE_DICT:
+                    offenders.append(f"fs2mini/{path.name}:{node.lineno} calls load_state_dict (use load_weights)")
+                if (name in ("save", "load") and isinstance(owner, ast.Name) and owner.id == "torch"
+                        and path.stem not in HF_MODULES):
+                    offenders.append(f"fs2mini/{path.name}:{node.lineno} calls torch.{name}")
+    assert not offenders, ("checkpoint dicts are assembled, read or loaded outside fs2mini/checkpoint.py "
+                           "(call write_checkpoint, load_checkpoint, load_weights):\n" + "\n".join(offenders))

@@ -16,11 +16,11 @@ import pytest
 import torch
 
 import fs2mini.checkpoint
-from fs2mini.checkpoint import list_checkpoints, load_checkpoint
+from fs2mini.checkpoint import TrainState, list_checkpoints, load_checkpoint
 from fs2mini.errors import UserError
 from helpers import read_metrics
 from fs2mini.task import Seq2Seq
-from fs2mini.trainer import StepResult, TrainState, _count_bad_step, train
+from fs2mini.trainer import StepResult, _count_bad_step, train
 
 from conftest import tiny_config
 
