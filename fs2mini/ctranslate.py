@@ -5,8 +5,10 @@ fused kernels, no Python per step), and it reads exactly the directory `fs2mini.
 `python -m fs2mini.hf ctranslate2 RUN_DIR OUT --quantization int8` exports and converts in one go;
 `python -m fs2mini.translate OUT` then translates with it, as with a run directory: the same
 tokenizer code (the exported sentencepiece model and NLLB ids, copied into OUT), the same length
-limits and batching, the same output. `ctranslate2` (and `transformers`, which its converter uses)
-are optional: `pip install 'fs2mini[deploy]'`.
+limits and batching, the same output. `--sampling` maps to CTranslate2's own sampling
+(`sampling_topk/topp/temperature`): the same distribution, but CTranslate2's generator makes the
+draws, so samples differ from fs2mini's and are reproducible only for the same seed, input and batching.
+`ctranslate2` (and `transformers`, which its converter uses) are optional: `pip install 'fs2mini[deploy]'`.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ def convert_exported(exported: Path, out: Path, quantization: Quantization) -> P
 
 
 class CTranslate2Translator(Translator):
-    """`Translator` whose search runs in CTranslate2 (greedy or beam), with fs2mini's tokenizer and length limits."""
+    """`Translator` whose search (greedy, beam or sampling) runs in CTranslate2, with fs2mini's tokenizer and limits."""
 
     def __init__(self, path: Path, device: str = "auto", threads: int | None = None) -> None:
         """`device`: cpu, cuda, cuda:N, or auto (CUDA when CTranslate2 sees a GPU)."""
@@ -97,11 +99,13 @@ class CTranslate2Translator(Translator):
         kind, _, index = device.partition(":")
         if kind == "auto":
             kind = "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
+        self.new_engine = lambda: ctranslate2.Translator(str(path), device=kind, device_index=int(index or 0),
+                                                         intra_threads=threads or torch.get_num_threads())
         try:
-            self.engine = ctranslate2.Translator(str(path), device=kind, device_index=int(index or 0),
-                                                 intra_threads=threads or torch.get_num_threads())
+            self.engine = self.new_engine()
         except (RuntimeError, ValueError) as err:
             raise UserError(f"cannot load the CTranslate2 model in {path}: {err}") from None
+        self.set_random_seed = ctranslate2.set_random_seed
         super().__init__(None, tokenizer, source_lang, target_lang or source_lang, checkpoint_path=path / "model.bin")
         self.longest_source = longest_source
         self.banned_tokens = [[self.vocabulary[i]] for i in self.banned_ids]
@@ -119,7 +123,11 @@ class CTranslate2Translator(Translator):
                target_lang: str | None = None) -> list[list[Hypothesis]]:
         """As `Translator.search`. CTranslate2 takes one length limit per batch: each batch (sentences of similar
         length) runs to its longest limit and each output is cut at its own, which is exactly where fs2mini's
-        greedy search stops; a beam that reaches the limit may rank its hypotheses differently."""
+        greedy search stops; a beam that reaches the limit may rank its hypotheses differently.
+
+        With `cfg.sampling`, CTranslate2 samples (its `sampling_topk` 0 is the whole vocabulary, as fs2mini's
+        `top_k` 0). Its worker threads seed their generators when they start, so each such call loads a fresh
+        engine after `set_random_seed(cfg.seed)`: the same seed, input and batch size give the same samples."""
         results, todo, sources, target_lang = self.encoded_sources(texts, cfg, on_truncated, source_lang, target_lang)
         if not todo:
             return results
@@ -127,14 +135,19 @@ class CTranslate2Translator(Translator):
         limits = max_output_lengths(torch.tensor([len(ids) for ids in sources]), cfg.max_len_a, cfg.max_len_b,
                                     self.max_seq_len - len(prefix) - 1).tolist()
         order = sorted(range(len(sources)), key=lambda p: len(sources[p]))
+        engine, sampling = self.engine, {}
+        if cfg.sampling:
+            self.set_random_seed(cfg.seed % 2**32)  # (its seeds are 32-bit)
+            engine = self.new_engine()
+            sampling = dict(sampling_topk=cfg.top_k, sampling_topp=cfg.top_p, sampling_temperature=cfg.temperature)
         for start in range(0, len(order), cfg.batch_size):
             batch = order[start : start + cfg.batch_size]
-            found = self.engine.translate_batch(
+            found = engine.translate_batch(
                 [[self.vocabulary[i] for i in sources[p]] for p in batch],
                 target_prefix=[[self.vocabulary[i] for i in prefix]] * len(batch),
                 beam_size=cfg.beam_size, num_hypotheses=cfg.nbest, length_penalty=cfg.len_penalty,
                 max_decoding_length=max(limits[p] for p in batch) + len(prefix),
-                suppress_sequences=self.banned_tokens or None, return_scores=True, max_input_length=0)
+                suppress_sequences=self.banned_tokens or None, return_scores=True, max_input_length=0, **sampling)
             for p, result in zip(batch, found):
                 results[todo[p]] = [
                     Hypothesis(tuple(self.token_ids[t] for t in tokens[len(prefix):][: limits[p]]), score, ())

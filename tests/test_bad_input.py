@@ -318,6 +318,35 @@ def test_numeric_flags_of_translate_and_evaluate(command, flag, value, message, 
     assert exit_info.value.code == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1, err
 
 
+SAMPLING_CASES = [
+    (["--sampling", "--beam-size", "1", "--temperature", "0"], "--temperature 0.0: expected a finite number > 0"),
+    (["--sampling", "--beam-size", "1", "--temperature", "-1"], "--temperature -1.0: expected a finite number > 0"),
+    (["--sampling", "--beam-size", "1", "--temperature", "nan"], "--temperature nan: expected a finite number > 0"),
+    (["--sampling", "--beam-size", "1", "--top-p", "0"], "--top-p 0.0: expected a number in (0, 1]"),
+    (["--sampling", "--beam-size", "1", "--top-p", "1.01"], "--top-p 1.01: expected a number in (0, 1]"),
+    (["--sampling", "--beam-size", "1", "--top-k", "-2"], "--top-k -2: expected an integer >= 0"),
+    (["--sampling", "--beam-size", "1", "--seed", "-1"], "--seed -1: expected an integer in [0, 2**63)"),
+    (["--sampling"], "--sampling with --beam-size 4: sampling draws one token per step instead of searching beams; "
+                     "expected --beam-size 1"),
+    (["--sampling", "--beam-size", "5", "--nbest", "5"], "--sampling with --beam-size 5"),
+    (["--temperature", "0.7"], "--temperature 0.7 applies to sampling only; expected --sampling --beam-size 1 with it"),
+    (["--beam-size", "1", "--top-p", "0.9"], "--top-p 0.9 applies to sampling only"),
+]
+
+
+@pytest.mark.parametrize("command", ["translate", "evaluate"])
+@pytest.mark.parametrize("args,message", SAMPLING_CASES, ids=[" ".join(args) for args, _ in SAMPLING_CASES])
+def test_sampling_flags_of_translate_and_evaluate(command, args, message, tmp_path, monkeypatch, capsys):
+    """Checked before the run directory is opened: one line naming the flag and what was expected."""
+    from fs2mini import evaluate, translate
+
+    monkeypatch.setattr("sys.stdin", open(os.devnull))
+    with pytest.raises(SystemExit) as exit_info:
+        (translate if command == "translate" else evaluate).main([str(tmp_path / "no-run"), *args])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1, err
+
+
 def test_numeric_flag_of_evaluate_checked_before_loading(tmp_path, capsys):
     from fs2mini import evaluate
 

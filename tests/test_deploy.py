@@ -81,6 +81,13 @@ def test_ctranslate2_equals_fs2mini_in_float32(exported, reversal_tsv, tmp_path,
     for cfg in (GenerationConfig(beam_size=1), GenerationConfig(beam_size=4),
                 GenerationConfig(beam_size=1, max_len_a=0.0, max_len_b=3)):  # the same length limits too
         assert converted.translate(texts, cfg) == translator.translate(texts, cfg)
+    # Sampling maps to CTranslate2's: its own draws, reproducible for a seed; top-k 1 is greedy.
+    sampled = GenerationConfig(beam_size=1, sampling=True, temperature=3.0, seed=3, nbest=2)
+    first = converted.translate_nbest(texts, sampled)
+    assert converted.translate_nbest(texts, sampled) == first and all(len(hyps) == 2 for hyps in first[:-2])
+    assert [hyps[0][0] for hyps in first] != converted.translate(texts, GenerationConfig(beam_size=1))
+    assert converted.translate(texts, GenerationConfig(beam_size=1, sampling=True, top_k=1, seed=3)) == \
+        translator.translate(texts, GenerationConfig(beam_size=1))
     # The command line takes the converted directory as it takes a run directory.
     source = tmp_path / "in.txt"
     source.write_text("\n".join(texts[:5]) + "\n", encoding="utf-8")

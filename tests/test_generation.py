@@ -1,11 +1,12 @@
-"""Generation: cached decoding is exact, beam 1 is greedy, beams are sorted and distinct, limits hold."""
+"""Generation: cached decoding is exact, beam 1 is greedy, beams are sorted and distinct, limits hold; sampling is
+seeded, independent of the batch, draws from the distribution it names and becomes greedy at its limits."""
 
 import pytest
 import torch
 
 from fs2mini.errors import UserError
-from fs2mini.generation import (GenerationConfig, beam_search, check_generation_config, generate, greedy_search,
-                                max_output_lengths)
+from fs2mini.generation import (GenerationConfig, beam_search, check_generation_config, draw_tokens, generate,
+                                greedy_search, max_output_lengths)
 from fs2mini.model import EncoderDecoderModel, ModelConfig, build_model
 from fs2mini.vocab import VocabInfo
 
@@ -199,7 +200,124 @@ def test_generate_restores_training_mode():
     (GenerationConfig(batch_size=0), "--batch-size"),
     (GenerationConfig(max_len_a=-1.0), "--max-len-a"),
     (GenerationConfig(max_len_a=0.0, max_len_b=0), "--max-len-a"),
+    (GenerationConfig(beam_size=1, sampling=True, temperature=0.0), "--temperature 0.0: expected a finite number > 0"),
+    (GenerationConfig(beam_size=1, sampling=True, temperature=float("inf")), "--temperature inf: expected"),
+    (GenerationConfig(beam_size=1, sampling=True, top_p=0.0), r"--top-p 0.0: expected a number in \(0, 1\]"),
+    (GenerationConfig(beam_size=1, sampling=True, top_p=1.5), r"--top-p 1.5: expected a number in \(0, 1\]"),
+    (GenerationConfig(beam_size=1, sampling=True, top_k=-1), "--top-k -1: expected an integer >= 0"),
+    (GenerationConfig(beam_size=1, sampling=True, seed=-1), "--seed -1: expected an integer in"),
+    (GenerationConfig(sampling=True), "--sampling with --beam-size 4: .* expected --beam-size 1"),
+    (GenerationConfig(beam_size=1, temperature=0.5), "--temperature 0.5 applies to sampling only; expected --sampling"),
+    (GenerationConfig(top_k=5), "--top-k 5 applies to sampling only"),
 ])
 def test_bad_generation_settings_are_rejected_with_the_flag(cfg, flag):
     with pytest.raises(UserError, match=flag):
         check_generation_config(cfg)
+
+
+def sampling(**fields):
+    return GenerationConfig(**{"beam_size": 1, "sampling": True, "len_penalty": 1.0, **fields})
+
+
+def eos_biased_model(seed=0, eos_bias=2.0):
+    """A random model whose sentences end at different steps."""
+    return bias_logits(tiny_model(seed), torch.zeros(VOCAB.size).index_fill(0, torch.tensor([VOCAB.eos_idx]), eos_bias))
+
+
+def run(model, source, lengths, cfg):
+    return generate(model, source, lengths, PREFIX, cfg, eos_idx=VOCAB.eos_idx, banned_ids=BANNED)
+
+
+@pytest.mark.parametrize("limit", [dict(top_k=1), dict(top_p=1e-6), dict(temperature=1e-4), dict(temperature=1e-30)])
+def test_sampling_at_its_limits_is_greedy_search(limit):
+    model = eos_biased_model()
+    source, lengths = source_batch([9, 3, 6, 12, 5, 7])
+    greedy = run(model, source, lengths, GenerationConfig(beam_size=1, len_penalty=1.0))
+    sampled = run(model, source, lengths, sampling(seed=5, **limit))
+    assert len({len(hyps[0].tokens) for hyps in greedy}) > 1, "sentences should end at different steps"
+    assert sampled == greedy  # tokens, scores and positional scores alike
+
+
+def test_same_seed_same_samples_other_seed_other_samples():
+    model = tiny_model(1)
+    source, lengths = source_batch([9, 3, 6, 12, 5, 7], seed=1)
+    first = run(model, source, lengths, sampling(seed=7, nbest=3))
+    assert run(model, source, lengths, sampling(seed=7, nbest=3)) == first
+    other = run(model, source, lengths, sampling(seed=8, nbest=3))
+    assert [h.tokens for hyps in other for h in hyps] != [h.tokens for hyps in first for h in hyps]
+    greedy = [hyps[0].tokens for hyps in run(model, source, lengths, GenerationConfig(beam_size=1))]
+    assert [hyps[0].tokens for hyps in first] != greedy  # a random model's samples are not its arg-max
+
+
+def test_samples_do_not_depend_on_the_batch_they_are_drawn_in():
+    """A sentence's draws are seeded from the sentence: alone, in another order or next to others, it gets the
+    same samples (the model's arithmetic is not bit-identical across batch shapes: scores agree to rounding)."""
+    model = eos_biased_model(2, eos_bias=1.0)
+    source, lengths = source_batch([9, 3, 6, 12, 5, 7], seed=2)
+    cfg = sampling(seed=11, nbest=2, temperature=1.5)
+    together = run(model, source, lengths, cfg)
+    order = torch.tensor([5, 2, 0, 4, 1, 3])
+    shuffled = run(model, source[order], lengths[order], cfg)
+    alone = [run(model, source[row : row + 1, : int(lengths[row])], lengths[row : row + 1], cfg)[0] for row in range(6)]
+    for row in range(6):
+        for other in (alone[row], shuffled[order.tolist().index(row)]):
+            assert [h.tokens for h in other] == [h.tokens for h in together[row]]
+            assert [h.score for h in other] == pytest.approx([h.score for h in together[row]], abs=1e-5)
+
+
+def test_nbest_samples_are_independent_sorted_and_scored_by_the_model():
+    model = eos_biased_model(3)
+    source, lengths = source_batch([9, 3, 6, 12], seed=3)
+    found = run(model, source, lengths, sampling(seed=1, nbest=5, temperature=2.0, top_p=0.9))
+    for row, hyps in enumerate(found):
+        assert len(hyps) == 5 and len({h.tokens for h in hyps}) > 1
+        assert [h.score for h in hyps] == sorted((h.score for h in hyps), reverse=True)
+        for hyp in hyps:  # the model's own log-probabilities (temperature 1, unfiltered), as greedy reports them
+            expected = teacher_forced_log_probs(model, source[row], int(lengths[row]), hyp.tokens)
+            torch.testing.assert_close(torch.tensor(hyp.positional_scores), expected, atol=1e-5, rtol=0)
+            assert not set(hyp.tokens) & set(BANNED)
+    one = run(model, source, lengths, sampling(seed=1, nbest=1, temperature=2.0, top_p=0.9))
+    assert all(hyps[0].tokens in {h.tokens for h in many} for hyps, many in zip(one, found))  # sample 0, with nbest 1 or 5
+
+
+def test_sampling_keeps_to_the_length_limits_and_never_draws_banned_tokens():
+    bias = torch.zeros(VOCAB.size).index_fill(0, torch.tensor([VOCAB.eos_idx]), -50.0)
+    bias[list(BANNED)] = 50.0  # banned tokens would take all the mass if they were allowed
+    model = bias_logits(tiny_model(max_seq_len=14), bias)
+    source, lengths = source_batch([3, 6, 14])
+    found = run(model, source, lengths, sampling(max_len_a=0.5, max_len_b=3, nbest=2, temperature=5.0))
+    assert [[len(h.tokens) for h in hyps] for hyps in found] == [[4, 4], [6, 6], [10, 10]]
+    assert not {token for hyps in found for h in hyps for token in h.tokens} & set(BANNED)
+
+
+def evenly_spread(count):
+    """`count` uniform numbers at the centres of equal bins: a draw by inverse CDF then hits each token in
+    proportion to its probability, to within one bin."""
+    return (torch.arange(count, dtype=torch.float32) + 0.5) / count
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [(1.0, 0, 1.0), (0.5, 0, 1.0), (2.0, 0, 1.0), (1.0, 5, 1.0),
+                                                     (1.0, 0, 0.6), (1.5, 8, 0.7)])
+def test_draws_follow_the_tempered_truncated_distribution(temperature, top_k, top_p):
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(VOCAB.size, generator=generator) * 2
+    logits[list(BANNED)] = -torch.inf
+    lprobs = torch.log_softmax(logits, dim=-1)
+    # The distribution written out: tempered, the top k, then the nucleus of mass top_p, renormalised each time.
+    expected = torch.softmax(lprobs / temperature, dim=-1)
+    ranked = expected.argsort(descending=True)
+    keep = ranked[: top_k] if top_k else ranked[: (expected > 0).sum()]
+    kept = expected[keep] / expected[keep].sum()
+    keep = keep[: int((kept.cumsum(0) - kept < top_p).sum())]
+    expected = torch.zeros_like(expected).index_copy(0, keep, expected[keep]) / expected[keep].sum()
+    count = 20_000
+    tokens = draw_tokens(lprobs.expand(count, -1), evenly_spread(count), temperature, top_k, top_p)
+    assert set(tokens.tolist()) <= set(keep.tolist())  # within the top k and the nucleus; never a banned token
+    frequencies = torch.bincount(tokens, minlength=VOCAB.size).float() / count
+    torch.testing.assert_close(frequencies, expected, atol=2 / count, rtol=0)
+
+
+def test_a_draw_at_the_top_of_the_unit_interval_takes_the_last_possible_token():
+    lprobs = torch.log(torch.tensor([[0.5, 0.5, 0.0, 0.0]]))
+    assert draw_tokens(lprobs, torch.tensor([1.0 - 1e-9]), 1.0, 0, 1.0).tolist() == [1]
+    assert draw_tokens(lprobs, torch.tensor([0.0]), 1.0, 0, 1.0).tolist() == [0]

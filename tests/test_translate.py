@@ -1,5 +1,6 @@
 """Translation: a trained reversal model translates unseen inputs through the API and the CLI; bad input fails cleanly."""
 
+import dataclasses
 import io
 import shutil
 import subprocess
@@ -91,6 +92,42 @@ def test_generation_flags_parse_without_a_prefix():
     args = tyro.cli(TranslateArgs, args=["run", "--beam-size", "2", "--max-len-a", "1.5", "--max-len-b", "3",
                                          "--len-penalty", "0.5", "--nbest", "2", "--batch-size", "8", "--device", "cpu"])
     assert args.generation == GenerationConfig(beam_size=2, max_len_a=1.5, max_len_b=3, len_penalty=0.5, nbest=2, batch_size=8)
+
+
+def test_sampling_flags_parse_without_a_prefix():
+    args = tyro.cli(TranslateArgs, args=["run", "--sampling", "--beam-size", "1", "--temperature", "0.7", "--top-k", "10",
+                                         "--top-p", "0.9", "--seed", "3", "--nbest", "4"])
+    assert args.generation == GenerationConfig(beam_size=1, sampling=True, temperature=0.7, top_k=10, top_p=0.9, seed=3, nbest=4)
+
+
+def test_sampling_through_the_api_is_seeded_and_independent_of_batching(translator, held_out):
+    sources = [source for source, _ in held_out] + ["", "a b c"]
+    cfg = GenerationConfig(beam_size=1, sampling=True, temperature=3.0, seed=1, nbest=2, batch_size=64)
+    first = translator.translate_nbest(sources, cfg)
+    # Other batches (and other neighbours: the last 10 alone): the same samples.
+    again = translator.translate_nbest(sources, dataclasses.replace(cfg, batch_size=3))
+    tail = translator.translate_nbest(sources[-10:], cfg)
+    assert [[text for text, _ in hyps] for hyps in again] == [[text for text, _ in hyps] for hyps in first]
+    assert [[text for text, _ in hyps] for hyps in tail] == [[text for text, _ in hyps] for hyps in first[-10:]]
+    assert first[-2] == [("", 0.0)]  # an empty line is not sampled
+    greedy = translator.translate(sources, GenerationConfig(beam_size=1))
+    assert [hyps[0][0] for hyps in first] != greedy  # temperature 3 leaves the arg-max
+    other_seed = translator.translate(sources, dataclasses.replace(cfg, seed=2, nbest=1))
+    assert other_seed != [hyps[0][0] for hyps in first]
+    # Top-k 1 is greedy decoding, whatever the temperature.
+    assert translator.translate(sources, GenerationConfig(beam_size=1, sampling=True, top_k=1, temperature=3.0)) == greedy
+
+
+def test_cli_samples_reproducibly(trained_reversal_run, monkeypatch, capsys):
+    outputs = []
+    for seed in ("5", "5", "6"):
+        monkeypatch.setattr(sys, "stdin", io.StringIO("a b c d e f\nk j i h\n"))
+        main([str(trained_reversal_run), "--sampling", "--beam-size", "1", "--temperature", "4", "--seed", seed,
+              "--nbest", "3"])
+        outputs.append(capsys.readouterr().out)
+    rows = [line.split("\t") for line in outputs[0].splitlines()]
+    assert [row[0] for row in rows] == ["1", "1", "1", "2", "2", "2"]
+    assert outputs[0] == outputs[1] and outputs[2] != outputs[0]
 
 
 def run_main(argv, monkeypatch, capsys, stdin="a b c\n"):
