@@ -10,7 +10,8 @@ for backward. Pad targets are dropped before the projection, so padding costs no
 
 The value is exactly PyTorch's `F.cross_entropy(h @ Wᵀ, target, ignore_index=pad,
 label_smoothing=ε, reduction="sum")`: per token (1-ε)·(-log p[gold]) + ε·mean over the vocabulary
-of (-log p).
+of (-log p). `linear_token_nll` gives the same -log p[gold] token by token, without gradients, for
+scoring sentences one by one (fs2mini/forced.py).
 """
 
 from __future__ import annotations
@@ -41,6 +42,40 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, pad_idx
     return _LinearCrossEntropy.apply(rows, weight, target.reshape(-1)[keep], label_smoothing, chunk_rows)
 
 
+@torch.no_grad()
+def linear_token_nll(hidden: Tensor, weight: Tensor, target: Tensor, pad_idx: int, chunk_rows: int = CHUNK_ROWS) -> Tensor:
+    """-log p[target] of `hidden @ weight.T` at every position: `target`'s shape, 0 where it is pad.
+
+    The unsmoothed terms `linear_cross_entropy` sums (its chunks, its log-sum-exp), one per token, so a
+    sentence's score is the sum of its positions and the batch's sum is the loss with label smoothing 0."""
+    keep = target.reshape(-1) != pad_idx
+    rows = hidden.reshape(-1, hidden.size(-1))[keep]
+    gold_ids = target.reshape(-1)[keep]
+    loss_dtype = torch.promote_types(rows.dtype, torch.float32)
+    kept = torch.empty(rows.size(0), dtype=loss_dtype, device=rows.device)
+    for start in range(0, rows.size(0), chunk_rows):
+        gold = gold_ids[start : start + chunk_rows].unsqueeze(1)
+        _, _, nll, _ = _chunk_terms(rows[start : start + chunk_rows], weight, gold, loss_dtype)
+        kept[start : start + chunk_rows] = nll.squeeze(1)
+    return torch.zeros(target.shape, dtype=loss_dtype, device=rows.device).masked_scatter_(target != pad_idx, kept)
+
+
+def _chunk_terms(chunk: Tensor, weight: Tensor, gold: Tensor, loss_dtype: torch.dtype
+                 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """For rows `chunk` (rows, dim) and their gold ids (rows, 1): exp(logits - max) (rows, vocab: the softmax up to
+    the factor 1/total, written over the logits), total (rows, 1), -log p[gold] (rows, 1) and mean_v(-log p[v]) (rows, 1)."""
+    logits = (chunk @ weight.T).to(loss_dtype)
+    gold_logit = logits.gather(1, gold)
+    mean_logit = logits.mean(dim=-1, keepdim=True)
+    # log-sum-exp in place (torch.logsumexp would allocate another chunk-sized tensor):
+    # afterwards `logits` holds exp(logit - max), the softmax up to the factor 1/total.
+    max_logit = logits.amax(dim=-1, keepdim=True)
+    total = logits.sub_(max_logit).exp_().sum(dim=-1, keepdim=True)
+    log_z = max_logit + total.log()
+    # -log p[gold] = log_z - logit[gold];  mean_v(-log p[v]) = log_z - mean_v(logit[v])
+    return logits, total, log_z - gold_logit, log_z - mean_logit
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, rows: Tensor, weight: Tensor, target: Tensor, label_smoothing: float, chunk_rows: int) -> Tensor:
@@ -56,17 +91,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         for start in range(0, rows.size(0), chunk_rows):
             chunk = rows[start : start + chunk_rows]
             gold = target[start : start + chunk_rows].unsqueeze(1)
-            logits = (chunk @ weight.T).to(loss_dtype)
-            gold_logit = logits.gather(1, gold)
-            mean_logit = logits.mean(dim=-1, keepdim=True)
-            # log-sum-exp in place (torch.logsumexp would allocate another chunk-sized tensor):
-            # afterwards `logits` holds exp(logit - max), the softmax up to the factor 1/total.
-            max_logit = logits.amax(dim=-1, keepdim=True)
-            total = logits.sub_(max_logit).exp_().sum(dim=-1, keepdim=True)
-            log_z = max_logit + total.log()
-            # -log p[gold] = log_z - logit[gold];  mean_v(-log p[v]) = log_z - mean_v(logit[v])
-            nll = log_z - gold_logit
-            smooth = log_z - mean_logit
+            logits, total, nll, smooth = _chunk_terms(chunk, weight, gold, loss_dtype)
             loss += ((1.0 - label_smoothing) * nll + label_smoothing * smooth).sum()
             if need_grad:
                 # d loss / d logits = softmax - (1-ε)·onehot(gold) - ε/V, written over the logits buffer.

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from fs2mini.data import collate
-from fs2mini.loss import linear_cross_entropy
+from fs2mini.loss import linear_cross_entropy, linear_token_nll
 from fs2mini.model import ModelConfig, build_model
 from fs2mini.task import Seq2Seq
 from fs2mini.vocab import VocabInfo
@@ -59,6 +59,20 @@ def test_fused_loss_with_a_frozen_table_computes_no_table_gradient():
                                 reduction="sum", label_smoothing=0.1)
     assert fused.grad_fn.saved_tensors[1] is None
     torch.testing.assert_close(torch.autograd.grad(fused, hidden)[0], torch.autograd.grad(reference, hidden)[0])
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 7, 1000])
+def test_token_nll_is_the_unsmoothed_loss_token_by_token(chunk_rows):
+    torch.manual_seed(3)
+    hidden, weight = torch.randn(3, 11, 16, dtype=torch.float64), torch.randn(50, 16, dtype=torch.float64)
+    target = torch.randint(1, 50, (3, 11))
+    target[1, 6:] = 0  # padding
+    per_token = linear_token_nll(hidden, weight, target, 0, chunk_rows)
+    expected = F.cross_entropy(F.linear(hidden, weight).flatten(0, 1), target.flatten(), ignore_index=0,
+                               reduction="none").view(3, 11)
+    torch.testing.assert_close(per_token, expected)
+    assert per_token[1, 6:].abs().sum() == 0
+    torch.testing.assert_close(per_token.sum(), linear_cross_entropy(hidden, weight, target, 0, 0.0, chunk_rows))
 
 
 def test_fused_loss_under_bf16_autocast_is_close_to_fp32():
