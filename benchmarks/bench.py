@@ -150,6 +150,7 @@ def build_system(system: str, cfg: ModelConfig, tok: dict, device: torch.device,
 
     from fs2mini.components import build_components
     from fs2mini.config import TrainConfig, TrainerConfig
+    from fs2mini.data import run_directions
     from fs2mini.optim import AdamWConfig, build_optimizer
     from fs2mini.task import TaskConfig
     from fs2mini.vocab import VocabInfo
@@ -163,7 +164,8 @@ def build_system(system: str, cfg: ModelConfig, tok: dict, device: torch.device,
                 trainer=TrainerConfig(max_grad_norm=1.0, autocast="bf16" if bf16 else "off", seed=0,
                                       compile=system == "fs2mini-compile"),
             )
-            parts = build_components(train_cfg, Tokenizer(Path(tok["path"]), tok["langs"]), device)
+            parts = build_components(train_cfg, run_directions(train_cfg.data), Tokenizer(Path(tok["path"]), tok["langs"]),
+                                     device)
             return parts.model, parts.task.compute_loss, parts.optimizer
         case "torch":
             model, compute_loss = PlainTransformer(cfg, vocab.size, vocab.pad_idx), plain_transformer_loss

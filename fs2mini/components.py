@@ -25,8 +25,8 @@ from torch import nn
 from fs2mini.checkpoint import (GRAD_SCALER, LORA, MODEL, OPTIMIZER, STEP, TOKENIZER, checkpoint_path, list_checkpoints,
                                 load_checkpoint, load_weights)
 from fs2mini.config import TrainConfig, incompatible_fields, load_config
-from fs2mini.corpus import corpus_fingerprint, corpus_languages, corpus_tag, describe_corpus, read_pairs, training_sentences_by_language
-from fs2mini.data import Seq2SeqBatches, run_languages
+from fs2mini.corpus import corpus_fingerprint, corpus_tag, describe_corpus, read_pairs, training_sentences_by_language
+from fs2mini.data import RunDirections, Seq2SeqBatches
 from fs2mini.distributed import DistEnv, barrier, load_optimizer_state, wrap_model
 from fs2mini.errors import UserError
 from fs2mini.lora import add_adapters, load_adapters
@@ -43,6 +43,7 @@ from fs2mini.tokenizer import Tokenizer, balanced_sentences, checked_tokenizer, 
 class Components:
     """What a training run is made of (the fairseq2 tutorial's ingredients), ready to use."""
 
+    directions: RunDirections  # the run's corpora, directions and languages (fs2mini.data.run_directions)
     tokenizer: Tokenizer
     train_batches: Seq2SeqBatches
     valid_batches: Seq2SeqBatches
@@ -58,40 +59,40 @@ class Components:
         return sum(p.numel() for p in self.model.parameters())
 
 
-def build_tokenizer(cfg: TrainConfig) -> Tokenizer:
-    """The tokenizer for `cfg`'s corpus: from the cache, or trained on the training split
+def build_tokenizer(cfg: TrainConfig, directions: RunDirections) -> Tokenizer:
+    """The tokenizer for `cfg`'s corpora (`directions`): from the cache, or trained on the training split
     (of every direction, each language equally represented: `balanced_sentences`)."""
-    langs = run_languages(cfg.data)
-    tags = sorted({tag for corpus in cfg.data.corpora if (tag := corpus_tag(corpus)) is not None})
+    langs, trained = directions.languages, directions.trained
+    tags = sorted({tag for entry in trained if (tag := corpus_tag(entry.corpus)) is not None})
     skipped = Skipped(cfg.data.strict)
-    if cfg.data.more_corpora:
-        trained = cfg.data.flagged_corpora[:len(cfg.data.corpora)]
-        for flag, corpus in trained:  # (a cheap look at the first pair, before anything is trained or written)
-            if next(read_pairs(corpus, "train", skipped, flag), None) is None:
-                source_lang, target_lang = corpus_languages(corpus, flag)
-                raise UserError(f"direction {source_lang}-{target_lang} ({describe_corpus(corpus)}) has no training "
+    if len(trained) > 1:
+        for entry in trained:  # (a cheap look at the first pair, before anything is trained or written)
+            if next(read_pairs(entry.corpus, "train", skipped, entry.field), None) is None:
+                raise UserError(f"direction {entry.name} ({describe_corpus(entry.corpus)}) has no training "
                                 f"sentence pairs ({'skipped: ' + skipped.summary() if skipped else 'it is empty'})")
-        fingerprint = hashlib.sha256(" ".join(corpus_fingerprint(corpus, "train", flag) for flag, corpus in trained).encode())
+        fingerprints = " ".join(corpus_fingerprint(entry.corpus, "train", entry.field) for entry in trained)
+        fingerprint = hashlib.sha256(fingerprints.encode())
 
         def balanced() -> Iterator[str]:  # read only if no model is cached for these corpora
-            by_language = training_sentences_by_language(trained, skipped, cfg.tokenizer.max_training_sentences)
+            by_language = training_sentences_by_language([(entry.field, entry.corpus) for entry in trained], skipped,
+                                                         cfg.tokenizer.max_training_sentences)
             yield from balanced_sentences(by_language, cfg.tokenizer.max_training_sentences)
 
         return load_or_train_tokenizer(cfg.tokenizer, balanced(), langs, fingerprint=fingerprint.hexdigest(), tags=tags)
-    pairs = read_pairs(cfg.data.corpus, "train", skipped)
+    corpus = trained[0].corpus
+    pairs = read_pairs(corpus, "train", skipped)
     first = next(pairs, None)
     if first is None:
         raise UserError(
-            f"{describe_corpus(cfg.data.corpus)} has no training sentence pairs "
+            f"{describe_corpus(corpus)} has no training sentence pairs "
             f"({'skipped: ' + skipped.summary() if skipped else 'it is empty'})"
         )
     # Streamed (only if no model is cached for this corpus content): a corpus of millions of pairs is never held.
     sentences = (sentence for pair in chain([first], pairs) for sentence in pair)
-    return load_or_train_tokenizer(cfg.tokenizer, sentences, langs, fingerprint=corpus_fingerprint(cfg.data.corpus, "train"),
-                                   tags=tags)
+    return load_or_train_tokenizer(cfg.tokenizer, sentences, langs, fingerprint=corpus_fingerprint(corpus, "train"), tags=tags)
 
 
-def run_tokenizer(cfg: TrainConfig, checkpoint: dict[str, Any] | None, env: DistEnv) -> Tokenizer:
+def run_tokenizer(cfg: TrainConfig, directions: RunDirections, checkpoint: dict[str, Any] | None, env: DistEnv) -> Tokenizer:
     """The tokenizer of the run: when resuming, the one `checkpoint` was trained with (the run
     directory's copy, verified, or the checkpoint's own copy if that is missing); else the
     (cached) trained one.
@@ -100,12 +101,12 @@ def run_tokenizer(cfg: TrainConfig, checkpoint: dict[str, Any] | None, env: Dist
     component has been built), so a corpus that cannot be read leaves the directory untouched.
     """
     if checkpoint is not None:
-        return checked_tokenizer(cfg.run_dir / TOKENIZER_FILE, run_languages(cfg.data),
+        return checked_tokenizer(cfg.run_dir / TOKENIZER_FILE, directions.languages,
                                  checkpoint.get(TOKENIZER), checkpoint_path(cfg.run_dir / CHECKPOINT_DIR, checkpoint[STEP]))
     if env.is_main:
-        tokenizer = build_tokenizer(cfg)  # trains it once, into the cache
+        tokenizer = build_tokenizer(cfg, directions)  # trains it once, into the cache
     barrier(env)
-    return tokenizer if env.is_main else build_tokenizer(cfg)  # the other ranks find it in the cache
+    return tokenizer if env.is_main else build_tokenizer(cfg, directions)  # the other ranks find it in the cache
 
 
 def newest_checkpoint(cfg: TrainConfig, env: DistEnv) -> dict[str, Any] | None:
@@ -181,17 +182,17 @@ def _last_logged_step(metrics: Path) -> int:
     return last
 
 
-def build_components(cfg: TrainConfig, tokenizer: Tokenizer, device: torch.device, env: DistEnv = DistEnv(),
-                     checkpoint: dict[str, Any] | None = None, init_weights: dict[str, torch.Tensor] | None = None
-                     ) -> Components:
-    """Data, model, task, optimizer and schedule of `cfg`, restored from `checkpoint` when given, else the
-    model's weights from `init_weights` (`--init`) when given."""
+def build_components(cfg: TrainConfig, directions: RunDirections, tokenizer: Tokenizer, device: torch.device,
+                     env: DistEnv = DistEnv(), checkpoint: dict[str, Any] | None = None,
+                     init_weights: dict[str, torch.Tensor] | None = None) -> Components:
+    """Data (of `directions`, what `check_config(cfg)` returned), model, task, optimizer and schedule of `cfg`, restored
+    from `checkpoint` when given, else the model's weights from `init_weights` (`--init`) when given."""
     tc = cfg.trainer
     torch.manual_seed(tc.seed)  # the same initial weights on every rank
     random.seed(tc.seed)
     shard = {"rank": env.rank, "world_size": env.world_size}
-    train_batches = Seq2SeqBatches(cfg.data, "train", tokenizer, seed=tc.seed, shuffle=True, **shard)
-    valid_batches = Seq2SeqBatches(cfg.data, "valid", tokenizer, seed=tc.seed, shuffle=False, **shard)
+    train_batches = Seq2SeqBatches(cfg.data, "train", tokenizer, seed=tc.seed, shuffle=True, corpora=directions.trained, **shard)
+    valid_batches = Seq2SeqBatches(cfg.data, "valid", tokenizer, seed=tc.seed, shuffle=False, corpora=directions.primary, **shard)
     train_batches.prepare()  # encoded once into the data cache (or opened from it), before any progress display
     valid_batches.prepare()
     model = build_model(cfg.model, tokenizer.vocab_info).to(device)
@@ -218,4 +219,4 @@ def build_components(cfg: TrainConfig, tokenizer: Tokenizer, device: torch.devic
     lr_at = build_lr_schedule(cfg.lr_scheduler, cfg.optimizer.lr, tc.max_steps)
     precision = choose_precision(tc.autocast, device)
     grad_scaler = build_grad_scaler(precision, device, checkpoint.get(GRAD_SCALER) if checkpoint is not None else None)
-    return Components(tokenizer, train_batches, valid_batches, model, task, optimizer, lr_at, precision, grad_scaler)
+    return Components(directions, tokenizer, train_batches, valid_batches, model, task, optimizer, lr_at, precision, grad_scaler)

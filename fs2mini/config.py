@@ -29,7 +29,7 @@ import tyro
 
 from fs2mini.checkpoint import write_atomically
 from fs2mini.corpus import check_corpus_config
-from fs2mini.data import DataConfig, check_data_config, check_directions, run_languages
+from fs2mini.data import DataConfig, RunDirections, check_data_config, run_directions
 from fs2mini.distributed import DistEnv
 from fs2mini.errors import UserError, expect, expect_positive_ints, finite
 from fs2mini.lora import LoraConfig, check_lora_config, check_lora_targets, linear_widths
@@ -208,12 +208,13 @@ def sharded(tc: TrainerConfig, env: DistEnv) -> bool:
     return env.active and tc.data_parallel == "fsdp"
 
 
-def check_config(cfg: TrainConfig, env: DistEnv = DistEnv()) -> None:
-    """Reject every bad setting before any slow work (tokenizer training, data reading)."""
-    for flag, corpus in cfg.data.flagged_corpora:
-        check_corpus_config(corpus, flag)
-    check_directions(cfg.data)
-    check_tokenizer_config(cfg.tokenizer, run_languages(cfg.data))
+def check_config(cfg: TrainConfig, env: DistEnv = DistEnv()) -> RunDirections:
+    """Reject every bad setting before any slow work (tokenizer training, data reading); returns the run's
+    directions, checked on the way, for the caller to pass down."""
+    for field, corpus in cfg.data.corpus_fields:
+        check_corpus_config(corpus, field)
+    directions = run_directions(cfg.data)
+    check_tokenizer_config(cfg.tokenizer, directions.languages)
     check_data_config(cfg.data)
     if isinstance(cfg.model, ModelConfig):
         check_model_config(cfg.model)
@@ -236,6 +237,7 @@ def check_config(cfg: TrainConfig, env: DistEnv = DistEnv()) -> None:
         raise UserError("--lora.rank is not available with --trainer.data-parallel fsdp; use ddp")
     if cfg.trainer.best_metric == "bleu" and sharded(cfg.trainer, env):
         raise UserError("--trainer.best-metric bleu is not available with --trainer.data-parallel fsdp; use loss")
+    return directions
 
 
 # Sections whose change makes an existing checkpoint mean something else (where the tokenizer

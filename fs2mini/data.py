@@ -18,6 +18,8 @@ the next batch is drawn by `corpus_probabilities`: a direction ∝ (its weighted
 `--data.sampling-temperature T`, shared among its corpora ∝ weight × pairs. An epoch ends when the
 largest corpus (in pairs ÷ weight) has been seen once; the others are repeated, re-shuffled, as
 often as their share asks. Validation and test read each direction's first corpus, in turn, unsampled.
+`run_directions` derives the run's corpora, directions and languages from the config once (`RunDirections`);
+everything downstream takes that value instead of deriving them again.
 """
 
 from __future__ import annotations
@@ -35,8 +37,8 @@ import torch
 import tyro
 from torch import Tensor
 
-from fs2mini.corpus import CORPORA, Corpus, Split, corpus_languages, corpus_tag, corpus_weight, describe_corpus
-from fs2mini.errors import UserError, expect, expect_positive_ints, finite
+from fs2mini.corpus import CORPORA, DATA_CORPUS, Corpus, Split, corpus_languages, corpus_tag, corpus_weight, describe_corpus
+from fs2mini.errors import FieldPath, UserError, cli_flag, expect, expect_positive_ints, finite
 from fs2mini.pipeline import Skipped, batch_by_max_tokens, chunk, shard, shuffle_window
 from fs2mini.prepared import PreparedSplit, open_or_prepare
 from fs2mini.tokenizer import Tokenizer
@@ -88,23 +90,10 @@ class DataConfig:
         return (self.corpus, *self.more_corpora)
 
     @property
-    def primary_corpora(self) -> tuple[Corpus, ...]:
-        """The first corpus of each trained direction: the one validated, tested and translated (further corpora
-        of a direction, e.g. back-translated pairs, are training data only)."""
-        first: dict[tuple[str, str], Corpus] = {}
-        for corpus in self.corpora:
-            first.setdefault(corpus_languages(corpus), corpus)
-        return tuple(first.values())
-
-    @property
-    def flagged_corpora(self) -> tuple[tuple[str, Corpus], ...]:
-        """(flag, corpus) of every direction, trained then zero-shot: how messages name each entry."""
-        return (("--data.corpus", self.corpus), *((f"--data.more-corpora.{i}", c) for i, c in enumerate(self.more_corpora)),
-                *((f"--data.zero-shot-corpora.{i}", c) for i, c in enumerate(self.zero_shot_corpora)))
-
-    def flag_of(self, corpus: Corpus) -> str:
-        """The flag naming `corpus` in messages (--data.corpus for one that is not the run's, e.g. evaluate --source)."""
-        return next((flag for flag, entry in self.flagged_corpora if entry == corpus), "--data.corpus")
+    def corpus_fields(self) -> tuple[tuple[FieldPath, Corpus], ...]:
+        """(config field, corpus) of every corpus, trained then zero-shot: the field names it in messages."""
+        return ((DATA_CORPUS, self.corpus), *((("data", "more_corpora", i), c) for i, c in enumerate(self.more_corpora)),
+                *((("data", "zero_shot_corpora", i), c) for i, c in enumerate(self.zero_shot_corpora)))
 
 
 def direction_name(langs: tuple[str, str]) -> str:
@@ -112,13 +101,89 @@ def direction_name(langs: tuple[str, str]) -> str:
     return f"{langs[0]}-{langs[1]}"
 
 
-def run_languages(cfg: DataConfig) -> tuple[str, ...]:
-    """Every language of the run's trained directions, in order of first appearance: the tokenizer's language tokens.
+@dataclass(frozen=True)
+class RunCorpus:
+    """One corpus of a run with what is derived from it once: the config field that names it, and its direction."""
 
-    A single-direction run gives its (source, target) pair exactly as before multilingual runs existed."""
-    if not cfg.more_corpora:
-        return corpus_languages(cfg.corpus)
-    return tuple(dict.fromkeys(lang for corpus in cfg.corpora for lang in corpus_languages(corpus)))
+    corpus: Corpus
+    field: FieldPath
+    """Where the corpus sits in the config, e.g. ("data", "more_corpora", 0): its flag in messages."""
+    langs: tuple[str, str]
+    """Its (source, target) language codes, checked."""
+    zero_shot: bool = False
+    """Validated and evaluated, never trained (--data.zero-shot-corpora)."""
+
+    @classmethod
+    def of(cls, corpus: Corpus, field: FieldPath = DATA_CORPUS, zero_shot: bool = False) -> RunCorpus:
+        """`corpus` with its languages checked (messages name it by `field`)."""
+        return cls(corpus, field, corpus_languages(corpus, field), zero_shot)
+
+    @property
+    def flag(self) -> str:
+        return cli_flag(*self.field)
+
+    @property
+    def name(self) -> str:
+        return direction_name(self.langs)
+
+
+@dataclass(frozen=True)
+class RunDirections:
+    """The run's corpora, directions and languages, derived from its `DataConfig` once (`run_directions`, called by
+    `check_config`) and passed down to the tokenizer, the batches, validation, translation and evaluation."""
+
+    trained: tuple[RunCorpus, ...]
+    """Every training corpus: --data.corpus, then --data.more-corpora."""
+    primary: tuple[RunCorpus, ...]
+    """The first corpus of each trained direction: the one validated, tested and translated (further corpora
+    of a direction, e.g. back-translated pairs, are training data only)."""
+    zero_shot: tuple[RunCorpus, ...]
+    """--data.zero-shot-corpora: directions between the run's languages, validated and evaluated, never trained."""
+    languages: tuple[str, ...]
+    """Every language of the trained directions, in order of first appearance: the tokenizer's language tokens
+    (a single-direction run: its (source, target) pair exactly)."""
+
+    @property
+    def directions(self) -> tuple[tuple[str, str], ...]:
+        """The trained (source, target) directions, in order."""
+        return tuple(entry.langs for entry in self.primary)
+
+    @property
+    def evaluated(self) -> tuple[RunCorpus, ...]:
+        """What validation and evaluation read: each trained direction's first corpus, then the zero-shot ones."""
+        return (*self.primary, *self.zero_shot)
+
+
+def run_directions(cfg: DataConfig) -> RunDirections:
+    """The run's corpora with their fields and directions, checked before any data is read: every language code
+    valid (named by its flag), each trained direction's first corpus untagged, and zero-shot directions untrained,
+    listed once and between the run's languages."""
+    entries: list[RunCorpus] = []
+    seen: dict[tuple[str, str], str] = {}
+    for index, (field, corpus) in enumerate(cfg.corpus_fields):
+        entry = RunCorpus.of(corpus, field, zero_shot=index >= len(cfg.corpora))
+        langs = entry.langs
+        if langs in seen and entry.zero_shot:
+            raise UserError(f"{entry.flag} ({describe_corpus(corpus)}) repeats direction {entry.name} of {seen[langs]}; "
+                            "expected a zero-shot direction that is not trained and listed once")
+        if langs not in seen and not entry.zero_shot and corpus_tag(corpus) is not None:
+            raise UserError(f"{cli_flag(*field, 'tag')} {corpus_tag(corpus)!r}: the first corpus of direction {entry.name} is "
+                            "the one validated and translated, so it takes no tag; expected the tag on a further corpus of "
+                            "the direction (e.g. the back-translated one)")
+        seen.setdefault(langs, f"{entry.flag} ({describe_corpus(corpus)})")
+        entries.append(entry)
+    trained = tuple(entry for entry in entries if not entry.zero_shot)
+    first: dict[tuple[str, str], RunCorpus] = {}
+    for entry in trained:
+        first.setdefault(entry.langs, entry)
+    languages = trained[0].langs if len(trained) == 1 else tuple(dict.fromkeys(lang for e in trained for lang in e.langs))
+    zero_shot = tuple(entry for entry in entries if entry.zero_shot)
+    for entry in zero_shot:
+        unknown = [lang for lang in entry.langs if lang not in languages]
+        if unknown:
+            raise UserError(f"{entry.flag}: language {unknown[0]} is not in the run's trained "
+                            f"directions; expected one of {', '.join(languages)}")
+    return RunDirections(trained, tuple(first.values()), zero_shot, languages)
 
 
 def sampling_probabilities(sizes: Sequence[int], temperature: float) -> list[float]:
@@ -277,16 +342,20 @@ class Seq2SeqBatches:
         shuffle: bool,
         rank: int = 0,
         world_size: int = 1,
-        corpora: Sequence[Corpus] | None = None,
+        corpora: Sequence[RunCorpus] | None = None,
     ) -> None:
-        """`corpora`: what to read (default: every training corpus for "train", each trained direction's first
-        corpus for "valid" and "test")."""
+        """`corpora`: what to read (default, from `run_directions(cfg)`: every training corpus for "train", each
+        trained direction's first corpus for "valid" and "test")."""
         check_data_config(cfg)
         self.cfg = cfg
         self.split = split
         self.tokenizer = tokenizer
-        self.corpora = tuple(corpora) if corpora is not None else cfg.corpora if split == "train" else cfg.primary_corpora
-        self.directions = [corpus_languages(corpus) for corpus in self.corpora]
+        if corpora is None:
+            run = run_directions(cfg)
+            corpora = run.trained if split == "train" else run.primary
+        self.entries = tuple(corpora)
+        self.corpora = tuple(entry.corpus for entry in self.entries)
+        self.directions = [entry.langs for entry in self.entries]
         self.source_lang, self.target_lang = self.directions[0]
         self.seed = seed
         self.shuffle = shuffle
@@ -299,16 +368,16 @@ class Seq2SeqBatches:
         """Each corpus's prepared split (token ids on disk, `fs2mini.prepared`), opened by `prepare`."""
         self._read_skipped = Skipped(cfg.strict)
         """What reading the corpus skipped; every epoch's `skipped` starts from a copy."""
-        self._tag_ids = [self._tag_id(corpus) for corpus in self.corpora]
+        self._tag_ids = [self._tag_id(entry) for entry in self.entries]
         """Each corpus's tag as token ids put after the source language token ([] for an untagged corpus)."""
 
-    def _tag_id(self, corpus: Corpus) -> list[int]:
-        tag = corpus_tag(corpus)
+    def _tag_id(self, entry: RunCorpus) -> list[int]:
+        tag = corpus_tag(entry.corpus)
         if tag is None:
             return []
         token = self.tokenizer.piece_id(tag)
         if token is None:
-            raise UserError(f"{self.cfg.flag_of(corpus)}.tag {tag!r} is not a token of tokenizer {self.tokenizer.model_path}; "
+            raise UserError(f"{cli_flag(*entry.field, 'tag')} {tag!r} is not a token of tokenizer {self.tokenizer.model_path}; "
                             "expected a piece of its vocabulary (fs2mini adds the tags of a run's corpora when it trains one)")
         return [token]
 
@@ -316,9 +385,9 @@ class Seq2SeqBatches:
         """Open each corpus's prepared split, encoding and caching it first if needed (done by the first
         epoch otherwise; the trainer calls it before training so the progress of a first preparation shows)."""
         if self._prepared is None:
-            self._prepared = [open_or_prepare(corpus, self.split, self.tokenizer, self.cfg.cache_dir,
-                                              flag=self.cfg.flag_of(corpus), workers=self.cfg.prepare_workers)
-                              for corpus in self.corpora]
+            self._prepared = [open_or_prepare(entry.corpus, self.split, self.tokenizer, self.cfg.cache_dir,
+                                              field=entry.field, workers=self.cfg.prepare_workers)
+                              for entry in self.entries]
             self._read_skipped = Skipped(self.cfg.strict)
             for prepared in self._prepared:
                 self._read_skipped.add_all(prepared.skipped["counts"], prepared.skipped["locations"])
@@ -439,29 +508,6 @@ def check_data_config(cfg: DataConfig) -> None:
     expect("--data.prepare-workers", cfg.prepare_workers, cfg.prepare_workers >= 0, "an integer >= 0 (0 = one per CPU core)")
     expect("--data.sampling-temperature", cfg.sampling_temperature,
            finite(cfg.sampling_temperature) and cfg.sampling_temperature > 0, "a number > 0 (1 = by size, larger = flatter)")
-
-
-def check_directions(cfg: DataConfig) -> None:
-    """Zero-shot directions untrained, once each and between the run's languages; each trained direction's
-    first corpus (the one validated and translated) untagged (before any data is read)."""
-    seen: dict[tuple[str, str], str] = {}
-    for index, (flag, corpus) in enumerate(cfg.flagged_corpora):
-        langs = corpus_languages(corpus, flag)
-        zero_shot = index >= len(cfg.corpora)
-        if langs in seen and zero_shot:
-            raise UserError(f"{flag} ({describe_corpus(corpus)}) repeats direction {direction_name(langs)} of {seen[langs]}; "
-                            "expected a zero-shot direction that is not trained and listed once")
-        if langs not in seen and not zero_shot and corpus_tag(corpus) is not None:
-            raise UserError(f"{flag}.tag {corpus_tag(corpus)!r}: the first corpus of direction {direction_name(langs)} is the "
-                            "one validated and translated, so it takes no tag; expected the tag on a further corpus of "
-                            "the direction (e.g. the back-translated one)")
-        seen.setdefault(langs, f"{flag} ({describe_corpus(corpus)})")
-    languages = run_languages(cfg)
-    for flag, corpus in cfg.flagged_corpora[len(cfg.corpora):]:  # the zero-shot ones
-        unknown = [lang for lang in corpus_languages(corpus, flag) if lang not in languages]
-        if unknown:
-            raise UserError(f"{flag}: language {unknown[0]} is not in the run's trained "
-                            f"directions; expected one of {', '.join(languages)}")
 
 
 def epoch_batches(batches: Seq2SeqBatches, epoch: int, skip: int) -> Iterator[tuple[int, Seq2SeqBatch]]:

@@ -28,6 +28,16 @@ class RunStopped(Exception):
         self.exit_code = exit_code
 
 
+FieldPath = tuple[str | int, ...]
+"""Where a setting sits in the config, e.g. ("data", "more_corpora", 2, "target_bible")."""
+
+
+def cli_flag(*field: str | int) -> str:
+    """The flag that sets a config field, spelled as tyro spells it, for messages: `cli_flag("data", "more_corpora",
+    2, "target_bible")` is `--data.more-corpora.2.target-bible` (underscores become hyphens, a tuple index a number)."""
+    return "--" + ".".join(str(part).replace("_", "-") for part in field)
+
+
 def expect(flag: str, value: object, ok: bool, expected: str) -> None:
     """The check of one numeric flag: unless `ok`, stop with `--flag VALUE: expected ...`."""
     if not ok:

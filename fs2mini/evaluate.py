@@ -18,8 +18,8 @@ from typing import Annotated, get_args
 import tyro
 
 from fs2mini.config import TrainConfig, load_config
-from fs2mini.corpus import Corpus, Split, corpus_languages, describe_corpus, read_pairs
-from fs2mini.data import Seq2SeqBatches, direction_name
+from fs2mini.corpus import Split, describe_corpus, read_pairs
+from fs2mini.data import RunCorpus, RunDirections, Seq2SeqBatches, run_directions
 from fs2mini.errors import UserError, exit_on_user_error
 from fs2mini.generation import GenerationConfig, check_generation_config
 from fs2mini.pipeline import Skipped, read_text
@@ -109,20 +109,20 @@ def evaluate(args: EvaluateArgs) -> dict:
                                          target_lang=args.target_lang)
         langs = (translator.source_lang, translator.target_lang)
         cfg = load_config(args.run_dir / CONFIG_FILE)
-        return _evaluate_direction(args, translator, cfg, AlignedFiles(args.source, args.reference, langs), output)
+        return _evaluate_direction(args, translator, cfg, RunCorpus.of(AlignedFiles(args.source, args.reference, langs)), output)
     # The run's own split: every direction, or those that --source-lang / --target-lang name.
     translator = Translator.from_run(args.run_dir, args.checkpoint, args.device)
     cfg = load_config(args.run_dir / CONFIG_FILE)
-    corpora = _chosen_directions(args, cfg)
-    if len(cfg.data.primary_corpora) == 1 and not cfg.data.zero_shot_corpora:
-        return _evaluate_direction(args, translator, cfg, cfg.data.corpus, output)
+    run = run_directions(cfg.data)
+    corpora = _chosen_directions(args, run)
+    if len(run.primary) == 1 and not run.zero_shot:
+        return _evaluate_direction(args, translator, cfg, run.primary[0], output)
     # Several directions: each scored into its own files, then their average (zero-shot ones apart).
     records = {}
-    for corpus in corpora:
-        name = direction_name(corpus_languages(corpus))
-        print(f"--- {name}" + (" (zero-shot)" if corpus in cfg.data.zero_shot_corpora else ""))
-        records[name] = _evaluate_direction(args, translator, cfg, corpus, output.with_name(f"{output.stem}.{name}.hyp"))
-    trained = [direction_name(corpus_languages(corpus)) for corpus in cfg.data.primary_corpora if corpus in corpora]
+    for entry in corpora:
+        print(f"--- {entry.name}" + (" (zero-shot)" if entry.zero_shot else ""))
+        records[entry.name] = _evaluate_direction(args, translator, cfg, entry, output.with_name(f"{output.stem}.{entry.name}.hyp"))
+    trained = [entry.name for entry in corpora if not entry.zero_shot]
     zero_shot = [name for name in records if name not in trained]
     # Loss, nll and ppl per target token over the trained directions, as validation's overall loss; BLEU and chrF
     # their plain mean. None when only zero-shot directions were chosen.
@@ -143,16 +143,16 @@ def evaluate(args: EvaluateArgs) -> dict:
     return summary
 
 
-def _chosen_directions(args: EvaluateArgs, cfg: TrainConfig) -> list[Corpus]:
+def _chosen_directions(args: EvaluateArgs, run: RunDirections) -> list[RunCorpus]:
     """The run's directions (trained, then zero-shot) from --source-lang and into --target-lang, where given."""
-    everything = [*cfg.data.primary_corpora, *cfg.data.zero_shot_corpora]
-    chosen = [corpus for corpus in everything
-              if args.source_lang in (None, corpus_languages(corpus)[0]) and args.target_lang in (None, corpus_languages(corpus)[1])]
+    everything = run.evaluated
+    chosen = [entry for entry in everything
+              if args.source_lang in (None, entry.langs[0]) and args.target_lang in (None, entry.langs[1])]
     if not chosen:
         flags = " ".join(f"{flag} {lang}" for flag, lang in (("--source-lang", args.source_lang), ("--target-lang", args.target_lang))
                          if lang is not None)
         raise UserError(f"{flags}: no direction of the run matches; expected one of "
-                        f"{', '.join(direction_name(corpus_languages(corpus)) for corpus in everything)}")
+                        f"{', '.join(entry.name for entry in everything)}")
     return chosen
 
 
@@ -164,17 +164,16 @@ def _write(path: Path, text: str, output: Path) -> None:
         raise UserError(f"--output {output}: cannot write ({err.strerror}); expected a writable location") from None
 
 
-def _evaluate_direction(args: EvaluateArgs, translator: Translator, cfg: TrainConfig, corpus: Corpus, output: Path) -> dict:
-    """Loss of `corpus`'s split and BLEU/chrF of its translations; prints the report, writes the files."""
-    flag = cfg.data.flag_of(corpus)
-    source_lang, target_lang = corpus_languages(corpus, flag)
+def _evaluate_direction(args: EvaluateArgs, translator: Translator, cfg: TrainConfig, entry: RunCorpus, output: Path) -> dict:
+    """Loss of the corpus's split and BLEU/chrF of its translations; prints the report, writes the files."""
+    corpus, (source_lang, target_lang) = entry.corpus, entry.langs
     skipped = Skipped(cfg.data.strict)
-    pairs = list(read_pairs(corpus, args.split, skipped, flag))
+    pairs = list(read_pairs(corpus, args.split, skipped, entry.field))
     if not pairs:
         where = f"the {args.split} split of {describe_corpus(corpus)}" if args.source is None else str(args.source)
-        raise UserError(f"direction {direction_name((source_lang, target_lang))}: {where} has no sentence pairs" + (f" (skipped: {skipped.summary()})" if skipped else ""))
+        raise UserError(f"direction {entry.name}: {where} has no sentence pairs" + (f" (skipped: {skipped.summary()})" if skipped else ""))
 
-    batches = Seq2SeqBatches(cfg.data, args.split, translator.tokenizer, seed=0, shuffle=False, corpora=[corpus])
+    batches = Seq2SeqBatches(cfg.data, args.split, translator.tokenizer, seed=0, shuffle=False, corpora=[entry])
     losses = validate(translator.model, build_task(cfg.task, translator.tokenizer.vocab_info), batches,
                       translator.device, autocast_dtype=None)
     result = translate_and_score(translator, pairs, args.generation, args.max_sentences, source_lang=source_lang,

@@ -45,8 +45,9 @@ from typing import Any
 import numpy as np
 from filelock import FileLock
 
-from fs2mini.corpus import Corpus, LineChunk, Split, chunk_pairs, corpus_fingerprint, describe_corpus, line_chunks, read_pairs
-from fs2mini.errors import UserError
+from fs2mini.corpus import (DATA_CORPUS, Corpus, LineChunk, Split, chunk_pairs, corpus_fingerprint, describe_corpus, line_chunks,
+                            read_pairs)
+from fs2mini.errors import FieldPath, UserError
 from fs2mini.pipeline import Skipped, chunk
 from fs2mini.tokenizer import Tokenizer
 
@@ -122,11 +123,11 @@ def cache_key(fingerprint: str, tokenizer: Tokenizer) -> str:
     return digest.hexdigest()[:24]
 
 
-def open_or_prepare(corpus: Corpus, split: Split, tokenizer: Tokenizer, cache_dir: Path, *, flag: str = "--data.corpus",
+def open_or_prepare(corpus: Corpus, split: Split, tokenizer: Tokenizer, cache_dir: Path, *, field: FieldPath = DATA_CORPUS,
                     workers: int = 0, chunk_pairs: int = CHUNK_PAIRS) -> PreparedSplit:
     """The prepared `split` of `corpus` for `tokenizer`: from the cache when it is there and intact, else
-    encoded now (with `workers` processes; 0 = one per CPU core) and cached."""
-    fingerprint = corpus_fingerprint(corpus, split, flag)
+    encoded now (with `workers` processes; 0 = one per CPU core) and cached. Messages name the corpus by its config `field`."""
+    fingerprint = corpus_fingerprint(corpus, split, field)
     name = f"{cache_key(fingerprint, tokenizer)}-{split}"
     directory = cache_dir / name
     if cache_dir.exists() and not cache_dir.is_dir():
@@ -144,7 +145,7 @@ def open_or_prepare(corpus: Corpus, split: Split, tokenizer: Tokenizer, cache_di
                 return load(directory)
             print(f"warning: prepared data {directory} is damaged ({problem}); preparing it again", file=sys.stderr)
             shutil.rmtree(directory, ignore_errors=True)
-        _prepare(corpus, split, tokenizer, directory, flag, workers, chunk_pairs)
+        _prepare(corpus, split, tokenizer, directory, field, workers, chunk_pairs)
         return load(directory)
     finally:
         lock.release()
@@ -186,7 +187,7 @@ def _crc32(path: Path) -> int:
     return crc
 
 
-def _prepare(corpus: Corpus, split: Split, tokenizer: Tokenizer, directory: Path, flag: str, workers: int,
+def _prepare(corpus: Corpus, split: Split, tokenizer: Tokenizer, directory: Path, field: FieldPath, workers: int,
              chunk_pairs: int) -> None:
     """Encode the split into a temporary directory beside `directory`, then rename it into place."""
     for leftover in directory.parent.glob(f".{directory.name}.*.tmp"):  # of a killed preparation (we hold the lock)
@@ -199,9 +200,9 @@ def _prepare(corpus: Corpus, split: Split, tokenizer: Tokenizer, directory: Path
         id_dtype = "uint16" if tokenizer.vocab_info.size <= 1 << 16 else "int32"
         # A TSV or aligned-text file is read here as raw lines and parsed by the workers; any other corpus's pairs
         # are read here and only encoded by them.
-        chunks = line_chunks(corpus, split, chunk_pairs, flag)
+        chunks = line_chunks(corpus, split, chunk_pairs, field)
         if chunks is None:
-            chunks = chunk(read_pairs(corpus, split, skipped, flag), chunk_pairs)
+            chunks = chunk(read_pairs(corpus, split, skipped, field), chunk_pairs)
         with _Writer(tmp, id_dtype) as writer, _Progress(what) as progress:
             for encoded in _encoded_chunks(chunks, tokenizer, id_dtype, workers):
                 skipped.add_all(*encoded.pop("skipped"))

@@ -28,8 +28,8 @@ import tyro
 from fs2mini.checkpoint import TrainState
 from fs2mini.components import Components, build_components, build_tokenizer, newest_checkpoint
 from fs2mini.config import TrainConfig, as_started, check_config
-from fs2mini.corpus import CORPORA, corpus_languages, describe_corpus, read_pairs
-from fs2mini.data import DataConfig, Seq2SeqBatch, direction_name
+from fs2mini.corpus import CORPORA, describe_corpus, read_pairs
+from fs2mini.data import DataConfig, RunDirections, Seq2SeqBatch
 from fs2mini.distributed import DistEnv, pick_device
 from fs2mini.errors import UserError, exit_on_user_error
 from fs2mini.metrics import best_effort
@@ -125,7 +125,7 @@ def check(component: str, cfg: TrainConfig) -> None:
     if component not in COMPONENTS:
         raise UserError(f"check: unknown component {component!r}; expected one of {', '.join(COMPONENTS)}")
     cfg = as_started(cfg)
-    check_config(cfg)
+    directions = check_config(cfg)
     device = pick_device(cfg.trainer.device)
     if component == "trainer":
         _check_trainer(cfg, device)
@@ -134,11 +134,11 @@ def check(component: str, cfg: TrainConfig) -> None:
         marks = sorted({1, 10, 100, 1000, cfg.trainer.max_steps // 2, cfg.trainer.max_steps})
         print("lr " + "  ".join(f"step {s}: {lr_at(s):.3e}" for s in marks if s > 0))
     if component in ("tokenizer", "data", "model", "task", "optimizer"):
-        tokenizer = build_tokenizer(cfg)
+        tokenizer = build_tokenizer(cfg, directions)
         if component == "tokenizer":
-            _check_tokenizer(cfg, tokenizer)
+            _check_tokenizer(directions, tokenizer)
             return _done(component, started)
-        parts = build_components(cfg, tokenizer, device)
+        parts = build_components(cfg, directions, tokenizer, device)
         if component == "optimizer":
             print(f"optimizer {parts.optimizer}")
             return _done(component, started)
@@ -169,17 +169,16 @@ def prepare(cfg: TrainConfig) -> None:
     """Train (or find) the tokenizer and prepare every split a run of `cfg` reads, printing where each is cached."""
     started = time.perf_counter()
     cfg = as_started(cfg)
-    check_config(cfg)
-    tokenizer = build_tokenizer(cfg)
+    directions = check_config(cfg)
+    tokenizer = build_tokenizer(cfg, directions)
     data = cfg.data
     print(f"tokenizer {tokenizer.model_path}")
-    for split, corpora in (("train", data.corpora), ("valid", (*data.primary_corpora, *data.zero_shot_corpora)),
-                           ("test", (*data.primary_corpora, *data.zero_shot_corpora))):
-        for corpus in corpora:
-            prepared = open_or_prepare(corpus, split, tokenizer, data.cache_dir, flag=data.flag_of(corpus),
+    for split, corpora in (("train", directions.trained), ("valid", directions.evaluated), ("test", directions.evaluated)):
+        for entry in corpora:
+            prepared = open_or_prepare(entry.corpus, split, tokenizer, data.cache_dir, field=entry.field,
                                        workers=data.prepare_workers)
             size = sum(path.stat().st_size for path in prepared.directory.iterdir())
-            print(f"{describe_corpus(corpus)} {split}: {len(prepared):,} pairs, {size / 1e6:,.1f} MB in {prepared.directory}")
+            print(f"{describe_corpus(entry.corpus)} {split}: {len(prepared):,} pairs, {size / 1e6:,.1f} MB in {prepared.directory}")
     print(f"prepare: OK in {time.perf_counter() - started:.2f}s")
 
 
@@ -187,16 +186,17 @@ def _done(component: str, started: float) -> None:
     print(f"check {component}: OK in {time.perf_counter() - started:.2f}s")
 
 
-def _check_tokenizer(cfg: TrainConfig, tokenizer: Tokenizer) -> None:
-    source_lang, target_lang = corpus_languages(cfg.data.corpus)
+def _check_tokenizer(directions: RunDirections, tokenizer: Tokenizer) -> None:
+    first = directions.trained[0]  # --data.corpus
+    source_lang, target_lang = first.langs
     vocab = tokenizer.vocab_info
-    source, target = next(iter(read_pairs(cfg.data.corpus, "train", Skipped())))
+    source, target = next(iter(read_pairs(first.corpus, "train", Skipped())))
     print(f"tokenizer {tokenizer.model_path}")
     print(f"vocab size {vocab.size} (pad {vocab.pad_idx}, unk {vocab.unk_idx}, bos {vocab.bos_idx}, eos {vocab.eos_idx})")
-    if len(cfg.data.primary_corpora) > 1:
+    if len(directions.primary) > 1:
         print(f"languages {', '.join(tokenizer.langs)} (language tokens "
               f"{', '.join(f'{lang}={i}' for lang, i in tokenizer.lang_ids.items())}); directions "
-              f"{', '.join(direction_name(corpus_languages(corpus)) for corpus in cfg.data.primary_corpora)}")
+              f"{', '.join(entry.name for entry in directions.primary)}")
     print(f"languages {source_lang}→{target_lang}; first training pair:")
     source_ids = tokenizer.encode_source([source], source_lang)[0]
     print(f"source layout: {' '.join(tokenizer.pieces(source_ids))}")

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from fs2mini.checkpoint import TrainState, best_checkpoint_path, checkpoint_path, prune_checkpoints, write_checkpoint
 from fs2mini.components import Components, build_components, newest_checkpoint, run_tokenizer
 from fs2mini.config import TrainConfig, TrainerConfig, as_started, check_config, config_to_json
-from fs2mini.data import Seq2SeqBatch, epoch_batches, run_languages
+from fs2mini.data import RunDirections, Seq2SeqBatch, epoch_batches
 from fs2mini.distributed import (DistEnv, all_reduce_max, all_reduce_sum, barrier, full_state_dicts, gradient_sync, init_distributed,
                                  shutdown, weights_finite)
 from fs2mini.errors import UserError, finite
@@ -110,8 +110,8 @@ def train(cfg: TrainConfig) -> Path:
     check_config(cfg)
     env, device = init_distributed(cfg.trainer.device)
     try:
-        check_config(cfg, env)
-        run_dir = _train(cfg, env, device)
+        directions = check_config(cfg, env)
+        run_dir = _train(cfg, directions, env, device)
         barrier(env)  # leave together: a rank tearing down Gloo while a peer still talks to it aborts
         return run_dir
     except RuntimeError as err:
@@ -123,21 +123,21 @@ def train(cfg: TrainConfig) -> Path:
         shutdown(env)
 
 
-def _train(cfg: TrainConfig, env: DistEnv, device: torch.device) -> Path:
+def _train(cfg: TrainConfig, directions: RunDirections, env: DistEnv, device: torch.device) -> Path:
     check_writable(cfg.run_dir)
     # Rank 0 holds the directory's lock for the whole run; a failure before the first write leaves it as it was.
     with RunDirectory(cfg.run_dir) if env.is_main else contextlib.nullcontext():
-        return _train_locked(cfg, env, device)
+        return _train_locked(cfg, directions, env, device)
 
 
-def _train_locked(cfg: TrainConfig, env: DistEnv, device: torch.device) -> Path:
+def _train_locked(cfg: TrainConfig, directions: RunDirections, env: DistEnv, device: torch.device) -> Path:
     tc, run_dir = cfg.trainer, cfg.run_dir
     checkpoint = newest_checkpoint(cfg, env)
     init = None  # a new run started from another model's weights (--init); a resume continues from its own
     if checkpoint is None and cfg.init is not None:
-        init = read_init(cfg.init, run_languages(cfg.data), cfg.lang_map, cfg.add_languages, config_to_json(cfg)["model"])
-    tokenizer = init.tokenizer if init is not None else run_tokenizer(cfg, checkpoint, env)
-    parts = build_components(cfg, tokenizer, device, env, checkpoint, init.weights if init is not None else None)
+        init = read_init(cfg.init, directions.languages, cfg.lang_map, cfg.add_languages, config_to_json(cfg)["model"])
+    tokenizer = init.tokenizer if init is not None else run_tokenizer(cfg, directions, checkpoint, env)
+    parts = build_components(cfg, directions, tokenizer, device, env, checkpoint, init.weights if init is not None else None)
     init_message = init.message() if init is not None else None
     del init  # its weights are the model's now (or were copied into it): not held twice for the whole run
     state = TrainState.resumed(checkpoint, device) if checkpoint is not None else TrainState()

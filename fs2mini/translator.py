@@ -20,8 +20,7 @@ import torch
 
 from fs2mini.checkpoint import TOKENIZER, checkpoint_step, find_checkpoints, load_first_readable, load_weights
 from fs2mini.config import load_config
-from fs2mini.corpus import corpus_languages
-from fs2mini.data import run_languages
+from fs2mini.data import run_directions
 from fs2mini.distributed import pick_device
 from fs2mini.errors import UserError
 from fs2mini.generation import GenerationConfig, Hypothesis, check_generation_config, generate
@@ -91,8 +90,8 @@ class Translator:
             translator.source_lang, translator.target_lang = translator.languages(source_lang, target_lang)
             return translator
         cfg = load_config(run_dir / CONFIG_FILE)
-        run_langs = run_languages(cfg.data)
-        directions = [corpus_languages(corpus) for corpus in cfg.data.primary_corpora]
+        run = run_directions(cfg.data)
+        run_langs, directions = run.languages, run.directions
         imported = (run_dir / LAYOUT_FILE).is_file()  # an NLLB/M2M100 layout knows more codes than the run's corpus
         if not imported:  # an unknown language is refused before the checkpoint is loaded
             check_languages(run_langs, source_lang, target_lang)

@@ -16,7 +16,7 @@ from torch import nn
 
 from fs2mini.checkpoint import write_atomically
 from fs2mini.config import TrainConfig, sharded
-from fs2mini.corpus import corpus_languages, describe_corpus
+from fs2mini.corpus import describe_corpus
 from fs2mini.data import Seq2SeqBatches, collate, direction_name
 from fs2mini.distributed import DistEnv, all_reduce_max, all_reduce_sum, unwrap
 from fs2mini.errors import UserError
@@ -98,21 +98,20 @@ class Validator:
         self.translations_dir = cfg.run_dir / TRANSLATIONS_DIR
         """Each validation's translations, `valid_step_XXXXXXXX.tsv` (source, reference, hypothesis per line)."""
         tc, data = cfg.trainer, cfg.data
-        corpora = [*data.primary_corpora, *data.zero_shot_corpora]
-        self.languages = [corpus_languages(corpus) for corpus in corpora]
-        self.names = [direction_name(langs) + (" (zero-shot)" if index >= len(data.primary_corpora) else "")
-                      for index, langs in enumerate(self.languages)]
-        self.trained = len(data.primary_corpora)
+        corpora = parts.directions.evaluated
+        self.languages = [entry.langs for entry in corpora]
+        self.names = [entry.name + (" (zero-shot)" if entry.zero_shot else "") for entry in corpora]
+        self.trained = len(parts.directions.primary)
         self.several = len(corpora) > 1
         shard = {"rank": env.rank, "world_size": env.world_size}
-        self.batches = [Seq2SeqBatches(data, "valid", parts.tokenizer, seed=tc.seed, shuffle=False, corpora=[corpus], **shard)
-                        for corpus in corpora] if self.several else [parts.valid_batches]
+        self.batches = [Seq2SeqBatches(data, "valid", parts.tokenizer, seed=tc.seed, shuffle=False, corpora=[entry], **shard)
+                        for entry in corpora] if self.several else [parts.valid_batches]
         self.translates = tc.valid_translate_sentences != 0 and not sharded(tc, env)
         if self.translates and env.is_main:  # only rank 0 translates
             count = None if tc.valid_translate_sentences == "all" else tc.valid_translate_sentences
             self.pairs = [batches.text_pairs(count) for batches in self.batches]  # (from the prepared split: no corpus re-read)
             self.translator = Translator(unwrap(parts.model), parts.tokenizer, *self.languages[0],
-                                         directions=self.languages[:self.trained])
+                                         directions=parts.directions.directions)
             self.generation = GenerationConfig(beam_size=tc.valid_beam_size)
 
     def __call__(self, step: int, elapsed_s: float) -> dict[str, float]:

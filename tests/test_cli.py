@@ -40,6 +40,19 @@ def test_corpus_is_a_subcommand_and_a_recipe_default_is_kept():
     assert isinstance(cfg.data.corpus, TsvCorpus) and str(cfg.data.corpus.path) == "x.tsv"
 
 
+def test_cli_flag_spells_a_field_as_tyro_parses_it():
+    """Messages name a setting by `cli_flag(*field)`: the very flag that sets it, tuple entries by their index."""
+    from fs2mini.corpus import BibleCorpus
+    from fs2mini.data import DataConfig
+    from fs2mini.errors import cli_flag
+
+    assert cli_flag("data", "more_corpora", 2, "target_bible") == "--data.more-corpora.2.target-bible"
+    default = TrainConfig(data=DataConfig(more_corpora=(BibleCorpus("k", "e"),)))
+    cfg = parse_config(default, [cli_flag("data", "more_corpora", 0, "target_bible"), "s",
+                                 cli_flag("data", "max_tokens"), "512"], "")
+    assert cfg.data.more_corpora[0].target_bible == "s" and cfg.data.max_tokens == 512
+
+
 def run_cli(*args, cwd=None):
     env = {**os.environ, "COLUMNS": "100"}  # one column of help boxes
     return subprocess.run([sys.executable, "-m", "fs2mini.train", *args], capture_output=True, text=True, cwd=cwd, env=env)

@@ -62,7 +62,7 @@ def test_missing_tsv_split_file_names_its_flag(tmp_path):
     corpus = TsvCorpus(path=write(tmp_path / "train.tsv", ["a\tb"]), valid_path=tmp_path / "nope.tsv")
     with pytest.raises(UserError, match=r"^--data.more-corpora.0.valid-path .*nope.tsv does not exist; expected a TSV "
                                         r"file of validation pairs"):
-        read_pairs(corpus, "train", Skipped(), "--data.more-corpora.0")
+        read_pairs(corpus, "train", Skipped(), ("data", "more_corpora", 0))
 
 
 def test_tsv_split_file_that_is_the_training_file_is_refused(tmp_path):

@@ -15,7 +15,7 @@ from sacrebleu.metrics import BLEU
 from conftest import tiny_config
 from fs2mini.config import check_config, load_config
 from fs2mini.corpus import BibleCorpus, TsvCorpus
-from fs2mini.data import DataConfig, Seq2SeqBatches, run_languages, sampling_probabilities
+from fs2mini.data import DataConfig, RunCorpus, Seq2SeqBatches, run_directions, sampling_probabilities
 from fs2mini.errors import UserError
 from fs2mini.evaluate import main as evaluate_main
 from fs2mini.optim import CosineConfig
@@ -163,7 +163,7 @@ def test_empty_valid_split_of_a_direction_is_named(reversal_tsv, reversal_tokeni
 
     cfg = tiny_config(reversal_tsv, tmp_path / "run", tmp_path / "cache")
     empty = TsvCorpus(path=reversal_tsv, valid_percent=0.0)  # eng→fra, nothing held out
-    batches = Seq2SeqBatches(cfg.data, "valid", reversal_tokenizer, seed=0, shuffle=False, corpora=[empty])
+    batches = Seq2SeqBatches(cfg.data, "valid", reversal_tokenizer, seed=0, shuffle=False, corpora=[RunCorpus.of(empty)])
     model = cfg.model.build(reversal_tokenizer.vocab_info)
     with pytest.raises(UserError, match=r"^the valid split of direction eng-fra \(.*reverse.tsv\) has no usable"):
         validate(model, build_task(cfg.task, reversal_tokenizer.vocab_info), batches, torch.device("cpu"), autocast_dtype=None)
@@ -171,8 +171,8 @@ def test_empty_valid_split_of_a_direction_is_named(reversal_tsv, reversal_tokeni
 
 def test_tokenizer_has_every_language_token_and_balanced_text(two_direction_run):
     cfg = load_config(two_direction_run / "config.json")
-    assert run_languages(cfg.data) == ("src", "rev", "cpy")
-    tokenizer = Tokenizer(two_direction_run / "tokenizer.model", run_languages(cfg.data))
+    assert run_directions(cfg.data).languages == ("src", "rev", "cpy")
+    tokenizer = Tokenizer(two_direction_run / "tokenizer.model", run_directions(cfg.data).languages)
     assert len(set(tokenizer.lang_ids.values())) == 3 and tokenizer.sp.unk_id() not in tokenizer.lang_ids.values()
     balanced = balanced_sentences({"big": [f"b{i}" for i in range(100)], "small": ["s0", "s1"]}, 1000)
     assert Counter(s[0] for s in balanced) == {"b": 100, "s": 100}  # the small language repeated to the same share
@@ -184,7 +184,7 @@ def test_sampling_temperature_flattens_the_mix_of_directions(two_direction_run, 
     assert sampling_probabilities([300, 100], 1.0) == pytest.approx([0.75, 0.25])
     assert sampling_probabilities([300, 100], 1e9) == pytest.approx([0.5, 0.5])
     cfg = load_config(two_direction_run / "config.json")
-    tokenizer = Tokenizer(two_direction_run / "tokenizer.model", run_languages(cfg.data))
+    tokenizer = Tokenizer(two_direction_run / "tokenizer.model", run_directions(cfg.data).languages)
     shares = {}
     for temperature in (1.0, 100.0):
         data = dataclasses.replace(cfg.data, sampling_temperature=temperature)
@@ -205,7 +205,7 @@ def test_sampling_probabilities_at_a_small_temperature():
 
 def test_repeated_passes_of_a_direction_count_their_skips_once(two_direction_run, capsys):
     cfg = load_config(two_direction_run / "config.json")
-    tokenizer = Tokenizer(two_direction_run / "tokenizer.model", run_languages(cfg.data))
+    tokenizer = Tokenizer(two_direction_run / "tokenizer.model", run_directions(cfg.data).languages)
     data = dataclasses.replace(cfg.data, sampling_temperature=100.0, max_source_len=10)
     once = Seq2SeqBatches(data, "train", tokenizer, seed=1, shuffle=False)  # each direction once, in turn
     one_pass = Counter(int(batch.target_input[0, 1]) for batch in once)
@@ -214,6 +214,21 @@ def test_repeated_passes_of_a_direction_count_their_skips_once(two_direction_run
     assert ids[tokenizer.lang_ids["cpy"]] > 1.5 * one_pass[tokenizer.lang_ids["cpy"]]  # cpy was repeated
     assert sampled.skipped == once.skipped and sum(once.skipped.values()) > 0
     assert capsys.readouterr().err.count("warning: skipped") == 2  # once per epoch 0 of each, at its end
+
+
+def test_run_directions_are_derived_once_with_the_field_of_each_corpus(corpora, tmp_path):
+    """Trained corpora, each direction's first one, zero-shot ones and the languages, each corpus named by its field."""
+    reverse, copy = corpora
+    tagged = dataclasses.replace(reverse, tag="<BT>")  # more data of src→rev: trained, neither validated nor translated
+    zero_shot = dataclasses.replace(copy, source_lang="rev", target_lang="cpy")
+    data = DataConfig(corpus=reverse, more_corpora=(copy, tagged), zero_shot_corpora=(zero_shot,))
+    run = check_config(dataclasses.replace(two_direction_config(corpora, tmp_path / "run", tmp_path / "cache"), data=data))
+    assert [entry.flag for entry in run.trained] == ["--data.corpus", "--data.more-corpora.0", "--data.more-corpora.1"]
+    assert [entry.corpus for entry in run.primary] == [reverse, copy]
+    assert run.directions == (("src", "rev"), ("src", "cpy")) and run.languages == ("src", "rev", "cpy")
+    assert [(entry.flag, entry.name, entry.zero_shot) for entry in run.zero_shot] == [("--data.zero-shot-corpora.0", "rev-cpy", True)]
+    assert [entry.name for entry in run.evaluated] == ["src-rev", "src-cpy", "rev-cpy"]
+    assert run_directions(DataConfig(corpus=reverse)).languages == ("src", "rev")
 
 
 def test_old_single_pair_config_json_still_loads(tmp_path, reversal_tsv, tokenizer_cache):
@@ -225,7 +240,7 @@ def test_old_single_pair_config_json_still_loads(tmp_path, reversal_tsv, tokeniz
     (tmp_path / "config.json").write_text(json.dumps(raw))
     cfg = load_config(tmp_path / "config.json")
     assert cfg.data.more_corpora == () and cfg.data.sampling_temperature == 1.0
-    assert run_languages(cfg.data) == ("eng", "fra")
+    assert run_directions(cfg.data).languages == ("eng", "fra")
 
 
 @pytest.mark.parametrize("change, message", [
@@ -265,7 +280,7 @@ def test_missing_file_of_a_direction_is_named_by_its_flag(corpora, tmp_path, ent
     cfg = two_direction_config(corpora, tmp_path / "run", tmp_path / "cache")
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, more_corpora=(corpora[1], entry(tmp_path))))
     with pytest.raises(UserError, match=message):
-        build_tokenizer(cfg)
+        build_tokenizer(cfg, run_directions(cfg.data))
 
 
 def test_direction_without_training_pairs_is_named_before_tokenizer_training(corpora, tmp_path):
