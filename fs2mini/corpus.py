@@ -493,16 +493,16 @@ def chunk_pairs(chunk: LineChunk, skipped: Skipped) -> list[tuple[str, str]]:
         split_by_hash = corpus.valid_path is None and corpus.test_path is None
         return list(_tsv_pairs(lines, path, corpus, chunk.split if split_by_hash else None, skipped))
     sides = [decode_raw_lines(lines, chunk.first_line, path, 0) for lines, path in zip(chunk.lines, chunk.paths)]
-    return list(_aligned_pairs(*sides, *chunk.paths, skipped))
+    return list(aligned_pairs(*sides, *chunk.paths, skipped))
 
 
 def _read_parallel_pairs(corpus: ParallelTextCorpus, split: Split, skipped: Skipped) -> Iterator[tuple[str, str]]:
     return _pairs_of_chunks(line_chunks(corpus, split, READ_CHUNK_LINES), skipped)
 
 
-def _aligned_pairs(sources: Iterator[tuple[int, str, str | None]], targets: Iterator[tuple[int, str, str | None]],
-                   source_path: Path, target_path: Path, skipped: Skipped) -> Iterator[tuple[str, str]]:
-    """Line i of `sources` with line i of `targets` (as many of each: `_aligned_line_chunks` checked); a pair
+def aligned_pairs(sources: Iterator[tuple[int, str, str | None]], targets: Iterator[tuple[int, str, str | None]],
+                  source_path: Path, target_path: Path, skipped: Skipped) -> Iterator[tuple[str, str]]:
+    """Line i of `sources` with line i of `targets` (as many of each: the caller checked); a pair
     with a bad or empty side is skipped whole (and counted at that side's file:line), so every later pair
     stays aligned."""
     for source_line, target_line in zip(sources, targets):

@@ -1,8 +1,10 @@
 """Command line: `python -m fs2mini.evaluate RUN_DIR --split test`: loss, perplexity, BLEU and chrF of a run.
 
 It adds to `fs2mini.scoring` (BLEU and chrF with sacrebleu, also what validation reports) the teacher-forced
-loss and perplexity of the same split, and writes sources, references, hypotheses and scores to files
-for a closer look.
+loss and perplexity of the same split and the off-target rate (fs2mini/langid.py), and writes sources,
+references, hypotheses and scores to files for a closer look. Pairs left out (an empty line on either side,
+a line that is not UTF-8) are counted on stderr and in the JSON, since a score over fewer pairs than the test
+set has is not the test set's score.
 """
 
 from __future__ import annotations
@@ -13,18 +15,19 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, get_args
+from typing import Annotated, Literal, get_args
 
 import tyro
 
 from fs2mini.config import TrainConfig, load_config
-from fs2mini.corpus import Split, describe_corpus, read_pairs
+from fs2mini.corpus import READ_CHUNK_LINES, Split, aligned_pairs, describe_corpus, read_pairs
 from fs2mini.data import RunCorpus, RunDirections, Seq2SeqBatches, run_directions
 from fs2mini.errors import UserError, exit_on_user_error
 from fs2mini.generation import GenerationConfig, check_generation_config
-from fs2mini.pipeline import Skipped, read_text
+from fs2mini.langid import require_identifier
+from fs2mini.pipeline import Skipped, decode_raw_lines, raw_line_chunks
 from fs2mini.rundir import CONFIG_FILE, EVAL_DIR
-from fs2mini.scoring import translate_and_score
+from fs2mini.scoring import check_bleu_tokenize, translate_and_score
 from fs2mini.task import build_task
 from fs2mini.translate import use_utf8
 from fs2mini.translator import Translator
@@ -44,12 +47,14 @@ class AlignedFiles:
         return self.langs
 
     def read_pairs(self, split: Split, skipped: Skipped) -> list[tuple[str, str]]:
-        sources = [line.strip() for _, line in read_text(self.source, skipped)]
-        references = [line.strip() for _, line in read_text(self.reference, skipped)]
+        """Line i of --source with line i of --reference; a pair with an empty or unreadable side is left out
+        (whole, so the later pairs stay aligned) and counted in `skipped` at its file:line."""
+        sources, references = ([line for first, block in raw_line_chunks(path, READ_CHUNK_LINES)
+                                for line in decode_raw_lines(block, first, path, 0)] for path in (self.source, self.reference))
         if len(sources) != len(references):
             raise UserError(f"--source {self.source} has {len(sources)} lines but --reference {self.reference} has "
                             f"{len(references)}; expected aligned files, one sentence per line")
-        return [(s, r) for s, r in zip(sources, references) if s and r]
+        return list(aligned_pairs(iter(sources), iter(references), self.source, self.reference, skipped))
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,12 @@ class EvaluateArgs:
     target_lang: str | None = None
     """Language of --reference, any of the run's (default: the run's first direction). Without --source: score only the
     run's directions into it (and from --source-lang), instead of every one."""
+    bleu_tokenize: str | None = None
+    """sacrebleu's tokenizer for BLEU (13a, intl, char, zh, ja-mecab, ko-mecab, ...); default by target language:
+    zh for Chinese, ja-mecab for Japanese, ko-mecab for Korean (char without MeCab), 13a for the others."""
+    off_target: Literal["auto", "always", "never"] = "auto"
+    """Off-target rate (translations not in the target language, by py3langid): auto = where the target language has
+    an identifier model, always = a target language without one is an error, never = not measured."""
     generation: Annotated[GenerationConfig, tyro.conf.arg(name="")] = GenerationConfig()
 
 
@@ -95,6 +106,7 @@ def evaluate(args: EvaluateArgs) -> dict:
         raise UserError(f"--max-sentences must be a positive integer, got {args.max_sentences}")
     if (args.source is None) != (args.reference is None):
         raise UserError("--source and --reference go together: a file of sentences to translate and their references")
+    check_bleu_tokenize(args.bleu_tokenize)
     from fs2mini.ctranslate import is_ctranslate2_dir
 
     if is_ctranslate2_dir(args.run_dir):
@@ -108,6 +120,7 @@ def evaluate(args: EvaluateArgs) -> dict:
         translator = Translator.from_run(args.run_dir, args.checkpoint, args.device, source_lang=args.source_lang,
                                          target_lang=args.target_lang)
         langs = (translator.source_lang, translator.target_lang)
+        _check_off_target(args, [langs[1]])
         cfg = load_config(args.run_dir / CONFIG_FILE)
         return _evaluate_direction(args, translator, cfg, RunCorpus.of(AlignedFiles(args.source, args.reference, langs)), output)
     # The run's own split: every direction, or those that --source-lang / --target-lang name.
@@ -115,6 +128,7 @@ def evaluate(args: EvaluateArgs) -> dict:
     cfg = load_config(args.run_dir / CONFIG_FILE)
     run = run_directions(cfg.data)
     corpora = _chosen_directions(args, run)
+    _check_off_target(args, [entry.langs[1] for entry in corpora])
     if len(run.primary) == 1 and not run.zero_shot:
         return _evaluate_direction(args, translator, cfg, run.primary[0], output)
     # Several directions: each scored into its own files, then their average (zero-shot ones apart).
@@ -124,21 +138,21 @@ def evaluate(args: EvaluateArgs) -> dict:
         records[entry.name] = _evaluate_direction(args, translator, cfg, entry, output.with_name(f"{output.stem}.{entry.name}.hyp"))
     trained = [entry.name for entry in corpora if not entry.zero_shot]
     zero_shot = [name for name in records if name not in trained]
-    # Loss, nll and ppl per target token over the trained directions, as validation's overall loss; BLEU and chrF
-    # their plain mean. None when only zero-shot directions were chosen.
+    # Loss, nll and ppl per target token over the trained directions, as validation's overall loss; BLEU, chrF and
+    # the off-target rate their plain mean (the rate where every one has it). None when only zero-shot directions were chosen.
     losses = [{key: records[name][key] for key in ("loss", "nll", "ppl", "tokens")} for name in trained]
-    average = {**combine_losses(losses),
-               **{key: sum(records[name][key] for name in trained) / len(trained) for key in ("bleu", "chrf", "chrf_pp")}
+    means = ("bleu", "chrf", "chrf_pp") + (("off_target",) if all(records[name]["off_target"] is not None for name in trained) else ())
+    average = {**combine_losses(losses), **{key: sum(records[name][key] for name in trained) / len(trained) for key in means}
                } if trained else None
     summary = {"run_dir": str(args.run_dir), "checkpoint": str(translator.checkpoint_path), "step": translator.step,
                "split": args.split, "directions": records, "average": average, "zero_shot": zero_shot}
     _write(output.with_suffix(".json"), json.dumps(summary, indent=2) + "\n", output)
     if average is not None:
         print(f"--- average of {len(trained)} trained directions: loss {average['loss']:.4f}  BLEU {average['bleu']:.2f}  "
-              f"chrF {average['chrf']:.2f}  chrF++ {average['chrf_pp']:.2f}")
+              f"chrF {average['chrf']:.2f}  chrF++ {average['chrf_pp']:.2f}" + _off_target_text(average.get("off_target")))
     for name in records:
         print(f"{name:>12}{' (zero-shot)' if name in zero_shot else '':12}  loss {records[name]['loss']:.4f}  "
-              f"BLEU {records[name]['bleu']:.2f}  chrF {records[name]['chrf']:.2f}")
+              f"BLEU {records[name]['bleu']:.2f}  chrF {records[name]['chrf']:.2f}" + _off_target_text(records[name]["off_target"]))
     print(f"wrote {output.with_suffix('.json')} (every direction scored" + (" and their average)" if average else ")"))
     return summary
 
@@ -154,6 +168,17 @@ def _chosen_directions(args: EvaluateArgs, run: RunDirections) -> list[RunCorpus
         raise UserError(f"{flags}: no direction of the run matches; expected one of "
                         f"{', '.join(entry.name for entry in everything)}")
     return chosen
+
+
+def _check_off_target(args: EvaluateArgs, target_langs: list[str]) -> None:
+    """--off-target always: every target language needs an identifier model (checked before anything is translated)."""
+    if args.off_target == "always":
+        for lang in target_langs:
+            require_identifier(lang, "--off-target always")
+
+
+def _off_target_text(rate: float | None) -> str:
+    return "" if rate is None else f"  off-target {rate:.1%}"
 
 
 def _write(path: Path, text: str, output: Path) -> None:
@@ -177,7 +202,8 @@ def _evaluate_direction(args: EvaluateArgs, translator: Translator, cfg: TrainCo
     losses = validate(translator.model, build_task(cfg.task, translator.tokenizer.vocab_info), batches,
                       translator.device, autocast_dtype=None)
     result = translate_and_score(translator, pairs, args.generation, args.max_sentences, source_lang=source_lang,
-                                 target_lang=target_lang)
+                                 target_lang=target_lang, bleu_tokenize=args.bleu_tokenize,
+                                 measure_off_target=args.off_target != "never")
     scores = result.scores
 
     paths = {suffix: output.with_suffix(suffix) for suffix in (".src", ".ref", ".hyp", ".json")}
@@ -186,10 +212,12 @@ def _evaluate_direction(args: EvaluateArgs, translator: Translator, cfg: TrainCo
         "split": args.split if args.source is None else None,
         "source": str(args.source) if args.source else None, "reference": str(args.reference) if args.reference else None,
         "source_lang": source_lang, "target_lang": target_lang, "pairs": len(pairs), "translated": len(result.hypotheses),
+        "dropped_pairs": sum(skipped.values()), "dropped": dict(skipped.most_common()),
         **losses, "bleu": scores.bleu, "chrf": scores.chrf, "chrf_pp": scores.chrf_pp, "precisions": list(scores.precisions),
         "brevity_penalty": scores.brevity_penalty, "length_ratio": scores.length_ratio,
         "bleu_signature": scores.bleu_signature, "chrf_signature": scores.chrf_signature,
-        "chrf_pp_signature": scores.chrf_pp_signature,
+        "chrf_pp_signature": scores.chrf_pp_signature, "bleu_tokenize": scores.bleu_tokenize,
+        "bleu_tokenize_note": scores.bleu_tokenize_note, "off_target": result.off_target,
         "generation": dataclasses.asdict(args.generation),
     }
     try:
@@ -201,14 +229,22 @@ def _evaluate_direction(args: EvaluateArgs, translator: Translator, cfg: TrainCo
         raise UserError(f"--output {output}: cannot write ({err.strerror}); expected a writable location") from None
 
     what = f"split {args.split}" if args.source is None else f"{args.source} / {args.reference}"
-    print(f"run {args.run_dir} | checkpoint {translator.checkpoint_path} (step {translator.step}) | {what}: {len(pairs)} pairs")
+    if skipped:  # never silently: a score over fewer pairs is not the test set's
+        print(f"dropped {record['dropped_pairs']} of {record['dropped_pairs'] + len(pairs)} pairs of {what} "
+              f"(direction {entry.name}): {skipped.summary()}", file=sys.stderr)
+    print(f"run {args.run_dir} | checkpoint {translator.checkpoint_path} (step {translator.step}) | {what}: {len(pairs)} pairs"
+          + (f" ({record['dropped_pairs']} dropped)" if skipped else ""))
     print(f"loss {losses['loss']:.4f}  nll {losses['nll']:.4f}  ppl {losses['ppl']:.3f}  "
           f"(teacher-forced over {losses['tokens']} target tokens)")
     print(f"BLEU {scores.bleu:.2f}  chrF {scores.chrf:.2f}  chrF++ {scores.chrf_pp:.2f}  ({len(result.hypotheses)} sentences, "
           f"beam {args.generation.beam_size})")
     print(f"n-gram precisions {' / '.join(f'{p:.1f}' for p in scores.precisions)}  brevity penalty "
           f"{scores.brevity_penalty:.3f}  hyp/ref length {scores.length_ratio:.3f}")
-    print(f"BLEU signature: {scores.bleu_signature}")
+    if result.off_target is not None:
+        print(f"off-target {result.off_target:.1%}: translations py3langid does not identify as {target_lang}")
+    elif args.off_target == "auto":
+        print(f"off-target rate not measured: {target_lang} has no identifier model (py3langid)")
+    print(f"BLEU signature: {scores.bleu_signature}" + (f"  (note: {scores.bleu_tokenize_note})" if scores.bleu_tokenize_note else ""))
     print(f"chrF signature: {scores.chrf_signature}")
     print(f"chrF++ signature: {scores.chrf_pp_signature}")
     print(f"wrote {paths['.hyp']} (and .src, .ref, .json next to it)")

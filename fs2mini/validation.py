@@ -89,7 +89,9 @@ class Validator:
     A run of several directions (zero-shot ones included) is validated direction by direction:
     `metrics.jsonl` gets `eng-fra/loss`, `eng-fra/bleu`, ... next to the overall `loss` (per target
     token over the trained directions) and `bleu`/`chrf` (their mean); zero-shot directions are
-    reported but count in neither."""
+    reported but count in neither. A run into several target languages also gets each direction's
+    off-target rate (`eng-fra/off_target`: translations not in the target language, fs2mini/langid.py;
+    for target languages py3langid knows) and their mean, `off_target`, where every trained one has it."""
 
     def __init__(self, cfg: TrainConfig, parts: Components, env: DistEnv, device: torch.device,
                  metrics: RunLog | None, display: ProgressDisplay) -> None:
@@ -103,6 +105,8 @@ class Validator:
         self.names = [entry.name + (" (zero-shot)" if entry.zero_shot else "") for entry in corpora]
         self.trained = len(parts.directions.primary)
         self.several = len(corpora) > 1
+        self.off_target = len({target for _, target in self.languages}) > 1
+        """Measure off-target rates: only into several languages, where answering in the wrong one is the failure to watch."""
         shard = {"rank": env.rank, "world_size": env.world_size}
         self.batches = [Seq2SeqBatches(data, "valid", parts.tokenizer, seed=tc.seed, shuffle=False, corpora=[entry], **shard)
                         for entry in corpora] if self.several else [parts.valid_batches]
@@ -120,16 +124,20 @@ class Validator:
         samples = []
         if self.translates and step > 0:  # an untrained model's output runs to the length limit and scores ~0
             # Rank 0 translates (the unwrapped replica, no collectives); the scores reach every rank.
-            evaluations = [translate_and_score(self.translator, pairs, self.generation, source_lang=langs[0],
-                                               target_lang=langs[1]) for pairs, langs in zip(self.pairs, self.languages)
-                           ] if self.env.is_main else [None] * len(each)
+            evaluations = [translate_and_score(self.translator, pairs, self.generation, source_lang=langs[0], target_lang=langs[1],
+                                               measure_off_target=self.off_target)
+                           for pairs, langs in zip(self.pairs, self.languages)] if self.env.is_main else [None] * len(each)
+            keys = ("bleu", "chrf", "length_ratio") + (("off_target",) if self.off_target else ())
+            # Rank 0's values, the others' zeros; NaN: not measured (a target language without an identifier model).
             scores = all_reduce_sum([value for evaluation in evaluations for value in (
-                [evaluation.scores.bleu, evaluation.scores.chrf, evaluation.scores.length_ratio] if evaluation else [0.0] * 3)],
-                self.env, self.device)
+                [evaluation.scores.bleu, evaluation.scores.chrf, evaluation.scores.length_ratio,
+                 math.nan if evaluation.off_target is None else evaluation.off_target][:len(keys)]
+                if evaluation else [0.0] * len(keys))], self.env, self.device)
             for index, direction in enumerate(each):
-                direction.update(bleu=scores[3 * index], chrf=scores[3 * index + 1], length_ratio=scores[3 * index + 2])
-            for key in ("bleu", "chrf", "length_ratio"):
-                result[key] = sum(direction[key] for direction in each[:self.trained]) / self.trained
+                direction.update({key: value for key, value in zip(keys, scores[len(keys) * index:]) if not math.isnan(value)})
+            for key in keys:
+                if all(key in direction for direction in each[:self.trained]):
+                    result[key] = sum(direction[key] for direction in each[:self.trained]) / self.trained
             if self.env.is_main:
                 samples = [list(zip(evaluation.hypotheses, evaluation.references))[:VALIDATION_SAMPLES if not self.several else 1]
                            for evaluation in evaluations]
@@ -160,4 +168,5 @@ class Validator:
 def _scores_line(result: dict[str, float]) -> str:
     return (f"loss {result['loss']:.3f}  nll {result['nll']:.3f}  ppl {result['ppl']:.2f}"
             + (f"  BLEU {result['bleu']:.2f}  chrF {result['chrf']:.2f}  hyp/ref length {result['length_ratio']:.3f}"
-               if "bleu" in result else ""))
+               if "bleu" in result else "")
+            + (f"  off-target {result['off_target']:.1%}" if "off_target" in result else ""))

@@ -92,3 +92,69 @@ def test_any_test_set_is_scored_from_two_aligned_files_with_chrf_plus_plus(train
         evaluate(EvaluateArgs(trained_reversal_run, source=tmp_path / "my.src", reference=tmp_path / "short.ref"))
     with pytest.raises(UserError, match="--source and --reference go together"):
         evaluate(EvaluateArgs(trained_reversal_run, source=tmp_path / "my.src"))
+
+
+def test_bleu_tokenizer_follows_the_target_language(monkeypatch):
+    from fs2mini import scoring
+    from fs2mini.scoring import bleu_tokenizer
+
+    assert [bleu_tokenizer(lang)[0] for lang in ("zho", "zho_Hans", "cmn", "fra", "eng_Latn", "rev")] == [
+        "zh", "zh", "zh", "13a", "13a", "13a"]
+    assert bleu_tokenizer(None) == ("13a", None) and bleu_tokenizer("jpn", "char") == ("char", None)
+    # MeCab where the cjk extra is installed (make install installs it), else per character with a note.
+    assert bleu_tokenizer("jpn") in (("ja-mecab", None), ("char", "BLEU into jpn uses sacrebleu's char tokenizer: ja-mecab "
+                                                                   "is not installed (pip install 'fs2mini[cjk]')"))
+    assert bleu_tokenizer("kor_Hang")[0] in ("ko-mecab", "char")
+    monkeypatch.setattr(scoring, "_tokenizer_problem", lambda name: "no MeCab" if "mecab" in name else None)
+    assert bleu_tokenizer("kor")[0] == "char" and "ko-mecab is not installed" in bleu_tokenizer("kor")[1]
+    assert bleu_tokenizer("zho")[0] == "zh"
+
+
+def test_bleu_into_japanese_and_chinese_counts_words_not_sentences():
+    hypothesis, reference = "初めに、神は天と地を創造された。", "初めに、神は天と地を造られた。"
+    assert score_translations([hypothesis], [reference]).bleu == 0.0  # 13a: each sentence one "word"
+    japanese = score_translations([hypothesis], [reference], "jpn")
+    assert japanese.bleu > 30 and f"tok:{japanese.bleu_tokenize}" in japanese.bleu_signature
+    assert japanese.bleu_tokenize in ("ja-mecab", "char")
+    chinese = score_translations(["起初神创造天地。"], ["起初，神创造天地。"], "zho_Hans")
+    assert chinese.bleu > 40 and "tok:zh" in chinese.bleu_signature and chinese.bleu_tokenize_note is None
+
+
+def test_bleu_tokenize_flag_overrides_and_off_target_is_reported(trained_reversal_run, tmp_path, capsys):
+    from fs2mini.langid import off_target_rate
+
+    output = tmp_path / "char" / "test.hyp"
+    main([str(trained_reversal_run), "--max-sentences", "20", "--bleu-tokenize", "char", "--output", str(output)])
+    report = capsys.readouterr().out
+    record = json.loads(output.with_suffix(".json").read_text())
+    assert record["bleu_tokenize"] == "char" and "tok:char" in record["bleu_signature"] and record["bleu_tokenize_note"] is None
+    assert "BLEU signature: nrefs:1|case:mixed|eff:no|tok:char" in report
+    hypotheses = output.read_text(encoding="utf-8").splitlines()
+    assert record["off_target"] == off_target_rate(hypotheses, "fra", ["eng", "fra"]) and 0.0 <= record["off_target"] <= 1.0
+    assert f"off-target {record['off_target']:.1%}: translations py3langid does not identify as fra" in report
+    main([str(trained_reversal_run), "--max-sentences", "5", "--off-target", "never", "--output", str(output)])
+    assert json.loads(output.with_suffix(".json").read_text())["off_target"] is None
+    assert "off-target" not in capsys.readouterr().out
+
+
+def test_unknown_bleu_tokenize_is_one_error_line_before_loading(tmp_path, capsys):
+    code, err = run_main([str(tmp_path / "no-run"), "--bleu-tokenize", "mecab"], capsys)
+    assert code == 2 and err == ("error: --bleu-tokenize 'mecab' is not a sacrebleu tokenizer; expected one of none, zh, "
+                                 "13a, intl, char, ja-mecab, ko-mecab, spm, flores101, flores200, spBLEU-1K\n")
+
+
+def test_pairs_dropped_from_source_and_reference_are_counted_and_reported(trained_reversal_run, tmp_path, capsys):
+    (tmp_path / "my.src").write_bytes(b"a b c\n\nd e f g\nh \xff i\nj k\n")
+    (tmp_path / "my.ref").write_text("c b a\ne d\n\ni h\nk j\n", encoding="utf-8")
+    output = tmp_path / "out" / "my.hyp"
+    main([str(trained_reversal_run), "--source", str(tmp_path / "my.src"), "--reference", str(tmp_path / "my.ref"),
+          "--output", str(output)])
+    captured = capsys.readouterr()
+    record = json.loads(output.with_suffix(".json").read_text())
+    assert record["pairs"] == 2 and record["dropped_pairs"] == 3
+    assert record["dropped"] == {"empty source or target": 2, "invalid utf-8": 1}
+    assert output.with_suffix(".ref").read_text().splitlines() == ["c b a", "k j"]  # still aligned after the drops
+    dropped = [line for line in captured.err.splitlines() if line.startswith("dropped")]
+    assert len(dropped) == 1 and dropped[0].startswith("dropped 3 of 5 pairs of ") and "my.src:2" in dropped[0]
+    assert "my.ref:3" in dropped[0] and "my.src:4" in dropped[0]
+    assert "2 pairs (3 dropped)" in captured.out

@@ -157,6 +157,21 @@ def test_evaluate_language_flags_choose_the_directions_scored(two_direction_run,
                                                             "expected one of src-rev, src-cpy"]
 
 
+def test_off_target_of_languages_without_an_identifier_model(two_direction_run, tmp_path, capsys):
+    """rev and cpy are no languages py3langid knows: not measured (validation, evaluate), or an error when asked for."""
+    assert not any("off_target" in key for m in read_metrics(two_direction_run / "metrics.jsonl") for key in m)
+    output = tmp_path / "test.hyp"
+    evaluate_main([str(two_direction_run), "--output", str(output), "--target-lang", "rev", "--max-sentences", "3"])
+    assert "off-target rate not measured: rev has no identifier model" in capsys.readouterr().out
+    assert json.loads(output.with_suffix(".json").read_text())["directions"]["src-rev"]["off_target"] is None
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate_main([str(two_direction_run), "--output", str(output), "--off-target", "always"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: --off-target always: language rev has no identifier model (py3langid knows 139 languages, e.g. eng, fra, "
+        "deu, zho, jpn, kor); expected a target language it knows"]
+
+
 def test_empty_valid_split_of_a_direction_is_named(reversal_tsv, reversal_tokenizer, tmp_path):
     from fs2mini.task import build_task
     from fs2mini.validation import validate
