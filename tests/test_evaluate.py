@@ -108,6 +108,9 @@ def test_bleu_tokenizer_follows_the_target_language(monkeypatch):
     monkeypatch.setattr(scoring, "_tokenizer_problem", lambda name: "no MeCab" if "mecab" in name else None)
     assert bleu_tokenizer("kor")[0] == "char" and "ko-mecab is not installed" in bleu_tokenizer("kor")[1]
     assert bleu_tokenizer("zho")[0] == "zh"
+    with pytest.raises(UserError, match=r"^--bleu-tokenize ja-mecab: sacrebleu cannot use it here \(no MeCab\); expected an "
+                                        r"installed tokenizer \(ja-mecab and ko-mecab: pip install 'fs2mini\[cjk\]'\)$"):
+        scoring.check_bleu_tokenize("ja-mecab")
 
 
 def test_bleu_into_japanese_and_chinese_counts_words_not_sentences():
