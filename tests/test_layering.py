@@ -9,9 +9,9 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "fs2mini"
-CLI_MODULES = {"translate", "evaluate", "train"}
+CLI_MODULES = {"translate", "evaluate", "train", "score"}
 """Command-line modules (a `main` and `if __name__ == "__main__"`) that library code must not import."""
-CLI_ENTRY_POINTS = {"translate", "evaluate", "train", "prepare"}
+CLI_ENTRY_POINTS = {"translate", "evaluate", "train", "prepare", "score"}
 """The thin command lines allowed to import them (`prepare` is `train prepare`; `hf`, also a library, is not)."""
 
 
