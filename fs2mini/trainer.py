@@ -30,7 +30,6 @@ from fs2mini.data import RunDirections, Seq2SeqBatch, epoch_batches
 from fs2mini.distributed import (DistEnv, all_reduce_max, all_reduce_sum, barrier, full_state_dicts, gradient_sync, init_distributed,
                                  shutdown, weights_finite)
 from fs2mini.errors import UserError, finite
-from fs2mini.initialize import read_init
 from fs2mini.lora import adapter_state, count_trainable, split_adapters
 from fs2mini.metrics import ProgressDisplay, RunClock, TokenRate
 from fs2mini.precision import autocast_for
@@ -135,6 +134,7 @@ def _train_locked(cfg: TrainConfig, directions: RunDirections, env: DistEnv, dev
     checkpoint = newest_checkpoint(cfg, env)
     init = None  # a new run started from another model's weights (--init); a resume continues from its own
     if checkpoint is None and cfg.init is not None:
+        from fs2mini.initialize import read_init  # only a run started from other weights reads them: not on the training path
         init = read_init(cfg.init, directions.languages, cfg.lang_map, cfg.add_languages, config_to_json(cfg)["model"])
     tokenizer = init.tokenizer if init is not None else run_tokenizer(cfg, directions, checkpoint, env)
     parts = build_components(cfg, directions, tokenizer, device, env, checkpoint, init.weights if init is not None else None)
