@@ -6,7 +6,7 @@ import pytest
 
 from fs2mini.checkpoint import list_checkpoints, load_checkpoint
 from fs2mini.config import parse_duration
-from fs2mini.optim import AdamWConfig, ConstantConfig, CosineConfig
+from fs2mini.optim import AdamWConfig, ConstantConfig, CosineConfig, build_lr_schedule
 from fs2mini.train import main
 from fs2mini.trainer import train
 from helpers import read_metrics
@@ -65,9 +65,13 @@ def test_cosine_decays_over_the_time_budget(reversal_tsv, tokenizer_cache, tmp_p
     cfg = tiny_config(reversal_tsv, tmp_path / "run", tokenizer_cache, max_steps=100_000, validate_every=10_000,
                       checkpoint_every=10_000, log_every=1, max_time="2s", valid_translate_sentences=0)
     cfg = dataclasses.replace(cfg, optimizer=AdamWConfig(lr=1e-3), lr_scheduler=CosineConfig(warmup_steps=1, final_lr_scale=0.0))
-    lrs = [r["lr"] for r in read_metrics(train(cfg) / "metrics.jsonl") if r["split"] == "train"]
+    records = [r for r in read_metrics(train(cfg) / "metrics.jsonl") if r["split"] == "train"]
+    schedule = build_lr_schedule(cfg.lr_scheduler, 1e-3, 100_000)
+    assert len(records) >= 2
+    for before, record in zip(records, records[1:]):  # each update's lr from the time spent before it (ms, as agreed)
+        assert record["lr"] == pytest.approx(schedule(record["step"], min(1.0, round(before["elapsed_s"] * 1000) / 1000 / 2)))
     # 100,000 steps were never in reach: on steps alone the lr would still be at its peak when time runs out.
-    assert len(lrs) > 3 and lrs == sorted(lrs, reverse=True) and lrs[-1] < 0.2e-3
+    assert records[-1]["lr"] < schedule(records[-1]["step"], 0.0)
 
 
 @pytest.mark.parametrize("text, seconds", [("18m", 1080), ("2h", 7200), ("90s", 90), ("3600", 3600), ("1.5h", 5400)])
