@@ -161,14 +161,15 @@ def test_recipes_are_short():
         assert len((RECIPES / name).read_text().splitlines()) < 80, name
 
 
-def write_tiny_bibles(path: Path) -> None:
-    """Bibles k (English), l (French), e (German), v (Spanish) of letter 'verses' in books 1 (train), 8 (valid), 32 (test)."""
+def write_tiny_bibles(path: Path, books: tuple[tuple[int, int], ...] = ((1, 300), (8, 6), (32, 6))) -> None:
+    """Bibles k (English), l (French), e (German), v (Spanish) of letter 'verses': (book, verses) for each book;
+    by default books 1 (train), 8 (valid), 32 (test)."""
     import sqlite3
 
     db = sqlite3.connect(path)
     db.execute("CREATE TABLE bible (id INTEGER, bbName TEXT, bNumber INTEGER, cNumber INTEGER, vNumber INTEGER, vText TEXT)")
     rows = []
-    for book, count in ((1, 300), (8, 6), (32, 6)):
+    for book, count in books:
         for verse, (source, target) in enumerate(reversal_pairs(count, seed=book), start=1):
             for code, text in (("k", source), ("l", target), ("e", source.upper()), ("v", target.upper())):
                 rows.append((0, code, book, 1, verse, text))
@@ -207,19 +208,9 @@ def test_copied_multilingual_recipe_trains_every_direction_and_evaluates_the_zer
 @pytest.mark.slow
 def test_backtranslation_workflow_runs_as_its_docstring_says(tmp_path):
     """Reverse model, monolingual text, sampled translations, pasted, trained on next to the genuine pairs."""
-    import sqlite3
-
     recipe = copy_recipe("backtranslate.py", tmp_path, "backtranslate.py")
     workdir, db = recipe.parent, recipe.parent / "bible.db"
-    connection = sqlite3.connect(db)
-    connection.execute("CREATE TABLE bible (id INTEGER, bbName TEXT, bNumber INTEGER, cNumber INTEGER, vNumber INTEGER, vText TEXT)")
-    rows = []
-    for book, count in ((1, 60), (8, 6), (32, 6), (40, 200)):  # Old Testament, valid, test, New Testament
-        for verse, (source, target) in enumerate(reversal_pairs(count, seed=book), start=1):
-            rows += [(0, "k", book, 1, verse, source), (0, "l", book, 1, verse, target)]
-    connection.executemany("INSERT INTO bible VALUES (?,?,?,?,?,?)", rows)
-    connection.commit()
-    connection.close()
+    write_tiny_bibles(db, books=((1, 60), (8, 6), (32, 6), (40, 200)))  # Old Testament, valid, test, New Testament
     bible = ["--data.corpus.db-path", db]
     reverse = run(recipe, "reverse", *TINY, *bible, cwd=workdir)
     assert reverse.returncode == 0, reverse.stderr
