@@ -19,7 +19,8 @@ import torch
 
 from fs2mini.checkpoint import MODEL, load_checkpoint, load_weights, write_checkpoint
 from fs2mini.data import Seq2SeqBatch
-from fs2mini.lora import LoraConfig, add_adapters
+from fs2mini.adapters import add_adapters
+from fs2mini.lora import LoraConfig
 from fs2mini.model import ARCHS, enable_activation_checkpointing
 from fs2mini.task import TaskConfig
 from fs2mini.vocab import VocabInfo

@@ -29,7 +29,6 @@ from fs2mini.corpus import corpus_fingerprint, corpus_tag, describe_corpus, read
 from fs2mini.data import RunDirections, Seq2SeqBatches
 from fs2mini.distributed import DistEnv, barrier, load_optimizer_state, wrap_model
 from fs2mini.errors import UserError
-from fs2mini.lora import add_adapters, load_adapters
 from fs2mini.model import build_model, enable_activation_checkpointing
 from fs2mini.optim import Schedule, build_lr_schedule, build_optimizer
 from fs2mini.pipeline import Skipped
@@ -202,6 +201,8 @@ def build_components(cfg: TrainConfig, directions: RunDirections, tokenizer: Tok
         load_weights(model, init_weights, f"--init {cfg.init}: its model", assign=device.type == "cpu",
                      expected="the same architecture (--model.* as it was trained with)")
     if cfg.lora.rank:
+        from fs2mini.adapters import add_adapters, load_adapters  # only LoRA runs need peft
+
         model = add_adapters(model, cfg.lora)  # freezes every other weight
         if checkpoint is not None:
             if not checkpoint.get(LORA):

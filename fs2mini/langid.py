@@ -23,6 +23,7 @@ from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING
 
 from fs2mini.errors import UserError
+from fs2mini.tokenizer import base_code
 
 if TYPE_CHECKING:  # py3langid is imported when a language is first identified (loading its model takes 0.5 s)
     from py3langid.langid import LanguageIdentifier
@@ -55,11 +56,6 @@ THREE_LETTER_LABELS = frozenset({
 
 LABELS = frozenset(ISO639_1.values()) | THREE_LETTER_LABELS
 """Every language py3langid identifies (its model also has `zxx`, no linguistic content, which is never a target)."""
-
-
-def base_code(lang: str) -> str:
-    """The language of a code without its script: `zho_Hans` -> `zho`."""
-    return lang.split("_", 1)[0]
 
 
 def langid_label(lang: str) -> str | None:

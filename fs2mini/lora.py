@@ -5,8 +5,11 @@ Why: full fine-tuning of NLLB-600M keeps fp32 gradients and two AdamW moments fo
 adapters train, so the optimizer state and gradients shrink to a few MB. `peft` injects them into
 fs2mini's own `nn.Linear` layers (`inject_adapter_in_model`), which also freezes every other weight.
 
+This module holds what every reader of a LoRA run needs: its config, its checks, and the merge. Injecting
+and saving adapters, which only a LoRA training does, is in `fs2mini.adapters`.
+
 A checkpoint of such a run keeps the frozen weights under plain names in `MODEL` and the adapters
-under `LORA` (`split_adapters`; fs2mini/checkpoint.py), so a resume restores both exactly; every reader of a checkpoint
+under `LORA` (`adapters.split_adapters`; fs2mini/checkpoint.py), so a resume restores both exactly; every reader of a checkpoint
 (translate, evaluate, average, export, `--init`) takes `model_weights(checkpoint)`: the adapters
 merged into their layers, W + (alpha / rank) · B A, the plain model a run without LoRA would have.
 """
@@ -21,9 +24,9 @@ from torch import Tensor, nn
 from fs2mini.checkpoint import LORA, MODEL
 from fs2mini.errors import UserError
 
-_ADAPTER_NAME = "default"
-_PEFT_BASE = ".base_layer"
-_A, _B = f".lora_A.{_ADAPTER_NAME}.weight", f".lora_B.{_ADAPTER_NAME}.weight"
+ADAPTER_NAME = "default"
+PEFT_BASE = ".base_layer"
+_A, _B = f".lora_A.{ADAPTER_NAME}.weight", f".lora_B.{ADAPTER_NAME}.weight"
 
 
 @dataclass(frozen=True)
@@ -72,43 +75,6 @@ def check_lora_targets(cfg: LoraConfig, linears: dict[str, int]) -> None:
                         f"adapters would be as large as the layers; expected a rank < {min(targeted)} (8 or 16 are usual)")
 
 
-def add_adapters(model: nn.Module, cfg: LoraConfig) -> nn.Module:
-    """`model` with an adapter on each targeted linear layer and every other weight frozen (in place)."""
-    check_lora_targets(cfg, linear_widths(model))
-    try:
-        from peft import LoraConfig as PeftLoraConfig
-        from peft import inject_adapter_in_model
-    except ImportError:
-        raise UserError("--lora.rank needs peft; expected `pip install 'fs2mini[lora]'`") from None
-    peft_cfg = PeftLoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=list(cfg.targets))
-    return inject_adapter_in_model(peft_cfg, model, adapter_name=_ADAPTER_NAME)
-
-
-def split_adapters(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """A peft-injected model's state dict as (frozen weights under plain names, adapter tensors)."""
-    weights, adapters = {}, {}
-    for name, tensor in state.items():
-        if ".lora_" in name:
-            adapters[name] = tensor
-        else:
-            weights[name.replace(_PEFT_BASE, "")] = tensor
-    return weights, adapters
-
-
-def adapter_state(state: dict[str, Tensor], cfg: LoraConfig) -> dict[str, Any]:
-    """What a checkpoint keeps under `LORA`: the settings and the adapters."""
-    return {"rank": cfg.rank, "alpha": cfg.alpha, "weights": state}
-
-
-def load_adapters(model: nn.Module, lora: dict[str, Any]) -> None:
-    """Load a checkpoint's `LORA` entry into a peft-injected `model` whose frozen weights are loaded (a resume)."""
-    missing, unexpected = model.load_state_dict(lora["weights"], strict=False)
-    missing = [name for name in missing if ".lora_" in name]
-    if missing or unexpected:
-        raise UserError(f"the checkpoint's LoRA adapters do not fit the configured model "
-                        f"({(missing or unexpected)[0]}); expected the --lora settings it was trained with")
-
-
 def model_weights(checkpoint: dict[str, Any]) -> dict[str, Tensor]:
     """The plain model's weights in a checkpoint: its `MODEL`, with any LoRA adapters merged in."""
     lora = checkpoint.get(LORA)
@@ -123,8 +89,3 @@ def model_weights(checkpoint: dict[str, Any]) -> dict[str, Tensor]:
             weight = merged[f"{module}.weight"]
             merged[f"{module}.weight"] = (weight.float() + scaling * (b.float() @ a.float())).to(weight.dtype)
     return merged
-
-
-def count_trainable(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-

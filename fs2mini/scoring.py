@@ -23,7 +23,7 @@ from sacrebleu.metrics import BLEU, CHRF
 from fs2mini.data import direction_name
 from fs2mini.errors import UserError
 from fs2mini.generation import GenerationConfig
-from fs2mini.langid import base_code, off_target_rate
+from fs2mini.tokenizer import base_code
 from fs2mini.translator import Translator
 
 BLEU_TOKENIZERS = {"zho": "zh", "cmn": "zh", "yue": "zh", "jpn": "ja-mecab", "kor": "ko-mecab"}
@@ -139,5 +139,10 @@ def translate_and_score(
     references = [reference for _, reference in pairs]
     hypotheses = translator.translate(sources, cfg, source_lang=source_lang, target_lang=target_lang)
     target = translator.languages(source_lang, target_lang)[1]
+    off_target = None
+    if measure_off_target:
+        from fs2mini.langid import off_target_rate  # loads py3langid: only runs that measure it need it
+
+        off_target = off_target_rate(hypotheses, target, translator.tokenizer.lang_ids)
     return Evaluation(sources, references, hypotheses, score_translations(hypotheses, references, target, bleu_tokenize),
-                      off_target_rate(hypotheses, target, translator.tokenizer.lang_ids) if measure_off_target else None)
+                      off_target)

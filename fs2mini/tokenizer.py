@@ -64,6 +64,11 @@ def lang_token(lang: str) -> str:
     return f"__{lang}__"
 
 
+def base_code(lang: str) -> str:
+    """The language of a code without its script: `zho_Hans` -> `zho`."""
+    return lang.split("_", 1)[0]
+
+
 def token_lang(token: str) -> str | None:
     """The language code a `__lang__` token names (the inverse of `lang_token`); None for any other token."""
     if len(token) > 4 and token.startswith("__") and token.endswith("__"):

@@ -30,7 +30,6 @@ from fs2mini.data import RunDirections, Seq2SeqBatch, epoch_batches
 from fs2mini.distributed import (DistEnv, all_reduce_max, all_reduce_sum, barrier, full_state_dicts, gradient_sync, init_distributed,
                                  shutdown, weights_finite)
 from fs2mini.errors import UserError, finite
-from fs2mini.lora import adapter_state, count_trainable, split_adapters
 from fs2mini.metrics import ProgressDisplay, RunClock, TokenRate
 from fs2mini.precision import autocast_for
 from fs2mini.rundir import BEST_CHECKPOINT, CHECKPOINT_DIR, RunDirectory, check_writable, write_run_files
@@ -153,7 +152,8 @@ def _train_locked(cfg: TrainConfig, directions: RunDirections, env: DistEnv, dev
         f"vocab {tokenizer.vocab_info.size}"
         + (f" | {env.world_size} processes ({tc.data_parallel})" if env.active else "")
         + (f" | resumed at step {state.step}" if checkpoint is not None else "")
-        + (f" | LoRA rank {cfg.lora.rank}: {count_trainable(parts.model):,} trainable" if cfg.lora.rank else "")
+        + (f" | LoRA rank {cfg.lora.rank}: {sum(p.numel() for p in parts.model.parameters() if p.requires_grad):,} trainable"
+           if cfg.lora.rank else "")
     )
     if init_message is not None:
         display.message(init_message)
@@ -341,7 +341,9 @@ def save_checkpoint(cfg: TrainConfig, parts: Components, state: TrainState, devi
     if not env.is_main:
         return
     lora = None
-    if cfg.lora.rank:  # frozen weights under their plain names, adapters apart (fs2mini.lora)
+    if cfg.lora.rank:  # frozen weights under their plain names, adapters apart
+        from fs2mini.adapters import adapter_state, split_adapters
+
         model_state, adapters = split_adapters(model_state)
         lora = adapter_state(adapters, cfg.lora)
     checkpoint_dir = cfg.run_dir / CHECKPOINT_DIR

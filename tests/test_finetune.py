@@ -87,7 +87,7 @@ def test_lora_trains_adapters_only_and_every_reader_sees_them_merged(trained_rev
     name = "encoder_layers.0.self_attn.qkv_proj.weight"
     assert not torch.equal(merged.state_dict()[name], source[name])
     # The merged plain model computes what the adapted model computed while training.
-    from fs2mini.lora import add_adapters, load_adapters
+    from fs2mini.adapters import add_adapters, load_adapters
 
     cfg = _lora_config(reversal_tsv, trained_reversal_run, tmp_path / "unused", tmp_path / "cache", 10)
     adapted = cfg.model.build(Translator.from_run(run, device="cpu").tokenizer.vocab_info)

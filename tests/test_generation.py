@@ -5,9 +5,10 @@ import pytest
 import torch
 
 from fs2mini.errors import UserError
-from fs2mini.generation import (GenerationConfig, beam_search, check_generation_config, draw_tokens, generate,
+from fs2mini.generation import (GenerationConfig, beam_search, check_generation_config, generate,
                                 greedy_search, max_output_lengths)
 from fs2mini.model import EncoderDecoderModel, ModelConfig, build_model
+from fs2mini.sampling import draw_tokens
 from fs2mini.vocab import VocabInfo
 
 VOCAB = VocabInfo(size=40, pad_idx=0, bos_idx=2, eos_idx=3, unk_idx=1)

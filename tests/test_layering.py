@@ -62,7 +62,7 @@ def test_only_rundir_spells_run_directory_file_names():
 
 CHECKPOINT_KEYS = {"model", "optimizer", "rng", "lora", "grad_scaler", "averaged_from", "imported_from"}
 """Keys that make a dict literal a checkpoint (`fs2mini.checkpoint` owns them: MODEL, OPTIMIZER, ...)."""
-OWN_LOAD_STATE_DICT = {"lora": "adapters only (strict=False)", "precision": "the fp16 loss scaler"}
+OWN_LOAD_STATE_DICT = {"adapters": "LoRA adapters only (strict=False)", "precision": "the fp16 loss scaler"}
 """Modules that call `load_state_dict` on something other than a model's weights."""
 
 
