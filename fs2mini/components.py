@@ -128,7 +128,7 @@ def newest_checkpoint(cfg: TrainConfig, env: DistEnv) -> dict[str, Any] | None:
     if checkpoint is None:
         refuse_silent_restart(cfg)
     if checkpoint is not None:
-        differing = incompatible_fields(load_config(run_dir / CONFIG_FILE), cfg)
+        differing = incompatible_fields(load_config(run_dir / CONFIG_FILE, trust_recipe_code=cfg.trust_recipe_code), cfg)
         if differing:
             raise UserError(
                 f"cannot resume {run_dir}: the checkpoint was trained with different {', '.join(differing)}; "

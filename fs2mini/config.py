@@ -7,6 +7,11 @@ carries its class name in `"_type"`, so a reader sees every value and `load_conf
 exactly the same object (including which alternative was chosen). A class defined outside fs2mini
 also records where it lives: `"_module"` (an importable module) or `"_file"` (the recipe file that
 was run), so `translate`, `evaluate` and a resume rebuild a recipe's own model, task or corpus.
+
+Rebuilding such a class imports its module, which runs its code; a run directory can come from anyone, so
+`load_config` refuses a config.json naming code outside fs2mini unless the caller passes `trust_recipe_code`
+(the CLIs' `--trust-recipe-code`), as Hugging Face asks for `trust_remote_code`. Code this process has already
+run (the recipe being run, the modules it imported) needs no consent: importing it again runs nothing.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import dataclasses
 import hashlib
 import importlib
 import importlib.util
+import inspect
 import json
 import math
 import sys
@@ -197,6 +203,10 @@ class TrainConfig:
     (e.g. ary_Arab=arb_Arab)."""
     lora: LoraConfig = LoraConfig()
     """Low-rank adapters (--lora.rank 8): only they train; merged into the weights on export."""
+    trust_recipe_code: bool = False
+    """Resuming (or `check trainer` of) a run whose config.json names recipe code outside fs2mini (`_file`,
+    `_module`) imports, i.e. runs, that code: allow it. Not needed when the recipe that trained the run runs
+    again; a config.json's own value is never read back."""
 
     @property
     def run_dir(self) -> Path:
@@ -269,15 +279,17 @@ def import_config_class(value: dict[str, Any], where: Path | None) -> type:
     name = value["_type"]
     source = value.get("_module") or value.get("_file")
     prefix = f"{where}: " if where is not None else ""
-    if "_file" in value and not Path(value["_file"]).is_file():
+    if "_file" in value and not recipe_path(value["_file"]).is_file():
         raise UserError(f"{prefix}recipe file {source} does not exist; expected the recipe that trained this run "
                         f"(it defines {name})")
     try:
         if "_module" in value:
             module = importlib.import_module(value["_module"])
         else:
-            module = _import_recipe_file(Path(value["_file"]))
-    except Exception as err:  # an import runs the user's code: any error means "cannot rebuild"
+            module = _import_recipe_file(recipe_path(value["_file"]))
+    except UserError as err:  # e.g. a recipe that would start a training on import (`refuse_training_on_import`)
+        raise UserError(f"{prefix}cannot import {source} for {name}: {err}") from None
+    except (Exception, SystemExit) as err:  # an import runs the user's code: any error means "cannot rebuild"
         raise UserError(f"{prefix}cannot import {source} for {name} ({type(err).__name__}: {err}); "
                         "expected the recipe that trained this run to be importable") from None
     cls = getattr(module, name, None)
@@ -286,16 +298,33 @@ def import_config_class(value: dict[str, Any], where: Path | None) -> type:
     return cls
 
 
+def recipe_path(recorded: str) -> Path:
+    """The file a `_file` entry names, absolute (fs2mini writes absolute paths; a relative one means the working
+    directory's), so that one file is one module however it is spelled."""
+    return Path(recorded).resolve()
+
+
+def _recipe_module_name(path: Path) -> str:
+    return f"{RECIPE_MODULE_PREFIX}{path.stem}_{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
+
+
+def _loaded_recipe(path: Path) -> types.ModuleType | None:
+    """The module recipe file `path` already is in this process (the script running now, or one imported
+    before), or None: importing it would run its code."""
+    main = sys.modules.get("__main__")
+    if getattr(main, "__file__", None) and Path(main.__file__).resolve() == path:
+        return main
+    return sys.modules.get(_recipe_module_name(path))
+
+
 def _import_recipe_file(path: Path) -> types.ModuleType:
     """Import a recipe file as a module (its `if __name__ == "__main__"` part does not run).
 
     The recipe running right now is `__main__` already: its classes are used as they are."""
-    main = sys.modules.get("__main__")
-    if getattr(main, "__file__", None) and Path(main.__file__).resolve() == path:
-        return main
-    module_name = f"{RECIPE_MODULE_PREFIX}{path.stem}_{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
-    if module_name in sys.modules:
-        return sys.modules[module_name]
+    loaded = _loaded_recipe(path)
+    if loaded is not None:
+        return loaded
+    module_name = _recipe_module_name(path)
     spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
@@ -305,6 +334,48 @@ def _import_recipe_file(path: Path) -> types.ModuleType:
         del sys.modules[module_name]
         raise
     return module
+
+
+def refuse_training_on_import() -> None:
+    """Stop a training that a recipe would start while `import_config_class` imports it to rebuild a class.
+
+    A recipe without an `if __name__ == "__main__":` guard calls `fs2mini.train.main` at import time, so rebuilding
+    its classes (translate, evaluate, a resume) would start a training, in its default run directory, of whatever
+    the importing command's arguments parse to. `fs2mini.train.main` calls this first; a recipe run as a script
+    is not imported by `import_config_class` and trains as usual."""
+    frame = inspect.currentframe()
+    while frame is not None:
+        if frame.f_code is import_config_class.__code__:
+            raise UserError("it starts a training when imported; expected its call of main() under "
+                            '`if __name__ == "__main__":`, so that its classes can be rebuilt without training')
+        frame = frame.f_back
+
+
+def recipe_code(raw: Any, name: str = "") -> dict[str, str]:
+    """The outside code that rebuilding the JSON `raw` of a config would run: {file or module: the field naming it},
+    for every `_file`, and every `_module` outside fs2mini, that this process has not imported already
+    (ValueError for a `_file` or `_module` that is not a path or a name)."""
+    found: dict[str, str] = {}
+    if isinstance(raw, list):
+        for index, item in enumerate(raw):
+            for code, field in recipe_code(item, f"{name}.{index}").items():
+                found.setdefault(code, field)
+    if not isinstance(raw, dict):
+        return found
+    for key in ("_file", "_module"):
+        if key not in raw:
+            continue
+        value = raw[key]
+        if not isinstance(value, str):
+            raise ValueError(f"{name.lstrip('.') or 'the config'}.{key} is {value!r}; expected a string")
+        if key == "_file" and _loaded_recipe(recipe_path(value)) is None:
+            found.setdefault(str(recipe_path(value)), name.lstrip(".") or "the config")
+        if key == "_module" and value != "fs2mini" and not value.startswith("fs2mini.") and value not in sys.modules:
+            found.setdefault(f"module {value}", name.lstrip(".") or "the config")
+    for key, item in raw.items():
+        for code, field in recipe_code(item, f"{name}.{key}").items():
+            found.setdefault(code, field)
+    return found
 
 
 def config_to_json(cfg: Any) -> Any:
@@ -393,8 +464,11 @@ def save_config(cfg: TrainConfig, path: Path) -> None:
     write_atomically(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
-def load_config(path: Path) -> TrainConfig:
-    """The config a run directory was trained with, or one sentence saying what is wrong with the file."""
+def load_config(path: Path, *, trust_recipe_code: bool = False) -> TrainConfig:
+    """The config a run directory was trained with, or one sentence saying what is wrong with the file.
+
+    A config naming code outside fs2mini that this process has not run (`recipe_code`) is refused before anything
+    is imported, unless `trust_recipe_code`: a shared run directory must not run its author's code unasked."""
     try:
         raw = json.loads(path.read_bytes().decode("utf-8"))
     except FileNotFoundError:
@@ -409,6 +483,15 @@ def load_config(path: Path) -> TrainConfig:
         raise UserError(f"{path} is not a valid fs2mini config: {err}") from None
     if not isinstance(raw, dict):
         raise UserError(f"{path} holds a JSON {type(raw).__name__}; expected the object written by fs2mini.train")
+    try:
+        code = recipe_code(raw)
+    except ValueError as err:
+        raise UserError(f"{path} is not a valid fs2mini config: {err}") from None
+    if code and not trust_recipe_code:
+        listed = ", ".join(f"{source} (for {field})" for source, field in code.items())
+        raise UserError(f"{path} names code from outside fs2mini, which loading the run would run: {listed}; pass "
+                        "--trust-recipe-code (Python: trust_recipe_code=True) only if you trust it")
+    raw.pop("trust_recipe_code", None)  # consent is the caller's to give, never the file's
     try:
         return config_from_json(TrainConfig, _upgrade(raw), path)
     except (KeyError, TypeError, ValueError, AttributeError) as err:

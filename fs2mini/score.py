@@ -61,6 +61,8 @@ class ScoreArgs:
     --data.max-tokens."""
     output: Path | None = None
     """File the score lines are written to; default stdout."""
+    trust_recipe_code: bool = False
+    """Allow importing (i.e. running) the recipe code outside fs2mini that RUN_DIR/config.json names: only for runs you trust."""
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -84,8 +86,9 @@ def score(args: ScoreArgs) -> None:
         raise UserError(f"{args.run_dir} is a CTranslate2 model, which gives translations but no log-probabilities; "
                         "expected the run directory it was converted from")
     translator = Translator.from_run(args.run_dir, args.checkpoint, args.device, source_lang=args.source_lang,
-                                     target_lang=args.target_lang)
-    max_tokens = args.max_tokens or load_config(args.run_dir / CONFIG_FILE).data.max_tokens
+                                     target_lang=args.target_lang, trust_recipe_code=args.trust_recipe_code)
+    max_tokens = args.max_tokens or load_config(args.run_dir / CONFIG_FILE,
+                                                trust_recipe_code=args.trust_recipe_code).data.max_tokens
     if args.output is None:
         use_utf8(sys.stdout)
         unreadable = _score_files(args, translator, max_tokens, sys.stdout)

@@ -27,7 +27,7 @@ import tyro
 
 from fs2mini.checkpoint import TrainState
 from fs2mini.components import Components, build_components, build_tokenizer, newest_checkpoint
-from fs2mini.config import TrainConfig, as_started, check_config
+from fs2mini.config import TrainConfig, as_started, check_config, refuse_training_on_import
 from fs2mini.corpus import CORPORA, describe_corpus, read_pairs
 from fs2mini.data import DataConfig, RunDirections, Seq2SeqBatch
 from fs2mini.distributed import DistEnv, pick_device
@@ -240,7 +240,8 @@ def main(default: TrainConfig = TrainConfig(), *, description: str | None = None
          models: Choices = {}, tasks: Choices = {}, optimizers: Choices = {}, lr_schedulers: Choices = {},
          argv: Sequence[str] | None = None) -> None:
     """Parse the command line on top of `default` (offering the recipe's own alternatives too), then
-    train or check a component."""
+    train or check a component (never while a recipe is imported to rebuild its classes: `refuse_training_on_import`)."""
+    refuse_training_on_import()  # before any parsing: the importing command's own arguments are in sys.argv
     args = list(sys.argv[1:] if argv is None else argv)
     doc = f"{(description or TrainConfig.__doc__ or '').strip()}\n\n{CHECK_USAGE}"
     choices = dict(corpora=corpora, models=models, tasks=tasks, optimizers=optimizers, lr_schedulers=lr_schedulers)

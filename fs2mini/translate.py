@@ -46,6 +46,8 @@ class TranslateArgs:
     """Source language (default: the run's, or the one a trained direction into --target-lang starts from)."""
     target_lang: str | None = None
     """Target language: any of the run's (a multilingual run), or e.g. fra_Latn for a model imported from NLLB."""
+    trust_recipe_code: bool = False
+    """Allow importing (i.e. running) the recipe code outside fs2mini that RUN_DIR/config.json names: only for runs you trust."""
     generation: Annotated[GenerationConfig, tyro.conf.arg(name="")] = GenerationConfig()
 
 
@@ -62,7 +64,7 @@ def _run(args: TranslateArgs) -> None:
     with exit_on_user_error():
         check_generation_config(args.generation)
         translator = Translator.from_run(args.run_dir, args.checkpoint, args.device, source_lang=args.source_lang,
-                                         target_lang=args.target_lang)
+                                         target_lang=args.target_lang, trust_recipe_code=args.trust_recipe_code)
         use_utf8(sys.stdout)
         if args.input is None:
             use_utf8(sys.stdin)

@@ -71,12 +71,14 @@ class Translator:
 
     @classmethod
     def from_run(cls, run_dir: Path | str, checkpoint: str | None = None, device: str = "auto", *,
-                 source_lang: str | None = None, target_lang: str | None = None) -> Translator:
+                 source_lang: str | None = None, target_lang: str | None = None,
+                 trust_recipe_code: bool = False) -> Translator:
         """Load `config.json`, `tokenizer.model` and the first readable checkpoint (see `find_checkpoints`) of a run directory.
 
         `source_lang` / `target_lang` replace the run's first direction as the default of every call:
         any language of the run (`target_lang` alone takes its source from a trained direction), or
-        for a model imported from NLLB any of its codes, e.g. fra_Latn."""
+        for a model imported from NLLB any of its codes, e.g. fra_Latn. `trust_recipe_code`: a run trained
+        with a recipe's own classes is rebuilt by importing, i.e. running, that recipe (see `load_config`)."""
         run_dir = Path(run_dir)
         if not run_dir.is_dir():
             raise UserError(f"run directory {run_dir} does not exist; expected a directory written by python -m fs2mini.train")
@@ -89,7 +91,7 @@ class Translator:
             translator = CTranslate2Translator(run_dir, device)
             translator.source_lang, translator.target_lang = translator.languages(source_lang, target_lang)
             return translator
-        cfg = load_config(run_dir / CONFIG_FILE)
+        cfg = load_config(run_dir / CONFIG_FILE, trust_recipe_code=trust_recipe_code)
         run = run_directions(cfg.data)
         run_langs, directions = run.languages, run.directions
         imported = (run_dir / LAYOUT_FILE).is_file()  # an NLLB/M2M100 layout knows more codes than the run's corpus

@@ -268,9 +268,11 @@ def test_finetune_recipe_resumes_translates_exports(tmp_path):
     assert first.returncode == 0, first.stderr
     second = run(recipe, *common, "--trainer.max-steps", "4")
     assert second.returncode == 0 and "resumed at step 2" in second.stderr + second.stdout, second.stderr
-    translated = run("-m", "fs2mini.translate", run_dir, "--beam-size", "2", "--target-lang", "fra_Latn")
+    # The run's model class is the recipe's own (FinetuneModelConfig): rebuilding it runs the recipe, with consent.
+    translated = run("-m", "fs2mini.translate", run_dir, "--beam-size", "2", "--target-lang", "fra_Latn",
+                     "--trust-recipe-code")
     assert translated.returncode == 0, translated.stderr
-    tuned = Translator.from_run(run_dir, device="cpu")
+    tuned = Translator.from_run(run_dir, device="cpu", trust_recipe_code=True)
     imported = Translator.from_run(tmp_path / "imported", device="cpu")
     assert tuned.tokenizer.lang_ids == {"eng": 42, "fra": 43}
     assert torch.equal(tuned.model.embed.weight, imported.model.embed.weight)  # frozen

@@ -33,11 +33,14 @@ def copy_recipe(name: str, tmp_path: Path, new_name: str) -> Path:
 
 
 def translate_elsewhere(run_dir: Path, tmp_path: Path) -> tuple[subprocess.CompletedProcess, subprocess.CompletedProcess]:
-    """The translate CLI and `Translator.from_run` in fresh processes, from a directory that is not the recipe's."""
+    """The translate CLI and `Translator.from_run` in fresh processes, from a directory that is not the recipe's
+    (a run of a recipe's own classes: with consent to import the recipe)."""
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir(exist_ok=True)
-    cli = run("-m", "fs2mini.translate", run_dir, "--beam-size", "2", cwd=elsewhere, stdin="a b c\nd e f\n")
-    api = run("-c", f"from fs2mini.translate import Translator\nt = Translator.from_run({str(run_dir)!r})\n"
+    cli = run("-m", "fs2mini.translate", run_dir, "--beam-size", "2", "--trust-recipe-code", cwd=elsewhere,
+              stdin="a b c\nd e f\n")
+    api = run("-c", f"from fs2mini.translate import Translator\n"
+                    f"t = Translator.from_run({str(run_dir)!r}, trust_recipe_code=True)\n"
                     "print(type(t.model).__name__, type(t.model).__module__)\nprint(repr(t('a b c')))", cwd=elsewhere)
     return cli, api
 
@@ -89,7 +92,7 @@ def test_custom_data_recipe_reads_its_own_corpus_and_evaluates_it_from_anywhere(
     cli, api = translate_elsewhere(run_dir, tmp_path)
     assert cli.returncode == 0 and len(cli.stdout.splitlines()) == 2, cli.stderr
     assert api.returncode == 0, api.stderr
-    evaluate = run("-m", "fs2mini.evaluate", run_dir, "--split", "test", cwd=tmp_path / "elsewhere")
+    evaluate = run("-m", "fs2mini.evaluate", run_dir, "--split", "test", "--trust-recipe-code", cwd=tmp_path / "elsewhere")
     assert evaluate.returncode == 0, evaluate.stderr
     assert "split test: 50 pairs" in evaluate.stdout
 
@@ -121,7 +124,8 @@ def test_custom_model_recipe_trains_its_architecture_and_translates_it_in_a_fres
     assert api.returncode == 0, api.stderr
     assert api.stdout.startswith("LearnedPositionsModel fs2mini_recipe_my_model")
     # The deep preset's 6 decoder layers came back from config.json, learned positions included.
-    inspect = run("-c", f"from fs2mini.translate import Translator\nm = Translator.from_run({str(run_dir)!r}).model\n"
+    inspect = run("-c", f"from fs2mini.translate import Translator\n"
+                        f"m = Translator.from_run({str(run_dir)!r}, trust_recipe_code=True).model\n"
                         "print(len(m.decoder_layers), tuple(m.learned_positions.weight.shape))", cwd=tmp_path)
     assert inspect.stdout.split() == ["6", "(256,", "32)"], inspect.stderr
 
@@ -138,7 +142,7 @@ def test_custom_loss_recipe_is_recorded_and_evaluate_scores_with_it(reversal_tsv
                                                                          "gamma": 2.0}
     logged = [m for m in read_metrics(run_dir / "metrics.jsonl") if m["split"] == "valid" and m["step"] == 4][0]
     evaluate = run("-m", "fs2mini.evaluate", run_dir, "--split", "valid", "--checkpoint", "step_00000004",
-                   "--max-sentences", "3", cwd=tmp_path)
+                   "--max-sentences", "3", "--trust-recipe-code", cwd=tmp_path)
     assert evaluate.returncode == 0, evaluate.stderr
     scored = json.loads((run_dir / "eval" / "valid.json").read_text())
     assert scored["loss"] == pytest.approx(logged["loss"], rel=1e-5)  # the focal loss, not label smoothing
@@ -150,7 +154,7 @@ def test_custom_loss_recipe_is_recorded_and_evaluate_scores_with_it(reversal_tsv
     # The recipe file is gone: commands that need its class say so in one line and change nothing.
     recipe.rename(recipe.with_suffix(".bak"))
     before = sorted(p.name for p in run_dir.rglob("*"))
-    gone = run("-m", "fs2mini.evaluate", run_dir, cwd=tmp_path)
+    gone = run("-m", "fs2mini.evaluate", run_dir, "--trust-recipe-code", cwd=tmp_path)
     assert gone.returncode == 2 and "Traceback" not in gone.stderr
     assert gone.stderr.strip().startswith(f"error: {run_dir / 'config.json'}: recipe file {recipe} does not exist;")
     assert sorted(p.name for p in run_dir.rglob("*")) == before
