@@ -152,7 +152,8 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], None], what: str | 
     """Call `write(handle)` on a temporary file next to `path`, fsync it, rename it to `path`.
 
     `path` is either the old file or the complete new one; a failed write (disk full) removes the
-    temporary file and raises `UserError`: `cannot write <what>: <reason>; <kept>`."""
+    temporary file and raises `UserError`: `cannot write <what>: <reason>; <kept>`. torch.save reports a
+    failed write as a RuntimeError raised while handling the OSError, which is the reason given."""
     tmp_name = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -166,9 +167,22 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], None], what: str | 
     except BaseException as err:
         if tmp_name is not None:
             Path(tmp_name).unlink(missing_ok=True)
-        if isinstance(err, OSError):
-            raise UserError(f"cannot write {what or path}: {err.strerror or err}; {kept}") from None
+        cause = _os_error(err) if isinstance(err, Exception) else None  # (never a Ctrl-C)
+        if cause is not None:
+            raise UserError(f"cannot write {what or path}: {cause.strerror or cause}; {kept}") from None
         raise
+
+
+def _os_error(err: BaseException) -> OSError | None:
+    """The OSError behind `err`: itself, or one it was raised from or while handling (torch's writer wraps it)."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _fsync_dir(directory: Path) -> None:

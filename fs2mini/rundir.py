@@ -8,7 +8,7 @@ fs2mini writes `config.json`, `tokenizer.model`, `metrics.jsonl`, `checkpoints/`
 run directory. Those are common names, so it only writes into a directory that it created or that
 carries its marker (`.fs2mini-run`); a user's own non-empty directory is refused with the names of
 the files it would have touched. A run directory written by an older fs2mini (no marker, but a
-`config.json` of a `TrainConfig`) is adopted.
+`config.json` of a `TrainConfig` beside checkpoints or metrics) is adopted.
 
 One process at a time: the trainer holds an exclusive `flock` on `.fs2mini-lock` for the whole run,
 so a second training on the same `--output-dir` stops at once with the holder's PID instead of
@@ -85,7 +85,13 @@ def check_ownership(run_dir: Path) -> None:
 
 
 def _written_by_older_fs2mini(run_dir: Path) -> bool:
-    """A run directory from before the marker existed: its config.json is a serialised `TrainConfig`."""
+    """A run directory from before the marker existed: its config.json is a serialised `TrainConfig` and it
+    holds what training wrote after it (checkpoints or metrics).
+
+    A config.json alone is not enough: a user's own folder may hold a copy of a run's config.json and
+    tokenizer.model (to read or edit them), which a training must not overwrite."""
+    if not ((run_dir / CHECKPOINT_DIR).is_dir() or (run_dir / METRICS_FILE).is_file()):
+        return False
     try:
         return json.loads((run_dir / CONFIG_FILE).read_bytes()).get("_type") == "TrainConfig"
     except (OSError, ValueError, AttributeError):
@@ -204,9 +210,13 @@ class RunDirectory:
         if previous:
             print(f"warning: took over the lock of {self.path} left by {previous}, which is no longer running",
                   file=sys.stderr)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"PID {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
         self._fd = fd
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"PID {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        except OSError as err:  # a full disk: the run could not save anything either
+            self._release()
+            raise UserError(f"cannot write {path}: {err.strerror or err}; the run directory is unchanged") from None
 
     def _release(self) -> None:
         if self._fd is None:

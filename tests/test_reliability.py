@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -78,22 +79,64 @@ def test_killed_mid_epoch_then_resumed_ends_bit_identical(how, reversal_tsv, tok
     assert train_steps == list(range(1, 91)), "each step logged exactly once"
 
 
-def test_disk_full_keeps_previous_checkpoint_and_says_so(reversal_tsv, tokenizer_cache, tmp_path, monkeypatch):
-    cfg = tiny_config(reversal_tsv, tmp_path / "run", tokenizer_cache, max_steps=4, checkpoint_every=2)
-    real_save = torch.save
+class FillsUp:
+    """A file whose disk fills after `room` bytes: what a real full disk does to torch.save's writes."""
 
-    def save_until_the_disk_fills(obj, handle):
-        if obj["step"] == 4:
-            handle.write(b"partial")
+    def __init__(self, handle, room):
+        self.handle, self.room = handle, room
+
+    def write(self, data):
+        if len(data) > self.room:
+            self.handle.write(bytes(data[:self.room]))
+            self.room = 0
             raise OSError(errno.ENOSPC, "No space left on device")
-        real_save(obj, handle)
+        self.room -= len(data)
+        return self.handle.write(data)
 
-    monkeypatch.setattr(fs2mini.checkpoint.torch, "save", save_until_the_disk_fills)
-    with pytest.raises(UserError, match=r"cannot write checkpoint .*\.pt: No space left on device; earlier checkpoints are intact"):
+    def __getattr__(self, name):
+        return getattr(self.handle, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.close()
+
+
+@pytest.mark.parametrize("room", [0, 3000])  # at the first byte, or inside the zip archive (torch's RuntimeError)
+def test_disk_full_keeps_previous_checkpoint_and_says_so(room, reversal_tsv, tokenizer_cache, tmp_path, monkeypatch):
+    cfg = tiny_config(reversal_tsv, tmp_path / "run", tokenizer_cache, max_steps=4, checkpoint_every=2)
+    real_fdopen = os.fdopen
+
+    def fdopen(fd, *args, **kwargs):  # the disk fills while step 4's checkpoint is written
+        handle = real_fdopen(fd, *args, **kwargs)
+        return FillsUp(handle, room) if Path(f"/proc/self/fd/{fd}").resolve().name.startswith(".step_00000004.pt.") else handle
+
+    monkeypatch.setattr(fs2mini.checkpoint.os, "fdopen", fdopen)
+    with pytest.raises(UserError, match=r"cannot write checkpoint .*step_00000004\.pt: No space left on device; earlier "
+                                        r"checkpoints are intact"):
         train(cfg)
     checkpoints = tmp_path / "run" / "checkpoints"
-    assert sorted(p.name for p in checkpoints.iterdir()) == ["step_00000002.pt"]  # no partial file left
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["best.pt", "step_00000002.pt"]  # no partial file left
     assert load_checkpoint(checkpoints / "step_00000002.pt")["step"] == 2
+
+
+def test_disk_full_at_resume_is_one_error_line_from_the_lock(reversal_tsv, tokenizer_cache, tmp_path, monkeypatch):
+    """The lock's PID is the first thing a resume writes."""
+    import fs2mini.rundir
+
+    cfg = tiny_config(reversal_tsv, tmp_path / "run", tokenizer_cache, max_steps=2, checkpoint_every=2)
+    run = train(cfg)
+    before = {str(p.relative_to(run)): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+
+    def no_space(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(fs2mini.rundir.os, "pwrite", no_space)
+    with pytest.raises(UserError) as error:
+        train(dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, max_steps=4)))
+    assert str(error.value).startswith(f"cannot write {run / '.fs2mini-lock'}: No space left on device")
+    assert {str(p.relative_to(run)): p.read_bytes() for p in run.rglob("*") if p.is_file()} == before  # no lock left
 
 
 class NaNAfter(Seq2Seq):

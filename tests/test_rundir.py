@@ -168,6 +168,26 @@ def test_a_users_own_directory_is_refused_naming_the_files(name, reversal_tsv, t
     assert (run / name).read_text() == "the user's own file\n"
 
 
+def test_a_copy_of_a_runs_config_and_tokenizer_is_the_users_own_not_an_older_run(reversal_tsv, tokenizer_cache, tmp_path):
+    """`finetune_nllb.py --init RUN --output-dir mywork`, where mywork holds copies of RUN's config.json and
+    tokenizer.model: the config of a TrainConfig alone does not make a run directory of an older fs2mini."""
+    source = train(short_run(reversal_tsv, tokenizer_cache, tmp_path / "source"))
+    mine = tmp_path / "mywork"
+    mine.mkdir()
+    for name in ("config.json", "tokenizer.model"):
+        shutil.copy(source / name, mine / name)
+    (mine / "config.json").write_text((mine / "config.json").read_text().replace('"max_steps": 2', '"max_steps": 99'))
+    before = {p.name: p.read_bytes() for p in mine.iterdir()}
+    cfg = dataclasses.replace(short_run(reversal_tsv, tokenizer_cache, mine, steps=1), init=source)
+    with pytest.raises(UserError, match=r"mywork is not empty and was not created by fs2mini .*training would "
+                                        r"overwrite config.json, tokenizer.model"):
+        train(cfg)
+    assert {p.name: p.read_bytes() for p in mine.iterdir()} == before
+    # A run directory of an older fs2mini (no marker, but metrics or checkpoints beside its config) is still adopted.
+    (source / MARKER).unlink()
+    check_ownership(source)
+
+
 def test_an_empty_or_new_directory_is_taken_and_marked(reversal_tsv, tokenizer_cache, tmp_path):
     (tmp_path / "empty").mkdir()
     for run in (tmp_path / "empty", tmp_path / "new" / "nested"):
