@@ -2,9 +2,11 @@
 
 It adds to `fs2mini.scoring` (BLEU and chrF with sacrebleu, also what validation reports) the teacher-forced
 loss and perplexity of the same split and the off-target rate (fs2mini/langid.py), and writes sources,
-references, hypotheses and scores to files for a closer look. Pairs left out (an empty line on either side,
-a line that is not UTF-8) are counted on stderr and in the JSON, since a score over fewer pairs than the test
-set has is not the test set's score.
+references, hypotheses and scores to files for a closer look. A test set of two files (`--source`, `--reference`)
+keeps one output line per input line, so the files it writes can be put next to the user's: a side that is empty
+or not UTF-8 is an empty line (an empty source gives an empty hypothesis), scored as such and said on stderr. Pairs
+a run's own split leaves out are counted on stderr and in the JSON, since a score over fewer pairs than the test
+set has is not the test set's score. No file evaluate writes may be one of its inputs.
 """
 
 from __future__ import annotations
@@ -20,12 +22,12 @@ from typing import Annotated, Literal, get_args
 import tyro
 
 from fs2mini.config import TrainConfig, load_config
-from fs2mini.corpus import READ_CHUNK_LINES, Split, aligned_pairs, describe_corpus, read_pairs
+from fs2mini.corpus import READ_CHUNK_LINES, Split, corpus_files, describe_corpus, read_pairs
 from fs2mini.data import RunCorpus, RunDirections, Seq2SeqBatches, run_directions
 from fs2mini.errors import UserError, exit_on_user_error
 from fs2mini.generation import GenerationConfig, check_generation_config
 from fs2mini.langid import require_identifier
-from fs2mini.pipeline import Skipped, decode_raw_lines, raw_line_chunks
+from fs2mini.pipeline import Skipped, decode_raw_lines, raw_line_chunks_in_step
 from fs2mini.rundir import CONFIG_FILE, EVAL_DIR
 from fs2mini.scoring import check_bleu_tokenize, translate_and_score
 from fs2mini.task import build_task
@@ -34,10 +36,15 @@ from fs2mini.translator import Translator
 from fs2mini.validation import combine_losses, validate
 
 
+OUTPUT_SUFFIXES = (".src", ".ref", ".hyp", ".json")
+"""The files written for one direction, next to each other: sources, references, hypotheses, scores."""
+
+
 @dataclass(frozen=True)
 class AlignedFiles:
-    """A test set given as two aligned files (`evaluate --source --reference`), read as a corpus so the
-    loss and perplexity are computed over it exactly as over a run's own split."""
+    """A test set given as two aligned files (`evaluate --source --reference`): every line is translated and scored
+    (`read_lines`), and the pairs with both sides are also read as a corpus (`read_pairs`), so the loss and
+    perplexity are computed over them exactly as over a run's own split."""
 
     source: Path
     reference: Path
@@ -47,14 +54,31 @@ class AlignedFiles:
         return self.langs
 
     def read_pairs(self, split: Split, skipped: Skipped) -> list[tuple[str, str]]:
-        """Line i of --source with line i of --reference; a pair with an empty or unreadable side is left out
-        (whole, so the later pairs stay aligned) and counted in `skipped` at its file:line."""
-        sources, references = ([line for first, block in raw_line_chunks(path, READ_CHUNK_LINES)
-                                for line in decode_raw_lines(block, first, path, 0)] for path in (self.source, self.reference))
-        if len(sources) != len(references):
-            raise UserError(f"--source {self.source} has {len(sources)} lines but --reference {self.reference} has "
-                            f"{len(references)}; expected aligned files, one sentence per line")
-        return list(aligned_pairs(iter(sources), iter(references), self.source, self.reference, skipped))
+        """The pairs with both sides (a loss needs a source and a target). The others are not recorded in `skipped`:
+        evaluate says in one line what became of them, from `read_lines`."""
+        return [(source, reference) for source, reference in self.read_lines(Skipped()) if source and reference]
+
+    def read_lines(self, skipped: Skipped) -> list[tuple[str, str]]:
+        """(line i of --source, line i of --reference) for every i, the two files read in step so that a bad line in
+        one never shifts the other. A side that is blank or unreadable (not UTF-8, a line break inside) is "" and
+        counted in `skipped` at its file:line: the files evaluate writes keep one line per input line."""
+        lines = []
+        names = (f"--source {self.source}", f"--reference {self.reference}")
+        for first, sources, references in raw_line_chunks_in_step((self.source, self.reference), READ_CHUNK_LINES, names):
+            for (number, source, source_problem), (_, reference, reference_problem) in zip(
+                    decode_raw_lines(sources, first, self.source, 0), decode_raw_lines(references, first, self.reference, 0)):
+                lines.append((_side(source, source_problem, f"{self.source}:{number}", skipped),
+                              _side(reference, reference_problem, f"{self.reference}:{number}", skipped)))
+        return lines
+
+
+def _side(text: str, problem: str | None, where: str, skipped: Skipped) -> str:
+    """`text` without surrounding spaces, or "" with why (its `problem`, or "empty line") counted at `where`."""
+    text = text.strip()
+    if problem is None and text:
+        return text
+    skipped.add(problem or "empty line", where)
+    return ""
 
 
 @dataclass(frozen=True)
@@ -78,7 +102,8 @@ class EvaluateArgs:
     output: Path | None = None
     """Hypothesis file; .src, .ref and .json files go next to it. Default RUN_DIR/eval/SPLIT.hyp (or SOURCE-NAME.hyp)."""
     source: Path | None = None
-    """Score any test set: a source file, one sentence per line, translated instead of the run's split (needs --reference)."""
+    """Score any test set: a source file, one sentence per line, translated instead of the run's split (needs --reference).
+    Every line gives one output line: an empty or non-UTF-8 side is an empty line, scored as such."""
     reference: Path | None = None
     """The reference translations of --source, line by line."""
     source_lang: str | None = None
@@ -116,7 +141,10 @@ def evaluate(args: EvaluateArgs) -> dict:
     output = args.output if args.output is not None else args.run_dir / EVAL_DIR / f"{name}.hyp"
     if output.suffix in (".src", ".ref", ".json"):
         raise UserError(f"--output {output} would be overwritten by the {output.suffix} file; expected e.g. {output.with_suffix('.hyp')}")
+    inputs = [("the run's config", args.run_dir / CONFIG_FILE)]
     if args.source is not None:
+        _check_inputs_kept(args, output, [output.with_suffix(suffix) for suffix in OUTPUT_SUFFIXES],
+                           [*inputs, ("--source", args.source), ("--reference", args.reference)])
         translator = Translator.from_run(args.run_dir, args.checkpoint, args.device, source_lang=args.source_lang,
                                          target_lang=args.target_lang)
         langs = (translator.source_lang, translator.target_lang)
@@ -129,13 +157,19 @@ def evaluate(args: EvaluateArgs) -> dict:
     run = run_directions(cfg.data)
     corpora = _chosen_directions(args, run)
     _check_off_target(args, [entry.langs[1] for entry in corpora])
-    if len(run.primary) == 1 and not run.zero_shot:
+    several = len(run.primary) > 1 or bool(run.zero_shot)
+    # Several directions: each scored into its own files, then their average (zero-shot ones apart) into OUTPUT.json.
+    outputs = {entry.name: output.with_name(f"{output.stem}.{entry.name}.hyp") if several else output for entry in corpora}
+    _check_inputs_kept(args, output, [path.with_suffix(suffix) for path in outputs.values() for suffix in OUTPUT_SUFFIXES]
+                       + [output.with_suffix(".json")],
+                       inputs + [(f"the {entry.flag} file", path) for entry in corpora
+                                 for path in corpus_files(entry.corpus, entry.field) or ()])
+    if not several:
         return _evaluate_direction(args, translator, cfg, run.primary[0], output)
-    # Several directions: each scored into its own files, then their average (zero-shot ones apart).
     records = {}
     for entry in corpora:
         print(f"--- {entry.name}" + (" (zero-shot)" if entry.zero_shot else ""))
-        records[entry.name] = _evaluate_direction(args, translator, cfg, entry, output.with_name(f"{output.stem}.{entry.name}.hyp"))
+        records[entry.name] = _evaluate_direction(args, translator, cfg, entry, outputs[entry.name])
     trained = [entry.name for entry in corpora if not entry.zero_shot]
     zero_shot = [name for name in records if name not in trained]
     # Loss, nll and ppl per target token over the trained directions, as validation's overall loss; BLEU, chrF and
@@ -177,6 +211,22 @@ def _check_off_target(args: EvaluateArgs, target_langs: list[str]) -> None:
             require_identifier(lang, "--off-target always")
 
 
+def _check_inputs_kept(args: EvaluateArgs, output: Path, written: list[Path], inputs: list[tuple[str, Path]]) -> None:
+    """Stop before anything is written if a file evaluate would write is one of its (named) inputs: --output
+    data/test.hyp next to --source data/test.src would rewrite the test set with its own lines. Paths are compared
+    resolved, and as the same file where both exist, so that neither another spelling, a symlink nor a hard link
+    hides it. Refused rather than written under another name: --output (or its default) says where the files go,
+    and that is where the user will look for them."""
+    for path in written:
+        for label, source in inputs:
+            if path.resolve() == source.resolve() or (path.exists() and source.exists() and path.samefile(source)):
+                flag = "--output" if args.output is not None else "the default --output"
+                alias = "" if path == source else f" {path} is that file"
+                raise UserError(f"{flag} {output} would overwrite {label} {source} (its {path.suffix} file{alias}); expected "
+                                "an --output whose .src, .ref, .hyp and .json files are none of evaluate's inputs (another "
+                                "name or directory)")
+
+
 def _off_target_text(rate: float | None) -> str:
     return "" if rate is None else f"  off-target {rate:.1%}"
 
@@ -192,11 +242,17 @@ def _write(path: Path, text: str, output: Path) -> None:
 def _evaluate_direction(args: EvaluateArgs, translator: Translator, cfg: TrainConfig, entry: RunCorpus, output: Path) -> dict:
     """Loss of the corpus's split and BLEU/chrF of its translations; prints the report, writes the files."""
     corpus, (source_lang, target_lang) = entry.corpus, entry.langs
-    skipped = Skipped(cfg.data.strict)
-    pairs = list(read_pairs(corpus, args.split, skipped, entry.field))
-    if not pairs:
-        where = f"the {args.split} split of {describe_corpus(corpus)}" if args.source is None else str(args.source)
-        raise UserError(f"direction {entry.name}: {where} has no sentence pairs" + (f" (skipped: {skipped.summary()})" if skipped else ""))
+    # Two files given keep every line, so what is written stays aligned with them (whatever the run's --data.strict
+    # said of its training data); a run's own split leaves out what its reader cannot use, and counts it.
+    every_line = isinstance(corpus, AlignedFiles)
+    skipped = Skipped() if every_line else Skipped(cfg.data.strict)
+    pairs = corpus.read_lines(skipped) if every_line else list(read_pairs(corpus, args.split, skipped, entry.field))
+    incomplete = sum(1 for source, reference in pairs if not (source and reference))
+    what = f"split {args.split}" if args.source is None else f"{args.source} / {args.reference}"
+    if incomplete == len(pairs):
+        where = f"the {args.split} split of {describe_corpus(corpus)}" if args.source is None else what
+        raise UserError(f"direction {entry.name}: {where} has no sentence pairs" + (" with both sides" if every_line else "")
+                        + (f" (skipped: {skipped.summary()})" if skipped else ""))
 
     batches = Seq2SeqBatches(cfg.data, args.split, translator.tokenizer, seed=0, shuffle=False, corpora=[entry])
     losses = validate(translator.model, build_task(cfg.task, translator.tokenizer.vocab_info), batches,
@@ -206,13 +262,14 @@ def _evaluate_direction(args: EvaluateArgs, translator: Translator, cfg: TrainCo
                                  measure_off_target=args.off_target != "never")
     scores = result.scores
 
-    paths = {suffix: output.with_suffix(suffix) for suffix in (".src", ".ref", ".hyp", ".json")}
+    paths = {suffix: output.with_suffix(suffix) for suffix in OUTPUT_SUFFIXES}
     record = {
         "run_dir": str(args.run_dir), "checkpoint": str(translator.checkpoint_path), "step": translator.step,
         "split": args.split if args.source is None else None,
         "source": str(args.source) if args.source else None, "reference": str(args.reference) if args.reference else None,
         "source_lang": source_lang, "target_lang": target_lang, "pairs": len(pairs), "translated": len(result.hypotheses),
-        "dropped_pairs": sum(skipped.values()), "dropped": dict(skipped.most_common()),
+        "dropped_pairs": 0 if every_line else sum(skipped.values()), "dropped": {} if every_line else dict(skipped.most_common()),
+        "incomplete_pairs": incomplete, "incomplete": dict(skipped.most_common()) if every_line else {},
         **losses, "bleu": scores.bleu, "chrf": scores.chrf, "chrf_pp": scores.chrf_pp, "precisions": list(scores.precisions),
         "brevity_penalty": scores.brevity_penalty, "length_ratio": scores.length_ratio,
         "bleu_signature": scores.bleu_signature, "chrf_signature": scores.chrf_signature,
@@ -228,12 +285,19 @@ def _evaluate_direction(args: EvaluateArgs, translator: Translator, cfg: TrainCo
     except OSError as err:
         raise UserError(f"--output {output}: cannot write ({err.strerror}); expected a writable location") from None
 
-    what = f"split {args.split}" if args.source is None else f"{args.source} / {args.reference}"
-    if skipped:  # never silently: a score over fewer pairs is not the test set's
+    if incomplete:  # never silently: what the score counts for these lines is said
+        without_source = sum(1 for source, _ in pairs if not source)
+        print(f"{what}: {incomplete} of {len(pairs)} lines have an empty or unreadable side, kept as empty lines so that "
+              f"each output line stays with its input line: {without_source} without a source (empty hypothesis), "
+              f"{incomplete - without_source} without a reference (translation scored against an empty one); left out "
+              f"of the loss. {skipped.summary()}", file=sys.stderr)
+    elif skipped:  # never silently: a score over fewer pairs is not the test set's
         print(f"dropped {record['dropped_pairs']} of {record['dropped_pairs'] + len(pairs)} pairs of {what} "
               f"(direction {entry.name}): {skipped.summary()}", file=sys.stderr)
     print(f"run {args.run_dir} | checkpoint {translator.checkpoint_path} (step {translator.step}) | {what}: {len(pairs)} pairs"
-          + (f" ({record['dropped_pairs']} dropped)" if skipped else ""))
+          + (f" ({record['dropped_pairs']} dropped)" if record["dropped_pairs"] else "")
+          + (f" ({incomplete} with an empty or unreadable side, scored as such; loss over {len(pairs) - incomplete})"
+             if incomplete else ""))
     print(f"loss {losses['loss']:.4f}  nll {losses['nll']:.4f}  ppl {losses['ppl']:.3f}  "
           f"(teacher-forced over {losses['tokens']} target tokens)")
     print(f"BLEU {scores.bleu:.2f}  chrF {scores.chrf:.2f}  chrF++ {scores.chrf_pp:.2f}  ({len(result.hypotheses)} sentences, "

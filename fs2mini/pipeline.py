@@ -15,7 +15,7 @@ import re
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from itertools import islice
+from itertools import islice, zip_longest
 from pathlib import Path
 from typing import TypeVar
 
@@ -155,6 +155,24 @@ def _raw_line_chunks(handle, path: Path, size: int) -> Iterator[tuple[int, list[
         while block := list(islice(lines, size)):
             yield first, block
             first += len(block)
+
+
+def raw_line_chunks_in_step(paths: tuple[Path, Path], size: int, names: tuple[str, str]
+                            ) -> Iterator[tuple[int, list[bytes], list[bytes]]]:
+    """(number of the first line, the next `size` lines of the first file, as many of the second) of two files of
+    aligned lines read together, so that line i of one only ever meets line i of the other, however each is decoded
+    or filtered later. Files of different lengths stop, once the shorter ends, with one sentence naming both by
+    `names` (e.g. `--source data/test.src`) and their line counts."""
+    firsts, seconds = raw_line_chunks(paths[0], size), raw_line_chunks(paths[1], size)
+    for first_chunk, second_chunk in zip_longest(firsts, seconds):
+        first_line = (first_chunk or second_chunk)[0]
+        blocks = (first_chunk[1] if first_chunk else [], second_chunk[1] if second_chunk else [])
+        if len(blocks[0]) != len(blocks[1]):
+            counts = [first_line - 1 + len(block) + sum(len(rest) for _, rest in chunks)  # (one of them is at its end)
+                      for block, chunks in zip(blocks, (firsts, seconds))]
+            raise UserError(f"{names[0]} has {counts[0]} lines but {names[1]} has {counts[1]}; "
+                            "expected aligned files, one sentence per line")
+        yield first_line, blocks[0], blocks[1]
 
 
 def decode_raw_lines(raw_lines: Iterable[bytes], first_line: int, path: Path,

@@ -128,7 +128,10 @@ def translate_and_score(
 ) -> Evaluation:
     """Translate the sources of the first `max_sentences` (source, reference) pairs (all if None) and score them
     (from `source_lang` into `target_lang`: by default the translator's), with the off-target rate if asked for
-    (among the languages the translator has tokens for; None if the target has no identifier model)."""
+    (among the languages the translator has tokens for; None if the target has no identifier model).
+
+    A blank source gives an empty hypothesis, scored against its reference like any other; the off-target rate
+    leaves it out, since the model was given nothing to put in a language."""
     if max_sentences is not None and max_sentences <= 0:
         raise UserError(f"--max-sentences must be a positive integer, got {max_sentences}")
     pairs = list(pairs[:max_sentences] if max_sentences is not None else pairs)
@@ -143,6 +146,7 @@ def translate_and_score(
     if measure_off_target:
         from fs2mini.langid import off_target_rate  # loads py3langid: only runs that measure it need it
 
-        off_target = off_target_rate(hypotheses, target, translator.tokenizer.lang_ids)
+        translated = [hypothesis for source, hypothesis in zip(sources, hypotheses) if source.strip()]
+        off_target = off_target_rate(translated, target, translator.tokenizer.lang_ids)
     return Evaluation(sources, references, hypotheses, score_translations(hypotheses, references, target, bleu_tokenize),
                       off_target)

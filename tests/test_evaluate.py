@@ -31,6 +31,19 @@ def test_translate_and_score_takes_the_first_max_sentences(trained_reversal_run)
     assert result.scores == score_translations(result.hypotheses, result.references)
 
 
+def test_a_blank_source_gives_an_empty_hypothesis_left_out_of_the_off_target_rate(trained_reversal_run, monkeypatch):
+    from fs2mini import langid
+
+    measured = []
+    monkeypatch.setattr(langid, "off_target_rate", lambda hypotheses, target, among: measured.append(hypotheses) or 0.5)
+    translator = Translator.from_run(trained_reversal_run, device="cpu")
+    result = translate_and_score(translator, [("a b c", "c b a"), (" ", "x y"), ("h i", "i h")], GenerationConfig(beam_size=1),
+                                 measure_off_target=True)
+    assert result.hypotheses == ["c b a", "", "i h"] and result.off_target == 0.5
+    assert measured == [["c b a", "i h"]]  # the model was given nothing to put in a language
+    assert result.scores == score_translations(["c b a", "", "i h"], ["c b a", "x y", "i h"])
+
+
 def test_cli_reports_loss_ppl_bleu_chrf_and_writes_aligned_files(trained_reversal_run, tmp_path, capsys):
     output = tmp_path / "out" / "test.hyp"
     main([str(trained_reversal_run), "--split", "test", "--beam-size", "2", "--output", str(output)])
@@ -144,20 +157,3 @@ def test_unknown_bleu_tokenize_is_one_error_line_before_loading(tmp_path, capsys
     code, err = run_main([str(tmp_path / "no-run"), "--bleu-tokenize", "mecab"], capsys)
     assert code == 2 and err == ("error: --bleu-tokenize 'mecab' is not a sacrebleu tokenizer; expected one of none, zh, "
                                  "13a, intl, char, ja-mecab, ko-mecab, spm, flores101, flores200, spBLEU-1K\n")
-
-
-def test_pairs_dropped_from_source_and_reference_are_counted_and_reported(trained_reversal_run, tmp_path, capsys):
-    (tmp_path / "my.src").write_bytes(b"a b c\n\nd e f g\nh \xff i\nj k\n")
-    (tmp_path / "my.ref").write_text("c b a\ne d\n\ni h\nk j\n", encoding="utf-8")
-    output = tmp_path / "out" / "my.hyp"
-    main([str(trained_reversal_run), "--source", str(tmp_path / "my.src"), "--reference", str(tmp_path / "my.ref"),
-          "--output", str(output)])
-    captured = capsys.readouterr()
-    record = json.loads(output.with_suffix(".json").read_text())
-    assert record["pairs"] == 2 and record["dropped_pairs"] == 3
-    assert record["dropped"] == {"empty source or target": 2, "invalid utf-8": 1}
-    assert output.with_suffix(".ref").read_text().splitlines() == ["c b a", "k j"]  # still aligned after the drops
-    dropped = [line for line in captured.err.splitlines() if line.startswith("dropped")]
-    assert len(dropped) == 1 and dropped[0].startswith("dropped 3 of 5 pairs of ") and "my.src:2" in dropped[0]
-    assert "my.ref:3" in dropped[0] and "my.src:4" in dropped[0]
-    assert "2 pairs (3 dropped)" in captured.out

@@ -5,7 +5,8 @@ import random
 import pytest
 
 from fs2mini.errors import UserError
-from fs2mini.pipeline import Skipped, batch_by_max_tokens, chunk, read_text, shard, shuffle_window
+from fs2mini.pipeline import (Skipped, batch_by_max_tokens, chunk, raw_line_chunks_in_step, read_text, shard,
+                              shuffle_window)
 
 
 def test_read_text_rtrims_skips_header_and_counts_invalid_utf8(tmp_path):
@@ -22,6 +23,20 @@ def test_read_text_missing_file_and_directory_fail_with_the_path(tmp_path):
         read_text(tmp_path / "missing.txt", Skipped())
     with pytest.raises(UserError, match="is a directory"):
         read_text(tmp_path, Skipped())
+
+
+def test_two_files_are_read_in_step_and_different_lengths_name_both_counts(tmp_path):
+    first, second = tmp_path / "a.txt", tmp_path / "b.txt"
+    first.write_bytes(b"1\n2\n3\n4\n5")  # a last line without its line break counts
+    second.write_bytes(b"one\ntwo\nthree\nfour\nfive\n")
+    assert list(raw_line_chunks_in_step((first, second), 2, ("A", "B"))) == [
+        (1, [b"1\n", b"2\n"], [b"one\n", b"two\n"]), (3, [b"3\n", b"4\n"], [b"three\n", b"four\n"]), (5, [b"5"], [b"five\n"])]
+    second.write_bytes(b"one\ntwo\nthree\n")
+    for size in (2, 3, 100):  # the shorter ends inside a chunk, at its end, or both fit in one
+        with pytest.raises(UserError, match="^A has 5 lines but B has 3; expected aligned files, one sentence per line$"):
+            list(raw_line_chunks_in_step((first, second), size, ("A", "B")))
+        with pytest.raises(UserError, match="^B has 3 lines but A has 5;"):
+            list(raw_line_chunks_in_step((second, first), size, ("B", "A")))
 
 
 def test_shuffle_window_is_a_seeded_permutation():
