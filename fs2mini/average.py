@@ -6,7 +6,8 @@ of them, for free (Vaswani et al. 2017 averaged the last 5 or 20; fairseq's
 RUN_DIR/checkpoints (`averaged_last5.pt` by default) holding the mean of the chosen checkpoints'
 weights, the run's config and tokenizer record, and the names it averages; `translate`, `evaluate`
 and `Translator.from_run` load it by name (`--checkpoint averaged_last5`). It has no optimizer
-state and its name is not `step_*.pt`, so training never resumes from it.
+state and its name is not `step_*.pt`, so training never resumes from it. `checkpoints/` may hold
+files copied from elsewhere: a checkpoint of another model or tokenizer is refused, not averaged.
 
 The mean is taken over the state dicts in fp32 with `torch.stack(...).mean(0)`, one tensor at a time;
 `torch.optim.swa_utils.AveragedModel` computes the same mean but needs the model built first, which
@@ -25,10 +26,11 @@ import torch
 import tyro
 
 from fs2mini.checkpoint import (CONFIG, STEP, TOKENIZER, TrainState, list_best_checkpoints, list_checkpoints, load_checkpoint,
-                                write_checkpoint)
+                                remove_partial_writes, write_checkpoint, written_by_the_trainer)
 from fs2mini.errors import UserError, exit_on_user_error
 from fs2mini.lora import model_weights
-from fs2mini.rundir import BEST_CHECKPOINT, CHECKPOINT_DIR
+from fs2mini.rundir import CHECKPOINT_DIR, TOKENIZER_FILE
+from fs2mini.tokenizer import checked_tokenizer, describe_tokenizer, tokenizer_identity
 
 
 def average_state_dicts(states: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -87,16 +89,49 @@ def _best_of(paths: list[Path], count: int) -> list[Path]:
     return sorted(chosen, key=paths.index)
 
 
-def average_checkpoints(paths: Sequence[Path], output: Path) -> dict[str, Any]:
-    """Write the average of `paths` (oldest first) to `output`; returns the checkpoint written."""
+def average_checkpoints(paths: Sequence[Path], output: Path, run_dir: Path | None = None) -> dict[str, Any]:
+    """Write the average of `paths` (oldest first) to `output`; returns the checkpoint written.
+
+    `checkpoints/` may hold files copied from elsewhere: every checkpoint must have the newest one's parameters
+    and shapes and its tokenizer, and that tokenizer must be `run_dir`'s tokenizer.model (as translate checks)."""
     states = [load_checkpoint(path) for path in paths]
     newest = states[-1]
-    try:
-        model = average_state_dicts([model_weights(state) for state in states])  # LoRA runs: adapters merged
-    except ValueError as err:
-        raise UserError(f"cannot average {', '.join(p.name for p in paths)}: {err} (were they trained by the same run?)") from None
+    weights = [model_weights(state) for state in states]  # LoRA runs: adapters merged
+    _check_same_model(paths, weights)
+    _check_same_tokenizer(paths, states, run_dir)
+    model = average_state_dicts(weights)
+    remove_partial_writes(output.parent, of=output.name)  # left by an average that was killed while writing
     return write_checkpoint(output, model, config=newest[CONFIG], tokenizer=newest.get(TOKENIZER), step=newest[STEP],
                             averaged_from=[path.name for path in paths])
+
+
+def _check_same_model(paths: Sequence[Path], weights: Sequence[dict[str, torch.Tensor]]) -> None:
+    """Refuse, naming both files and the first difference, checkpoints of another model than the newest one's."""
+    newest, expected = paths[-1].name, weights[-1]
+    for path, state in zip(paths, weights):
+        names = set(state) ^ set(expected)
+        if names:
+            name = sorted(names)[0]
+            raise UserError(f"cannot average {path.name} with {newest}: {name} is in {newest if name in expected else path.name} "
+                            f"only; expected checkpoints of one model (the same run)")
+        for name, tensor in state.items():
+            if tensor.shape != expected[name].shape:
+                raise UserError(f"cannot average {path.name} with {newest}: {name} is {tuple(tensor.shape)} in "
+                                f"{path.name} and {tuple(expected[name].shape)} in {newest}; expected checkpoints of one "
+                                "model (the same run)")
+
+
+def _check_same_tokenizer(paths: Sequence[Path], states: Sequence[dict[str, Any]], run_dir: Path | None) -> None:
+    """Refuse checkpoints trained with another tokenizer than the newest one, or than the run's tokenizer.model."""
+    records = [state.get(TOKENIZER) for state in states]
+    identities = [tokenizer_identity(record) if record is not None else None for record in records]
+    for path, identity in zip(paths, identities):
+        if identity != identities[-1]:
+            describe = lambda i: describe_tokenizer(i) if i is not None else "not recorded"  # noqa: E731
+            raise UserError(f"cannot average {path.name} with {paths[-1].name}: they were trained with different "
+                            f"tokenizers ({describe(identity)}; {describe(identities[-1])}); expected checkpoints of one run")
+    if run_dir is not None and records[-1] is not None and (run_dir / TOKENIZER_FILE).is_file():
+        checked_tokenizer(run_dir / TOKENIZER_FILE, tuple(records[-1]["lang_ids"]), records[-1], paths[-1])
 
 
 @dataclass(frozen=True)
@@ -120,12 +155,13 @@ class AverageArgs:
 def main(argv: Sequence[str] | None = None) -> None:
     args = tyro.cli(AverageArgs, args=None if argv is None else list(argv))
     with exit_on_user_error():
-        paths = choose_checkpoints(args.run_dir, args.last, args.best)
         name = args.output or (f"averaged_last{args.last}" if args.last is not None else f"averaged_best{args.best}")
         output = Path(name) if name.endswith(".pt") else args.run_dir / CHECKPOINT_DIR / f"{name}.pt"
-        if output.name.startswith("step_") or output.name == BEST_CHECKPOINT:
-            raise UserError(f"--output {name}: that name is the trainer's own; expected another, e.g. averaged_last5")
-        average_checkpoints(paths, output)
+        if written_by_the_trainer(output.name):
+            raise UserError(f"--output {name}: that name is the trainer's own (step_*, best.pt, best_step_*); "
+                            "expected another, e.g. averaged_last5")
+        paths = choose_checkpoints(args.run_dir, args.last, args.best)
+        average_checkpoints(paths, output, args.run_dir)
         print(f"averaged {len(paths)} checkpoints ({', '.join(path.name for path in paths)}) into {output}")
 
 

@@ -112,6 +112,12 @@ def checkpoint_path(checkpoint_dir: Path, step: int) -> Path:
     return checkpoint_dir / f"step_{step:08d}.pt"
 
 
+def written_by_the_trainer(name: str) -> bool:
+    """A checkpoint file name the trainer writes and reads back (step, best and kept best checkpoints): no other
+    command may write a file of that name, or training and `average --best` would take it for their own."""
+    return name == BEST_CHECKPOINT or name.startswith(("step_", "best_step_"))
+
+
 def best_checkpoint_path(checkpoint_dir: Path, step: int) -> Path:
     """One of the N best validation checkpoints (`--trainer.keep-best-checkpoints`); never resumed from."""
     return checkpoint_dir / f"best_step_{step:08d}.pt"
@@ -193,9 +199,11 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def remove_partial_writes(*directories: Path) -> int:
-    """Delete temporary files left by writes that were killed; returns how many there were."""
-    partial = [p for directory in directories if directory.is_dir() for p in directory.glob(".*.tmp")]
+def remove_partial_writes(*directories: Path, of: str | None = None) -> int:
+    """Delete temporary files left by writes that were killed (only those of writes to the file named `of`,
+    when given); returns how many there were."""
+    pattern = f".{of}.*.tmp" if of is not None else ".*.tmp"
+    partial = [p for directory in directories if directory.is_dir() for p in directory.glob(pattern)]
     for path in partial:
         path.unlink(missing_ok=True)
     return len(partial)

@@ -277,14 +277,23 @@ def checked_tokenizer(path: Path, langs: Sequence[str], record: dict[str, Any] |
     else:
         tokenizer = Tokenizer(path, langs, layout=layout)
     found = {"sha256": tokenizer.fingerprint, "vocab_size": tokenizer.vocab_info.size, "lang_ids": dict(tokenizer.lang_ids)}
-    expected = {key: record[key] for key in found}
+    expected = tokenizer_identity(record)
     if found != expected:
         differing = [key for key in found if found[key] != expected[key]]
-        describe = lambda d: f"sha256 {d['sha256'][:12]}, vocab {d['vocab_size']}, language ids {d['lang_ids']}"  # noqa: E731
-        raise UserError(f"{path} ({describe(found)}) is not the tokenizer {checkpoint} was trained with "
-                        f"({describe(expected)}; differing: {', '.join(differing)}); put the original back, or delete "
-                        f"{path.name} to have it restored from the checkpoint")
+        raise UserError(f"{path} ({describe_tokenizer(found)}) is not the tokenizer {checkpoint} was trained with "
+                        f"({describe_tokenizer(expected)}; differing: {', '.join(differing)}); put the original back, or "
+                        f"delete {path.name} to have it restored from the checkpoint")
     return tokenizer
+
+
+def tokenizer_identity(record: dict[str, Any]) -> dict[str, Any]:
+    """What names a tokenizer in a checkpoint's `tokenizer_record`: fingerprint, vocabulary size, language ids."""
+    return {key: record[key] for key in ("sha256", "vocab_size", "lang_ids")}
+
+
+def describe_tokenizer(identity: dict[str, Any]) -> str:
+    """`tokenizer_identity` in a message."""
+    return f"sha256 {identity['sha256'][:12]}, vocab {identity['vocab_size']}, language ids {identity['lang_ids']}"
 
 
 def check_tokenizer_config(cfg: TokenizerConfig, langs: Sequence[str]) -> None:

@@ -1,14 +1,20 @@
 """Checkpoint averaging: the mean of the chosen checkpoints, loadable by name, and one-line errors."""
 
+import shutil
+
 import pytest
 import torch
 
 from fs2mini.average import main
-from fs2mini.checkpoint import checkpoint_path, list_best_checkpoints, load_checkpoint
+from fs2mini.checkpoint import checkpoint_path, list_best_checkpoints, load_checkpoint, write_checkpoint
+from fs2mini.corpus import TsvCorpus, corpus_languages, training_sentences
+from fs2mini.pipeline import Skipped
+from fs2mini.tokenizer import TokenizerConfig, load_or_train_tokenizer, tokenizer_record
 from fs2mini.evaluate import EvaluateArgs, evaluate
 from fs2mini.trainer import train
 from fs2mini.translator import Translator
 from helpers import read_metrics
+from synthetic import write_reversal_tsv
 
 from conftest import tiny_config
 
@@ -62,6 +68,8 @@ def test_best_n_is_the_mean_of_the_best_validation_checkpoints(run_with_checkpoi
     (["--best", "3"], "--best 3: {run}/checkpoints keeps 2 best_step_*.pt checkpoints"),
     ([], "give exactly one of --last N and --best N"),
     (["--last", "2", "--output", "best"], "--output best: that name is the trainer's own"),
+    (["--best", "2", "--output", "best_step_00000004"], "--output best_step_00000004: that name is the trainer's own"),
+    (["--last", "2", "--output", "step_00000009"], "--output step_00000009: that name is the trainer's own"),
 ])
 def test_bad_requests_are_one_error_line(run_with_checkpoints, argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -76,3 +84,72 @@ def test_missing_run_directory_is_one_error_line(tmp_path, capsys):
         main([str(tmp_path / "nope"), "--last", "2"])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.startswith(f"error: run directory {tmp_path / 'nope'} does not exist")
+
+
+def _copy_of(run_dir, tmp_path):
+    """A copy of the run without the averages earlier tests wrote."""
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("averaged_*"))
+    return copy
+
+
+def _one_error_line(argv, capsys):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1, err
+    return err[0]
+
+
+def test_a_checkpoint_of_another_shape_is_refused_naming_it(run_with_checkpoints, tmp_path, capsys):
+    run_dir = _copy_of(run_with_checkpoints, tmp_path)
+    state = load_checkpoint(checkpoint_path(run_dir / "checkpoints", 8))
+    weights = {**state["model"], "embed.weight": state["model"]["embed.weight"][:, :32]}  # a narrower model's table
+    write_checkpoint(checkpoint_path(run_dir / "checkpoints", 10), weights, config=state["config"],
+                     tokenizer=state["tokenizer"], step=10)
+    err = _one_error_line([str(run_dir), "--last", "3"], capsys)
+    assert err.startswith("error: cannot average step_00000006.pt with step_00000010.pt: embed.weight is (28, 64) in "
+                          "step_00000006.pt and (28, 32) in step_00000010.pt"), err
+    assert not (run_dir / "checkpoints" / "averaged_last3.pt").exists()
+
+
+def test_a_checkpoint_of_another_tokenizer_is_refused_naming_it(run_with_checkpoints, tmp_path, capsys):
+    run_dir = _copy_of(run_with_checkpoints, tmp_path)
+    other_tsv = write_reversal_tsv(tmp_path / "other.tsv", 300, seed=5)
+    corpus = TsvCorpus(path=other_tsv)
+    config = load_checkpoint(checkpoint_path(run_dir / "checkpoints", 8))["config"]
+    other = load_or_train_tokenizer(TokenizerConfig(vocab_size=28, cache_dir=tmp_path / "spm"),
+                                    training_sentences(corpus, Skipped()), corpus_languages(corpus))
+    state = load_checkpoint(checkpoint_path(run_dir / "checkpoints", 4))
+    write_checkpoint(checkpoint_path(run_dir / "checkpoints", 4), state["model"], config=config,
+                     tokenizer=tokenizer_record(other), step=4)  # same shapes, other pieces: averaging would be nonsense
+    err = _one_error_line([str(run_dir), "--last", "3"], capsys)
+    assert err.startswith("error: cannot average step_00000004.pt with step_00000008.pt: they were trained with "
+                          f"different tokenizers (sha256 {other.fingerprint[:12]}"), err
+    # Every checkpoint of another tokenizer than the run's tokenizer.model: refused as translate refuses it.
+    shutil.copy(tmp_path / "spm" / next(p.name for p in (tmp_path / "spm").glob("spm-*.model")), run_dir / "tokenizer.model")
+    err = _one_error_line([str(run_dir), "--last", "2"], capsys)
+    assert "tokenizer.model (sha256" in err and "is not the tokenizer" in err and "step_00000008.pt was trained with" in err
+    assert not list((run_dir / "checkpoints").glob("averaged_*"))
+
+
+def test_output_over_a_kept_best_checkpoint_is_refused_and_it_stays(run_with_checkpoints, tmp_path, capsys):
+    run_dir = _copy_of(run_with_checkpoints, tmp_path)
+    kept = list_best_checkpoints(run_dir / "checkpoints")[-1]
+    before = kept.read_bytes()
+    err = _one_error_line([str(run_dir), "--last", "2", "--output", kept.stem], capsys)
+    assert err.startswith(f"error: --output {kept.stem}: that name is the trainer's own")
+    assert kept.read_bytes() == before
+
+
+def test_a_killed_averages_temporary_file_is_removed_by_the_next(run_with_checkpoints, tmp_path):
+    run_dir = _copy_of(run_with_checkpoints, tmp_path)
+    leftover = run_dir / "checkpoints" / ".averaged_last2.pt.k1ll3d.tmp"  # what SIGKILL inside the write leaves
+    leftover.write_bytes(b"PK\x03\x04half")
+    other = run_dir / "checkpoints" / ".step_00000010.pt.x1y2z3.tmp"  # a training's write in progress: not ours
+    other.write_bytes(b"PK")
+    main([str(run_dir), "--last", "2"])
+    assert not leftover.exists() and other.exists()
+    assert load_checkpoint(run_dir / "checkpoints" / "averaged_last2.pt")["averaged_from"] == ["step_00000006.pt",
+                                                                                               "step_00000008.pt"]
