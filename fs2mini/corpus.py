@@ -29,7 +29,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.util
-import itertools
 import json
 import os
 import random
@@ -41,7 +40,7 @@ from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
 
 from fs2mini.errors import FieldPath, UserError, cli_flag, expect, finite
-from fs2mini.pipeline import Skipped, decode_raw_lines, raw_line_chunks, usable_lines
+from fs2mini.pipeline import Skipped, decode_raw_lines, raw_line_chunks, raw_line_chunks_in_step, usable_lines
 
 Split = Literal["train", "valid", "test"]
 
@@ -469,18 +468,7 @@ def line_chunks(corpus: Corpus, split: Split, size: int, field: FieldPath = DATA
 
 
 def _aligned_line_chunks(corpus: ParallelTextCorpus, split: Split, paths: tuple[Path, Path], size: int) -> Iterator[LineChunk]:
-    sources, targets = raw_line_chunks(paths[0], size), raw_line_chunks(paths[1], size)
-    for source_chunk, target_chunk in itertools.zip_longest(sources, targets):
-        first = (source_chunk or target_chunk)[0]
-        source_lines, target_lines = source_chunk[1] if source_chunk else [], target_chunk[1] if target_chunk else []
-        if len(source_lines) != len(target_lines):
-            source_longer = len(source_lines) > len(target_lines)
-            longer, shorter = (paths[0], paths[1]) if source_longer else (paths[1], paths[0])
-            rest = sum(len(block) for _, block in (sources if source_longer else targets))
-            longer_count = first - 1 + max(len(source_lines), len(target_lines)) + rest
-            shorter_count = first - 1 + min(len(source_lines), len(target_lines))
-            raise UserError(f"{longer} has {longer_count} lines but {shorter} ended at line {shorter_count}; "
-                            "expected aligned files with one sentence per line")
+    for first, source_lines, target_lines in raw_line_chunks_in_step(paths, size, (str(paths[0]), str(paths[1]))):
         yield LineChunk(corpus, split, paths, first, (source_lines, target_lines))
 
 

@@ -11,7 +11,6 @@ import math
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from itertools import zip_longest
 from pathlib import Path
 from typing import TextIO
 
@@ -21,7 +20,7 @@ from fs2mini.config import load_config
 from fs2mini.ctranslate import is_ctranslate2_dir
 from fs2mini.errors import UserError, exit_on_user_error, expect_positive_ints
 from fs2mini.forced import LengthCallback, PairScore, score_pairs
-from fs2mini.pipeline import decode_raw_lines, raw_line_chunks
+from fs2mini.pipeline import decode_raw_lines, raw_line_chunks, raw_line_chunks_in_step
 from fs2mini.rundir import CONFIG_FILE
 from fs2mini.translate import use_utf8
 from fs2mini.translator import Translator
@@ -136,13 +135,11 @@ def _length_warning(first_line: int, side: str, outcome: str) -> LengthCallback:
 
 def _pools(source: Path, target: Path) -> Iterator[tuple[int, list[str], list[str], list[tuple[int, str]]]]:
     """(first line number, sources, targets, (index, problem) of unreadable pairs) of each pool of the two files."""
-    for source_block, target_block in zip_longest(raw_line_chunks(source, POOL_PAIRS), raw_line_chunks(target, POOL_PAIRS)):
-        if source_block is None or target_block is None:  # (counted before: only a file changed meanwhile gets here)
-            raise UserError(f"--source {source} and --target {target} changed while being read; expected aligned files")
-        first_line = source_block[0]
+    for first_line, source_lines, target_lines in raw_line_chunks_in_step((source, target), POOL_PAIRS,
+                                                                          (f"--source {source}", f"--target {target}")):
         sources, targets, problems = [], [], []
-        decoded = zip(decode_raw_lines(source_block[1], first_line, source, 0),
-                      decode_raw_lines(target_block[1], first_line, target, 0))
+        decoded = zip(decode_raw_lines(source_lines, first_line, source, 0),
+                      decode_raw_lines(target_lines, first_line, target, 0))
         for index, ((_, source_text, source_problem), (_, target_text, target_problem)) in enumerate(decoded):
             sources.append(source_text.strip())  # as training's corpora and evaluate read their lines
             targets.append(target_text.strip())
