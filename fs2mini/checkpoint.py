@@ -19,6 +19,7 @@ import dataclasses
 import os
 import random
 import re
+import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -197,6 +198,19 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def keep_resume_point(checkpoint_dir: Path, step: int) -> None:
+    """Give a run resumed from best.pt alone (killed after its first best.pt, before its first step checkpoint)
+    the step checkpoint it lacks: a copy of best.pt, which holds the same state (both are saved at that step).
+
+    From then on it is like any other resumed run: it comes back to that step if killed again, and prunes it later."""
+    path = checkpoint_path(checkpoint_dir, step)
+    if path.is_file():
+        return
+    with (checkpoint_dir / BEST_CHECKPOINT).open("rb") as best:
+        write_atomically(path, lambda handle: shutil.copyfileobj(best, handle), f"checkpoint {path}",
+                         "earlier checkpoints are intact")
 
 
 def remove_partial_writes(*directories: Path, of: str | None = None) -> int:

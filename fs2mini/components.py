@@ -126,7 +126,7 @@ def newest_checkpoint(cfg: TrainConfig, env: DistEnv) -> dict[str, Any] | None:
             "move them away to start this run over, or use another --output-dir"
         )
     if checkpoint is None:
-        refuse_silent_restart(cfg)
+        checkpoint = resume_without_step_checkpoint(cfg)
     if checkpoint is not None:
         differing = incompatible_fields(load_config(run_dir / CONFIG_FILE, trust_recipe_code=cfg.trust_recipe_code), cfg)
         if differing:
@@ -137,24 +137,30 @@ def newest_checkpoint(cfg: TrainConfig, env: DistEnv) -> dict[str, Any] | None:
     return checkpoint
 
 
-def refuse_silent_restart(cfg: TrainConfig) -> None:
+def resume_without_step_checkpoint(cfg: TrainConfig) -> dict[str, Any] | None:
     """A run directory without step checkpoints but with signs of training is not started over.
 
     Starting at step 0 would overwrite `best.pt` with a worse model and the metrics with new ones;
     a run killed before or during its first checkpoint write (metrics up to at most the checkpoint
-    interval) is the one case that restarts, with a warning.
+    interval) is the one case that restarts, with a warning, or, when it had written its first best.pt,
+    resumes from that (returned: a training checkpoint of the same state a step checkpoint would hold).
     """
     run_dir = cfg.run_dir
     best = run_dir / CHECKPOINT_DIR / BEST_CHECKPOINT
+    trained = _last_logged_step(run_dir / METRICS_FILE)
     if best.exists():
         try:
-            step = load_checkpoint(best)[STEP]
+            checkpoint = load_checkpoint(best)
+            step = checkpoint[STEP]
             how = f"copy it to {checkpoint_path(best.parent, step).name} to continue from its step {step}"
         except (UserError, KeyError):
-            how = "it is not readable either"
+            checkpoint, how = None, "it is not readable either"
+        if checkpoint is not None and OPTIMIZER in checkpoint and isinstance(step, int) and trained <= cfg.trainer.checkpoint_every:
+            print(f"warning: {run_dir} was stopped at step {trained}, before its first step checkpoint; resuming from "
+                  f"checkpoints/{BEST_CHECKPOINT} (step {step})", file=sys.stderr)
+            return checkpoint
         raise UserError(f"{run_dir} has checkpoints/best.pt but no step checkpoint to resume from, and starting over "
                         f"would overwrite best.pt; {how}, or use another --output-dir to start over")
-    trained = _last_logged_step(run_dir / METRICS_FILE)
     if trained > cfg.trainer.checkpoint_every:  # killed inside the first write: step `checkpoint_every` is logged
         raise UserError(f"{run_dir / METRICS_FILE} records training up to step {trained} but {run_dir / CHECKPOINT_DIR} has "
                         "no checkpoint (were they deleted?); starting over would replace that record. Restore the "
@@ -162,6 +168,7 @@ def refuse_silent_restart(cfg: TrainConfig) -> None:
     if trained > 0:
         print(f"warning: {run_dir} was stopped at step {trained}, before its first checkpoint; starting over at step 0",
               file=sys.stderr)
+    return None
 
 
 def _last_logged_step(metrics: Path) -> int:

@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from fs2mini.checkpoint import TrainState, best_checkpoint_path, checkpoint_path, prune_checkpoints, write_checkpoint
+from fs2mini.checkpoint import (TrainState, best_checkpoint_path, checkpoint_path, keep_resume_point, prune_checkpoints,
+                                write_checkpoint)
 from fs2mini.components import Components, build_components, newest_checkpoint, run_tokenizer
 from fs2mini.config import TrainConfig, TrainerConfig, as_started, check_config, config_to_json
 from fs2mini.data import RunDirections, Seq2SeqBatch, epoch_batches
@@ -144,6 +145,8 @@ def _train_locked(cfg: TrainConfig, directions: RunDirections, env: DistEnv, dev
         torch.manual_seed(tc.seed + 1000 * env.rank + state.step)  # different dropout masks on each rank
     if env.is_main:  # only now: a refused resume or a failed build leaves the directory as it was
         write_run_files(cfg, tokenizer)
+        if checkpoint is not None:  # resumed from best.pt alone: it becomes the step checkpoint
+            keep_resume_point(run_dir / CHECKPOINT_DIR, state.step)
     barrier(env)
     display = ProgressDisplay(tc.max_steps, state.step, tc.progress if env.is_main else "off", tc.log_every,
                               budget_s=tc.max_seconds, elapsed_s=state.elapsed_s)

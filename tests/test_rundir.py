@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -111,14 +112,45 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over_with_a_message(reversal_ts
 
 
 def test_best_pt_alone_is_never_overwritten_by_a_restart(reversal_tsv, tokenizer_cache, tmp_path):
-    cfg = short_run(reversal_tsv, tokenizer_cache, tmp_path / "run")
+    cfg = short_run(reversal_tsv, tokenizer_cache, tmp_path / "run", steps=4)
     run = train(cfg)
-    for path in list_checkpoints(run / "checkpoints"):
+    for path in list_checkpoints(run / "checkpoints"):  # deleted after the run had trained past them
         path.unlink()
     best = (run / "checkpoints" / "best.pt").read_bytes()
-    with pytest.raises(UserError, match=r"has checkpoints/best.pt but no step checkpoint .* copy it to step_00000002.pt"):
-        train(more_steps(cfg, 4))
+    with pytest.raises(UserError, match=r"has checkpoints/best.pt but no step checkpoint .* copy it to step_00000004.pt"):
+        train(more_steps(cfg, 6))
     assert (run / "checkpoints" / "best.pt").read_bytes() == best
+
+
+def test_a_run_killed_after_its_first_best_pt_resumes_from_it(reversal_tsv, tokenizer_cache, tmp_path, monkeypatch, capsys):
+    """Validation (and best.pt) at step 2, the first step checkpoint at step 4: killed at step 3."""
+    import fs2mini.trainer
+
+    cfg = short_run(reversal_tsv, tokenizer_cache, tmp_path / "run", steps=4, checkpoint_every=4, log_every=1)
+    reference = train(dataclasses.replace(cfg, output_dir=tmp_path / "uninterrupted"))
+    real_step, steps = fs2mini.trainer.train_step, []
+
+    def killed_at_step_3(*args, **kwargs):
+        steps.append(1)
+        if len(steps) == 3:
+            raise KeyboardInterrupt  # (no handler saves on it here: what SIGKILL leaves)
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(fs2mini.trainer, "train_step", killed_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg)
+    monkeypatch.undo()
+    run = tmp_path / "run"
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt"]
+    capsys.readouterr()
+    train(cfg)
+    err = " ".join(capsys.readouterr().err.split())
+    assert "before its first step checkpoint; resuming from checkpoints/best.pt (step 2)" in err and "resumed at step 2" in err
+    for name in ("step_00000004.pt", "best.pt"):
+        ours, theirs = load_checkpoint(run / "checkpoints" / name), load_checkpoint(reference / "checkpoints" / name)
+        assert ours["step"] == theirs["step"] and all(torch.equal(ours["model"][k], theirs["model"][k]) for k in theirs["model"])
+    assert [(r["split"], r["step"]) for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())] == \
+        [(r["split"], r["step"]) for r in map(json.loads, (reference / "metrics.jsonl").read_text().splitlines())]
 
 
 def test_metrics_of_a_run_whose_checkpoints_were_deleted_are_not_overwritten(reversal_tsv, tokenizer_cache, tmp_path):
