@@ -33,8 +33,10 @@ class RunLog:
         if cfg.trainer.tensorboard:
             from torch.utils.tensorboard import SummaryWriter  # imports tensorboard: only when asked for
 
-            # Events of steps after the checkpoint (a run killed past it) are hidden from then on.
-            self.tensorboard = SummaryWriter(str(run_dir / TENSORBOARD_DIR), purge_step=resume_step + 1, flush_secs=30)
+            # Events of steps after the checkpoint (a run killed past it) are hidden from then on; a run that starts
+            # over (killed before its first checkpoint) validates step 0 again, so it hides them all, as MetricsLog does.
+            self.tensorboard = SummaryWriter(str(run_dir / TENSORBOARD_DIR), purge_step=resume_step + 1 if resume_step else 0,
+                                             flush_secs=30)
         if cfg.trainer.wandb_project is not None:
             self.wandb = _start_wandb(cfg, wandb_run_id)
 

@@ -1,5 +1,6 @@
 """TensorBoard gets every metrics.jsonl scalar, a resume hides the redone steps there too, and W&B is opt-in."""
 
+import shutil
 import sys
 
 import pytest
@@ -46,6 +47,17 @@ def test_resume_hides_the_steps_after_the_checkpoint_in_tensorboard(reversal_tsv
     assert [s for s, _ in logged["valid/loss"]] == [0, 5, 10, 15]
     records = read_metrics(run_dir / "metrics.jsonl")
     assert [r["step"] for r in records if r["split"] == "valid"] == [0, 5, 10, 15]
+
+
+def test_a_run_started_over_shows_step_0_once_in_tensorboard(reversal_tsv, tokenizer_cache, tmp_path):
+    cfg = tiny_config(reversal_tsv, tmp_path / "run", tokenizer_cache, max_steps=2, validate_every=2, log_every=1,
+                      checkpoint_every=2, valid_translate_sentences=0)
+    run_dir = train(cfg)
+    shutil.rmtree(run_dir / "checkpoints")  # as if killed inside its first checkpoint write: it starts over
+    train(cfg)
+    logged = scalars(run_dir)
+    assert [s for s, _ in logged["valid/loss"]] == [0, 2]
+    assert [s for s, _ in logged["train/loss"]] == [1, 2]
 
 
 def test_no_tensorboard_directory_when_turned_off(reversal_tsv, tokenizer_cache, tmp_path):
