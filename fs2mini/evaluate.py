@@ -118,6 +118,8 @@ class EvaluateArgs:
     off_target: Literal["auto", "always", "never"] = "auto"
     """Off-target rate (translations not in the target language, by py3langid): auto = where the target language has
     an identifier model, always = a target language without one is an error, never = not measured."""
+    trust_recipe_code: bool = False
+    """Allow importing (i.e. running) the recipe code outside fs2mini that RUN_DIR/config.json names: only for runs you trust."""
     generation: Annotated[GenerationConfig, tyro.conf.arg(name="")] = GenerationConfig()
 
 
@@ -146,14 +148,14 @@ def evaluate(args: EvaluateArgs) -> dict:
         _check_inputs_kept(args, output, [output.with_suffix(suffix) for suffix in OUTPUT_SUFFIXES],
                            [*inputs, ("--source", args.source), ("--reference", args.reference)])
         translator = Translator.from_run(args.run_dir, args.checkpoint, args.device, source_lang=args.source_lang,
-                                         target_lang=args.target_lang)
+                                         target_lang=args.target_lang, trust_recipe_code=args.trust_recipe_code)
         langs = (translator.source_lang, translator.target_lang)
         _check_off_target(args, [langs[1]])
-        cfg = load_config(args.run_dir / CONFIG_FILE)
+        cfg = load_config(args.run_dir / CONFIG_FILE, trust_recipe_code=args.trust_recipe_code)
         return _evaluate_direction(args, translator, cfg, RunCorpus.of(AlignedFiles(args.source, args.reference, langs)), output)
     # The run's own split: every direction, or those that --source-lang / --target-lang name.
-    translator = Translator.from_run(args.run_dir, args.checkpoint, args.device)
-    cfg = load_config(args.run_dir / CONFIG_FILE)
+    translator = Translator.from_run(args.run_dir, args.checkpoint, args.device, trust_recipe_code=args.trust_recipe_code)
+    cfg = load_config(args.run_dir / CONFIG_FILE, trust_recipe_code=args.trust_recipe_code)
     run = run_directions(cfg.data)
     corpora = _chosen_directions(args, run)
     _check_off_target(args, [entry.langs[1] for entry in corpora])
