@@ -46,3 +46,16 @@ def test_bad_run_directories_are_one_error_line(make, message, tmp_path, capsys)
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(message.format(tmp=tmp_path)), err
+
+
+@pytest.mark.parametrize("name", ["figures", "out.d"])  # no suffix, or an existing directory
+def test_an_output_that_is_not_a_figure_file_is_one_error_line(name, tmp_path, capsys):
+    run = write_run(tmp_path / "a", 1e-5)
+    if name == "out.d":
+        (tmp_path / name).mkdir()
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(run), "-o", str(tmp_path / name)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1, err
+    assert err[0].startswith(f"error: -o {tmp_path / name}: expected a file name ending in .png, .pdf or .svg")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted({"a", name} if name == "out.d" else {"a"})  # no DIR.png
