@@ -55,6 +55,15 @@ ARCHITECTURE_FIELDS = ("model_dim", "num_encoder_layers", "num_decoder_layers", 
 """Model settings the weights only mean something under; several (heads, positions, scaling) change no tensor's shape."""
 
 
+def differing_architecture(checkpoint: dict, configured_model: dict) -> dict[str, object]:
+    """The `ARCHITECTURE_FIELDS` whose value in the config `checkpoint` records differs from `configured_model`'s
+    (both as config.json writes them), with the checkpoint's value. Fields either side lacks (the oldest
+    checkpoints, a recipe's own architecture) are not compared. `hf export` asks this of its checkpoint too."""
+    trained = (checkpoint.get(CONFIG) or {}).get("model") or {}
+    return {k: trained[k] for k in ARCHITECTURE_FIELDS
+            if k in trained and k in configured_model and trained[k] != configured_model[k]}
+
+
 def read_init(path: Path, langs: Sequence[str], lang_map: Sequence[str] = (), add_languages: Sequence[str] = (),
               configured_model: dict | None = None) -> Initialization:
     """The tokenizer (with the run's languages `langs` mapped and added) and weights `--init path` starts from.
@@ -70,12 +79,10 @@ def read_init(path: Path, langs: Sequence[str], lang_map: Sequence[str] = (), ad
     else:
         raise UserError(f"--init {path} does not exist; expected a run directory (trained, or written by "
                         "python -m fs2mini.hf import) or a checkpoint file")
-    trained_model = (state.get(CONFIG) or {}).get("model") or {}
-    differing = [k for k in ARCHITECTURE_FIELDS if configured_model and k in trained_model and k in configured_model
-                 and trained_model[k] != configured_model[k]]
+    differing = differing_architecture(state, configured_model or {})
     if differing:
-        flags = " ".join("--model." + k.replace("_", "-") + f" {trained_model[k]}" for k in differing)
-        raise UserError(f"--init {path} was trained with {', '.join(f'{k} {trained_model[k]}' for k in differing)}, the "
+        flags = " ".join("--model." + k.replace("_", "-") + f" {v}" for k, v in differing.items())
+        raise UserError(f"--init {path} was trained with {', '.join(f'{k} {v}' for k, v in differing.items())}, the "
                         f"configured model has {', '.join(f'{k} {configured_model[k]}' for k in differing)}; expected the "
                         f"same architecture ({flags})")
     tokenizer = _source_tokenizer(run_dir, state, checkpoint_file)
