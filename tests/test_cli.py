@@ -11,6 +11,7 @@ from fs2mini.config import TrainConfig
 from fs2mini.corpus import TsvCorpus
 from fs2mini.model import ARCHS
 from fs2mini.optim import CosineConfig, SGDConfig
+from fs2mini.check import COMPONENTS
 from fs2mini.train import main, parse_config
 
 from conftest import tiny_config
@@ -64,12 +65,12 @@ def test_help_lists_every_component_and_the_check_command():
     text = re.sub(r"[│\s]+", " ", result.stdout)  # undo the boxes' line wrapping
     for flag in ["--tokenizer.vocab-size", "--data.max-tokens", "--model.model-dim", "--task.label-smoothing",
                  "--optimizer.lr", "--lr-scheduler.warmup-steps", "--trainer.max-steps", "optimizer:sgd",
-                 "lr-scheduler:cosine", "model:dense-600m", "check {tokenizer,data,model,task"]:
+                 "lr-scheduler:cosine", "model:dense-600m", f"check {{{','.join(COMPONENTS)}}} [FLAGS]"]:
         assert flag in text, flag
     assert "Width of embeddings and of every layer's input and output. (default: 256)" in text
 
 
-@pytest.mark.parametrize("component", ["tokenizer", "data", "model", "task", "optimizer", "lr-scheduler", "trainer"])
+@pytest.mark.parametrize("component", COMPONENTS)
 def test_check_each_component(component, reversal_tsv, tokenizer_cache, tmp_path, capsys):
     main(tiny_config(reversal_tsv, tmp_path / "run", tokenizer_cache), argv=["check", component])
     out = capsys.readouterr().out

@@ -19,7 +19,7 @@ import pytest
 from conftest import tiny_config
 from fs2mini.config import load_config
 from fs2mini.errors import UserError
-from fs2mini.train import check
+from fs2mini.check import check
 from fs2mini.trainer import train
 from fs2mini.translator import Translator
 
