@@ -624,7 +624,7 @@ def import_checkpoint(src: str, run_dir: Path, source_lang: str, target_lang: st
     return run_dir
 
 
-def export_run(run_dir: Path, out: Path, checkpoint: str | None = None) -> Path:
+def export_run(run_dir: Path, out: Path, checkpoint: str | None = None, *, trust_recipe_code: bool = False) -> Path:
     """Write `out`: config.json, model.safetensors, sentencepiece.bpe.model and tokenizer files for transformers.
 
     The checkpoint is checked as `Translator.from_run` checks it (the run's tokenizer is the one it was trained
@@ -637,7 +637,7 @@ def export_run(run_dir: Path, out: Path, checkpoint: str | None = None) -> Path:
 
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out} already exists; expected a new directory")
-    cfg = load_config(run_dir / CONFIG_FILE)
+    cfg = load_config(run_dir / CONFIG_FILE, trust_recipe_code=trust_recipe_code)
     if not isinstance(cfg.model, ModelConfig):
         raise UserError(f"{run_dir / CONFIG_FILE}: model {type(cfg.model).__qualname__} is not fs2mini's ModelConfig; "
                         "only the built-in architecture exports to M2M100")
@@ -736,6 +736,8 @@ class ExportArgs:
     """New directory to write."""
     checkpoint: str | None = None
     """Checkpoint file or name in RUN_DIR/checkpoints; default best.pt, else the newest step."""
+    trust_recipe_code: bool = False
+    """Allow importing (i.e. running) the recipe code outside fs2mini that RUN_DIR/config.json names: only for runs you trust."""
 
 
 @dataclass(frozen=True)
@@ -750,9 +752,12 @@ class CTranslate2Args:
     """Weight type: int8 (fastest on CPU), int8_float32 (int8 weights, float32 elsewhere), float32 (exact)."""
     checkpoint: str | None = None
     """Checkpoint file or name in RUN_DIR/checkpoints; default best.pt, else the newest step."""
+    trust_recipe_code: bool = False
+    """Allow importing (i.e. running) the recipe code outside fs2mini that RUN_DIR/config.json names: only for runs you trust."""
 
 
-def export_ctranslate2(run_dir: Path, out: Path, quantization: str, checkpoint: str | None = None) -> Path:
+def export_ctranslate2(run_dir: Path, out: Path, quantization: str, checkpoint: str | None = None, *,
+                       trust_recipe_code: bool = False) -> Path:
     """`export_run` into scratch space, then CTranslate2's converter from it into `out`, all in one `staged` write."""
     from fs2mini.ctranslate import convert_exported, import_ctranslate2
 
@@ -760,7 +765,7 @@ def export_ctranslate2(run_dir: Path, out: Path, quantization: str, checkpoint: 
         raise UserError(f"{out} already exists; expected a new directory")
     import_ctranslate2()  # before the export's work
     with staged(out) as converted:
-        exported = export_run(run_dir, converted.parent / "m2m100", checkpoint)
+        exported = export_run(run_dir, converted.parent / "m2m100", checkpoint, trust_recipe_code=trust_recipe_code)
         convert_exported(exported, converted, quantization)  # (renamed over the empty `converted`)
     print(f"converted to CTranslate2 ({quantization}) in {out}; translate with python -m fs2mini.translate {out}",
           file=sys.stderr)
@@ -779,9 +784,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                 import_checkpoint(args.src, args.run_dir, args.source_lang, args.target_lang, args.tsv, args.revision)
                 print(f"imported {args.src} into {args.run_dir}", file=sys.stderr)
             case ExportArgs():
-                export_run(args.run_dir, args.out, args.checkpoint)
+                export_run(args.run_dir, args.out, args.checkpoint, trust_recipe_code=args.trust_recipe_code)
             case CTranslate2Args():
-                export_ctranslate2(args.run_dir, args.out, args.quantization, args.checkpoint)
+                export_ctranslate2(args.run_dir, args.out, args.quantization, args.checkpoint,
+                                   trust_recipe_code=args.trust_recipe_code)
 
 
 if __name__ == "__main__":

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from conftest import tiny_config
+from fs2mini.check import check
 from fs2mini.config import load_config
 from fs2mini.errors import UserError
-from fs2mini.check import check
 from fs2mini.trainer import train
 from fs2mini.translator import Translator
 
@@ -103,6 +103,24 @@ def test_translate_runs_no_code_from_a_run_directory_without_the_flag(base_run, 
                              timeout=300, cwd=tmp_path)
     assert trusted.returncode == 0 and len(trusted.stdout.splitlines()) == 1, trusted.stderr
     assert len(traces(trace)) == 1 and traces(trace)[0].startswith("fs2mini_recipe_payload_")
+
+
+@pytest.mark.parametrize("command", ["evaluate", "export"])
+def test_evaluate_and_export_run_no_code_from_a_run_directory_without_the_flag(command, base_run, reversal_tsv,
+                                                                                tokenizer_cache, tmp_path, capsys):
+    from fs2mini import evaluate, hf
+
+    trace = tmp_path / "trace"
+    recipe = write_recipe(tmp_path / "payload.py", trace, reversal_tsv, tokenizer_cache)
+    run = shared_run(base_run, tmp_path, _file=str(recipe))
+    main, argv = {"evaluate": (evaluate.main, [str(run), "--output", str(tmp_path / "out.hyp")]),
+                  "export": (hf.main, ["export", str(run), str(tmp_path / "exported")])}[command]
+    with pytest.raises(SystemExit) as refused:
+        main(argv)
+    assert refused.value.code == 2 and traces(trace) == []
+    assert f"{recipe} (for model)" in capsys.readouterr().err
+    main([*argv, "--trust-recipe-code"])
+    assert len(traces(trace)) == 1
 
 
 def test_translator_from_run_needs_trust_recipe_code_and_then_imports_the_recipe_once(
