@@ -25,8 +25,10 @@ import hashlib
 import json
 import os
 import random
+import shutil
+import signal
 import sys
-import tempfile
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +36,7 @@ from typing import Any, Literal
 
 import sentencepiece as spm
 import torch
+from filelock import FileLock
 
 from fs2mini.errors import UserError, expect, finite
 from fs2mini.rundir import LAYOUT_FILE
@@ -353,45 +356,114 @@ def _cache_key(cfg: TokenizerConfig, text: Iterable[str], langs: Sequence[str], 
 
 def _train_sentencepiece(cfg: TokenizerConfig, text: Iterable[str], langs: Sequence[str], model_path: Path,
                          tags: Sequence[str] = ()) -> None:
-    """Train into a temporary prefix and rename, so an interrupted training never leaves a half model."""
+    """Train into a temporary directory beside `model_path` and rename, so an interrupted training never leaves a
+    half model.
+
+    Under a lock per model (as prepared corpora are): one process trains it, another waiting for it reuses it,
+    and a temporary directory of this model found under the lock was left by a killed training and is removed.
+    Ctrl-C while the text is read stops at once; once sentencepiece trains (C++, which no signal interrupts)
+    the model it finishes is kept in the cache for the next run before the interrupt is raised (`_Sigint`)."""
     try:
         model_path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(f"{model_path}.lock")
+        lock.acquire()
     except OSError as err:
         raise UserError(f"cannot create tokenizer cache {model_path.parent}: {err.strerror}") from None
+    try:
+        if model_path.exists():  # trained by another process while this one waited for the lock
+            return
+        for leftover in model_path.parent.glob(f".{model_path.name}.*.tmp"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        tmp = model_path.parent / f".{model_path.name}.{os.getpid()}.tmp"
+        try:
+            tmp.mkdir()
+        except OSError as err:
+            raise UserError(f"cannot write to tokenizer cache {model_path.parent}: {err.strerror}") from None
+        try:
+            with _Sigint() as sigint:
+                _train_into(cfg, sigint.reading(text), langs, tmp / "spm", tags)
+                try:
+                    os.replace(tmp / "spm.model", model_path)
+                except OSError as err:
+                    raise UserError(f"cannot write {model_path}: {err.strerror}") from None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if sigint.requested:
+            print(f"interrupted while sentencepiece trained (it cannot be stopped midway); its model is kept in "
+                  f"{model_path} for the next run", file=sys.stderr)
+            raise KeyboardInterrupt
+    finally:
+        lock.release()
+
+
+def _train_into(cfg: TokenizerConfig, text: Iterator[str], langs: Sequence[str], prefix: Path, tags: Sequence[str]) -> None:
+    """Sentencepiece training of `prefix`.model; an error of the text reader (or Ctrl-C) stops it and is raised as is."""
     raised: list[BaseException] = []
 
-    def reading(sentences: Iterable[str]) -> Iterator[str]:
-        """The text, stopping at an error of the corpus reader: sentencepiece would hide it in its own message."""
+    def reading(sentences: Iterator[str]) -> Iterator[str]:
+        """The text; an error of the corpus reader is kept and raised again, which makes sentencepiece give up at
+        once (with a message of its own that would hide it)."""
         try:
             yield from sentences
         except BaseException as err:
             raised.append(err)
+            raise
 
-    with tempfile.TemporaryDirectory(dir=model_path.parent) as tmp:
-        prefix = Path(tmp) / "spm"
-        try:
-            spm.SentencePieceTrainer.train(
-                sentence_iterator=reading(text),
-                model_prefix=str(prefix),
-                vocab_size=cfg.vocab_size,
-                model_type=cfg.model_type,
-                character_coverage=cfg.character_coverage,
-                input_sentence_size=cfg.max_training_sentences,
-                shuffle_input_sentence=True,
-                pad_id=PAD_ID,
-                unk_id=UNK_ID,
-                bos_id=BOS_ID,
-                eos_id=EOS_ID,
-                user_defined_symbols=[lang_token(lang) for lang in langs] + list(tags),
-                minloglevel=2,
-                num_threads=os.cpu_count() or 1,
-            )
-        except RuntimeError as err:
-            if raised:
-                raise raised[0] from None
-            # Drop sentencepiece's "INTERNAL: file.cc(744) [check] " prefix; keep its sentence.
-            message = str(err).strip().splitlines()[-1].rsplit("] ", 1)[-1] or type(err).__name__
-            raise UserError(f"--tokenizer.vocab-size {cfg.vocab_size}: sentencepiece training failed: {message}") from None
-        if raised:  # (the model was trained on part of the text: not kept)
-            raise raised[0]
-        os.replace(f"{prefix}.model", model_path)
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=reading(text),
+            model_prefix=str(prefix),
+            vocab_size=cfg.vocab_size,
+            model_type=cfg.model_type,
+            character_coverage=cfg.character_coverage,
+            input_sentence_size=cfg.max_training_sentences,
+            shuffle_input_sentence=True,
+            pad_id=PAD_ID,
+            unk_id=UNK_ID,
+            bos_id=BOS_ID,
+            eos_id=EOS_ID,
+            user_defined_symbols=[lang_token(lang) for lang in langs] + list(tags),
+            minloglevel=2,
+            num_threads=os.cpu_count() or 1,
+        )
+    except RuntimeError as err:
+        if raised:
+            raise raised[0] from None
+        # Drop sentencepiece's "INTERNAL: file.cc(744) [check] " prefix; keep its sentence.
+        message = str(err).strip().splitlines()[-1].rsplit("] ", 1)[-1] or type(err).__name__
+        raise UserError(f"--tokenizer.vocab-size {cfg.vocab_size}: sentencepiece training failed: {message}") from None
+    if raised:  # (sentencepiece went on without the rest of the text: not kept)
+        raise raised[0]
+
+
+class _Sigint:
+    """Ctrl-C during sentencepiece training: at once while the text is read; after training once it is read.
+
+    Python runs a signal handler only between bytecodes, so a Ctrl-C while sentencepiece's C++ trains is
+    seen only when it returns. Raising it then would throw the finished model away; instead it is noted
+    (`requested`) and raised by the caller once the model is kept. While the text is read (`reading`), the
+    handler raises at once, in the reader, and sentencepiece gives up. Only the default handler is replaced
+    (the trainer's own, which saves and stops, is left alone) and only in the main thread (where handlers run)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._read = False
+        self._previous: Any = None
+
+    def reading(self, text: Iterable[str]) -> Iterator[str]:
+        yield from text
+        self._read = True
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if not self._read:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> _Sigint:
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)

@@ -284,3 +284,72 @@ def test_disk_full_while_logging_keeps_whole_lines_and_stops(reversal_tsv, token
     with pytest.raises(UserError, match=r"cannot write .*metrics.jsonl: No space left on device; it keeps every line"):
         train(tiny_config(reversal_tsv, tmp_path / "run", tokenizer_cache, max_steps=20, log_every=1))
     assert len(read_metrics(tmp_path / "run" / "metrics.jsonl")) == 2  # whole lines only
+
+
+def _sentences(count):
+    words = "the cat sat on a mat and dog ran far le chat est sur tapis un chien".split()
+    return [" ".join(words[(i * 7 + j) % len(words)] for j in range(3 + i % 5)) for i in range(count)]
+
+
+def _spy_on_sentencepiece(monkeypatch, after=lambda: None):
+    """Record how each sentencepiece training ended ("returned" or the exception's name); `after()` runs once it returned."""
+    import fs2mini.tokenizer
+
+    real_train, ends = fs2mini.tokenizer.spm.SentencePieceTrainer.train, []
+
+    def train_and_record(**kwargs):
+        try:
+            real_train(**kwargs)
+        except BaseException as err:
+            ends.append(type(err).__name__)
+            raise
+        ends.append("returned")
+        after()
+
+    monkeypatch.setattr(fs2mini.tokenizer.spm.SentencePieceTrainer, "train", train_and_record)
+    return ends
+
+
+def test_ctrl_c_while_the_tokenizer_reads_its_text_stops_sentencepiece_at_once(tmp_path, monkeypatch):
+    from fs2mini.tokenizer import TokenizerConfig, load_or_train_tokenizer
+
+    ends = _spy_on_sentencepiece(monkeypatch)
+
+    def text():
+        for index, sentence in enumerate(_sentences(3000)):
+            if index == 500:
+                os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the corpus is read
+            yield sentence
+
+    cache = tmp_path / "spm"
+    with pytest.raises(KeyboardInterrupt):
+        load_or_train_tokenizer(TokenizerConfig(vocab_size=40, cache_dir=cache), text(), ("eng", "fra"), fingerprint="f")
+    assert ends == ["RuntimeError"]  # sentencepiece gave up at once instead of training on the first 500 sentences
+    assert [p.name for p in cache.iterdir() if not p.name.endswith(".lock")] == []  # no model, no temporary directory
+
+
+def test_ctrl_c_once_sentencepiece_trains_keeps_its_model_for_the_next_run(tmp_path, monkeypatch, capsys):
+    """Python sees a Ctrl-C that comes while sentencepiece's C++ trains only when it returns: the model is done then."""
+    from fs2mini.tokenizer import TokenizerConfig, load_or_train_tokenizer
+
+    ends = _spy_on_sentencepiece(monkeypatch, after=lambda: os.kill(os.getpid(), signal.SIGINT))
+    cfg = TokenizerConfig(vocab_size=40, cache_dir=tmp_path / "spm")
+    with pytest.raises(KeyboardInterrupt):
+        load_or_train_tokenizer(cfg, iter(_sentences(3000)), ("eng", "fra"), fingerprint="f")
+    assert "its model is kept in" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+    tokenizer = load_or_train_tokenizer(cfg, iter(["never read"]), ("eng", "fra"), fingerprint="f")
+    assert ends == ["returned"] and tokenizer.vocab_info.size == 40  # the next run trained nothing
+
+
+def test_a_killed_tokenizer_trainings_temporary_directory_is_removed_by_the_next(tmp_path):
+    from fs2mini.tokenizer import TokenizerConfig, load_or_train_tokenizer
+
+    cfg = TokenizerConfig(vocab_size=40, cache_dir=tmp_path / "spm")
+    model = load_or_train_tokenizer(cfg, iter(_sentences(300)), ("eng", "fra"), fingerprint="f").model_path
+    model.unlink()
+    leftover = model.parent / f".{model.name}.4242.tmp"  # SIGKILL while sentencepiece trained (another process)
+    leftover.mkdir()
+    (leftover / "spm.model").write_bytes(b"half")
+    load_or_train_tokenizer(cfg, iter(_sentences(300)), ("eng", "fra"), fingerprint="f")
+    assert model.is_file() and not leftover.exists()
