@@ -39,7 +39,7 @@ def average_state_dicts(states: Sequence[dict[str, torch.Tensor]]) -> dict[str, 
         raise ValueError("no state dicts to average")
     keys = list(states[-1])
     for state in states:
-        if list(state) != keys:
+        if set(state) != set(keys):  # (in any order: each tensor is taken by name)
             raise ValueError("the checkpoints hold different parameters")
     averaged: dict[str, torch.Tensor] = {}
     for key in keys:
