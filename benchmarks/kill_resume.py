@@ -14,6 +14,10 @@ every 100) once without interruption, then runs each scenario with the same comm
 - `concurrent`: two trainers on one --output-dir (the second started while the first trains, both at
   the same moment, the second while the first starts up): one must be refused with a single
   `error:` line naming the other's PID and a non-zero exit; the other must finish unaffected.
+- `average`: `python -m fs2mini.average RUN --last 3` on a copy of the uninterrupted run, killed inside
+  its write of `averaged_last3.pt` again and again: the final name must hold the complete average or
+  nothing, and a rerun must remove the killed writes' temporary files and write the same weights as an
+  average never killed.
 
 How a kill lands inside a write, deterministically rather than by luck: fs2mini writes a checkpoint
 to a temporary file `.NAME.XXXXXXXX.tmp` next to its final name and renames it once complete and
@@ -22,7 +26,8 @@ temporary file appears it polls the file's size until it holds a random fraction
 full checkpoint (the uninterrupted run's size), then sends SIGKILL. A kill counts as inside the
 write only if the temporary file is still there after the process died (not yet renamed); any other
 outcome is reported as a miss, never counted as a hit. Sentencepiece training is found the same way:
-fs2mini trains it in a temporary directory of the tokenizer cache. fs2mini itself has no test hooks.
+fs2mini trains it in a temporary directory of the tokenizer cache (`.spm-*.model.PID.tmp`), which the
+next training of that model removes; none may be left at the end. fs2mini itself has no test hooks.
 
 After every kill, each checkpoint file present (`step_*.pt`, `best.pt`) must load and record the
 tokenizer that tokenizer.model holds. At the end of each scenario the run must finish, its last step
@@ -31,6 +36,7 @@ each (step, split) record once, the same records as the uninterrupted run.
 
     python benchmarks/kill_resume.py --kills 30
     python benchmarks/kill_resume.py --scenarios best concurrent   # some scenarios only
+    python benchmarks/kill_resume.py --scenarios average --average-kills 10
 """
 
 from __future__ import annotations
@@ -58,8 +64,8 @@ from fs2mini.checkpoint import list_checkpoints
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from synthetic import write_reversal_tsv  # noqa: E402  (the tests' learnable corpus)
 
-Scenario = Literal["random", "tokenizer", "first-checkpoint", "best", "concurrent"]
-SCENARIOS: tuple[Scenario, ...] = ("random", "tokenizer", "first-checkpoint", "best", "concurrent")
+Scenario = Literal["random", "tokenizer", "first-checkpoint", "best", "concurrent", "average"]
+SCENARIOS: tuple[Scenario, ...] = ("random", "tokenizer", "first-checkpoint", "best", "concurrent", "average")
 POLL_S = 0.0002
 """How often the file system is polled while waiting for a write to kill."""
 TIMEOUT_S = 3600
@@ -78,6 +84,8 @@ class SoakConfig:
     """SIGKILLs of the `best` scenario (spread over the validations that write best.pt)."""
     concurrent_trials: int = 6
     """Pairs of trainers started on one directory (`concurrent` scenario)."""
+    average_kills: int = 10
+    """SIGKILLs of `python -m fs2mini.average` inside its write (`average` scenario)."""
     scenarios: tuple[Scenario, ...] = SCENARIOS
     """Which scenarios to run."""
     steps: int = 400
@@ -100,6 +108,14 @@ def train_command(workdir: Path, run_dir: Path, cfg: SoakConfig, cache: str = "s
             "--model.dropout-p", "0.1", "--trainer.max-steps", str(cfg.steps), "--trainer.checkpoint-every",
             str(cfg.checkpoint_every), "--trainer.keep-last-checkpoints", "3", "--trainer.validate-every", "100",
             "--trainer.log-every", "1", "--trainer.progress", "lines"]
+
+
+AVERAGED = "averaged_last3.pt"
+"""What `average_command` writes in the run's checkpoints/ (the run keeps its last 3 step checkpoints)."""
+
+
+def average_command(run_dir: Path) -> list[str]:
+    return [sys.executable, "-m", "fs2mini.average", str(run_dir), "--last", "3"]
 
 
 # --- starting, watching and killing runs -------------------------------------------------------------
@@ -252,12 +268,14 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)["model"]
 
 
+def same(a: Path, b: Path) -> bool:
+    """Two checkpoint files hold the same weights, bit for bit."""
+    x, y = weights(a), weights(b)
+    return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+
+
 def identical(reference: Path, run_dir: Path) -> bool:
     """The last step checkpoint and best.pt hold the same weights, bit for bit."""
-    def same(a: Path, b: Path) -> bool:
-        x, y = weights(a), weights(b)
-        return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
-
     ours, theirs = list_checkpoints(reference / "checkpoints"), list_checkpoints(run_dir / "checkpoints")
     best = (reference / "checkpoints" / "best.pt", run_dir / "checkpoints" / "best.pt")
     return (bool(theirs) and ours[-1].name == theirs[-1].name and same(ours[-1], theirs[-1])
@@ -347,14 +365,18 @@ def random_kills(scene: Scene, cfg: SoakConfig, rng: random.Random, full_size: i
 
 
 def tokenizer_kills(scene: Scene, cfg: SoakConfig, rng: random.Random, cache: Path) -> dict[str, Any]:
-    """Odd kills while sentencepiece trains; even ones in the first steps, then the cache is emptied."""
+    """Odd kills while sentencepiece trains; even ones in the first steps, then the cache is emptied.
+
+    An even attempt trains the tokenizer that the odd kill before it stopped: once it trains its steps, the
+    killed training's temporary directory must be gone from the cache."""
+    left: list[str] = []
     for number in range(1, cfg.tokenizer_kills + 1):
-        old_temps = set(cache.glob("tmp*")) if cache.is_dir() else set()
+        old_temps = set(cache.glob(".spm-*.tmp")) if cache.is_dir() else set()
         had_tokenizer = (scene.run_dir / "tokenizer.model").is_file()
         old_metrics = metrics_file_id(scene.run_dir)
         process = scene.attempt()
         if number % 2 == 1:
-            poll(process, lambda: cache.is_dir() and set(cache.glob("tmp*")) - old_temps)
+            poll(process, lambda: cache.is_dir() and set(cache.glob(".spm-*.tmp")) - old_temps)
             time.sleep(rng.uniform(0.0, 0.02))
             alive = kill(process)
             cached = list(cache.glob("spm-*.model"))
@@ -366,6 +388,8 @@ def tokenizer_kills(scene: Scene, cfg: SoakConfig, rng: random.Random, cache: Pa
             poll(process, lambda: metrics_file_id(scene.run_dir) != old_metrics and len(logged(scene.run_dir)) >= first_steps,
                  interval=0.002)
             alive = kill(process)
+            if alive:
+                left += sorted(p.name for p in cache.glob(".spm-*.tmp")) if cache.is_dir() else []
             shutil.rmtree(cache, ignore_errors=True)  # the rerun trains the tokenizer again
             moment = "in the first steps, then tokenizer cache emptied" if alive else "finished before the kill"
         if scene.refused(process):
@@ -377,7 +401,11 @@ def tokenizer_kills(scene: Scene, cfg: SoakConfig, rng: random.Random, cache: Pa
     if not same_pieces:
         scene.problems.append("tokenizer.model does not hold the uninterrupted run's pieces")
         result["passed"] = False
-    return {**result, "tokenizer_pieces_as_uninterrupted": same_pieces}
+    left += sorted(p.name for p in cache.glob(".spm-*.tmp")) if cache.is_dir() else []
+    if left:
+        scene.problems.append(f"temporary directories left in the tokenizer cache: {left}")
+        result["passed"] = False
+    return {**result, "tokenizer_pieces_as_uninterrupted": same_pieces, "tokenizer_cache_leftovers": left}
 
 
 def first_checkpoint_kills(scene: Scene, cfg: SoakConfig, rng: random.Random, full_size: int) -> dict[str, Any]:
@@ -462,6 +490,54 @@ def concurrent_trials(workdir: Path, cfg: SoakConfig, reference: Path) -> dict[s
             "final_weights_bit_identical": all_identical, "problems": problems, "passed": not problems}
 
 
+def average_kills(workdir: Path, cfg: SoakConfig, rng: random.Random, reference: Path) -> dict[str, Any]:
+    """Kills inside `average`'s write: the output is the complete average or absent; a rerun cleans up and writes it."""
+    expected_run = workdir / "average-uninterrupted"
+    shutil.copytree(reference, expected_run)
+    subprocess.run(average_command(expected_run), check=True, capture_output=True)
+    expected = expected_run / "checkpoints" / AVERAGED
+    run_dir = workdir / "average"
+    shutil.copytree(reference, run_dir)
+    output, log = run_dir / "checkpoints" / AVERAGED, workdir / "average.log"
+    moments: dict[str, int] = {}
+    problems: list[str] = []
+    incomplete = 0
+    for number in range(1, cfg.average_kills + 1):
+        process = start(average_command(run_dir), log)
+        outcome = kill_inside_write(process, run_dir / "checkpoints", AVERAGED, rng.random() * expected.stat().st_size)
+        moment = {"inside": "inside the averaged checkpoint's write",
+                  "missed": "missed the write (it completed first)"}.get(outcome, "finished before the kill")
+        moments[moment] = moments.get(moment, 0) + 1
+        if process.returncode not in (0, -9):
+            problems.append(f"average exited with {process.returncode}: {failure(log)}")
+            break
+        try:
+            complete = not output.exists() or same(output, expected)
+        except Exception:  # noqa: BLE001 (a file torch cannot read is what this looks for)
+            complete = False
+        incomplete += not complete
+        print(f"average kill {number}/{cfg.average_kills}: {moment}; {AVERAGED} "
+              f"{'absent' if not output.exists() else 'complete' if complete else 'INCOMPLETE'}; temporary files "
+              f"{sorted(temp_files(run_dir / 'checkpoints', AVERAGED))}", flush=True)
+    completed = False
+    if not problems:
+        with open(log, "ab") as handle:
+            completed = subprocess.run(average_command(run_dir), stdout=subprocess.DEVNULL, stderr=handle).returncode == 0
+        if not completed:
+            problems.append(f"the final rerun failed: {failure(log)}")
+    left = sorted(temp_files(run_dir / "checkpoints", AVERAGED))
+    identical_average = completed and same(output, expected)
+    if incomplete:
+        problems.append(f"{incomplete} times {AVERAGED} was there but not the complete average")
+    if left:
+        problems.append(f"temporary files left after the rerun: {left}")
+    if completed and not identical_average:
+        problems.append("the rerun's average differs from the uninterrupted one")
+    return {"kills": sum(n for m, n in moments.items() if m != "finished before the kill"), "kill_moments": moments,
+            "incomplete_outputs_found": incomplete, "final_run_completed": completed, "temporary_files_left": left,
+            "average_bit_identical": identical_average, "problems": problems, "passed": not problems}
+
+
 def main(cfg: SoakConfig) -> dict:
     workdir = cfg.workdir or Path(tempfile.mkdtemp(prefix="fs2mini-soak-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -484,6 +560,8 @@ def main(cfg: SoakConfig) -> dict:
             result = first_checkpoint_kills(Scene(name, workdir, cfg, reference), cfg, rng, full_size)
         elif name == "best":
             result = best_kills(Scene(name, workdir, cfg, reference), cfg, rng, full_size)
+        elif name == "average":
+            result = average_kills(workdir, cfg, rng, reference)
         else:
             result = concurrent_trials(workdir, cfg, reference)
         result["seconds"] = round(time.perf_counter() - began, 1)
