@@ -198,7 +198,7 @@ CASES = [
          train_then(replace_config_by_directory)),
     Case("config.json value of the wrong type", ["--trainer.max-steps", "4"], 2,
          "config.json: model.model_dim is 'wide'; expected a value of type int", train_then(wrong_type_in_config)),
-    Case("only best.pt left", ["--trainer.max-steps", "4"], 2, "has checkpoints/best.pt but no step checkpoint",
+    Case("only best.pt left", ["--trainer.max-steps", "4", "--trainer.checkpoint-every", "1"], 2, "has checkpoints/best.pt but no step checkpoint",
          train_then(lambda path: path.unlink())),
     # Numeric flags: non-finite, negative, out of range (`--flag VALUE: expected ...`).
     *[Case(f"{flag} {value}", [flag, *value.split()], 2, f"{flag} {shown}: expected {expected}") for flag, value, shown, expected in [
