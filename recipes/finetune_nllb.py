@@ -56,14 +56,14 @@ class FinetuneModelConfig(ModelConfig):
         return model
 
 
-def default_config(init: Path | None) -> TrainConfig:
+def default_config(init: Path | None, trust_recipe_code: bool = False) -> TrainConfig:
     """Fine-tuning defaults on top of the imported run's shape and tokenizer settings (without `init`, `--help`
-    shows them on fs2mini's default shape)."""
+    shows them on fs2mini's default shape); a run of a recipe's own classes is read with `--trust-recipe-code`."""
     if init is None:
         imported = TrainConfig()
     else:
         run_dir = init if init.is_dir() else init.parent.parent  # a checkpoint file: RUN/checkpoints/NAME.pt
-        imported = load_config(run_dir / "config.json")
+        imported = load_config(run_dir / "config.json", trust_recipe_code=trust_recipe_code)
     shape = {f.name: getattr(imported.model, f.name) for f in dataclasses.fields(ModelConfig)}
     shape.update(dropout_p=0.1, attention_dropout_p=0.1, ffn_dropout_p=0.0)
     longest = min(DataConfig.max_source_len, imported.model.max_seq_len)
@@ -76,13 +76,15 @@ def default_config(init: Path | None) -> TrainConfig:
 def main(argv: list[str] | None = None) -> None:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--init", type=Path, default=None)
+    pre.add_argument("--trust-recipe-code", action="store_true")
     known, rest = pre.parse_known_args(sys.argv[1:] if argv is None else argv)
     with exit_on_user_error():
         if known.init is None and not {"-h", "--help"} & set(rest):
             raise UserError("--init is required: a run directory written by python -m fs2mini.hf import (or any "
                             "fs2mini run, or one of its checkpoint files)")
-        default = default_config(known.init)
-        cfg = parse_config(default, rest, __doc__, models={"finetune": default.model})
+        default = default_config(known.init, known.trust_recipe_code)
+        cfg = parse_config(default, rest + ["--trust-recipe-code"] * known.trust_recipe_code, __doc__,
+                           models={"finetune": default.model})
         train(cfg)
 
 

@@ -237,3 +237,21 @@ def test_a_recipe_resumes_its_own_run_without_the_flag_but_not_another_recipes(r
     assert refused.returncode == 2 and len(refused.stderr.splitlines()) == 1, refused.stderr
     assert f"would run: {recipe} (for model)" in refused.stderr and "--trust-recipe-code" in refused.stderr
     assert traces(trace) == ["__main__", "__main__", "__main__"]  # theirs.py itself ran; mine.py was not imported
+
+
+def test_finetune_recipe_reads_an_init_run_of_recipe_code_only_with_the_flag(base_run, reversal_tsv, tokenizer_cache,
+                                                                              tmp_path, monkeypatch):
+    import importlib.util
+
+    trace = tmp_path / "trace"
+    recipe = write_recipe(tmp_path / "payload.py", trace, reversal_tsv, tokenizer_cache)
+    run = shared_run(base_run, tmp_path, _file=str(recipe))
+    path = Path(__file__).resolve().parent.parent / "recipes" / "finetune_nllb.py"
+    spec = importlib.util.spec_from_file_location("finetune_nllb_under_test", path)
+    finetune = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, finetune)  # (its dataclasses look their module up)
+    spec.loader.exec_module(finetune)
+    with pytest.raises(UserError, match="--trust-recipe-code"):
+        finetune.default_config(run)
+    assert traces(trace) == []
+    assert finetune.default_config(run, trust_recipe_code=True).init == run and len(traces(trace)) == 1
