@@ -27,6 +27,7 @@ read do not pile up in its resident memory.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import multiprocessing
@@ -227,7 +228,10 @@ def _prepare(corpus: Corpus, split: Split, tokenizer: Tokenizer, directory: Path
 
 
 class _Writer:
-    """Appends encoded chunks to the split's files, keeping running offsets."""
+    """Appends encoded chunks to the split's files, keeping running offsets.
+
+    Arrays go through the file objects' own `write`, not `ndarray.tofile`: numpy reports a failed write (a full
+    disk) as "N requested and M written", without the reason, which the user needs to read ("No space left on device")."""
 
     def __init__(self, directory: Path, id_dtype: str) -> None:
         self.directory, self.id_dtype = directory, id_dtype
@@ -240,24 +244,31 @@ class _Writer:
             for name in (f"{side}.ids", f"{side}.offsets", f"{side}.text", f"{side}.text.offsets"):
                 self.handles[name] = (self.directory / name).open("wb")
             for name in (f"{side}.offsets", f"{side}.text.offsets"):
-                np.zeros(1, np.int64).tofile(self.handles[name])
+                self.handles[name].write(np.zeros(1, np.int64))
         return self
 
     def append(self, encoded: dict[str, np.ndarray]) -> None:
         for side in SIDES:
             for kind in (".ids", ".text"):
                 data, lengths = encoded[f"{side}{kind}"], encoded[f"{side}{kind}.lengths"]
-                data.tofile(self.handles[f"{side}{kind}"])
+                self.handles[f"{side}{kind}"].write(np.ascontiguousarray(data))
                 offsets_name = f"{side}.offsets" if kind == ".ids" else f"{side}.text.offsets"
-                (self.ends[f"{side}{kind}"] + np.cumsum(lengths, dtype=np.int64)).tofile(self.handles[offsets_name])
+                self.handles[offsets_name].write(self.ends[f"{side}{kind}"] + np.cumsum(lengths, dtype=np.int64))
                 self.ends[f"{side}{kind}"] += int(lengths.sum())
         self.num_pairs += len(encoded["source.ids.lengths"])
 
-    def __exit__(self, *exc: object) -> None:
-        for handle in self.handles.values():
-            handle.flush()
-            os.fsync(handle.fileno())
-            handle.close()
+    def __exit__(self, failed: type[BaseException] | None, *exc: object) -> None:
+        """Every file flushed and fsynced (complete before meta.json records it), then closed; after a failure only
+        closed, quietly: the directory is removed, and a second "disk full" from the flush would hide the first."""
+        try:
+            if failed is None:
+                for handle in self.handles.values():
+                    handle.flush()
+                    os.fsync(handle.fileno())
+        finally:
+            for handle in self.handles.values():
+                with contextlib.suppress(OSError):
+                    handle.close()
 
 
 def _encoded_chunks(chunks: Iterator[list[tuple[str, str]] | LineChunk], tokenizer: Tokenizer, id_dtype: str,

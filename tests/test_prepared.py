@@ -6,6 +6,10 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
+import resource
+import signal
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -125,6 +129,52 @@ def test_a_full_disk_leaves_no_cache_and_says_so_in_one_line(corpus, reversal_to
                                         r"No space left on device; nothing was cached"):
         open_or_prepare(corpus, "train", reversal_tokenizer, tmp_path / "cache")
     assert [p.name for p in (tmp_path / "cache").iterdir() if not p.name.endswith(".lock")] == []
+
+
+def _limited_file_size(limit):
+    """preexec_fn: writes beyond `limit` bytes fail with EFBIG, as writes to a full disk fail (root included)."""
+    def apply():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # (else the kernel kills the writer)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+def test_a_real_failed_write_names_its_reason_and_a_rerun_prepares(reversal_tsv, tmp_path):
+    """`python -m fs2mini.prepare` whose writes fail past 16 kB, as on a full disk: numpy's `tofile` said only "3399
+    requested and 50 written"; the line must give the system's reason, and leave nothing that a rerun trusts."""
+    cache = tmp_path / "prepared"
+    flags = ["--output-dir", str(tmp_path / "run"), "data.corpus:tsv", "--data.corpus.path", str(reversal_tsv),
+             "--tokenizer.vocab-size", "28", "--tokenizer.cache-dir", str(tmp_path / "spm"), "--data.cache-dir", str(cache)]
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1"}
+    # The tokenizer first, without the limit: this test is about the data cache's writes.
+    subprocess.run([sys.executable, "-m", "fs2mini.train", "check", "tokenizer", *flags], check=True, capture_output=True,
+                   timeout=300, env=env)
+    command = [sys.executable, "-m", "fs2mini.prepare", *flags]
+    full = subprocess.run(command, capture_output=True, text=True, timeout=300, preexec_fn=_limited_file_size(16_000),
+                          env=env)
+    errors = [line for line in full.stderr.splitlines() if not line.startswith("preparing ")]
+    assert full.returncode == 2 and len(errors) == 1, full.stderr
+    assert errors[0].startswith(f"error: cannot prepare {reversal_tsv} (train) in {cache} (--data.cache-dir): "
+                                "File too large; nothing was cached"), errors
+    assert [p.name for p in cache.iterdir() if not p.name.endswith(".lock")] == []
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert again.returncode == 0 and "prepare: OK" in again.stdout, again.stderr
+    splits = [p for p in cache.iterdir() if not p.name.endswith(".lock")]
+    assert len(splits) == 3 and all(prepared_module.verify(p) is None for p in splits)
+
+
+def test_a_full_disk_at_the_flush_leaves_no_cache(corpus, reversal_tokenizer, tmp_path, monkeypatch):
+    """Where the file system reports a full disk only when the data reaches it (fsync), as delayed allocation does."""
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(prepared_module.os, "fsync", full)
+    with pytest.raises(UserError, match=r"^cannot prepare .*: No space left on device; nothing was cached"):
+        open_or_prepare(corpus, "train", reversal_tokenizer, tmp_path / "cache")
+    assert [p.name for p in (tmp_path / "cache").iterdir() if not p.name.endswith(".lock")] == []
+    monkeypatch.undo()
+    assert open_or_prepare(corpus, "train", reversal_tokenizer, tmp_path / "cache").pairs(2) == \
+        list(read_pairs(corpus, "train", Skipped()))[:2]
 
 
 def test_a_killed_preparation_leaves_nothing_that_is_used(corpus, reversal_tokenizer, tmp_path):
