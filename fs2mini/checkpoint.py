@@ -251,6 +251,34 @@ def checkpoint_step(checkpoint: dict[str, Any]) -> int | None:
     return step if isinstance(step, int) else None
 
 
+ARCHITECTURE_FIELDS = ("model_dim", "num_encoder_layers", "num_decoder_layers", "num_encoder_attn_heads",
+                       "num_decoder_attn_heads", "ffn_inner_dim", "position_offset", "scale_embeddings")
+"""Model settings the weights only mean something under; several (heads, positions, scaling) change no tensor's shape."""
+
+
+def differing_architecture(checkpoint: dict, configured_model: dict) -> dict[str, object]:
+    """The `ARCHITECTURE_FIELDS` whose value in the config `checkpoint` records differs from `configured_model`'s
+    (both as config.json writes them), with the checkpoint's value. Fields either side lacks (the oldest
+    checkpoints, a recipe's own architecture) are not compared. `--init`, `hf export` and `Translator.from_run` ask it."""
+    config = checkpoint.get(CONFIG)
+    trained = config.get("model") if isinstance(config, dict) else None
+    if not isinstance(trained, dict):  # (a file another program wrote: its shapes are still checked when loaded)
+        return {}
+    return {k: trained[k] for k in ARCHITECTURE_FIELDS
+            if k in trained and k in configured_model and trained[k] != configured_model[k]}
+
+
+def refuse_other_architecture(checkpoint: dict, path: Path, configured_model: dict, config_file: Path) -> None:
+    """Stop, naming the differing fields, when `checkpoint` (read from `path`) was trained with another architecture
+    than the model `config_file` configures (`configured_model`, as config.json writes it): weights with the same
+    shapes but other heads, positions or scaling load without complaint and compute something else."""
+    differing = differing_architecture(checkpoint, configured_model)
+    if differing:
+        raise UserError(f"checkpoint {path} was trained with {', '.join(f'{k} {v}' for k, v in differing.items())}; "
+                        f"{config_file} has {', '.join(f'{k} {configured_model[k]}' for k in differing)}; expected a "
+                        "checkpoint of this run")
+
+
 def load_weights(model: nn.Module, weights: dict[str, Tensor], what: str, fits: str = "the configured model",
                  expected: str | None = None, assign: bool = False) -> None:
     """`model.load_state_dict(weights)`, or one sentence: `<what> does not fit <fits>: <first mismatch>[; expected ...]`.

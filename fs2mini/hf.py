@@ -49,7 +49,8 @@ import torch
 import tyro
 from torch import Tensor
 
-from fs2mini.checkpoint import TOKENIZER, find_checkpoints, load_first_readable, load_weights, write_checkpoint
+from fs2mini.checkpoint import (TOKENIZER, find_checkpoints, load_first_readable, load_weights, refuse_other_architecture,
+                                write_checkpoint)
 from fs2mini.config import TrainConfig, config_to_json, load_config, save_config
 from fs2mini.corpus import TsvCorpus
 from fs2mini.data import DataConfig, run_directions
@@ -633,8 +634,6 @@ def export_run(run_dir: Path, out: Path, checkpoint: str | None = None, *, trust
     from safetensors import SafetensorError
     from safetensors.torch import save_file
 
-    from fs2mini.initialize import differing_architecture
-
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out} already exists; expected a new directory")
     cfg = load_config(run_dir / CONFIG_FILE, trust_recipe_code=trust_recipe_code)
@@ -642,12 +641,7 @@ def export_run(run_dir: Path, out: Path, checkpoint: str | None = None, *, trust
         raise UserError(f"{run_dir / CONFIG_FILE}: model {type(cfg.model).__qualname__} is not fs2mini's ModelConfig; "
                         "only the built-in architecture exports to M2M100")
     ckpt_path, state = load_first_readable(find_checkpoints(run_dir, checkpoint), mmap=True)
-    configured = config_to_json(cfg)["model"]
-    differing = differing_architecture(state, configured)
-    if differing:
-        raise UserError(f"checkpoint {ckpt_path} was trained with {', '.join(f'{k} {v}' for k, v in differing.items())}; "
-                        f"{run_dir / CONFIG_FILE} has {', '.join(f'{k} {configured[k]}' for k in differing)}; expected a "
-                        "checkpoint of this run")
+    refuse_other_architecture(state, ckpt_path, config_to_json(cfg)["model"], run_dir / CONFIG_FILE)
     tokenizer = checked_tokenizer(run_dir / TOKENIZER_FILE, run_directions(cfg.data).languages, state.get(TOKENIZER),
                                   ckpt_path)
     with torch.device("meta"):  # the weights come from the checkpoint: checked, not copied

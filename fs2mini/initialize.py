@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from fs2mini.checkpoint import CONFIG, TOKENIZER, checkpoint_step, find_checkpoints, load_checkpoint, load_first_readable
+from fs2mini.checkpoint import (TOKENIZER, checkpoint_step, differing_architecture, find_checkpoints, load_checkpoint,
+                                load_first_readable)
 from fs2mini.errors import UserError
 from fs2mini.lora import model_weights
 from fs2mini.rundir import CHECKPOINT_DIR, TOKENIZER_FILE
@@ -48,20 +49,6 @@ class Initialization:
         at = f" (its step {self.step})" if self.step else ""
         return (f"initialized from {self.checkpoint}{at}: weights and tokenizer; optimizer, learning-rate schedule "
                 "and step start afresh")
-
-
-ARCHITECTURE_FIELDS = ("model_dim", "num_encoder_layers", "num_decoder_layers", "num_encoder_attn_heads",
-                       "num_decoder_attn_heads", "ffn_inner_dim", "position_offset", "scale_embeddings")
-"""Model settings the weights only mean something under; several (heads, positions, scaling) change no tensor's shape."""
-
-
-def differing_architecture(checkpoint: dict, configured_model: dict) -> dict[str, object]:
-    """The `ARCHITECTURE_FIELDS` whose value in the config `checkpoint` records differs from `configured_model`'s
-    (both as config.json writes them), with the checkpoint's value. Fields either side lacks (the oldest
-    checkpoints, a recipe's own architecture) are not compared. `hf export` asks this of its checkpoint too."""
-    trained = (checkpoint.get(CONFIG) or {}).get("model") or {}
-    return {k: trained[k] for k in ARCHITECTURE_FIELDS
-            if k in trained and k in configured_model and trained[k] != configured_model[k]}
 
 
 def read_init(path: Path, langs: Sequence[str], lang_map: Sequence[str] = (), add_languages: Sequence[str] = (),

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import torch
 
-from fs2mini.checkpoint import TOKENIZER, checkpoint_step, find_checkpoints, load_first_readable, load_weights
-from fs2mini.config import load_config
+from fs2mini.checkpoint import (TOKENIZER, checkpoint_step, find_checkpoints, load_first_readable, load_weights,
+                                refuse_other_architecture)
+from fs2mini.config import config_to_json, load_config
 from fs2mini.data import run_directions
 from fs2mini.distributed import pick_device
 from fs2mini.errors import UserError
@@ -99,6 +100,8 @@ class Translator:
             check_languages(run_langs, source_lang, target_lang)
         torch_device = pick_device(device, "--device")
         path, state = load_first_readable(find_checkpoints(run_dir, checkpoint))
+        # Another run's checkpoint with the same shapes (other heads, positions, scaling) loads, and translates wrongly.
+        refuse_other_architecture(state, path, config_to_json(cfg)["model"], run_dir / CONFIG_FILE)
         tokenizer = checked_tokenizer(run_dir / TOKENIZER_FILE, run_langs, state.get(TOKENIZER), path)
         wanted = [lang for lang in (source_lang, target_lang) if lang is not None and lang not in tokenizer.lang_ids]
         if wanted:  # the codes of an imported layout beyond the run's pair

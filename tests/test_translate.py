@@ -10,6 +10,7 @@ import pytest
 import tyro
 from sacrebleu.metrics import BLEU
 
+from fs2mini.errors import UserError
 from fs2mini.generation import GenerationConfig
 from synthetic import reversal_pairs
 from fs2mini.translate import TranslateArgs, main
@@ -186,3 +187,24 @@ def test_best_checkpoint_is_preferred_to_the_newest_step(trained_reversal_run, t
     main([str(run)])  # exits normally
     out, err = capsys.readouterr()
     assert out.count("\n") == 1 and "warning: checkpoint" in err and "best.pt is corrupt" in err and "trying step_00000600.pt" in err
+
+
+@pytest.mark.parametrize("field, value", [("num_encoder_attn_heads", 2), ("scale_embeddings", False)])
+def test_a_checkpoint_of_another_architecture_with_the_same_shapes_is_refused(trained_reversal_run, tmp_path, monkeypatch,
+                                                                              capsys, field, value):
+    """Weights of a model with other heads (or embedding scale) have the run's shapes: they loaded and translated
+    wrongly without a word. The checkpoint's recorded architecture is compared with config.json first."""
+    from fs2mini.checkpoint import load_checkpoint, write_checkpoint
+
+    run = copy_run_without_checkpoints(trained_reversal_run, tmp_path)
+    state = load_checkpoint(trained_reversal_run / "checkpoints" / "best.pt")
+    configured = state["config"]["model"][field]
+    other = {**state["config"], "model": {**state["config"]["model"], field: value}}
+    path = run / "checkpoints" / "other.pt"
+    write_checkpoint(path, state["model"], config=other, tokenizer=state["tokenizer"], step=state["step"])
+    with pytest.raises(UserError) as refused:
+        Translator.from_run(run, "other.pt", device="cpu")
+    assert str(refused.value) == (f"checkpoint {path} was trained with {field} {value}; {run / 'config.json'} has {field} "
+                                  f"{configured}; expected a checkpoint of this run")
+    code, err = run_main([str(run), "--checkpoint", "other.pt"], monkeypatch, capsys)
+    assert code == 2 and err == f"error: {refused.value}\n"
