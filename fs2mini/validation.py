@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from fs2mini.checkpoint import write_atomically
+from fs2mini.checkpoint import remove_partial_writes, write_atomically
 from fs2mini.config import TrainConfig, sharded
 from fs2mini.corpus import describe_corpus
 from fs2mini.data import Seq2SeqBatches, collate, direction_name
@@ -99,6 +99,8 @@ class Validator:
         self.autocast_dtype = parts.precision.autocast_dtype
         self.translations_dir = cfg.run_dir / TRANSLATIONS_DIR
         """Each validation's translations, `valid_step_XXXXXXXX.tsv` (source, reference, hypothesis per line)."""
+        if env.is_main:  # the temporary files of writes a kill interrupted (a resumed run writes those steps again)
+            remove_partial_writes(self.translations_dir)
         tc, data = cfg.trainer, cfg.data
         corpora = parts.directions.evaluated
         self.languages = [entry.langs for entry in corpora]
@@ -161,7 +163,7 @@ class Validator:
         rows = "".join(f"{s}\t{r}\t{h}\n" for s, r, h in zip(evaluation.sources, evaluation.references, evaluation.hypotheses))
         name = f"valid_step_{step:08d}" + (f".{direction_name(langs)}" if langs else "")
         path = self.translations_dir / f"{name}.tsv"
-        self.translations_dir.mkdir(exist_ok=True)
+        # (write_atomically creates the directory: a full disk there is its one `cannot write` line too)
         write_atomically(path, lambda handle: handle.write(rows.encode("utf-8")), what=str(path))
 
 
