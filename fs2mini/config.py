@@ -243,6 +243,11 @@ def check_config(cfg: TrainConfig, env: DistEnv = DistEnv()) -> RunDirections:
     if cfg.init is None and (cfg.lang_map or cfg.add_languages):
         raise UserError(f"{'--lang-map' if cfg.lang_map else '--add-languages'} applies to the model --init starts "
                         "from; expected --init RUN_DIR too")
+    if cfg.lang_map or cfg.add_languages:  # their form, also where --init is not read (a resume, check, prepare)
+        from fs2mini.initialize import parse_add_languages, parse_lang_map  # only runs that use them import it
+
+        parse_lang_map(cfg.lang_map)
+        parse_add_languages(cfg.add_languages)
     if cfg.lora.rank and sharded(cfg.trainer, env):
         raise UserError("--lora.rank is not available with --trainer.data-parallel fsdp; use ddp")
     if cfg.trainer.best_metric == "bleu" and sharded(cfg.trainer, env):

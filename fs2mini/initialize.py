@@ -96,14 +96,36 @@ def _source_tokenizer(run_dir: Path, state: dict, checkpoint_file: Path) -> Toke
     return checked_tokenizer(run_dir / TOKENIZER_FILE, langs, record, checkpoint_file)
 
 
-def map_languages(langs: Sequence[str], codes: dict[str, int], lang_map: Sequence[str]) -> dict[str, int]:
-    """The corpora's codes (every language of the run) as extra names of the model's language ids."""
+def parse_lang_map(lang_map: Sequence[str]) -> dict[str, str]:
+    """`--lang-map` items as {corpus code: model code}, or one line naming the item that is not CORPUS_CODE=MODEL_CODE.
+
+    `check_config` asks this of every command, not only of a run that reads `--init`: a resumed run ignores `--init`
+    and would take a malformed item without a word."""
     explicit = {}
     for item in lang_map:
         corpus_code, sep, model_code = item.partition("=")
         if not sep or not corpus_code or not model_code:
             raise UserError(f"--lang-map {item}: expected CORPUS_CODE=MODEL_CODE, e.g. eng=eng_Latn")
         explicit[corpus_code] = model_code
+    return explicit
+
+
+def parse_add_languages(add_languages: Sequence[str]) -> list[tuple[str, str]]:
+    """`--add-languages` items as (new code, related code), or one line naming the item that is not NEW_CODE=RELATED_CODE
+    (asked of every command, as `parse_lang_map`; whether the codes fit the model is checked when it is read)."""
+    pairs = []
+    for item in add_languages:
+        code, sep, related = item.partition("=")
+        if not sep or not _CODE.match(code) or not related:
+            raise UserError(f"--add-languages {item}: expected NEW_CODE=RELATED_CODE with a code of letters, digits, "
+                            "_ or - (e.g. ary_Arab=arb_Arab)")
+        pairs.append((code, related))
+    return pairs
+
+
+def map_languages(langs: Sequence[str], codes: dict[str, int], lang_map: Sequence[str]) -> dict[str, int]:
+    """The corpora's codes (every language of the run) as extra names of the model's language ids."""
+    explicit = parse_lang_map(lang_map)
     mapped = {}
     for lang in langs:
         if lang in codes and lang not in explicit:
@@ -136,11 +158,8 @@ def _with_new_languages(layout: TokenizerLayout, weights: dict[str, Tensor], add
     size = embed.size(0)
     lang_ids, rows = dict(layout.lang_ids), []
     next_id = max(lang_ids.values()) + 2  # after the last code and <mask>
-    for item in add_languages:
-        code, sep, related = item.partition("=")
-        if not sep or not _CODE.match(code):
-            raise UserError(f"--add-languages {item}: expected NEW_CODE=RELATED_CODE with a code of letters, digits, "
-                            "_ or - (e.g. ary_Arab=arb_Arab)")
+    for code, related in parse_add_languages(add_languages):
+        item = f"{code}={related}"
         if code in lang_ids:
             raise UserError(f"--add-languages {item}: the model already has {code!r} (id {lang_ids[code]}); "
                             "expected a new code")

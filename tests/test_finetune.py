@@ -69,6 +69,22 @@ def test_init_with_another_architecture_is_one_line_and_leaves_nothing(trained_r
         train(dataclasses.replace(cfg, init=None, lang_map=("eng=eng_Latn",)))
 
 
+@pytest.mark.parametrize("flag, item, needle", [
+    ("lang_map", "eng", "--lang-map eng: expected CORPUS_CODE=MODEL_CODE"),
+    ("lang_map", "=eng_Latn", "--lang-map =eng_Latn: expected CORPUS_CODE=MODEL_CODE"),
+    ("add_languages", "xyz_Latn", "--add-languages xyz_Latn: expected NEW_CODE=RELATED_CODE"),
+])
+def test_a_malformed_language_item_is_refused_on_resume_too(trained_reversal_run, reversal_tsv, tmp_path, flag, item, needle):
+    """A resumed run ignores --init, and took `--lang-map eng` (no `=`) without a word: the form is checked first."""
+    cfg = _init_config(reversal_tsv, trained_reversal_run, tmp_path / "ft", tmp_path / "cache", max_steps=1)
+    run = train(cfg)
+    written = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    longer = dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, max_steps=2), **{flag: (item,)})
+    with pytest.raises(UserError, match=f"^{needle}"):
+        train(longer)
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == written  # nothing resumed, nothing written
+
+
 def _lora_config(reversal_tsv, source_run, out, cache, max_steps):
     cfg = _init_config(reversal_tsv, source_run, out, cache, max_steps=max_steps, validate_every=100, checkpoint_every=5)
     return dataclasses.replace(cfg, lora=LoraConfig(rank=4, alpha=8.0), optimizer=dataclasses.replace(cfg.optimizer, lr=1e-2))
