@@ -18,6 +18,10 @@ every 100) once without interruption, then runs each scenario with the same comm
   its write of `averaged_last3.pt` again and again: the final name must hold the complete average or
   nothing, and a rerun must remove the killed writes' temporary files and write the same weights as an
   average never killed.
+- `prepared`: a fresh run killed while it encodes its corpus into the data cache (fs2mini/prepared.py), at a random
+  fraction of each split's bytes: every split directory in the cache must then be intact and hold exactly what an
+  uninterrupted preparation wrote (a later run opens it without preparing again), no temporary directory may outlive
+  the next preparation, and the run must finish as the uninterrupted one did.
 
 How a kill lands inside a write, deterministically rather than by luck: fs2mini writes a checkpoint
 to a temporary file `.NAME.XXXXXXXX.tmp` next to its final name and renames it once complete and
@@ -27,7 +31,8 @@ full checkpoint (the uninterrupted run's size), then sends SIGKILL. A kill count
 write only if the temporary file is still there after the process died (not yet renamed); any other
 outcome is reported as a miss, never counted as a hit. Sentencepiece training is found the same way:
 fs2mini trains it in a temporary directory of the tokenizer cache (`.spm-*.model.PID.tmp`), which the
-next training of that model removes; none may be left at the end. fs2mini itself has no test hooks.
+next training of that model removes; none may be left at the end. A preparation of the data cache likewise writes
+`.KEY-SPLIT.PID.tmp/` and renames it to `KEY-SPLIT/` once complete. fs2mini itself has no test hooks.
 
 After every kill, each checkpoint file present (`step_*.pt`, `best.pt`) must load and record the
 tokenizer that tokenizer.model holds. At the end of each scenario the run must finish, its last step
@@ -37,6 +42,7 @@ each (step, split) record once, the same records as the uninterrupted run.
     python benchmarks/kill_resume.py --kills 30
     python benchmarks/kill_resume.py --scenarios best concurrent   # some scenarios only
     python benchmarks/kill_resume.py --scenarios average --average-kills 10
+    python benchmarks/kill_resume.py --scenarios prepared --prepared-kills 10
 """
 
 from __future__ import annotations
@@ -60,12 +66,13 @@ import torch
 import tyro
 
 from fs2mini.checkpoint import list_checkpoints
+from fs2mini.prepared import verify
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from synthetic import write_reversal_tsv  # noqa: E402  (the tests' learnable corpus)
 
-Scenario = Literal["random", "tokenizer", "first-checkpoint", "best", "concurrent", "average"]
-SCENARIOS: tuple[Scenario, ...] = ("random", "tokenizer", "first-checkpoint", "best", "concurrent", "average")
+Scenario = Literal["random", "tokenizer", "first-checkpoint", "best", "concurrent", "average", "prepared"]
+SCENARIOS: tuple[Scenario, ...] = ("random", "tokenizer", "first-checkpoint", "best", "concurrent", "average", "prepared")
 POLL_S = 0.0002
 """How often the file system is polled while waiting for a write to kill."""
 TIMEOUT_S = 3600
@@ -86,6 +93,8 @@ class SoakConfig:
     """Pairs of trainers started on one directory (`concurrent` scenario)."""
     average_kills: int = 10
     """SIGKILLs of `python -m fs2mini.average` inside its write (`average` scenario)."""
+    prepared_kills: int = 10
+    """SIGKILLs of a run inside its preparation of the data cache (`prepared` scenario)."""
     scenarios: tuple[Scenario, ...] = SCENARIOS
     """Which scenarios to run."""
     steps: int = 400
@@ -100,10 +109,12 @@ class SoakConfig:
     """Also write the report as JSON here."""
 
 
-def train_command(workdir: Path, run_dir: Path, cfg: SoakConfig, cache: str = "spm") -> list[str]:
+def train_command(workdir: Path, run_dir: Path, cfg: SoakConfig, cache: str = "spm", data_cache: str = "data-cache") -> list[str]:
+    """The run's command; `cache` and `data_cache` name its tokenizer cache and data cache in `workdir`."""
     return [sys.executable, "-m", "fs2mini.train", "--output-dir", str(run_dir), "data.corpus:tsv",
             "--data.corpus.path", str(workdir / "reverse.tsv"), "--tokenizer.vocab-size", "28",
-            "--tokenizer.cache-dir", str(workdir / cache), "--data.max-tokens", "512", "--model.model-dim", "128",
+            "--tokenizer.cache-dir", str(workdir / cache), "--data.cache-dir", str(workdir / data_cache),
+            "--data.max-tokens", "512", "--model.model-dim", "128",
             "--model.num-encoder-layers", "2", "--model.num-decoder-layers", "2", "--model.ffn-inner-dim", "512",
             "--model.dropout-p", "0.1", "--trainer.max-steps", str(cfg.steps), "--trainer.checkpoint-every",
             str(cfg.checkpoint_every), "--trainer.keep-last-checkpoints", "3", "--trainer.validate-every", "100",
@@ -285,10 +296,11 @@ def identical(reference: Path, run_dir: Path) -> bool:
 class Scene:
     """One scenario's run directory, its kills and its verdict."""
 
-    def __init__(self, name: str, workdir: Path, cfg: SoakConfig, reference: Path, cache: str = "spm") -> None:
+    def __init__(self, name: str, workdir: Path, cfg: SoakConfig, reference: Path, cache: str = "spm",
+                 data_cache: str = "data-cache") -> None:
         self.name, self.workdir, self.reference = name, workdir, reference
         self.run_dir = workdir / name
-        self.command = train_command(workdir, self.run_dir, cfg, cache)
+        self.command = train_command(workdir, self.run_dir, cfg, cache, data_cache)
         self.log = workdir / f"{name}.log"
         self.moments: dict[str, int] = {}
         self.corrupt = self.mismatched = 0
@@ -538,6 +550,104 @@ def average_kills(workdir: Path, cfg: SoakConfig, rng: random.Random, reference:
             "average_bit_identical": identical_average, "problems": problems, "passed": not problems}
 
 
+def split_directories(cache: Path) -> dict[str, Path]:
+    """The prepared splits a later run opens from `cache` (`KEY-SPLIT/`; not the hidden temporary directories)."""
+    if not cache.is_dir():
+        return {}
+    return {p.name: p for p in cache.iterdir() if p.is_dir() and not p.name.startswith(".")}
+
+
+def preparations(cache: Path) -> set[str]:
+    """Temporary directories of preparations in progress or killed (`.KEY-SPLIT.PID.tmp/`, fs2mini/prepared.py)."""
+    if not cache.is_dir():
+        return set()
+    return {p.name for p in cache.iterdir() if p.name.startswith(".") and p.name.endswith(".tmp")}
+
+
+def preparation_filled(cache: Path, split: str, leftovers: set[str], min_bytes: float) -> Path | None:
+    """A preparation of `split` (`KEY-SPLIT`) in progress in `cache`, not one of `leftovers`, holding `min_bytes`."""
+    for name in preparations(cache) - leftovers:
+        if name[1:].rsplit(".", 2)[0] != split:  # .KEY-SPLIT.PID.tmp
+            continue
+        try:
+            held = sum(entry.stat().st_size for entry in os.scandir(cache / name))
+        except FileNotFoundError:  # renamed (complete) since the listing
+            continue
+        if held >= min_bytes:
+            return cache / name
+    return None
+
+
+def same_split(ours: Path, theirs: Path) -> bool:
+    """Two prepared splits hold the same arrays, text and records (meta.json's file times aside)."""
+    names = sorted(p.name for p in ours.iterdir())
+    if names != sorted(p.name for p in theirs.iterdir()):
+        return False
+    for name in names:
+        if name == "meta.json":
+            a, b = (json.loads((d / name).read_text()) for d in (ours, theirs))
+            for meta in (a, b):
+                for record in meta["files"].values():
+                    record.pop("mtime_ns")
+            if a != b:
+                return False
+        elif (ours / name).read_bytes() != (theirs / name).read_bytes():
+            return False
+    return True
+
+
+def prepared_kills(scene: Scene, cfg: SoakConfig, rng: random.Random, cache: Path, expected: Path) -> dict[str, Any]:
+    """Kills inside preparations of the data cache `cache`; `expected` holds the uninterrupted run's cache.
+
+    The kills take the splits in turn (train, then valid, as a run prepares them); the split a kill is meant for is
+    removed from the cache first if an earlier attempt completed it. After each kill, a split directory that does not
+    verify would be prepared again with a warning, and one that verifies but differs would be trusted: both are
+    counted as failures."""
+    wanted = split_directories(expected)
+    sizes = {name: sum(p.stat().st_size for p in path.iterdir()) for name, path in wanted.items()}
+    order = sorted(wanted, key=lambda name: name.endswith("-valid"))
+    damaged = trusted_wrong = 0
+    for number in range(1, cfg.prepared_kills + 1):
+        split = order[(number - 1) % len(order)]
+        shutil.rmtree(cache / split, ignore_errors=True)
+        leftovers = preparations(cache)
+        process = scene.attempt()
+        min_bytes = rng.random() * sizes[split]
+
+        def target() -> Path | str | None:
+            found = preparation_filled(cache, split, leftovers, min_bytes)
+            return found if found is not None else "missed" if (cache / split).is_dir() else None
+
+        found = poll(process, target)
+        alive = kill(process)
+        moment = ("finished before the kill" if not alive or found is None else
+                  f"inside the preparation of {split.rsplit('-', 1)[1]}" if isinstance(found, Path) and found.exists()
+                  else f"missed (the preparation of {split.rsplit('-', 1)[1]} completed first)")
+        if scene.refused(process):
+            break
+        for name, path in split_directories(cache).items():
+            if verify(path) is not None:
+                damaged += 1
+            elif name not in wanted or not same_split(path, wanted[name]):
+                trusted_wrong += 1
+        scene.after_kill(number, cfg.prepared_kills, moment)
+        print(f"  data cache: {sorted(split_directories(cache))}; temporary {sorted(preparations(cache))}", flush=True)
+    result = scene.finish()
+    left = sorted(preparations(cache))
+    final = split_directories(cache)
+    complete = wanted.keys() <= final.keys() and all(same_split(final[name], wanted[name]) for name in wanted)
+    if damaged or trusted_wrong:
+        scene.problems.append(f"after the kills the data cache held {damaged} damaged and {trusted_wrong} intact-looking "
+                              "but different split directories")
+    if left:
+        scene.problems.append(f"temporary directories left in the data cache: {left}")
+    if result["final_run_completed"] and not complete:
+        scene.problems.append("the data cache after the final run differs from the uninterrupted run's")
+    return {**result, "damaged_splits_found": damaged, "trusted_but_different_splits_found": trusted_wrong,
+            "data_cache_leftovers": left, "data_cache_as_uninterrupted": complete, "problems": scene.problems,
+            "passed": not scene.problems}
+
+
 def main(cfg: SoakConfig) -> dict:
     workdir = cfg.workdir or Path(tempfile.mkdtemp(prefix="fs2mini-soak-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -562,6 +672,9 @@ def main(cfg: SoakConfig) -> dict:
             result = best_kills(Scene(name, workdir, cfg, reference), cfg, rng, full_size)
         elif name == "average":
             result = average_kills(workdir, cfg, rng, reference)
+        elif name == "prepared":
+            result = prepared_kills(Scene(name, workdir, cfg, reference, data_cache="data-cache-kills"), cfg, rng,
+                                    workdir / "data-cache-kills", workdir / "data-cache")
         else:
             result = concurrent_trials(workdir, cfg, reference)
         result["seconds"] = round(time.perf_counter() - began, 1)
