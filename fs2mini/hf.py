@@ -586,6 +586,9 @@ def import_checkpoint(src: str, run_dir: Path, source_lang: str, target_lang: st
     a stop signal leaves nothing behind."""
     if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
         raise UserError(f"{run_dir} already exists; expected a new run directory")
+    if tsv is not None and not tsv.is_file():  # before a download: the run's config would name a corpus that is not there
+        raise UserError(f"--tsv {tsv} {'is a directory' if tsv.is_dir() else 'does not exist'}; expected a file of sentence "
+                        "pairs, source<TAB>target per line")
     path = fetch(src, revision)
     config_path = path / "config.json"
     hf = read_json_object(config_path, "the config.json of a Hugging Face save_pretrained directory")

@@ -201,6 +201,23 @@ def test_a_finetune_shape_flag_that_does_not_fit_the_import_leaves_nothing(runs,
     assert not (tmp_path / "ft").exists()
 
 
+@pytest.mark.parametrize("what", ["missing", "directory"])
+def test_import_with_a_tsv_that_is_not_a_file_is_one_line_before_any_download(runs, tmp_path, capsys, monkeypatch, what):
+    """`--tsv` names the run's corpus (what `evaluate RUN_DIR` scores): a missing one was imported without a word."""
+    tsv = tmp_path / "pairs.tsv"
+    if what == "directory":
+        tsv.mkdir()
+    monkeypatch.setattr("fs2mini.hf.fetch", lambda *args: pytest.fail("fetched before --tsv was checked"))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["import", "facebook/nllb-200-distilled-600M", str(tmp_path / "run"), "--tsv", str(tsv)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1, err
+    reason = "does not exist" if what == "missing" else "is a directory"
+    assert err[0] == f"error: --tsv {tsv} {reason}; expected a file of sentence pairs, source<TAB>target per line"
+    assert not (tmp_path / "run").exists() and not _leftovers(tmp_path)
+
+
 # ---------------------------------------------------------------------------------------------
 # Where the output goes: unwritable places, a full disk, stop signals (defects 10 and 11)
 
