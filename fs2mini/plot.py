@@ -10,6 +10,7 @@ view; this is the static one, drawn from the same records.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,11 +37,29 @@ def read_records(run_dir: Path) -> list[dict[str, Any]]:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if isinstance(record, dict) and isinstance(record.get("step"), int) and record.get("split") in ("train", "valid"):
+        if (isinstance(record, dict) and isinstance(record.get("step"), int) and plottable(record["step"])
+                and record.get("split") in ("train", "valid")):
             records.append(record)
     if not records:
         raise UserError(f"{path} has no train or valid records yet")
+    if not any(plottable(record.get(name)) for record in records for split, name, _ in SERIES if split == record["split"]):
+        *fields, last = dict.fromkeys(f"{split} {name}" for split, name, _ in SERIES)
+        raise UserError(f"{path} has nothing to draw: none of its {len(records)} train or valid records holds a number to "
+                        f"plot (finite, under 1e300) for {', '.join(fields)} or {last}; expected the metrics of a run "
+                        "that has logged a step")
     return records
+
+
+def plottable(value: object) -> bool:
+    """A number matplotlib can place: not a bool, finite (NaN and ±inf are gaps, never points), and far enough from
+    the largest float that an axis's range (a difference of values) stays finite: 1e308 or a 400-digit step gave
+    a traceback from matplotlib."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value) and abs(value) < 1e300
+    except OverflowError:  # an int beyond the float range
+        return False
 
 
 PANELS = (  # (title, y label, [(split, field, line style)]), one column each
@@ -48,6 +67,8 @@ PANELS = (  # (title, y label, [(split, field, line style)]), one column each
     ("validation BLEU", "BLEU", [("valid", "bleu", "o-")]),
     ("learning rate", "lr", [("train", "lr", "-")]),
 )
+SERIES = [entry for _, _, series in PANELS for entry in series]
+"""Every (split, field, line style) drawn."""
 
 
 def plot_runs(run_dirs: Sequence[Path], output: Path, labels: Sequence[str] | None = None) -> None:
@@ -79,7 +100,7 @@ def draw(runs: Sequence[list[dict[str, Any]]], labels: Sequence[str]) -> Any:
         colour = f"C{index % 10}"
         for column, (_, _, series) in enumerate(PANELS):
             for split, name, style in series:
-                points = [r for r in records if r["split"] == split and isinstance(r.get(name), (int, float))]
+                points = [r for r in records if r["split"] == split and plottable(r.get(name))]
                 if not points:
                     continue
                 ys = [r[name] for r in points]
@@ -89,7 +110,7 @@ def draw(runs: Sequence[list[dict[str, Any]]], labels: Sequence[str]) -> Any:
                 line, = axes[0][column].plot([r["step"] for r in points], ys, style, **kwargs)
                 if len(handles) == index:
                     handles.append(line)
-                timed = [r for r in points if isinstance(r.get("elapsed_s"), (int, float))]
+                timed = [r for r in points if plottable(r.get("elapsed_s"))]
                 if timed:  # runs from before elapsed_s was logged have no time axis
                     axes[1][column].plot([r["elapsed_s"] / 60 for r in timed], [r[name] for r in timed], style, **kwargs)
     for column, (title, ylabel, series) in enumerate(PANELS):

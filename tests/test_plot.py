@@ -59,3 +59,32 @@ def test_an_output_that_is_not_a_figure_file_is_one_error_line(name, tmp_path, c
     assert exit_info.value.code == 2 and len(err) == 1, err
     assert err[0].startswith(f"error: -o {tmp_path / name}: expected a file name ending in .png, .pdf or .svg")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted({"a", name} if name == "out.d" else {"a"})  # no DIR.png
+
+
+@pytest.mark.parametrize("lines", [
+    ['{"step": 1, "split": "train"}', '{"step": 2, "split": "valid", "note": "x"}'],  # was a ValueError traceback
+    ['{"step": 1, "split": "train", "loss": NaN, "lr": NaN}', '{"step": 2, "split": "valid", "bleu": Infinity}'],  # was an empty figure
+    ['{"step": 1, "split": "train", "loss": 1e308}', '{"step": 2, "split": "train", "loss": -1e308}'],  # was a traceback
+    ['{"step": true, "split": "train", "loss": 1.0}', '{"step": 1' + "0" * 400 + ', "split": "train", "loss": 1.0}'],
+])
+def test_records_with_nothing_to_draw_are_one_error_line_and_no_figure(lines, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(run), "-o", str(tmp_path / "curves.png")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1, err
+    assert err[0].startswith(f"error: {run / 'metrics.jsonl'} has ")
+    assert ("has nothing to draw: none of its 2 train or valid records holds a number to plot" in err[0]
+            or "has no train or valid records yet" in err[0]), err
+    assert not (tmp_path / "curves.png").exists()
+
+
+def test_points_that_cannot_be_drawn_are_left_out_of_the_curves(tmp_path):
+    run = write_run(tmp_path / "a", 1e-5)
+    with (run / "metrics.jsonl").open("a") as handle:
+        handle.write('{"step": 110, "split": "train", "loss": NaN, "lr": Infinity, "elapsed_s": 1e308}\n')
+    loss_by_step, _, lr_by_step, loss_by_time = draw([read_records(run)], ["a"]).axes[:4]
+    assert list(loss_by_step.lines[0].get_xdata())[-1] == 100 and list(lr_by_step.lines[0].get_xdata())[-1] == 100
+    assert len(loss_by_time.lines[0].get_xdata()) == 10
