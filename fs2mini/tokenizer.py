@@ -382,6 +382,7 @@ def _train_sentencepiece(cfg: TokenizerConfig, text: Iterable[str], langs: Seque
         try:
             with _Sigint() as sigint:
                 _train_into(cfg, sigint.reading(text), langs, tmp / "spm", tags)
+                _check_written(tmp / "spm.model", model_path)
                 try:
                     os.replace(tmp / "spm.model", model_path)
                 except OSError as err:
@@ -394,6 +395,18 @@ def _train_sentencepiece(cfg: TokenizerConfig, text: Iterable[str], langs: Seque
             raise KeyboardInterrupt
     finally:
         lock.release()
+
+
+def _check_written(trained: Path, model_path: Path) -> None:
+    """Sentencepiece's C++ ignores a failed write (a full disk): a cut-off model must not reach the cache under its
+    final name, where every later run with these settings would fail to load it."""
+    try:
+        spm.SentencePieceProcessor(model_file=str(trained))
+    except (OSError, RuntimeError):
+        free = shutil.disk_usage(trained.parent).free
+        raise UserError(f"cannot write {model_path}: sentencepiece's model file is incomplete "
+                        f"({trained.stat().st_size if trained.exists() else 0} bytes written, {free:,} bytes free "
+                        "on its disk); expected a writable tokenizer cache with free space") from None
 
 
 def _train_into(cfg: TokenizerConfig, text: Iterator[str], langs: Sequence[str], prefix: Path, tags: Sequence[str]) -> None:

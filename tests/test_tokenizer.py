@@ -1,5 +1,8 @@
 """Tokenizer: language tokens, layout, round trip, cache keyed by corpus and settings."""
 
+import subprocess
+import sys
+
 from fs2mini.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, TokenizerConfig, load_or_train_tokenizer
 
 
@@ -50,3 +53,20 @@ def test_a_streamed_corpus_is_sampled_over_its_whole_length_and_keyed_by_its_fin
     unread = iter(())  # a cached model: the text is not needed
     assert load_or_train_tokenizer(cfg, unread, ["eng", "fra"], fingerprint="corpus-v1").model_path == tok.model_path
     assert load_or_train_tokenizer(cfg, stream(), ["eng", "fra"], fingerprint="corpus-v2").model_path != tok.model_path
+
+
+def test_a_model_cut_off_by_a_full_disk_never_reaches_the_cache(tmp_path):
+    """Sentencepiece's C++ ignores a failed write; under a file-size limit (writes fail as on a full disk) the training
+    is one `cannot write` error and the cache holds no model, so the next run trains again instead of failing."""
+    script = ("import resource, signal, sys\n"
+              "from fs2mini.errors import exit_on_user_error\n"
+              "from pathlib import Path\n"
+              "from fs2mini.tokenizer import TokenizerConfig, load_or_train_tokenizer\n"
+              "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+              "resource.setrlimit(resource.RLIMIT_FSIZE, (4000, 4000))\n"
+              "with exit_on_user_error():\n"
+              f"    load_or_train_tokenizer(TokenizerConfig(vocab_size=60, cache_dir=Path({str(tmp_path)!r})), "
+              "[' '.join(chr(97 + (i * j) % 26) * (1 + j % 3) for j in range(12)) for i in range(400)], ['eng', 'fra'])\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "error: cannot write" in done.stderr and "incomplete" in done.stderr, done.stderr
+    assert list(tmp_path.glob("*.model")) == []
