@@ -75,7 +75,7 @@ class CTranslate2Translator(Translator):
     def __init__(self, path: Path, device: str = "auto", threads: int | None = None) -> None:
         """`device`: cpu, cuda, cuda:N, or auto (CUDA when CTranslate2 sees a GPU)."""
         ctranslate2 = import_ctranslate2()
-        from fs2mini.hf import nllb_layout  # the exported tokenizer files are read as `hf import` reads them
+        from fs2mini.hf_tokenizer import nllb_layout  # the exported tokenizer files are read as `hf import` reads them
 
         self.vocabulary = json.loads((path / "shared_vocabulary.json").read_text(encoding="utf-8"))
         self.token_ids = {token: i for i, token in enumerate(self.vocabulary)}

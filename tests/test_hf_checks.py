@@ -22,7 +22,8 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from fs2mini.checkpoint import load_checkpoint, write_checkpoint  # noqa: E402
-from fs2mini.hf import STAGING_SUFFIX, import_checkpoint, main  # noqa: E402
+from fs2mini.hf import import_checkpoint, main  # noqa: E402
+from fs2mini.staged import STAGING_SUFFIX  # noqa: E402
 from test_hf import write_nllb_dir  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

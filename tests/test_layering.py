@@ -43,8 +43,9 @@ def test_library_modules_import_no_cli_module():
 RUN_DIR_NAMES = {"tokenizer.model", "tokenizer_layout.json", "checkpoints", "best.pt", "metrics.jsonl", "translations",
                  ".fs2mini-lock", ".fs2mini-run"}
 """Names of run-directory files that mean nothing else in the package (`fs2mini.rundir` owns them)."""
-HF_MODULES = {"hf", "ctranslate"}
-"""Modules that also read and write Hugging Face directories, whose own `config.json` is not the run's."""
+HF_MODULES = {"hf", "hf_weights", "ctranslate"}
+"""Modules that also read and write Hugging Face directories, whose own `config.json` is not the run's
+(`hf_weights` reads their pytorch_model.bin with torch.load)."""
 
 
 def test_only_rundir_spells_run_directory_file_names():
