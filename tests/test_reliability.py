@@ -310,7 +310,16 @@ def _spy_on_sentencepiece(monkeypatch, after=lambda: None):
     return ends
 
 
-def test_ctrl_c_while_the_tokenizer_reads_its_text_stops_sentencepiece_at_once(tmp_path, monkeypatch):
+@pytest.fixture
+def interactive_sigint():
+    """Ctrl-C as a terminal delivers it: Python's default handler. A shell that starts a job in the background (`&`)
+    makes it ignore SIGINT, and then Python never turns SIGINT into KeyboardInterrupt."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_while_the_tokenizer_reads_its_text_stops_sentencepiece_at_once(tmp_path, monkeypatch, interactive_sigint):
     from fs2mini.tokenizer import TokenizerConfig, load_or_train_tokenizer
 
     ends = _spy_on_sentencepiece(monkeypatch)
@@ -328,7 +337,8 @@ def test_ctrl_c_while_the_tokenizer_reads_its_text_stops_sentencepiece_at_once(t
     assert [p.name for p in cache.iterdir() if not p.name.endswith(".lock")] == []  # no model, no temporary directory
 
 
-def test_ctrl_c_once_sentencepiece_trains_keeps_its_model_for_the_next_run(tmp_path, monkeypatch, capsys):
+def test_ctrl_c_once_sentencepiece_trains_keeps_its_model_for_the_next_run(tmp_path, monkeypatch, capsys,
+                                                                          interactive_sigint):
     """Python sees a Ctrl-C that comes while sentencepiece's C++ trains only when it returns: the model is done then."""
     from fs2mini.tokenizer import TokenizerConfig, load_or_train_tokenizer
 
