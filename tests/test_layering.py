@@ -87,3 +87,18 @@ def test_only_checkpoint_py_assembles_reads_and_loads_checkpoints():
                     offenders.append(f"fs2mini/{path.name}:{node.lineno} calls torch.{name}")
     assert not offenders, ("checkpoint dicts are assembled, read or loaded outside fs2mini/checkpoint.py "
                            "(call write_checkpoint, load_checkpoint, load_weights):\n" + "\n".join(offenders))
+
+
+def test_training_imports_no_optional_layer():
+    """`python -m fs2mini.train` reads what a default run uses: sampling, LoRA injection, language identification,
+    the check/prepare subcommands, --init, Hugging Face interop, plots, averaging and CTranslate2 are imported only
+    by the runs and commands that use them (benchmarks/training_path.py prints what is left)."""
+    import subprocess
+    import sys
+
+    loaded = subprocess.run([sys.executable, "-c", "import sys, fs2mini.train; print(' '.join(sorted(sys.modules)))"],
+                            capture_output=True, text=True, check=True, timeout=120).stdout.split()
+    optional = {"fs2mini.sampling", "fs2mini.adapters", "fs2mini.langid", "fs2mini.check", "fs2mini.initialize",
+                "fs2mini.hf", "fs2mini.hf_weights", "fs2mini.hf_convert", "fs2mini.hf_tokenizer", "fs2mini.staged",
+                "fs2mini.plot", "fs2mini.average", "fs2mini.ctranslate", "peft", "py3langid", "transformers", "matplotlib"}
+    assert sorted(optional & set(loaded)) == []
