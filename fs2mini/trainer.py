@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from fs2mini.checkpoint import (TrainState, best_checkpoint_path, checkpoint_path, keep_resume_point, prune_checkpoints,
                                 write_checkpoint)
 from fs2mini.components import Components, build_components, newest_checkpoint, run_tokenizer
-from fs2mini.config import TrainConfig, TrainerConfig, as_started, check_config, config_to_json
+from fs2mini.config import TrainConfig, TrainerConfig, as_started, check_config, config_to_json, refuse_training_on_import
 from fs2mini.data import RunDirections, Seq2SeqBatch, epoch_batches
 from fs2mini.distributed import (DistEnv, all_reduce_max, all_reduce_sum, barrier, full_state_dicts, gradient_sync, init_distributed,
                                  shutdown, weights_finite)
@@ -103,8 +103,10 @@ def train_step(model: nn.Module, compute_loss: LossFunction, optimizer: torch.op
 def train(cfg: TrainConfig) -> Path:
     """Train (or resume) the run described by `cfg`; returns the run directory.
 
-    Under `torchrun` this runs in every process; see fs2mini/distributed.py.
+    Under `torchrun` this runs in every process; see fs2mini/distributed.py. Never while a recipe is imported to
+    rebuild its classes (`refuse_training_on_import`: a recipe that calls this, not `fs2mini.train.main`, at import).
     """
+    refuse_training_on_import()
     cfg = as_started(cfg)
     check_config(cfg)
     env, device = init_distributed(cfg.trainer.device)

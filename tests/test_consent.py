@@ -219,6 +219,18 @@ def test_a_recipe_without_a_main_guard_is_not_run_as_a_training(base_run, revers
     assert not [name for name in sys.modules if name.startswith("fs2mini_recipe_unguarded_")]
 
 
+def test_a_recipe_calling_the_trainer_at_import_is_not_run_as_a_training(base_run, reversal_tsv, tokenizer_cache,
+                                                                        tmp_path):
+    """The same guard for a recipe that calls `fs2mini.trainer.train(CONFIG)` (as finetune_nllb.py's main does)."""
+    trace = tmp_path / "trace"
+    recipe = write_recipe(tmp_path / "direct.py", trace, reversal_tsv, tokenizer_cache)
+    recipe.write_text(recipe.read_text().replace(GUARDED, "from fs2mini.trainer import train\ntrain(CONFIG)\n"))
+    run = shared_run(base_run, tmp_path, _file=str(recipe))
+    with pytest.raises(UserError, match=f"cannot import {recipe} for PayloadModel: it starts a training when imported"):
+        Translator.from_run(run, device="cpu", trust_recipe_code=True)
+    assert len(traces(trace)) == 1 and not (tmp_path / "runs").exists()
+
+
 def test_a_recipe_resumes_its_own_run_without_the_flag_but_not_another_recipes(reversal_tsv, tokenizer_cache, tmp_path):
     trace = tmp_path / "trace"
     recipe = write_recipe(tmp_path / "experiment" / "mine.py", trace, reversal_tsv, tokenizer_cache)
