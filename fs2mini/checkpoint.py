@@ -214,12 +214,16 @@ def keep_resume_point(checkpoint_dir: Path, step: int) -> None:
 
 
 def remove_partial_writes(*directories: Path, of: str | None = None) -> int:
-    """Delete temporary files left by writes that were killed (only those of writes to the file named `of`,
-    when given); returns how many there were."""
+    """Delete the temporary files (`.NAME.*.tmp`), or temporary directories, left by writes that were killed (only
+    those of writes to `of`, when given); returns how many there were. Call it where no other writer of them runs
+    (under the run's lock, or the cache entry's)."""
     pattern = f".{of}.*.tmp" if of is not None else ".*.tmp"
     partial = [p for directory in directories if directory.is_dir() for p in directory.glob(pattern)]
     for path in partial:
-        path.unlink(missing_ok=True)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
     return len(partial)
 
 

@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 from filelock import FileLock
 
+from fs2mini.checkpoint import remove_partial_writes
 from fs2mini.corpus import (DATA_CORPUS, Corpus, LineChunk, Split, chunk_pairs, corpus_fingerprint, describe_corpus, line_chunks,
                             read_pairs)
 from fs2mini.errors import FieldPath, UserError
@@ -191,8 +192,7 @@ def _crc32(path: Path) -> int:
 def _prepare(corpus: Corpus, split: Split, tokenizer: Tokenizer, directory: Path, field: FieldPath, workers: int,
              chunk_pairs: int) -> None:
     """Encode the split into a temporary directory beside `directory`, then rename it into place."""
-    for leftover in directory.parent.glob(f".{directory.name}.*.tmp"):  # of a killed preparation (we hold the lock)
-        shutil.rmtree(leftover, ignore_errors=True)
+    remove_partial_writes(directory.parent, of=directory.name)  # of a killed preparation (we hold the lock)
     tmp = directory.parent / f".{directory.name}.{os.getpid()}.tmp"
     skipped = Skipped()
     what = f"{describe_corpus(corpus)} ({split})"

@@ -38,6 +38,7 @@ import sentencepiece as spm
 import torch
 from filelock import FileLock
 
+from fs2mini.checkpoint import remove_partial_writes
 from fs2mini.errors import UserError, expect, finite
 from fs2mini.rundir import LAYOUT_FILE
 from fs2mini.vocab import VocabInfo
@@ -372,8 +373,7 @@ def _train_sentencepiece(cfg: TokenizerConfig, text: Iterable[str], langs: Seque
     try:
         if model_path.exists():  # trained by another process while this one waited for the lock
             return
-        for leftover in model_path.parent.glob(f".{model_path.name}.*.tmp"):
-            shutil.rmtree(leftover, ignore_errors=True)
+        remove_partial_writes(model_path.parent, of=model_path.name)  # a killed training's (we hold the lock)
         tmp = model_path.parent / f".{model_path.name}.{os.getpid()}.tmp"
         try:
             tmp.mkdir()
