@@ -20,17 +20,15 @@ from fs2mini.corpus import describe_corpus
 from fs2mini.data import Seq2SeqBatches, collate, direction_name
 from fs2mini.distributed import DistEnv, all_reduce_max, all_reduce_sum, unwrap
 from fs2mini.errors import UserError
-from fs2mini.generation import GenerationConfig
 from fs2mini.precision import autocast_for
 from fs2mini.rundir import TRANSLATIONS_DIR
-from fs2mini.scoring import Evaluation, translate_and_score
 from fs2mini.task import Seq2Seq
 from fs2mini.tokenizer import EOS_ID, PAD_ID
-from fs2mini.translator import Translator
 
 if TYPE_CHECKING:  # annotations only: evaluate imports this module without the training run's parts
     from fs2mini.components import Components
     from fs2mini.metrics import ProgressDisplay
+    from fs2mini.scoring import Evaluation
     from fs2mini.trackers import RunLog
 
 
@@ -114,6 +112,10 @@ class Validator:
                         for entry in corpora] if self.several else [parts.valid_batches]
         self.translates = tc.valid_translate_sentences != 0 and not sharded(tc, env)
         if self.translates and env.is_main:  # only rank 0 translates
+            # Decoding and scoring are a layer of their own (beam search, sacrebleu), imported only by a run that
+            # translates while validating: a reader of the training loop does not need them.
+            from fs2mini.generation import GenerationConfig
+            from fs2mini.translator import Translator
             count = None if tc.valid_translate_sentences == "all" else tc.valid_translate_sentences
             self.pairs = [batches.text_pairs(count) for batches in self.batches]  # (from the prepared split: no corpus re-read)
             self.translator = Translator(unwrap(parts.model), parts.tokenizer, *self.languages[0],
@@ -125,6 +127,7 @@ class Validator:
         result = combine_losses(each[:self.trained])
         samples = []
         if self.translates and step > 0:  # an untrained model's output runs to the length limit and scores ~0
+            from fs2mini.scoring import translate_and_score
             # Rank 0 translates (the unwrapped replica, no collectives); the scores reach every rank.
             evaluations = [translate_and_score(self.translator, pairs, self.generation, source_lang=langs[0], target_lang=langs[1],
                                                measure_off_target=self.off_target)

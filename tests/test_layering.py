@@ -102,3 +102,17 @@ def test_training_imports_no_optional_layer():
                 "fs2mini.hf", "fs2mini.hf_weights", "fs2mini.hf_convert", "fs2mini.hf_tokenizer", "fs2mini.staged",
                 "fs2mini.plot", "fs2mini.average", "fs2mini.ctranslate", "peft", "py3langid", "transformers", "matplotlib"}
     assert sorted(optional & set(loaded)) == []
+
+
+def test_training_path_stays_within_its_code_line_budget():
+    """Issue 24's promise, read the whole trainer in one sitting: the modules `python -m fs2mini.train` imports hold
+    at most 4,200 lines of code (docstrings, comments and blank lines apart; benchmarks/training_path.py prints them).
+    A change that grows the path past it moves an optional layer out or shrinks something else."""
+    import subprocess
+    import sys
+
+    script = ("import sys; sys.path.insert(0, 'benchmarks'); import training_path as t; "
+              "print(sum(t.code_lines(source) for source in t.training_path().values()))")
+    code = int(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120,
+                              cwd=Path(__file__).resolve().parent.parent).stdout)
+    assert code <= 4200, f"the training path holds {code:,} code lines (budget 4,200)"
