@@ -10,8 +10,10 @@ was run), so `translate`, `evaluate` and a resume rebuild a recipe's own model, 
 
 Rebuilding such a class imports its module, which runs its code; a run directory can come from anyone, so
 `load_config` refuses a config.json naming code outside fs2mini unless the caller passes `trust_recipe_code`
-(the CLIs' `--trust-recipe-code`), as Hugging Face asks for `trust_remote_code`. Code this process has already
-run (the recipe being run, the modules it imported) needs no consent: importing it again runs nothing.
+(the CLIs' `--trust-recipe-code`), as Hugging Face asks for `trust_remote_code`. Only fs2mini's own classes, and
+the recipe file this process runs (or imported with consent before), need none. A class of any other module needs it
+even when that module is imported already (the standard library, torch, a recipe's helper module): building the class
+runs its `__init__`/`__post_init__`.
 """
 
 from __future__ import annotations
@@ -298,8 +300,9 @@ def import_config_class(value: dict[str, Any], where: Path | None) -> type:
         raise UserError(f"{prefix}cannot import {source} for {name} ({type(err).__name__}: {err}); "
                         "expected the recipe that trained this run to be importable") from None
     cls = getattr(module, name, None)
-    if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
-        raise UserError(f"{prefix}{source} has no dataclass {name}; expected the recipe that trained this run")
+    # Defined there, as `class_location` records it: not a class the module imported (consent covers the module's own code).
+    if not (isinstance(cls, type) and dataclasses.is_dataclass(cls) and cls.__module__ == module.__name__):
+        raise UserError(f"{prefix}{source} has no dataclass {name} of its own; expected the recipe that trained this run")
     return cls
 
 
@@ -358,8 +361,9 @@ def refuse_training_on_import() -> None:
 
 def recipe_code(raw: Any, name: str = "") -> dict[str, str]:
     """The outside code that rebuilding the JSON `raw` of a config would run: {file or module: the field naming it},
-    for every `_file`, and every `_module` outside fs2mini, that this process has not imported already
-    (ValueError for a `_file` or `_module` that is not a path or a name)."""
+    for every `_file` that is not a recipe this process has run already, and every `_module` outside fs2mini, imported
+    already or not (building one of its classes runs its code) (ValueError for a `_file` or `_module` that is not a
+    path or a name)."""
     found: dict[str, str] = {}
     if isinstance(raw, list):
         for index, item in enumerate(raw):
@@ -375,7 +379,7 @@ def recipe_code(raw: Any, name: str = "") -> dict[str, str]:
             raise ValueError(f"{name.lstrip('.') or 'the config'}.{key} is {value!r}; expected a string")
         if key == "_file" and _loaded_recipe(recipe_path(value)) is None:
             found.setdefault(str(recipe_path(value)), name.lstrip(".") or "the config")
-        if key == "_module" and value != "fs2mini" and not value.startswith("fs2mini.") and value not in sys.modules:
+        if key == "_module" and value != "fs2mini" and not value.startswith("fs2mini."):
             found.setdefault(f"module {value}", name.lstrip(".") or "the config")
     for key, item in raw.items():
         for code, field in recipe_code(item, f"{name}.{key}").items():
@@ -472,8 +476,9 @@ def save_config(cfg: TrainConfig, path: Path) -> None:
 def load_config(path: Path, *, trust_recipe_code: bool = False) -> TrainConfig:
     """The config a run directory was trained with, or one sentence saying what is wrong with the file.
 
-    A config naming code outside fs2mini that this process has not run (`recipe_code`) is refused before anything
-    is imported, unless `trust_recipe_code`: a shared run directory must not run its author's code unasked."""
+    A config naming code outside fs2mini (`recipe_code`: a module not fs2mini's, a recipe file this process has not
+    run) is refused before anything is imported or built, unless `trust_recipe_code`: a shared run directory must not
+    run its author's code, nor choose which already-imported code to run, unasked."""
     try:
         raw = json.loads(path.read_bytes().decode("utf-8"))
     except FileNotFoundError:

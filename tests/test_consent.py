@@ -151,7 +151,7 @@ def test_a_relative_recipe_path_is_named_as_the_file_that_would_run(base_run, re
     assert traces(trace) == []
 
 
-def test_an_outside_module_needs_consent_and_fs2mini_or_imported_modules_do_not(
+def test_an_outside_module_needs_consent_each_time_and_fs2mini_modules_do_not(
         base_run, reversal_tsv, tokenizer_cache, tmp_path, monkeypatch):
     trace = tmp_path / "trace"
     name = f"payload_module_{tmp_path.name}"
@@ -164,7 +164,9 @@ def test_an_outside_module_needs_consent_and_fs2mini_or_imported_modules_do_not(
         assert traces(trace) == [] and name not in sys.modules
         assert type(load_config(run / "config.json", trust_recipe_code=True).model).__name__ == "PayloadModel"
         assert traces(trace) == [name]
-        load_config(run / "config.json")  # imported already: nothing new would run
+        # Imported now, yet building its classes runs its code: the next load asks again.
+        with pytest.raises(UserError, match=f"would run: module {name} \\(for model\\); pass --trust-recipe-code"):
+            load_config(run / "config.json")
         assert traces(trace) == [name]
     finally:
         sys.modules.pop(name, None)
@@ -172,6 +174,80 @@ def test_an_outside_module_needs_consent_and_fs2mini_or_imported_modules_do_not(
     config["model"] = {**config["model"], "_type": "ModelConfig", "_module": "fs2mini.model"}
     (tmp_path / "fs2mini_module.json").write_text(json.dumps(config))
     assert type(load_config(tmp_path / "fs2mini_module.json").model).__name__ == "ModelConfig"
+
+
+SIDE_EFFECT = '''"""A module some program imported: building its dataclass writes a file."""
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Touches:
+    path: str = ""
+
+    def __post_init__(self):
+        open(self.path, "w").close()
+'''
+
+
+def named_class_run(base_run: Path, folder: Path, module: str, name: str, **fields) -> Path:
+    """`base_run`'s config.json written to `folder`, its model rebuilt from `module`'s class `name` with `fields`."""
+    config = json.loads((base_run / "config.json").read_text())
+    config["model"] = {"_type": name, "_module": module, **fields}
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder / "config.json"
+
+
+@pytest.mark.parametrize("module, name", [("argparse", "Namespace"), ("dataclasses", "Field"), ("torch", "Size")])
+def test_a_class_of_an_imported_module_outside_fs2mini_needs_consent(base_run, tmp_path, module, name):
+    """Imported already, so importing runs nothing new; still a config.json must not choose which of its classes run."""
+    assert module in sys.modules
+    path = named_class_run(base_run, tmp_path, module, name)
+    with pytest.raises(UserError, match=rf"^{path} names code from outside fs2mini, which loading the run would run: "
+                                        rf"module {module} \(for model\); pass --trust-recipe-code"):
+        load_config(path)
+    with pytest.raises(UserError, match=f"{module} has no dataclass {name} of its own"):  # consented: no config class
+        load_config(path, trust_recipe_code=True)
+
+
+def test_a_dataclass_whose_post_init_has_a_side_effect_is_not_built_without_consent(base_run, tmp_path, monkeypatch):
+    name = f"side_effect_{tmp_path.name}"
+    (tmp_path / f"{name}.py").write_text(SIDE_EFFECT)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    marker = tmp_path / "marker"
+    try:
+        __import__(name)  # as a program embedding fs2mini may have imported it
+        path = named_class_run(base_run, tmp_path, name, "Touches", path=str(marker))
+        with pytest.raises(UserError, match=rf"would run: module {name} \(for model\); pass --trust-recipe-code"):
+            load_config(path)
+        assert not marker.exists()
+        assert type(load_config(path, trust_recipe_code=True).model).__name__ == "Touches" and marker.exists()
+    finally:
+        sys.modules.pop(name, None)
+
+
+def test_the_cli_refuses_an_imported_modules_class_in_one_line(base_run, tmp_path):
+    """`python -m fs2mini.translate` has imported argparse (and torch, tyro, ...): naming one of them is refused too."""
+    run = tmp_path / "shared"
+    shutil.copytree(base_run, run)
+    named_class_run(base_run, run, "argparse", "Namespace")
+    refused = subprocess.run([sys.executable, "-m", "fs2mini.translate", str(run)], capture_output=True, text=True,
+                             input="a b c\n", timeout=300, cwd=tmp_path)
+    assert refused.returncode == 2 and refused.stdout == "" and len(refused.stderr.splitlines()) == 1, refused.stderr
+    assert refused.stderr.startswith(f"error: {run / 'config.json'} names code from outside fs2mini")
+    assert "module argparse (for model)" in refused.stderr and "--trust-recipe-code" in refused.stderr
+
+
+def test_a_recipe_file_names_only_its_own_classes(base_run, reversal_tsv, tokenizer_cache, tmp_path):
+    """A recipe this process has run needs no consent again, but only for the classes it defines, not one it imports."""
+    trace = tmp_path / "trace"
+    recipe = write_recipe(tmp_path / "payload.py", trace, reversal_tsv, tokenizer_cache)
+    run = shared_run(base_run, tmp_path, _file=str(recipe))
+    load_config(run / "config.json", trust_recipe_code=True)  # the recipe is part of this process now
+    config = json.loads((run / "config.json").read_text())
+    config["model"] = {"_type": "TrainerConfig", "_file": str(recipe)}  # fs2mini's class, imported by the recipe
+    (run / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match="payload.py has no dataclass TrainerConfig of its own"):
+        load_config(run / "config.json")
 
 
 def test_consent_is_the_callers_never_the_files(base_run, reversal_tsv, tokenizer_cache, tmp_path):
