@@ -22,6 +22,13 @@ every 100) once without interruption, then runs each scenario with the same comm
   fraction of each split's bytes: every split directory in the cache must then be intact and hold exactly what an
   uninterrupted preparation wrote (a later run opens it without preparing again), no temporary directory may outlive
   the next preparation, and the run must finish as the uninterrupted one did.
+- `hf-import`, `hf-export`: `python -m fs2mini.hf import SRC OUT` of a tiny random M2M100 saved as the Hub serves it
+  (tests/test_hf.py's `write_nllb_dir`, 21 MB), and `export` of that import, killed again and again: two in three
+  inside the staged write of OUT (at a random fraction of its bytes), one in three at a random moment of the command.
+  After each kill OUT is absent or byte-identical to an uninterrupted command's output, and the hidden scratch
+  directories (`.OUT.HOST.PID.XXXX.fs2mini-partial`, fs2mini/staged.py) of earlier kills are gone once the next
+  command has started its write; the final rerun exits 0, leaves no scratch directory, and its OUT loads
+  (`Translator.from_run`, transformers' `from_pretrained`). These two need no training: alone, they take seconds.
 
 How a kill lands inside a write, deterministically rather than by luck: fs2mini writes a checkpoint
 to a temporary file `.NAME.XXXXXXXX.tmp` next to its final name and renames it once complete and
@@ -43,6 +50,7 @@ each (step, split) record once, the same records as the uninterrupted run.
     python benchmarks/kill_resume.py --scenarios best concurrent   # some scenarios only
     python benchmarks/kill_resume.py --scenarios average --average-kills 10
     python benchmarks/kill_resume.py --scenarios prepared --prepared-kills 10
+    python benchmarks/kill_resume.py --scenarios hf-import hf-export --hf-kills 12
 """
 
 from __future__ import annotations
@@ -67,12 +75,17 @@ import tyro
 
 from fs2mini.checkpoint import list_checkpoints
 from fs2mini.prepared import verify
+from fs2mini.staged import STAGING_SUFFIX
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from synthetic import write_reversal_tsv  # noqa: E402  (the tests' learnable corpus)
 
-Scenario = Literal["random", "tokenizer", "first-checkpoint", "best", "concurrent", "average", "prepared"]
-SCENARIOS: tuple[Scenario, ...] = ("random", "tokenizer", "first-checkpoint", "best", "concurrent", "average", "prepared")
+Scenario = Literal["random", "tokenizer", "first-checkpoint", "best", "concurrent", "average", "prepared", "hf-import",
+                   "hf-export"]
+SCENARIOS: tuple[Scenario, ...] = ("random", "tokenizer", "first-checkpoint", "best", "concurrent", "average", "prepared",
+                                   "hf-import", "hf-export")
+UNTRAINED: tuple[Scenario, ...] = ("hf-import", "hf-export")
+"""Scenarios that need no uninterrupted training run (the others compare with it)."""
 POLL_S = 0.0002
 """How often the file system is polled while waiting for a write to kill."""
 TIMEOUT_S = 3600
@@ -95,6 +108,8 @@ class SoakConfig:
     """SIGKILLs of `python -m fs2mini.average` inside its write (`average` scenario)."""
     prepared_kills: int = 10
     """SIGKILLs of a run inside its preparation of the data cache (`prepared` scenario)."""
+    hf_kills: int = 6
+    """SIGKILLs of `python -m fs2mini.hf import` (`hf-import` scenario) and of `export` (`hf-export`), each."""
     scenarios: tuple[Scenario, ...] = SCENARIOS
     """Which scenarios to run."""
     steps: int = 400
@@ -648,6 +663,132 @@ def prepared_kills(scene: Scene, cfg: SoakConfig, rng: random.Random, cache: Pat
             "passed": not scene.problems}
 
 
+def staged_scratch(out: Path) -> set[str]:
+    """The hidden scratch directories of `staged` writes of `out` in its folder, in progress or left by a kill."""
+    try:
+        return {e.name for e in os.scandir(out.parent) if e.name.startswith(f".{out.name}.") and e.name.endswith(STAGING_SUFFIX)}
+    except FileNotFoundError:
+        return set()
+
+
+def tree_bytes(path: Path) -> int:
+    """Bytes of the files under `path` so far (0 once it is gone)."""
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(root, name)).st_size
+            except FileNotFoundError:  # renamed or removed since the listing
+                pass
+    return total
+
+
+def tree(path: Path) -> dict[str, bytes]:
+    """Every file under `path` by its relative name, with its bytes."""
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def hf_kills(name: Literal["hf-import", "hf-export"], workdir: Path, cfg: SoakConfig, rng: random.Random) -> dict[str, Any]:
+    """Kills of `python -m fs2mini.hf import` or `export`: OUT is whole or absent after each, leftovers go, reruns work."""
+    from test_hf import write_nllb_dir  # (needs transformers, as these scenarios do)
+
+    source, imported = workdir / "hf-source", workdir / "hf-reference" / "imported"
+    if not source.is_dir():  # (shared by both scenarios) 4+4 layers 256 wide: a 21 MB best.pt or model.safetensors
+        write_nllb_dir(source, layers=4, dim=256)
+        imported.parent.mkdir()
+        subprocess.run([sys.executable, "-m", "fs2mini.hf", "import", str(source), str(imported)], check=True,
+                       capture_output=True)
+    out = workdir / name  # the uninterrupted output is written under OUT's own name, then moved aside: config.json
+    expected = workdir / "hf-reference" / name  # records the run directory, so an import's bytes depend on its path
+    command = ([sys.executable, "-m", "fs2mini.hf", "import", str(source), str(out)] if name == "hf-import" else
+               [sys.executable, "-m", "fs2mini.hf", "export", str(imported), str(out)])
+    began = time.perf_counter()
+    subprocess.run(command, check=True, capture_output=True)
+    duration = time.perf_counter() - began
+    out.rename(expected)
+    reference, size = tree(expected), tree_bytes(expected)
+    log = workdir / f"{name}.log"
+    moments: dict[str, int] = {}
+    problems: list[str] = []
+    incomplete = survived = 0
+    for number in range(1, cfg.hf_kills + 1):
+        shutil.rmtree(out, ignore_errors=True)  # (complete: a rerun into it would be refused, rightly)
+        earlier = staged_scratch(out)
+        process = start(command, log)
+        if number % 3 == 0:
+            time.sleep(rng.uniform(0.0, duration))
+            found = None
+        else:
+            min_bytes = rng.random() * size
+
+            def target() -> Path | str | None:
+                for scratch in staged_scratch(out) - earlier:
+                    if tree_bytes(out.parent / scratch) >= min_bytes:
+                        return out.parent / scratch
+                return "missed" if out.is_dir() else None
+
+            found = poll(process, target)
+        alive = kill(process)
+        where = ("after the write" if out.exists() else "inside the write" if staged_scratch(out) - earlier
+                 else "before the write")
+        moment = ("finished before the kill" if not alive else f"at a random moment ({where})" if number % 3 == 0 else
+                  "inside the staged write" if isinstance(found, Path) and not out.exists() else
+                  "missed the write (it completed first)")
+        moments[moment] = moments.get(moment, 0) + 1
+        if process.returncode not in (0, -9):
+            problems.append(f"{name} exited with {process.returncode}: {failure(log)}")
+            break
+        complete = not out.exists() or tree(out) == reference
+        incomplete += not complete
+        left = staged_scratch(out)
+        # Once this command has made its own scratch directory (or finished), the earlier ones must be gone.
+        started = not alive or out.exists() or bool(left - earlier)
+        survived += bool(started and left & earlier)
+        print(f"{name} kill {number}/{cfg.hf_kills}: {moment}; OUT "
+              f"{'absent' if not out.exists() else 'complete' if complete else 'INCOMPLETE'}; scratch {sorted(left)}",
+              flush=True)
+    completed = loadable = False
+    if not problems:
+        shutil.rmtree(out, ignore_errors=True)
+        with open(log, "ab") as handle:
+            completed = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=handle).returncode == 0
+        if not completed:
+            problems.append(f"the final rerun failed: {failure(log)}")
+    left = sorted(staged_scratch(out))
+    same_output = completed and tree(out) == reference
+    if same_output:
+        loadable = loads(name, out)
+    if incomplete:
+        problems.append(f"{incomplete} times OUT was there but not the uninterrupted command's output")
+    if survived:
+        problems.append(f"{survived} times a killed command's scratch directory outlived the next command's start")
+    if left:
+        problems.append(f"scratch directories left after the final rerun: {left}")
+    if completed and not same_output:
+        problems.append("the final rerun's OUT differs from the uninterrupted command's")
+    if same_output and not loadable:
+        problems.append("the final OUT does not load")
+    return {"kills": sum(n for m, n in moments.items() if m != "finished before the kill"), "kill_moments": moments,
+            "incomplete_outputs_found": incomplete, "scratch_outliving_a_rerun": survived, "final_run_completed": completed,
+            "scratch_left": left, "output_as_uninterrupted": same_output, "output_loads": loadable, "problems": problems,
+            "passed": not problems}
+
+
+def loads(name: str, out: Path) -> bool:
+    """OUT of an import translates with fs2mini; OUT of an export loads in transformers."""
+    try:
+        if name == "hf-import":
+            from fs2mini.translator import Translator
+
+            return isinstance(Translator.from_run(out, device="cpu")("the cat"), str)
+        import transformers
+
+        return transformers.AutoModelForSeq2SeqLM.from_pretrained(out) is not None
+    except Exception as err:  # noqa: BLE001 (whatever fails to load is the finding)
+        print(f"{out} does not load: {type(err).__name__}: {err}", flush=True)
+        return False
+
+
 def main(cfg: SoakConfig) -> dict:
     workdir = cfg.workdir or Path(tempfile.mkdtemp(prefix="fs2mini-soak-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -656,8 +797,9 @@ def main(cfg: SoakConfig) -> dict:
     started = time.perf_counter()
 
     reference = workdir / "uninterrupted"
-    subprocess.run(train_command(workdir, reference, cfg), check=True, capture_output=True)
-    full_size = list_checkpoints(reference / "checkpoints")[-1].stat().st_size
+    if set(cfg.scenarios) - set(UNTRAINED):
+        subprocess.run(train_command(workdir, reference, cfg), check=True, capture_output=True)
+        full_size = list_checkpoints(reference / "checkpoints")[-1].stat().st_size
     report: dict[str, Any] = {"steps": cfg.steps, "checkpoint_every": cfg.checkpoint_every, "scenarios": {}}
     for name in cfg.scenarios:
         began = time.perf_counter()
@@ -672,6 +814,8 @@ def main(cfg: SoakConfig) -> dict:
             result = best_kills(Scene(name, workdir, cfg, reference), cfg, rng, full_size)
         elif name == "average":
             result = average_kills(workdir, cfg, rng, reference)
+        elif name in UNTRAINED:
+            result = hf_kills(name, workdir, cfg, rng)
         elif name == "prepared":
             result = prepared_kills(Scene(name, workdir, cfg, reference, data_cache="data-cache-kills"), cfg, rng,
                                     workdir / "data-cache-kills", workdir / "data-cache")
