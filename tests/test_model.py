@@ -87,6 +87,33 @@ def test_cpu_training_attention_is_sdpa_math_with_fs2mini_dropout(causal):
     torch.testing.assert_close(attention(q, k, v, mask, causal, Dropout(0.5).eval()), expected)
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_cpu_bf16_attention_is_the_math_path_with_an_fp32_softmax(causal):
+    """On CPU in bf16 the fused SDPA kernel is 4x slower than two matmuls (model.attention's docstring): the
+    math path is taken instead, with or without dropout, and gives SDPA's fp32 result to bf16 precision."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Calls(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(func.name())
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(3, 2, 7, 16) for _ in range(3))
+    mask = None if causal else (torch.arange(7) < torch.tensor([7, 4, 1]).unsqueeze(1))[:, None, None, :]
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+    with Calls() as calls:
+        low = attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), mask, causal, Dropout(0.0).eval())
+    assert low.dtype == torch.bfloat16
+    assert not any("scaled_dot_product" in name for name in calls.names), calls.names
+    assert "aten::_softmax" in calls.names
+    torch.testing.assert_close(low.float(), expected, rtol=0, atol=3e-2)
+
+
 @pytest.mark.parametrize("init, linear_std, embed_std", [("fairseq", None, 256**-0.5), ("hf", 0.02, 0.02)])
 def test_init_choices_set_the_documented_scales(init, linear_std, embed_std):
     torch.manual_seed(0)

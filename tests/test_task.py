@@ -87,6 +87,38 @@ def test_fused_loss_under_bf16_autocast_is_close_to_fp32():
     torch.testing.assert_close(low, exact, rtol=2e-2, atol=0)
 
 
+def test_fused_loss_under_bf16_autocast_multiplies_in_bf16_with_fp32_gradients():
+    """Every vocabulary-sized matmul of the loss runs in bf16 under autocast, the weight gradient's too (its
+    in-place `addmm_` is not autocast: fed fp32 rows by the last layer norm it ran in fp32, 5% of a step), while
+    the gradients stay close to fp32's."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class MatmulDtypes(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm, torch.ops.aten.addmm_):
+                self.seen.append(args[-2].dtype)
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(3)
+    hidden, weight = torch.randn(64, 32, requires_grad=True), torch.randn(100, 32, requires_grad=True)
+    target = torch.randint(1, 100, (64,))
+    linear_cross_entropy(hidden, weight, target, 0, 0.1, chunk_rows=16).backward()
+    exact = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad = weight.grad = None
+    with MatmulDtypes() as recorded:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = linear_cross_entropy(hidden, weight, target, 0, 0.1, chunk_rows=16)
+        loss.backward()
+    assert recorded.seen and set(recorded.seen) == {torch.bfloat16}, recorded.seen
+    assert hidden.grad.dtype == weight.grad.dtype == torch.float32
+    torch.testing.assert_close(hidden.grad, exact[0], rtol=0, atol=2e-2 * exact[0].abs().max().item())
+    torch.testing.assert_close(weight.grad, exact[1], rtol=0, atol=2e-2 * exact[1].abs().max().item())
+
+
 def test_task_loss_is_the_model_logits_cross_entropy_and_nll_is_unsmoothed():
     torch.manual_seed(3)
     vocab = VocabInfo(size=30, pad_idx=0, bos_idx=1, eos_idx=2, unk_idx=3)
