@@ -31,13 +31,14 @@ out evenly):
   autocast, for every system: fs2mini built by `build_components` as a training run builds it, the
   baselines with the same loss and optimizer; on identical batches of real Bible verses cut by
   fs2mini's pipeline at a 4096-token budget; throughput in non-pad target tokens/s and non-pad
-  source+target tokens/s, median over repeats, for SMALL and BASE;
-- generation: greedy and beam-4 sentences/s on 200 test verses in batches of 50, with the output
+  source+target tokens/s, median over repeats, for SMALL and BASE (4096-token batches) and MEDIUM, the
+  default run's model at the default run's 2048-token batches;
+- generation (SMALL and MEDIUM): greedy and beam-4 sentences/s on 200 test verses in batches of 50, with the output
   length forced equal for every system (so each does the same work) and unforced; for bf16 the
   search runs under `torch.autocast("cpu", dtype=torch.bfloat16)` (the device's autocast on CUDA);
 - data: sentences/s of one epoch of `Seq2SeqBatches` (read → encode → bucket → collate) vs a naive
   per-sentence loop, both pinned to one CPU core; and the padding of fs2mini's batches;
-- efficiency: achieved matmul FLOP/s of fs2mini's training step over the measured `torch.mm` peak of
+- efficiency (every training row, column "of mm peak"): achieved matmul FLOP/s of the training step over the measured `torch.mm` peak of
   this machine in the step's own precision (fp32 `torch.mm` for fp32 steps, bf16 for bf16 steps).
   FLOPs per step, with B sentences, S source and T target positions (padding included: it is
   computed), d model_dim, f ffn_inner_dim, V vocabulary, Le/Ld layers:
@@ -76,12 +77,14 @@ from fs2mini.pipeline import Skipped  # noqa: E402
 from fs2mini.precision import choose_precision, cpu_matmul_probe, has_native_bf16  # noqa: E402
 from fs2mini.tokenizer import Tokenizer, TokenizerConfig, load_or_train_tokenizer  # noqa: E402
 
-SIZES: dict[str, ModelConfig] = {"small": ARCHS["small"], "base": ARCHS["base"], "dense_600m": ARCHS["dense_600m"]}
+SIZES: dict[str, ModelConfig] = {"small": ARCHS["small"], "medium": ARCHS["medium"], "base": ARCHS["base"], "dense_600m": ARCHS["dense_600m"]}
 SYSTEMS = ("fs2mini", "torch", "hf")
 SYSTEM_NAMES = {"fs2mini": "fs2mini", "fs2mini-compile": "fs2mini + torch.compile",
                 "torch": "plain nn.Transformer", "hf": "HF M2M100"}
 VOCAB_SIZE = 8000
 MAX_TOKENS = 4096
+SIZE_MAX_TOKENS = {"medium": DataConfig().max_tokens}
+"""Batch budgets that differ from MAX_TOKENS on CPU: `medium` is the default run's model, measured at its batches."""
 GEN_BATCH = 50
 FORCED_LEN = 32  # tokens generated before </s> when the output length is forced
 PRECISIONS = ("fp32", "bf16")  # bf16 = bf16 autocast, as `fs2mini.train --trainer.autocast bf16`
@@ -99,6 +102,8 @@ class BenchConfig:
     """Alternating rounds of every system at every precision (training and generation); the median is reported."""
     small_steps: int = 5
     """Timed training steps per SMALL run (after 2 warm-up steps)."""
+    medium_steps: int = 5
+    """Timed training steps per MEDIUM run (after 2 warm-up steps): the default run's model and batch size."""
     base_steps: int = 2
     """Timed training steps per BASE run (after 1 warm-up step)."""
     compile: bool = False
@@ -250,7 +255,7 @@ def generate_worker(job: dict) -> dict:
 
     torch.manual_seed(0)
     device = torch.device(job["device"])
-    cfg = SIZES["small"]
+    cfg = SIZES[job["size"]]
     sources: list[list[int]] = job["sources"]
     tok = job["tok"]
     eos, pad, lang = tok["vocab"]["eos_idx"], tok["vocab"]["pad_idx"], tok["target_lang_id"]
@@ -441,16 +446,17 @@ def bench_tokenizer() -> tuple[Tokenizer, dict]:
     return tokenizer, tok
 
 
-def prepare(workdir: Path, steps_needed: int, num_gen: int, max_tokens: int) -> tuple[dict, dict[str, Path], list[list[int]]]:
-    """Tokenizer (vocab 8000, cached), the shared training batches, the generation sources."""
+def prepare(workdir: Path, steps_needed: int, num_gen: int, budgets: set[int]) -> tuple[dict, dict[int, Path], list[list[int]]]:
+    """Tokenizer (vocab 8000, cached), the shared training batches of each token budget, the generation sources."""
     tokenizer, tok = bench_tokenizer()
-    stream = iter(Seq2SeqBatches(DataConfig(max_tokens=max_tokens), "train", tokenizer, seed=1, shuffle=True))
-    batches = [next(stream) for _ in range(steps_needed)]
-    path = workdir / "train_batches.pt"
-    torch.save(batches, path)
+    paths = {}
+    for max_tokens in sorted(budgets):
+        stream = iter(Seq2SeqBatches(DataConfig(max_tokens=max_tokens), "train", tokenizer, seed=1, shuffle=True))
+        paths[max_tokens] = workdir / f"train_batches_{max_tokens}.pt"
+        torch.save([next(stream) for _ in range(steps_needed)], paths[max_tokens])
     test_sources = [source for source, _ in read_pairs(BibleCorpus(), "test", Skipped())][:num_gen]
     sources = tokenizer.encode_source(test_sources, tokenizer.langs[0])
-    return tok, {"train": path}, sources
+    return tok, paths, sources
 
 
 def median_of(runs: list[dict], key: str) -> float:
@@ -488,8 +494,9 @@ def main(cfg: BenchConfig) -> dict:
     elif on_cuda:  # GPU steps are short: more of them, and NLLB's own size
         plan = {"small": (3, 20), "base": (3, 20), "dense_600m": (2, 10)}
     else:
-        plan = {"small": (2, cfg.small_steps), "base": (1, cfg.base_steps)}
-    max_tokens = cfg.cuda_max_tokens if on_cuda else MAX_TOKENS
+        plan = {"small": (2, cfg.small_steps), "medium": (2, cfg.medium_steps), "base": (1, cfg.base_steps)}
+    budgets = {size: cfg.cuda_max_tokens if on_cuda else SIZE_MAX_TOKENS.get(size, MAX_TOKENS) for size in plan}
+    gen_sizes = [size for size in ("small", "medium") if size in plan]
     num_gen = 50 if cfg.quick else 200
     machine = machine_info(cfg.device)
     if not on_cuda:
@@ -501,9 +508,9 @@ def main(cfg: BenchConfig) -> dict:
             log("warning: bf16 on a CPU without native bf16 matmuls: emulated, expect it far slower than fp32")
     results: dict = {"machine": machine,
                      "config": {"quick": cfg.quick, "repeats": repeats, "plan": plan, "device": cfg.device,
-                                "precisions": precisions, "max_tokens": max_tokens, "vocab": VOCAB_SIZE}}
+                                "precisions": precisions, "max_tokens": budgets, "vocab": VOCAB_SIZE}}
     with tempfile.TemporaryDirectory(dir=cfg.workdir) as tmp:
-        tok, paths, gen_sources = prepare(Path(tmp), max(w + s for w, s in plan.values()), num_gen, max_tokens)
+        tok, paths, gen_sources = prepare(Path(tmp), max(w + s for w, s in plan.values()), num_gen, set(budgets.values()))
         results["mm"] = {}
         for precision in precisions:
             results["mm"][precision] = run_job({"kind": "mm", "device": cfg.device, "precision": precision})
@@ -517,7 +524,7 @@ def main(cfg: BenchConfig) -> dict:
                 for precision in precisions:
                     for system in systems:
                         job = {"kind": "train", "system": system, "size": size, "precision": precision,
-                               "batches": str(paths["train"]), "device": cfg.device, "tok": tok,
+                               "batches": str(paths[budgets[size]]), "device": cfg.device, "tok": tok,
                                "warmup": warmup + (2 if system == "fs2mini-compile" else 0), "steps": steps}
                         runs[system, precision].append(run_job(job))
                         log(f"train {size} {system} {precision} #{repeat + 1}: "
@@ -526,18 +533,18 @@ def main(cfg: BenchConfig) -> dict:
 
         results["generate"] = {}
         gen_systems = [s for s in ("fs2mini", "hf") if s in systems]
-        gen_runs: dict[tuple[str, str], list[dict]] = {(s, p): [] for s in gen_systems for p in precisions}
-        for repeat in range(repeats):
-            for precision in precisions:
-                for system in gen_systems:
-                    gen_runs[system, precision].append(run_job({
-                        "kind": "generate", "system": system, "precision": precision, "sources": gen_sources,
-                        "tok": tok, "device": cfg.device, "forced_only": cfg.quick}))
-                    log(f"generate {system} {precision} #{repeat + 1}: " + ", ".join(
-                        f"{k} {v['sentences_per_s']:.0f}/s" for k, v in gen_runs[system, precision][-1].items()
-                        if isinstance(v, dict)))
-        for system in gen_systems:
-            results["generate"][system] = {p: summarise_generate(gen_runs[system, p]) for p in precisions}
+        for size in gen_sizes:
+            gen_runs: dict[tuple[str, str], list[dict]] = {(s, p): [] for s in gen_systems for p in precisions}
+            for repeat in range(repeats):
+                for precision in precisions:
+                    for system in gen_systems:
+                        gen_runs[system, precision].append(run_job({
+                            "kind": "generate", "system": system, "size": size, "precision": precision,
+                            "sources": gen_sources, "tok": tok, "device": cfg.device, "forced_only": cfg.quick}))
+                        log(f"generate {size} {system} {precision} #{repeat + 1}: " + ", ".join(
+                            f"{k} {v['sentences_per_s']:.0f}/s" for k, v in gen_runs[system, precision][-1].items()
+                            if isinstance(v, dict)))
+            results["generate"][size] = {s: {p: summarise_generate(gen_runs[s, p]) for p in precisions} for s in gen_systems}
 
         data_runs: dict[str, list[dict]] = {} if on_cuda else {"fs2mini": [], "naive": []}  # CPU-only work
         for repeat in range(1 if cfg.quick else 2):
@@ -546,9 +553,10 @@ def main(cfg: BenchConfig) -> dict:
                 log(f"data {impl} #{repeat + 1}: {data_runs[impl][-1]['sentences_per_s']:.0f} sentences/s")
         results["data"] = {impl: {**runs[0], "sentences_per_s": median_of(runs, "sentences_per_s")} for impl, runs in data_runs.items()}
 
-    for size in plan:
-        for precision, own in results["train"][size]["fs2mini"].items():
-            own["mm_efficiency"] = own["flops_per_s"] / results["mm"][precision]["flops_per_s"]
+    for size in plan:  # every system's matmul FLOP/s ÷ the torch.mm peak of its precision
+        for system_runs in results["train"][size].values():
+            for precision, own in system_runs.items():
+                own["mm_efficiency"] = own["flops_per_s"] / results["mm"][precision]["flops_per_s"]
     results["wall_s"] = time.perf_counter() - started
     return results
 
@@ -636,10 +644,11 @@ def print_report(results: dict) -> None:
         "; vs HF fp32: fs2mini bf16 ÷ HF M2M100 fp32 (what HF gives by default)" if both else "")
 
     for size, systems in results["train"].items():
-        table = Table(title=f"training {size.upper()} ({where}, {config['max_tokens']}-token batches, "
+        budget = config["max_tokens"][size] if isinstance(config["max_tokens"], dict) else config["max_tokens"]
+        table = Table(title=f"training {size.upper()} ({where}, {budget}-token batches, "
                             f"median of {config['repeats']})", caption=caption)
         columns = ["system", "precision", "target tok/s", "src+tgt tok/s", "vs HF",
-                   *(["vs HF fp32"] if both else []), "step s", memory, "runs"]
+                   *(["vs HF fp32"] if both else []), "of mm peak", "step s", memory, "runs"]
         for col in columns:
             table.add_column(col, justify="left" if col in ("system", "precision") else "right")
         hf = {p: r["target_tokens_per_s"] for p, r in systems.get("hf", {}).items()}
@@ -648,31 +657,32 @@ def print_report(results: dict) -> None:
                 tps = r["target_tokens_per_s"]
                 fp32_ref = [versus(tps, hf.get("fp32")) if system == "fs2mini" and precision == "bf16" else ""] if both else []
                 table.add_row(SYSTEM_NAMES[system], precision, f"{tps:.0f}", f"{r['tokens_per_s']:.0f}",
-                              versus(tps, hf.get(precision)), *fp32_ref, f"{r['step_s']:.3f}",
+                              versus(tps, hf.get(precision)), *fp32_ref,
+                              f"{r['mm_efficiency']:.0%}" if "mm_efficiency" in r else "-", f"{r['step_s']:.3f}",
                               f"{r['peak_rss_mb']:.0f}", " ".join(f"{x:.0f}" for x in r["runs"]))
             table.add_section()
         console.print(table)
 
-    table = Table(title=f"generation SMALL ({where}, random weights, batches of {GEN_BATCH}; "
-                        f"forced = {FORCED_LEN} tokens + </s>)", caption=caption)
-    for col in ("mode", "system", "precision", "sentences/s", "vs HF", *(["vs HF fp32"] if both else []),
-                "mean output len"):
-        table.add_column(col, justify="left" if col in ("mode", "system", "precision") else "right")
-    generated = results["generate"]
-    hf = generated.get("hf", {})
-    first = next(iter(next(iter(generated.values())).values()))  # modes, in the order they ran
-    for mode in [k for k, v in first.items() if isinstance(v, dict)]:
-        for system, by_precision in generated.items():
-            for precision, modes in by_precision.items():
-                r = modes[mode]
-                sps = r["sentences_per_s"]
-                fp32_ref = hf.get("fp32", {}).get(mode, {}).get("sentences_per_s")
-                table.add_row(mode, SYSTEM_NAMES[system], precision, f"{sps:.1f}",
-                              versus(sps, hf.get(precision, {}).get(mode, {}).get("sentences_per_s")),
-                              *([versus(sps, fp32_ref) if system == "fs2mini" and precision == "bf16" else ""] if both else []),
-                              f"{r['mean_output_len']:.1f}")
-        table.add_section()
-    console.print(table)
+    for size, generated in results["generate"].items():
+        table = Table(title=f"generation {size.upper()} ({where}, random weights, batches of {GEN_BATCH}; "
+                            f"forced = {FORCED_LEN} tokens + </s>)", caption=caption)
+        for col in ("mode", "system", "precision", "sentences/s", "vs HF", *(["vs HF fp32"] if both else []),
+                    "mean output len"):
+            table.add_column(col, justify="left" if col in ("mode", "system", "precision") else "right")
+        hf = generated.get("hf", {})
+        first = next(iter(next(iter(generated.values())).values()))  # modes, in the order they ran
+        for mode in [k for k, v in first.items() if isinstance(v, dict)]:
+            for system, by_precision in generated.items():
+                for precision, modes in by_precision.items():
+                    r = modes[mode]
+                    sps = r["sentences_per_s"]
+                    fp32_ref = hf.get("fp32", {}).get(mode, {}).get("sentences_per_s")
+                    table.add_row(mode, SYSTEM_NAMES[system], precision, f"{sps:.1f}",
+                                  versus(sps, hf.get(precision, {}).get(mode, {}).get("sentences_per_s")),
+                                  *([versus(sps, fp32_ref) if system == "fs2mini" and precision == "bf16" else ""] if both else []),
+                                  f"{r['mean_output_len']:.1f}")
+            table.add_section()
+        console.print(table)
 
     table = Table(title="data pipeline (one epoch of the Bible training split, one CPU core)")
     for col in ("pipeline", "sentences/s", "padding", "batches", "seconds"):
@@ -683,7 +693,7 @@ def print_report(results: dict) -> None:
     if results["data"]:
         console.print(table)
     for size, systems in results["train"].items():
-        for precision, r in systems["fs2mini"].items():
+        for precision, r in systems["fs2mini"].items():  # (the table's "of mm peak" column, spelled out)
             mm = results["mm"][precision]
             console.print(f"efficiency {size.upper()} {precision}: fs2mini step {r['flops_per_s'] / 1e9:.1f} GFLOP/s of "
                           f"matmul / torch.mm {mm['dtype']} peak {mm['flops_per_s'] / 1e9:.1f} GFLOP/s = {r['mm_efficiency']:.0%}")

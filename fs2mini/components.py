@@ -13,6 +13,7 @@ import hashlib
 import json
 import random
 import sys
+import time
 from collections.abc import Iterator
 from itertools import chain
 from dataclasses import dataclass
@@ -26,16 +27,17 @@ from fs2mini.checkpoint import (GRAD_SCALER, LORA, MODEL, OPTIMIZER, STEP, TOKEN
                                 load_checkpoint, load_weights)
 from fs2mini.config import TrainConfig, incompatible_fields, load_config
 from fs2mini.corpus import corpus_fingerprint, corpus_tag, describe_corpus, read_pairs, training_sentences_by_language
-from fs2mini.data import RunDirections, Seq2SeqBatches
+from fs2mini.data import RunDirections, Seq2SeqBatches, collate
 from fs2mini.distributed import DistEnv, barrier, load_optimizer_state, wrap_model
 from fs2mini.errors import UserError
 from fs2mini.model import build_model, enable_activation_checkpointing
 from fs2mini.optim import Schedule, build_lr_schedule, build_optimizer
 from fs2mini.pipeline import Skipped
-from fs2mini.precision import Precision, build_grad_scaler, choose_precision
+from fs2mini.precision import Precision, StepTimer, autocast_for, build_grad_scaler, choose_precision
 from fs2mini.rundir import BEST_CHECKPOINT, CHECKPOINT_DIR, CONFIG_FILE, METRICS_FILE, TOKENIZER_FILE
 from fs2mini.task import Task, build_task
 from fs2mini.tokenizer import Tokenizer, balanced_sentences, checked_tokenizer, load_or_train_tokenizer
+from fs2mini.vocab import VocabInfo
 
 
 @dataclass
@@ -188,6 +190,29 @@ def _last_logged_step(metrics: Path) -> int:
     return last
 
 
+def step_timer(model: nn.Module, task: Task, vocab: VocabInfo, max_tokens: int, device: torch.device) -> StepTimer:
+    """Seconds of one forward + backward of `model` on a batch of `max_tokens` tokens (sentences of 30 and 30),
+    under autocast to the given dtype: what `--trainer.autocast auto` compares on CPU. The run's random state and
+    weights are left as they were (no optimizer step; gradients dropped), so a run is the same with or without it."""
+    sentences = max(1, max_tokens // 60)
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(vocab.unk_idx + 1, vocab.size, (sentences, 2, 30), generator=generator).tolist()
+    batch = collate([(source, target) for source, target in ids], vocab.pad_idx).to(device)
+
+    def time_step(dtype: torch.dtype | None) -> float:
+        with torch.random.fork_rng(devices=[]):
+            started = time.perf_counter()
+            with autocast_for(device, dtype):
+                loss, _ = task.compute_loss(model, batch)
+            loss.backward()
+            elapsed = time.perf_counter() - started
+        for parameter in model.parameters():
+            parameter.grad = None
+        return elapsed
+
+    return time_step
+
+
 def build_components(cfg: TrainConfig, directions: RunDirections, tokenizer: Tokenizer, device: torch.device,
                      env: DistEnv = DistEnv(), checkpoint: dict[str, Any] | None = None,
                      init_weights: dict[str, torch.Tensor] | None = None) -> Components:
@@ -225,6 +250,8 @@ def build_components(cfg: TrainConfig, directions: RunDirections, tokenizer: Tok
     if checkpoint is not None:
         load_optimizer_state(model, optimizer, checkpoint[OPTIMIZER])
     lr_at = build_lr_schedule(cfg.lr_scheduler, cfg.optimizer.lr, tc.max_steps)
-    precision = choose_precision(tc.autocast, device)
+    # One process, eager: time this model's step in both precisions (ranks timing apart could disagree).
+    timer = step_timer(model, task, tokenizer.vocab_info, cfg.data.max_tokens, device) if env.world_size == 1 and not tc.compile else None
+    precision = choose_precision(tc.autocast, device, timer, f"{cfg.model!r}|lora {cfg.lora.rank}|max_tokens {cfg.data.max_tokens}")
     grad_scaler = build_grad_scaler(precision, device, checkpoint.get(GRAD_SCALER) if checkpoint is not None else None)
     return Components(directions, tokenizer, train_batches, valid_batches, model, task, optimizer, lr_at, precision, grad_scaler)

@@ -82,7 +82,8 @@ class TrainerConfig:
     """Under torchrun: ddp replicates the model, fsdp shards it per layer (FSDP2); none = single process only."""
     autocast: AutocastMode = "auto"
     """Mixed precision: auto = bf16 where it is native (CUDA compute capability >= 8.0; CPUs whose bf16 matmuls
-    measure faster than fp32), fp16 with loss scaling (GradScaler) on older GPUs, fp32 on other CPUs."""
+    measure faster than fp32 and where this model's training step, timed once and cached, is faster in bf16),
+    fp16 with loss scaling (GradScaler) on older GPUs, fp32 on other CPUs."""
     activation_checkpointing: bool = False
     """Recompute each encoder/decoder layer's activations in the backward pass instead of keeping them:
     less memory for big models and long batches, for about one more forward pass per update."""

@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import platform
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -46,6 +48,17 @@ class MatmulProbe:
     def speedup(self) -> float:
         return self.bf16_gflops / self.fp32_gflops
 
+
+@dataclass(frozen=True)
+class StepProbe:
+    """Seconds of one training step (forward and backward) of the run's own model and batch size, fp32 and bf16."""
+
+    fp32_s: float
+    bf16_s: float
+
+
+StepTimer = Callable[[torch.dtype | None], float]
+"""Seconds of one forward + backward of the run's model on a batch of its size, under autocast to the dtype (None: fp32)."""
 
 AutocastMode = Literal["auto", "bf16", "fp16", "off"]
 """`--trainer.autocast`."""
@@ -84,9 +97,15 @@ def build_grad_scaler(precision: Precision, device: torch.device, state: dict[st
     return scaler
 
 
-def choose_precision(mode: AutocastMode, device: torch.device) -> Precision:
+def choose_precision(mode: AutocastMode, device: torch.device, time_step: StepTimer | None = None,
+                     step_key: str = "") -> Precision:
     """`--trainer.autocast`: off = fp32; bf16 or fp16 as asked (warned where slow); auto = bf16 where native,
-    else fp16 on CUDA and fp32 on CPU."""
+    else fp16 on CUDA and fp32 on CPU.
+
+    On CPU, `auto` with `time_step` also times the run's own training step in both precisions (cached under
+    `step_key`, which names the model and batch size): a matmul probe 2x faster in bf16 does not make every
+    model faster, since the casts, layer norms and softmaxes around small matmuls do not speed up (a 128-wide
+    model was seen slower in bf16 than in fp32 on such a CPU)."""
     if mode == "off":
         return Precision(None, "fp32 (--trainer.autocast off)")
     if device.type == "cuda":
@@ -99,7 +118,7 @@ def choose_precision(mode: AutocastMode, device: torch.device) -> Precision:
         print("warning: --trainer.autocast fp16 on CPU: most CPUs emulate fp16 matmuls (1 vs 95 GFLOP/s fp32 on an "
               "AMD EPYC core), so it is for testing the fp16 path, not for speed", file=sys.stderr)
         return Precision(torch.float16, "fp16 autocast + GradScaler (--trainer.autocast fp16; cpu)")
-    return _cpu_precision(mode)
+    return _cpu_precision(mode, time_step, step_key)
 
 
 def _cuda_precision(mode: AutocastMode, device: torch.device) -> Precision:
@@ -119,8 +138,8 @@ def _cuda_precision(mode: AutocastMode, device: torch.device) -> Precision:
     return Precision(torch.float16, f"fp16 autocast + GradScaler ({capability} has no native bf16)")
 
 
-def _cpu_precision(mode: AutocastMode) -> Precision:
-    """bf16 where the measured probe says it is fast (auto), or as asked with a warning where it is slow."""
+def _cpu_precision(mode: AutocastMode, time_step: StepTimer | None, step_key: str) -> Precision:
+    """bf16 where the measured probes say it is fast (auto), or as asked with a warning where it is slow."""
     probe = cpu_matmul_probe()
     measured = f"bf16 mm {probe.bf16_gflops:.0f} vs fp32 {probe.fp32_gflops:.0f} GFLOP/s"
     fast = probe.native_bf16 and probe.speedup >= MIN_SPEEDUP
@@ -129,6 +148,12 @@ def _cpu_precision(mode: AutocastMode) -> Precision:
             print(f"warning: --trainer.autocast bf16 on a CPU without fast bf16 matmuls ({measured}): "
                   f"expect about {1 / probe.speedup:.1f}x slower matmuls than fp32", file=sys.stderr)
         return Precision(torch.bfloat16, f"bf16 autocast (--trainer.autocast bf16; {measured})")
+    if fast and time_step is not None:
+        steps = step_probe(step_key, time_step)
+        timed = f"a step of this model {steps.bf16_s * 1e3:.0f} ms in bf16 vs {steps.fp32_s * 1e3:.0f} in fp32"
+        if steps.bf16_s >= steps.fp32_s:
+            return Precision(None, f"fp32 (bf16 not faster for this model: {timed}; {measured})")
+        return Precision(torch.bfloat16, f"bf16 autocast (CPU has native bf16: {measured}; {timed})")
     if fast:
         return Precision(torch.bfloat16, f"bf16 autocast (CPU has native bf16: {measured})")
     why = "no native bf16 on this CPU" if not probe.native_bf16 else f"bf16 not faster here: {measured}"
@@ -137,22 +162,43 @@ def _cpu_precision(mode: AutocastMode) -> Precision:
 
 def cpu_matmul_probe(cache_dir: Path | None = None) -> MatmulProbe:
     """The probe for this machine: from the cache, or measured now and cached."""
-    cache = (cache_dir or default_cache_dir()) / "matmul-probe.json"
-    key = f"{cpu_model()}|torch {torch.__version__}"
+    return _cached_probe((cache_dir or default_cache_dir()) / "matmul-probe.json", "", MatmulProbe, measure_matmuls)
+
+
+def step_probe(step_key: str, time_step: StepTimer, cache_dir: Path | None = None) -> StepProbe:
+    """The training step of the model `step_key` names in fp32 and in bf16: from the cache, or timed now (best of
+    two after a warm-up each, alternating: a busy machine only slows a round down) and cached."""
+    def measure() -> StepProbe:
+        best = {None: math.inf, torch.bfloat16: math.inf}
+        for dtype in best:
+            time_step(dtype)  # warm-up: first-use allocations and kernel choices
+        for _ in range(2):
+            for dtype in best:
+                best[dtype] = min(best[dtype], time_step(dtype))
+        return StepProbe(fp32_s=best[None], bf16_s=best[torch.bfloat16])
+
+    return _cached_probe((cache_dir or default_cache_dir()) / "step-probes.json", step_key, StepProbe, measure)
+
+
+def _cached_probe(cache: Path, step_key: str, kind: type, measure: Callable[[], Any]) -> Any:
+    """`kind` for this CPU and torch (and `step_key`) from the JSON file `cache`, else `measure()`d and added to it."""
+    key = f"{cpu_model()}|torch {torch.__version__}" + (f"|{step_key}" if step_key else "")
+    entries: dict = {}
     try:
-        cached = json.loads(cache.read_text())
-        if cached.get("key") == key:
-            return MatmulProbe(**cached["probe"])
+        entries = json.loads(cache.read_text())
+        entries = entries if isinstance(entries, dict) and "key" not in entries else {}  # (the old one-entry form)
+        if key in entries:
+            return kind(**entries[key])
     except (OSError, ValueError, TypeError):
         pass  # no cache, or an unreadable one: measure again
-    probe = measure_matmuls()
+    probe = measure()
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"key": key, "probe": asdict(probe)}))
+        tmp.write_text(json.dumps({**entries, key: asdict(probe)}))
         os.replace(tmp, cache)
     except OSError:
-        pass  # a read-only home only costs the next run another 0.3 s
+        pass  # a read-only home only costs the next run another measurement
     return probe
 
 

@@ -132,3 +132,49 @@ def test_fp16_training_skips_overflows_learns_and_resumes_exactly(reversal_tsv, 
     assert ends[1]["grad_scaler"] == ends[0]["grad_scaler"]  # without it the resumed run would overflow again
     for name, weight in ends[0]["model"].items():
         assert torch.equal(weight, ends[1]["model"][name]), name
+
+
+@pytest.mark.parametrize("fp32_s, bf16_s, dtype, reason", [
+    (0.50, 0.40, torch.bfloat16, "bf16 autocast (CPU has native bf16: bf16 mm 460 vs fp32 80 GFLOP/s; "
+                                 "a step of this model 400 ms in bf16 vs 500 in fp32)"),
+    (0.40, 0.50, None, "fp32 (bf16 not faster for this model: a step of this model 500 ms in bf16 vs 400 in fp32; "
+                       "bf16 mm 460 vs fp32 80 GFLOP/s)"),
+])
+def test_auto_times_the_run_s_own_step_before_choosing_bf16(fp32_s, bf16_s, dtype, reason, tmp_path, monkeypatch):
+    """A matmul probe 2-6x faster in bf16 is not enough: auto keeps fp32 for a model whose own step is not faster
+    in bf16, and times each model once (cached by its key)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(precision, "cpu_matmul_probe", lambda: MatmulProbe(True, 80.0, 460.0))
+    calls = []
+
+    def time_step(dtype):
+        calls.append(dtype)
+        return bf16_s if dtype == torch.bfloat16 else fp32_s
+
+    assert choose_precision("auto", CPU, time_step, "model A") == Precision(dtype, reason)
+    assert sorted(map(str, set(calls))) == ["None", "torch.bfloat16"]
+    calls.clear()
+    assert choose_precision("auto", CPU, time_step, "model A") == Precision(dtype, reason)
+    assert calls == []  # read from the cache
+    choose_precision("auto", CPU, time_step, "model B")
+    assert calls  # another model is timed
+    assert choose_precision("bf16", CPU, time_step, "model C").autocast_dtype == torch.bfloat16  # asked for: as asked
+
+
+def test_step_timer_leaves_the_run_s_random_state_and_weights_as_they_were():
+    """Timing a step before training must not change the run: same weights, no gradients, same random stream."""
+    from fs2mini.components import step_timer
+    from fs2mini.model import ARCHS, build_model
+    from fs2mini.task import TaskConfig, build_task
+    from fs2mini.vocab import VocabInfo
+
+    vocab = VocabInfo(size=60, pad_idx=1, bos_idx=0, eos_idx=2, unk_idx=3)
+    torch.manual_seed(0)
+    model = build_model(dataclasses.replace(ARCHS["tiny"], dropout_p=0.3), vocab)  # dropout draws random numbers
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    state = torch.get_rng_state()
+    timer = step_timer(model, build_task(TaskConfig(), vocab), vocab, 600, CPU)
+    assert timer(None) > 0 and timer(torch.bfloat16) > 0
+    assert torch.equal(torch.get_rng_state(), state)
+    assert all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(value, before[name]) for name, value in model.state_dict().items())
