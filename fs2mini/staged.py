@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from fs2mini.checkpoint import _os_error
 from fs2mini.errors import RunStopped, UserError
 
 STAGING_SUFFIX = ".fs2mini-partial"
@@ -36,7 +37,7 @@ def staged(target: Path) -> Iterator[Path]:
     use the rest of it), removed however the block ends: an error, Ctrl-C, or SIGTERM/SIGHUP, which stop the
     block with exit status 128 + the signal. A SIGKILL (or a power cut) stops Python too, so the next `staged`
     in the same folder removes the scratch directories whose process is gone. A write that fails (a read-only
-    folder, a full disk) is one sentence."""
+    folder, a full disk) is one sentence about `target`."""
     for path in remove_stale_scratch(target.parent):
         print(f"removed {path}, left by an import or export that was killed", file=sys.stderr)
     try:
@@ -44,7 +45,9 @@ def staged(target: Path) -> Iterator[Path]:
         scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.{_host()}.{os.getpid()}.", suffix=STAGING_SUFFIX,
                                         dir=target.parent))
     except OSError as err:
-        raise UserError(f"cannot write {target}: {err.strerror or err}; expected a folder this user can write to") from None
+        file = next((p for p in reversed(target.parents) if p.exists() and not p.is_dir()), None)
+        why = f"{file} is a file" if file is not None else err.strerror or err
+        raise UserError(f"cannot write {target}: {why}; expected a folder this user can write to") from None
     try:
         content = scratch / target.name
         content.mkdir()
@@ -55,6 +58,13 @@ def staged(target: Path) -> Iterator[Path]:
         os.replace(content, target)
     except OSError as err:
         raise UserError(f"cannot write {target}: {err.strerror or err}; nothing was written there") from None
+    except UserError as err:
+        # A file written into the scratch directory by `write_atomically` (config.json, a checkpoint) that failed
+        # (a full disk) is named by its place there, which is gone now: say it of `target`, as other writes do.
+        cause = _os_error(err)
+        if cause is None or str(scratch) not in str(err):
+            raise
+        raise UserError(f"cannot write {target}: {cause.strerror or cause}; nothing was written there") from None
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

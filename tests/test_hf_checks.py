@@ -223,7 +223,7 @@ def test_import_with_a_tsv_that_is_not_a_file_is_one_line_before_any_download(ru
 # Where the output goes: unwritable places, a full disk, stop signals (defects 10 and 11)
 
 
-@pytest.mark.parametrize("place, reason", [("read_only", "Permission denied"), ("under_a_file", "File exists")])
+@pytest.mark.parametrize("place, reason", [("read_only", "Permission denied"), ("under_a_file", "{parent} is a file")])
 def test_export_to_an_unwritable_place_is_one_line(runs, tmp_path, capsys, place, reason):
     parent = tmp_path / place
     if place == "read_only":
@@ -241,7 +241,7 @@ def test_export_to_an_unwritable_place_is_one_line(runs, tmp_path, capsys, place
         parent.chmod(0o755)
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and len(err) == 1, err
-    assert err[0] == f"error: cannot write {out}: {reason}; expected a folder this user can write to"
+    assert err[0] == f"error: cannot write {out}: {reason.format(parent=parent)}; expected a folder this user can write to"
     assert not out.exists() and not _leftovers(tmp_path)
 
 
@@ -253,15 +253,18 @@ def _limited_file_size(limit):
     return apply
 
 
-@pytest.mark.parametrize("command", ["import", "export"])
-def test_a_full_disk_leaves_nothing(runs, tmp_path, command):
+@pytest.mark.parametrize("command, fails", [("import", "tokenizer.model"), ("import", "best.pt"), ("export", "weights")])
+def test_a_full_disk_leaves_nothing(runs, tmp_path, command, fails):
+    """Whichever write fails, the error names OUT (not the scratch file that failed, which is gone)."""
     out = tmp_path / "out"
     argv = ["import", runs / "hf", out] if command == "import" else ["export", runs / "run", out]
+    # best.pt: tokenizer.model and config.json fit, the checkpoint (which holds the tokenizer too) does not.
+    limit = (runs / "run" / "tokenizer.model").stat().st_size + 10_000 if fails == "best.pt" else 16_000
     done = subprocess.run([sys.executable, "-m", "fs2mini.hf", *map(str, argv)], capture_output=True, text=True,
-                          timeout=300, preexec_fn=_limited_file_size(16_000), env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+                          timeout=300, preexec_fn=_limited_file_size(limit), env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
     lines = done.stderr.strip().splitlines()
-    assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: cannot write "), done.stderr
-    assert "File too large" in lines[0]
+    assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"error: cannot write {out}: "), done.stderr
+    assert "File too large" in lines[0] and lines[0].endswith("; nothing was written there")
     assert not out.exists() and not _leftovers(tmp_path)
 
 
