@@ -2,6 +2,8 @@
 
     make quality                                               # both systems, 1200 updates each (~35 min on 2 cores)
     python benchmarks/quality.py --budget-minutes 18           # both systems, 18 minutes of training each
+    python benchmarks/quality.py --budget-minutes 18 --fs2mini-recipe recipes/bible_budget.py \
+        --systems fs2mini hf hf-tuned                          # the recipe against HF's defaults and HF tuned
     python benchmarks/quality.py --systems fs2mini --label no-attn-dropout \\
         --fs2mini-model.attention-dropout-p 0                  # one ablation, added to the JSON by its label
 
@@ -18,6 +20,12 @@ is translated greedily and with beam 4, twice: length penalty 1.0 (HF's default)
 (fs2mini: its `Translator`; Hugging Face: `model.generate` with the same
 forced `</s> __fra__` start and the same maximum length 1.2 · source + 10) and scored with
 sacreBLEU (13a): BLEU, chrF, n-gram precisions, brevity penalty, hyp/ref length ratio.
+
+Two Hugging Face systems: `hf` is M2M100 as a HF user trains it by default (fp32, lr 1e-3), and
+`hf-tuned` the same model with the two settings any HF user can change to match fs2mini's recipe: bf16
+autocast where the CPU multiplies bf16 natively (as fs2mini's `--trainer.autocast auto`) and the
+recipe's peak learning rate (`--hf-tuned-lr`, 1.5e-3 as `recipes/bible_budget.py`; warmup and batch are
+the same for all). A quality claim names which of the two it beats.
 
 Results are merged into `--output` (JSON) under `--label`, so ablations accumulate in one file; the
 table printed at the end shows every labelled run in it.
@@ -51,6 +59,7 @@ from fs2mini.generation import GenerationConfig  # noqa: E402
 from fs2mini.model import ModelConfig  # noqa: E402
 from fs2mini.optim import AdamWConfig, InverseSqrtConfig, build_optimizer  # noqa: E402
 from fs2mini.pipeline import Skipped  # noqa: E402
+from fs2mini.precision import has_native_bf16  # noqa: E402
 from fs2mini.tokenizer import Tokenizer, TokenizerConfig, load_or_train_tokenizer  # noqa: E402
 
 SHAPE = ModelConfig(model_dim=256, num_encoder_layers=4, num_decoder_layers=4, num_encoder_attn_heads=4,
@@ -66,8 +75,8 @@ class QualityConfig:
     """Updates per system (ignored when --budget-minutes is set)."""
     budget_minutes: float = 0.0
     """Train each system for this many minutes of wall-clock time instead of a fixed number of updates."""
-    systems: tuple[Literal["fs2mini", "hf"], ...] = ("fs2mini", "hf")
-    """Which systems to run, in this order."""
+    systems: tuple[Literal["fs2mini", "hf", "hf-tuned"], ...] = ("fs2mini", "hf")
+    """Which systems to run, in this order (hf-tuned: HF with bf16 autocast where native and --hf-tuned-lr)."""
     fs2mini_model: ModelConfig = SHAPE
     """fs2mini's model (change its dropouts for ablations; keep the sizes for equal terms)."""
     hf_attention_dropout: float = 0.0
@@ -82,6 +91,8 @@ class QualityConfig:
     """Padded tokens per batch (one batch per update: ~1.8k target tokens)."""
     lr: float = 1e-3
     """Peak learning rate."""
+    hf_tuned_lr: float = 1.5e-3
+    """hf-tuned's peak learning rate (recipes/bible_budget.py's)."""
     warmup_steps: int = 500
     """Inverse-sqrt warmup."""
     weight_decay: float = 1e-4
@@ -272,7 +283,8 @@ def worker(job: dict) -> dict:
         decoded[name] = {"bleu": scores.bleu, "chrf": scores.chrf, "precisions": list(scores.precisions),
                          "brevity_penalty": scores.brevity_penalty, "length_ratio": scores.length_ratio,
                          "seconds": time.perf_counter() - started, "samples": hypotheses[:3]}
-    return {"system": job["system"], **stats, "parameters": sum(p.numel() for p in model.parameters()),
+    return {"system": job["system"], **stats, "lr": job["lr"], "bf16": job["bf16"],
+            "parameters": sum(p.numel() for p in model.parameters()),
             "test_pairs": len(pairs), "bleu_signature": scores.bleu_signature, **decoded}
 
 
@@ -305,6 +317,8 @@ def main(cfg: QualityConfig) -> None:
     results = {"settings": settings, "machine": machine_info(cfg.device), "systems": {}}
     for system in cfg.systems:
         job = {**settings, "system": system, "tokenizer": str(tokenizer_path)}
+        if system == "hf-tuned":  # what a HF user can set: bf16 autocast where it is native, the recipe's peak lr
+            job.update(bf16=cfg.device != "cpu" or has_native_bf16(), lr=cfg.hf_tuned_lr)
         job["fs2mini_model"] = asdict(cfg.fs2mini_model)
         print(f"[{label}] training {system} ...", file=sys.stderr, flush=True)
         results["systems"][system] = run_worker(job)
@@ -315,11 +329,13 @@ def main(cfg: QualityConfig) -> None:
     everything[label] = results
     cfg.output.write_text(json.dumps(everything, indent=1, default=str) + "\n")
     print_table(everything)
-    if set(results["systems"]) == {"fs2mini", "hf"}:
-        for decoding in (name for name, beam, _ in DECODINGS if beam > 1):
-            fs2, hf = (results["systems"][name][decoding]["bleu"] for name in ("fs2mini", "hf"))
-            print(f"[{label}] {decoding} {cfg.split} BLEU fs2mini / Hugging Face = {fs2:.2f} / {hf:.2f} = "
-                  f"{fs2 / max(hf, 1e-9):.2f}x")
+    for other in ("hf", "hf-tuned"):
+        if {"fs2mini", other} <= set(results["systems"]):
+            for decoding in (name for name, beam, _ in DECODINGS if beam > 1):
+                fs2, hf = (results["systems"][name][decoding]["bleu"] for name in ("fs2mini", other))
+                print(f"[{label}] {decoding} {cfg.split} BLEU fs2mini / {other} = {fs2:.2f} / {hf:.2f} = "
+                      f"{fs2 / max(hf, 1e-9):.2f}x; updates {results['systems']['fs2mini']['updates']} / "
+                      f"{results['systems'][other]['updates']}")
 
 
 def print_table(everything: dict) -> None:
