@@ -24,7 +24,7 @@ test: install
 	$(PY) -m pytest -q tests
 
 # Speed benchmark (benchmarks/bench.py): fp32 and, where the CPU has it, bf16; prints tables, writes
-# benchmarks/results.json (~8 min on 2 cores).
+# benchmarks/results.json (~15 min on 2 cores).
 bench: install
 	$(PY) -m pip install --quiet -e ".[bench]"
 	$(PY) benchmarks/bench.py $(ARGS)

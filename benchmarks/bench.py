@@ -1,6 +1,6 @@
 """Speed benchmark: fs2mini vs a hand-written `nn.Transformer` vs Hugging Face M2M100, in fp32 and bf16, on one machine.
 
-    make bench                                  # the full suite (~8 min on 2 CPU cores with native bf16)
+    make bench                                  # the full suite (~15 min on 2 CPU cores with native bf16)
     python benchmarks/bench.py --quick          # a ~2-minute smoke run (SMALL, both precisions)
     python benchmarks/bench.py --precisions fp32  # one precision only (fp32, bf16, both, or auto)
     python benchmarks/bench.py --compile        # also fs2mini under torch.compile (slow start)
