@@ -74,7 +74,7 @@ SERIES = [entry for _, _, series in PANELS for entry in series]
 def plot_runs(run_dirs: Sequence[Path], output: Path, labels: Sequence[str] | None = None) -> None:
     """Draw the runs' curves into `output` (PNG, PDF or SVG, by its suffix)."""
     if not output.suffix or output.is_dir():  # matplotlib would write OUTPUT.png, not the file the user named
-        raise UserError(f"-o {output}: expected a file name ending in .png, .pdf or .svg, e.g. {output / 'curves.png'}")
+        raise UserError(f"-o {output}: expected a file name ending in .png, .pdf or .svg, e.g. {output / 'curves.png' if output.is_dir() else output.with_suffix('.png')}")
     import matplotlib.pyplot as plt
 
     fig = draw([read_records(run_dir) for run_dir in run_dirs], list(labels) if labels else _labels(run_dirs))

@@ -58,6 +58,9 @@ def test_an_output_that_is_not_a_figure_file_is_one_error_line(name, tmp_path, c
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and len(err) == 1, err
     assert err[0].startswith(f"error: -o {tmp_path / name}: expected a file name ending in .png, .pdf or .svg")
+    # the suggestion: a file inside a directory, else the name with a suffix (not figures/curves.png)
+    suggested = tmp_path / "out.d" / "curves.png" if name == "out.d" else tmp_path / "figures.png"
+    assert err[0].endswith(f"e.g. {suggested}"), err[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted({"a", name} if name == "out.d" else {"a"})  # no DIR.png
 
 
