@@ -43,13 +43,9 @@ class AdamWConfig:
     """Decoupled weight decay."""
 
     def build(self, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
-        # fused: one kernel for the whole update of each tensor. On CPU `foreach` loops over tensors op by op
-        # (model:medium's update: 28.6 ms foreach, 4.0 ms fused, 2 threads; the same values to ~2e-8).
-        # Sharded (FSDP's DTensor) parameters keep foreach.
-        params = list(params)
-        fused = all(isinstance(p, torch.Tensor) and type(p.data) is torch.Tensor for p in params)
+        # foreach: one fused kernel launch per parameter group instead of one per tensor.
         return torch.optim.AdamW(params, lr=self.lr, betas=self.betas, eps=self.eps, weight_decay=self.weight_decay,
-                                 **({"fused": True} if fused else {"foreach": True}))
+                                 foreach=True)
 
 
 @dataclass(frozen=True)
