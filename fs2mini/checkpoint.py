@@ -174,13 +174,13 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], None], what: str | 
     except BaseException as err:
         if tmp_name is not None:
             Path(tmp_name).unlink(missing_ok=True)
-        cause = _os_error(err) if isinstance(err, Exception) else None  # (never a Ctrl-C)
+        cause = os_error_behind(err) if isinstance(err, Exception) else None  # (never a Ctrl-C)
         if cause is not None:
             raise UserError(f"cannot write {what or path}: {cause.strerror or cause}; {kept}") from None
         raise
 
 
-def _os_error(err: BaseException) -> OSError | None:
+def os_error_behind(err: BaseException) -> OSError | None:
     """The OSError behind `err`: itself, or one it was raised from or while handling (torch's writer wraps it)."""
     seen: set[int] = set()
     current: BaseException | None = err

@@ -252,6 +252,8 @@ def build_components(cfg: TrainConfig, directions: RunDirections, tokenizer: Tok
     lr_at = build_lr_schedule(cfg.lr_scheduler, cfg.optimizer.lr, tc.max_steps)
     # One process, eager: time this model's step in both precisions (ranks timing apart could disagree).
     timer = step_timer(model, task, tokenizer.vocab_info, cfg.data.max_tokens, device) if env.world_size == 1 and not tc.compile else None
-    precision = choose_precision(tc.autocast, device, timer, f"{cfg.model!r}|lora {cfg.lora.rank}|max_tokens {cfg.data.max_tokens}")
+    # The key names what the timing depends on: the model, its batch size and the threads it runs on.
+    step_key = f"{cfg.model!r}|lora {cfg.lora.rank}|max_tokens {cfg.data.max_tokens}|threads {torch.get_num_threads()}"
+    precision = choose_precision(tc.autocast, device, timer, step_key)
     grad_scaler = build_grad_scaler(precision, device, checkpoint.get(GRAD_SCALER) if checkpoint is not None else None)
     return Components(directions, tokenizer, train_batches, valid_batches, model, task, optimizer, lr_at, precision, grad_scaler)

@@ -180,9 +180,9 @@ def step_probe(step_key: str, time_step: StepTimer, cache_dir: Path | None = Non
     return _cached_probe((cache_dir or default_cache_dir()) / "step-probes.json", step_key, StepProbe, measure)
 
 
-def _cached_probe(cache: Path, step_key: str, kind: type, measure: Callable[[], Any]) -> Any:
-    """`kind` for this CPU and torch (and `step_key`) from the JSON file `cache`, else `measure()`d and added to it."""
-    key = f"{cpu_model()}|torch {torch.__version__}" + (f"|{step_key}" if step_key else "")
+def _cached_probe(cache: Path, key_suffix: str, kind: type, measure: Callable[[], Any]) -> Any:
+    """`kind` for this CPU and torch (and `key_suffix`) from the JSON file `cache`, else `measure()`d and added to it."""
+    key = f"{cpu_model()}|torch {torch.__version__}" + (f"|{key_suffix}" if key_suffix else "")
     entries: dict = {}
     try:
         entries = json.loads(cache.read_text())

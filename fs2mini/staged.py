@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from fs2mini.checkpoint import _os_error
+from fs2mini.checkpoint import os_error_behind
 from fs2mini.errors import RunStopped, UserError
 
 STAGING_SUFFIX = ".fs2mini-partial"
@@ -61,7 +61,7 @@ def staged(target: Path) -> Iterator[Path]:
     except UserError as err:
         # A file written into the scratch directory by `write_atomically` (config.json, a checkpoint) that failed
         # (a full disk) is named by its place there, which is gone now: say it of `target`, as other writes do.
-        cause = _os_error(err)
+        cause = os_error_behind(err)
         if cause is None or str(scratch) not in str(err):
             raise
         raise UserError(f"cannot write {target}: {cause.strerror or cause}; nothing was written there") from None
