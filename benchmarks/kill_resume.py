@@ -252,6 +252,18 @@ def failure(log: Path) -> str:
     return lines[-1] if lines else "(no output)"
 
 
+def final_rerun(command: list[str], log: Path, problems: list[str]) -> bool:
+    """After the kills, the command once more, uninterrupted (only if nothing failed yet): True if it completed;
+    a failure is added to `problems` with the last line of its log."""
+    if problems:
+        return False
+    with open(log, "ab") as handle:
+        completed = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=handle).returncode == 0
+    if not completed:
+        problems.append(f"the final rerun failed: {failure(log)}")
+    return completed
+
+
 # --- what a kill may not break -----------------------------------------------------------------------
 
 def sha256(path: Path) -> str:
@@ -341,12 +353,7 @@ class Scene:
 
     def finish(self) -> dict[str, Any]:
         """Run to the end and compare with the uninterrupted run."""
-        completed = False
-        if not self.problems:
-            with open(self.log, "ab") as handle:
-                completed = subprocess.run(self.command, stdout=subprocess.DEVNULL, stderr=handle).returncode == 0
-            if not completed:
-                self.problems.append(f"the final rerun failed: {failure(self.log)}")
+        completed = final_rerun(self.command, self.log, self.problems)
         corrupt, mismatched = damage(self.run_dir)
         return self.report(completed, corrupt, mismatched)
 
@@ -546,12 +553,7 @@ def average_kills(workdir: Path, cfg: SoakConfig, rng: random.Random, reference:
         print(f"average kill {number}/{cfg.average_kills}: {moment}; {AVERAGED} "
               f"{'absent' if not output.exists() else 'complete' if complete else 'INCOMPLETE'}; temporary files "
               f"{sorted(temp_files(run_dir / 'checkpoints', AVERAGED))}", flush=True)
-    completed = False
-    if not problems:
-        with open(log, "ab") as handle:
-            completed = subprocess.run(average_command(run_dir), stdout=subprocess.DEVNULL, stderr=handle).returncode == 0
-        if not completed:
-            problems.append(f"the final rerun failed: {failure(log)}")
+    completed = final_rerun(average_command(run_dir), log, problems)
     left = sorted(temp_files(run_dir / "checkpoints", AVERAGED))
     identical_average = completed and same(output, expected)
     if incomplete:
@@ -747,13 +749,10 @@ def hf_kills(name: Literal["hf-import", "hf-export"], workdir: Path, cfg: SoakCo
         print(f"{name} kill {number}/{cfg.hf_kills}: {moment}; OUT "
               f"{'absent' if not out.exists() else 'complete' if complete else 'INCOMPLETE'}; scratch {sorted(left)}",
               flush=True)
-    completed = loadable = False
+    loadable = False
     if not problems:
         shutil.rmtree(out, ignore_errors=True)
-        with open(log, "ab") as handle:
-            completed = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=handle).returncode == 0
-        if not completed:
-            problems.append(f"the final rerun failed: {failure(log)}")
+    completed = final_rerun(command, log, problems)
     left = sorted(staged_scratch(out))
     same_output = completed and tree(out) == reference
     if same_output:

@@ -2,7 +2,7 @@
 
     make quality                                               # both systems, 1200 updates each (~35 min on 2 cores)
     python benchmarks/quality.py --budget-minutes 18           # both systems, 18 minutes of training each
-    python benchmarks/quality.py --budget-minutes 18 --fs2mini-recipe recipes/bible_budget.py \
+    python benchmarks/quality.py --budget-minutes 18 --fs2mini-recipe recipes/bible_budget.py \\
         --systems fs2mini hf hf-tuned                          # the recipe against HF's defaults and HF tuned
     python benchmarks/quality.py --systems fs2mini --label no-attn-dropout \\
         --fs2mini-model.attention-dropout-p 0                  # one ablation, added to the JSON by its label
