@@ -62,6 +62,23 @@ from fs2mini.pipeline import Skipped  # noqa: E402
 from fs2mini.precision import has_native_bf16  # noqa: E402
 from fs2mini.tokenizer import Tokenizer, TokenizerConfig, load_or_train_tokenizer  # noqa: E402
 
+TASKS: dict[str, BibleCorpus] = {
+    "kjv-fra": BibleCorpus(),
+    "kjv-deu": BibleCorpus(target_bible="e"),
+    "kjv-fra-5k": BibleCorpus(train_books=(40, 41, 42, 43, 44, 45)),
+    "bbe-fra": BibleCorpus(source_bible="3"),
+    "web-spa": BibleCorpus(source_bible="4", target_bible="v"),
+}
+"""Offline translation tasks (verse-aligned Bibles; same valid and test books): `kjv-fra` is KJV → Louis
+Segond, the task recipes/bible_budget.py was first tuned on; `kjv-deu` English → German; `kjv-fra-5k` the
+low-resource case, 5,219 training verses (Matthew to Romans); `bbe-fra` the Bible in Basic English → Louis
+Segond; `web-spa` the World English Bible → Spanish."""
+
+TUNING_TASKS = ("kjv-fra", "kjv-deu", "kjv-fra-5k")
+"""Recipe changes are chosen on these (their validation splits); docs/quality.md reports each on all three."""
+HELD_BACK_TASKS = ("web-spa",)
+"""No tuning decision looks at these: the final recipe is reported on them once, on their test split."""
+
 SHAPE = ModelConfig(model_dim=256, num_encoder_layers=4, num_decoder_layers=4, num_encoder_attn_heads=4,
                     num_decoder_attn_heads=4, ffn_inner_dim=1024, dropout_p=0.1, max_seq_len=512)
 """The equal-terms shape: Hugging Face's M2M100 gets exactly these sizes (9.4 M parameters at vocab 8k)."""
@@ -71,6 +88,8 @@ SHAPE = ModelConfig(model_dim=256, num_encoder_layers=4, num_decoder_layers=4, n
 class QualityConfig:
     """Train and decode fs2mini and Hugging Face M2M100 on equal terms; print BLEU and its parts."""
 
+    task: Literal["kjv-fra", "kjv-deu", "kjv-fra-5k", "bbe-fra", "web-spa"] = "kjv-fra"
+    """Which offline task (TASKS): its corpus trains the tokenizer and both systems and gives the split scored."""
     updates: int = 1200
     """Updates per system (ignored when --budget-minutes is set)."""
     budget_minutes: float = 0.0
@@ -118,6 +137,11 @@ class QualityConfig:
     """Extra flags for the recipe's command line, one string (a sweep's change: --recipe-args="--optimizer.lr 2e-3")."""
     recipe_checkpoint: str | None = None
     """Checkpoint of the recipe run to decode (default: what `translate` loads, the newest)."""
+    average_last: int = 0
+    """Budget mode: also decode the average of the recipe run's last N step checkpoints (`fs2mini.average`),
+    reported as system `fs2mini-avgN` (the run must keep them: --trainer.keep-last-checkpoints N or more)."""
+    decodings: tuple[Literal["beam4", "beam4-lp1.4", "greedy"], ...] = ("beam4", "beam4-lp1.4", "greedy")
+    """Which decodings to run and score (fewer: quicker tuning runs)."""
     label: str = ""
     """Name of this run in the JSON (default: 'updates-N' or 'budget-Mmin')."""
     output: Path = Path("benchmarks/quality.json")
@@ -128,8 +152,7 @@ class QualityConfig:
 # The worker: one system, in its own process.
 
 
-def quality_tokenizer(vocab_size: int) -> Tokenizer:
-    corpus = BibleCorpus()
+def quality_tokenizer(corpus: BibleCorpus, vocab_size: int) -> Tokenizer:
     langs = corpus_languages(corpus)
     return load_or_train_tokenizer(TokenizerConfig(vocab_size=vocab_size), training_sentences(corpus, Skipped()), langs)
 
@@ -211,7 +234,7 @@ def train_equal_terms(job: dict, tokenizer: Tokenizer, device: torch.device) -> 
     model.to(device).train()
     optimizer = build_optimizer(AdamWConfig(lr=job["lr"], weight_decay=job["weight_decay"]), model.parameters())
     lr_at = InverseSqrtConfig(warmup_steps=job["warmup_steps"]).build(job["lr"], job["updates"])
-    batches = Seq2SeqBatches(DataConfig(max_tokens=job["max_tokens"]), "train", tokenizer, seed=job["seed"], shuffle=True)
+    batches = Seq2SeqBatches(DataConfig(corpus=TASKS[job["task"]], max_tokens=job["max_tokens"]), "train", tokenizer, seed=job["seed"], shuffle=True)
     budget_s = job["budget_minutes"] * 60
     step, epoch, tokens, losses = 0, 0, 0, []
     started = time.perf_counter()
@@ -239,7 +262,11 @@ def train_recipe(job: dict) -> tuple[torch.nn.Module, Tokenizer, dict]:
     from fs2mini.translator import Translator
 
     run_dir = Path(job["recipe_run_dir"])
-    command = [sys.executable, job["fs2mini_recipe"], "--output-dir", str(run_dir),
+    corpus = TASKS[job["task"]]
+    task_flags = ["--data.corpus.source-bible", corpus.source_bible, "--data.corpus.target-bible", corpus.target_bible]
+    if corpus.train_books:
+        task_flags += ["--data.corpus.train-books", *map(str, corpus.train_books)]
+    command = [sys.executable, job["fs2mini_recipe"], "--output-dir", str(run_dir), *task_flags,
                "--trainer.max-time", f"{job['budget_minutes'] * 60:g}s", "--trainer.progress", "lines",
                *shlex.split(job["recipe_args"])]
     environment = {**os.environ, "OMP_NUM_THREADS": str(job["threads"])}
@@ -262,30 +289,52 @@ DECODINGS = (("beam4", 4, 1.0), ("beam4-lp1.4", 4, 1.4), ("greedy", 1, 1.0))
 def worker(job: dict) -> dict:
     torch.set_num_threads(job["threads"])
     device = torch.device(job["device"])
+    corpus = TASKS[job["task"]]
     if job["system"] == "fs2mini" and job["fs2mini_recipe"]:
         model, tokenizer, stats = train_recipe(job)
         model.to(device)
     else:
-        tokenizer = Tokenizer(Path(job["tokenizer"]), corpus_languages(BibleCorpus()))
+        tokenizer = Tokenizer(Path(job["tokenizer"]), corpus_languages(corpus))
         model, stats = train_equal_terms(job, tokenizer, device)
 
-    pairs = list(read_pairs(BibleCorpus(), job["split"], Skipped()))
+    pairs = list(read_pairs(corpus, job["split"], Skipped()))
     if job["test_sentences"]:
         pairs = pairs[: job["test_sentences"]]
+    result = {"system": job["system"], **stats, "lr": job["lr"], "bf16": job["bf16"],
+              "parameters": sum(p.numel() for p in model.parameters()), "test_pairs": len(pairs),
+              **decode_and_score(job, model, tokenizer, pairs, device)}
+    if job["system"] == "fs2mini" and job["fs2mini_recipe"] and job["average_last"]:
+        from fs2mini.average import average_checkpoints, choose_checkpoints
+        from fs2mini.translator import Translator
+
+        run_dir = Path(job["recipe_run_dir"])
+        name = f"averaged_last{job['average_last']}"
+        average_checkpoints(choose_checkpoints(run_dir, job["average_last"], None), run_dir / "checkpoints" / f"{name}.pt",
+                            run_dir)
+        averaged = Translator.from_run(run_dir, name, job["device"])
+        result["averaged"] = {**result, "system": f"fs2mini-avg{job['average_last']}", "checkpoint": name,
+                              **decode_and_score(job, averaged.model.to(device), averaged.tokenizer, pairs, device)}
+    return result
+
+
+def decode_and_score(job: dict, model: torch.nn.Module, tokenizer: Tokenizer, pairs: list[tuple[str, str]],
+                     device: torch.device) -> dict:
+    """The job's decodings of `pairs`' sources, each scored against their references."""
     sources, references = [s for s, _ in pairs], [t for _, t in pairs]
     decoded = {}
     # Both systems decode alike: greedy, beam 4 with HF's default length penalty (1.0), and beam 4 with
     # fs2mini's default (1.4, chosen on the validation split; docs/results.md, "Quality within a time budget").
     for name, beam, len_penalty in DECODINGS:
+        if name not in job["decodings"]:
+            continue
         started = time.perf_counter()
         hypotheses = translate(job, model, tokenizer, sources, beam, len_penalty, device)
         scores = score_translations(hypotheses, references)
         decoded[name] = {"bleu": scores.bleu, "chrf": scores.chrf, "precisions": list(scores.precisions),
                          "brevity_penalty": scores.brevity_penalty, "length_ratio": scores.length_ratio,
                          "seconds": time.perf_counter() - started, "samples": hypotheses[:3]}
-    return {"system": job["system"], **stats, "lr": job["lr"], "bf16": job["bf16"],
-            "parameters": sum(p.numel() for p in model.parameters()),
-            "test_pairs": len(pairs), "bleu_signature": scores.bleu_signature, **decoded}
+        decoded["bleu_signature"] = scores.bleu_signature
+    return decoded
 
 
 # --------------------------------------------------------------------------------------------
@@ -304,6 +353,10 @@ def main(cfg: QualityConfig) -> None:
     if cfg.updates <= 0 and cfg.budget_minutes <= 0:
         sys.exit("quality.py: --updates or --budget-minutes must be positive")
     label = cfg.label or (f"budget-{cfg.budget_minutes:g}min" if cfg.budget_minutes > 0 else f"updates-{cfg.updates}")
+    if not cfg.label and cfg.task != "kjv-fra":
+        label = f"{cfg.task}-{label}"
+    if cfg.average_last and cfg.fs2mini_recipe is None:
+        sys.exit("quality.py: --average-last averages the checkpoints of a recipe run; give --fs2mini-recipe too")
     if cfg.fs2mini_recipe is not None and (cfg.budget_minutes <= 0 or cfg.systems[0] != "fs2mini"):
         sys.exit("quality.py: --fs2mini-recipe needs --budget-minutes and fs2mini as the first of --systems")
     settings = {k: v for k, v in asdict(cfg).items() if k not in ("systems", "label", "output")}
@@ -313,7 +366,7 @@ def main(cfg: QualityConfig) -> None:
         settings.update(recipe_run_dir=str(recipe_run_dir.resolve()), fs2mini_recipe=str(cfg.fs2mini_recipe))
         tokenizer_path = recipe_run_dir.resolve() / "tokenizer.model"
     else:
-        tokenizer_path = quality_tokenizer(cfg.vocab_size).model_path
+        tokenizer_path = quality_tokenizer(TASKS[cfg.task], cfg.vocab_size).model_path
     results = {"settings": settings, "machine": machine_info(cfg.device), "systems": {}}
     for system in cfg.systems:
         job = {**settings, "system": system, "tokenizer": str(tokenizer_path)}
@@ -321,17 +374,21 @@ def main(cfg: QualityConfig) -> None:
             job.update(bf16=cfg.device != "cpu" or has_native_bf16(), lr=cfg.hf_tuned_lr)
         job["fs2mini_model"] = asdict(cfg.fs2mini_model)
         print(f"[{label}] training {system} ...", file=sys.stderr, flush=True)
-        results["systems"][system] = run_worker(job)
-        done = results["systems"][system]
-        print(f"[{label}] {system}: {done['updates']} updates in {done['train_s']:.0f}s, beam-4 BLEU "
-              f"{done['beam4']['bleu']:.2f}, hyp/ref {done['beam4']['length_ratio']:.3f}", file=sys.stderr, flush=True)
+        done = run_worker(job)
+        averaged = done.pop("averaged", None)
+        for result in (done, averaged) if averaged else (done,):
+            results["systems"][result["system"]] = result
+            first = next(name for name, _, _ in DECODINGS if name in result)
+            print(f"[{label}] {result['system']}: {result['updates']} updates in {result['train_s']:.0f}s, {first} "
+                  f"{cfg.split} BLEU {result[first]['bleu']:.2f}, hyp/ref {result[first]['length_ratio']:.3f}",
+                  file=sys.stderr, flush=True)
     everything = json.loads(cfg.output.read_text()) if cfg.output.exists() else {}
     everything[label] = results
     cfg.output.write_text(json.dumps(everything, indent=1, default=str) + "\n")
     print_table(everything)
     for other in ("hf", "hf-tuned"):
         if {"fs2mini", other} <= set(results["systems"]):
-            for decoding in (name for name, beam, _ in DECODINGS if beam > 1):
+            for decoding in (name for name, beam, _ in DECODINGS if beam > 1 and name in cfg.decodings):
                 fs2, hf = (results["systems"][name][decoding]["bleu"] for name in ("fs2mini", other))
                 print(f"[{label}] {decoding} {cfg.split} BLEU fs2mini / {other} = {fs2:.2f} / {hf:.2f} = "
                       f"{fs2 / max(hf, 1e-9):.2f}x; updates {results['systems']['fs2mini']['updates']} / "

@@ -5,7 +5,9 @@ the run's time budget spent (`elapsed / --trainer.max-time`, 0 without one). The
 learning rate from it before every update, so there is no scheduler state to save, restore or get
 out of step with the optimizer when a run resumes. A schedule that decays over the run (cosine)
 follows whichever budget runs out first, steps or time: a 12-minute run with max_steps 100,000
-still decays to its final lr at minute 12. `lr_at(step)` of one argument (a recipe's own schedule)
+still decays to its final lr at minute 12. So does the cooldown that inverse-sqrt and constant can end
+with (`cooldown_fraction`): a linear ramp to zero over the last part of the run, which with a constant
+lr is the warmup-stable-decay schedule of budgeted training (Hägele et al. 2024). `lr_at(step)` of one argument (a recipe's own schedule)
 is accepted too and sees the step alone.
 
 Each config builds its own object (`AdamWConfig.build(params)`, `CosineConfig.build(peak_lr,
@@ -75,14 +77,17 @@ class InverseSqrtConfig:
     """Steps of linear warmup from `init_lr` to the optimizer's lr."""
     init_lr: float = 1e-7
     """Learning rate at step 0."""
+    cooldown_fraction: float = 0.0
+    """Last share of the run (of its steps or its --trainer.max-time, whichever ends first) over which the lr
+    falls linearly to zero; 0 = none, the lr decays with steps only and has no end to reach."""
 
     def build(self, peak_lr: float, max_steps: int) -> Schedule:
-        warmup, init_lr = self.warmup_steps, self.init_lr
+        warmup, init_lr, cooldown = self.warmup_steps, self.init_lr, self.cooldown_fraction
 
-        def lr_at(step: int, time_fraction: float = 0.0) -> float:  # decays with steps only: no end to reach
+        def lr_at(step: int, time_fraction: float = 0.0) -> float:
             if step < warmup:
                 return init_lr + (peak_lr - init_lr) * step / warmup
-            return peak_lr * math.sqrt(max(warmup, 1) / step)
+            return peak_lr * math.sqrt(max(warmup, 1) / step) * cooldown_scale(cooldown, step, max_steps, time_fraction)
 
         return lr_at
 
@@ -116,10 +121,31 @@ class ConstantConfig:
 
     warmup_steps: int = 0
     """Steps of linear warmup from 0."""
+    cooldown_fraction: float = 0.0
+    """Last share of the run (of its steps or its --trainer.max-time, whichever ends first) over which the lr
+    falls linearly to zero: warmup-stable-decay; 0 = constant to the end."""
 
     def build(self, peak_lr: float, max_steps: int) -> Schedule:
-        warmup = self.warmup_steps
-        return lambda step, time_fraction=0.0: peak_lr * step / warmup if step < warmup else peak_lr
+        warmup, cooldown = self.warmup_steps, self.cooldown_fraction
+
+        def lr_at(step: int, time_fraction: float = 0.0) -> float:
+            if step < warmup:
+                return peak_lr * step / warmup
+            return peak_lr * cooldown_scale(cooldown, step, max_steps, time_fraction)
+
+        return lr_at
+
+
+def cooldown_scale(cooldown_fraction: float, step: int, max_steps: int, time_fraction: float) -> float:
+    """1 until the last `cooldown_fraction` of the run, then falling linearly to 0 at its end.
+
+    The end is whichever budget is nearer to running out, steps or time, as for cosine: a budgeted run
+    (max_steps far away, --trainer.max-time set) cools down over its last minutes. Ending at zero rather
+    than at a floor is what makes the short final phase worth as much as a full decay (Hägele et al. 2024)."""
+    if cooldown_fraction <= 0:
+        return 1.0
+    progress = max(step / max(1, max_steps), time_fraction)
+    return max(0.0, min(1.0, (1.0 - progress) / cooldown_fraction))
 
 
 # The CLI's `lr-scheduler:NAME` choices; a recipe adds its own with `main(..., lr_schedulers={...})`.
@@ -158,6 +184,10 @@ def check_lr_scheduler_config(cfg) -> None:
         value = getattr(cfg, name, None)
         if value is not None:
             expect(flag, value, finite(value) and value >= 0, "a finite number >= 0")
+    cooldown = getattr(cfg, "cooldown_fraction", None)
+    if cooldown is not None:
+        expect("--lr-scheduler.cooldown-fraction", cooldown, finite(cooldown) and 0 <= cooldown <= 1,
+               "a share of the run between 0 and 1, e.g. 0.2 for its last fifth")
 
 
 def build_optimizer(cfg, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:

@@ -34,6 +34,19 @@ def test_cosine_decays_on_whichever_budget_ends_first():
     assert inverse_sqrt(400, 0.9) == inverse_sqrt(400)  # no end to decay towards: time changes nothing
 
 
+def test_a_cooldown_ends_the_run_at_zero_on_whichever_budget_ends_first():
+    wsd = build_lr_schedule(ConstantConfig(warmup_steps=10, cooldown_fraction=0.2), 1.0, 100)
+    assert wsd(5) == pytest.approx(0.5) and wsd(50) == 1.0 and wsd(80) == pytest.approx(1.0)
+    assert wsd(90) == pytest.approx(0.5) and wsd(100) == 0.0
+    budgeted = build_lr_schedule(ConstantConfig(warmup_steps=10, cooldown_fraction=0.2), 1.0, 1_000_000)
+    assert budgeted(50, 0.5) == 1.0 and budgeted(50, 0.9) == pytest.approx(0.5) and budgeted(50, 1.0) == 0.0
+    inverse_sqrt = build_lr_schedule(InverseSqrtConfig(warmup_steps=100, init_lr=0.0, cooldown_fraction=0.5), 1e-3, 1_000_000)
+    assert inverse_sqrt(400, 0.25) == pytest.approx(1e-3 * 0.5)  # before the cooldown: inverse-sqrt as ever
+    assert inverse_sqrt(400, 0.75) == pytest.approx(1e-3 * 0.5 * 0.5)  # half-way through the cooldown
+    with pytest.raises(UserError, match=r"--lr-scheduler.cooldown-fraction.*1.5.*between 0 and 1"):
+        build_lr_schedule(ConstantConfig(cooldown_fraction=1.5), 1.0, 10)
+
+
 def test_a_recipe_schedule_of_the_step_alone_is_still_accepted():
     class StepOnly:
         def build(self, peak_lr, max_steps):
