@@ -166,6 +166,9 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], None], what: str | 
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as handle:
+            # mkstemp creates the file readable by its owner alone; the finished file gets the mode any file
+            # the user writes gets (0666 less the umask), so a shared run directory stays readable by the team.
+            os.fchmod(handle.fileno(), 0o666 & ~_current_umask())
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
@@ -178,6 +181,13 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], None], what: str | 
         if cause is not None:
             raise UserError(f"cannot write {what or path}: {cause.strerror or cause}; {kept}") from None
         raise
+
+
+def _current_umask() -> int:
+    """The process's umask (reading it means setting it; it is set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def os_error_behind(err: BaseException) -> OSError | None:

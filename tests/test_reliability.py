@@ -363,3 +363,16 @@ def test_a_killed_tokenizer_trainings_temporary_directory_is_removed_by_the_next
     (leftover / "spm.model").write_bytes(b"half")
     load_or_train_tokenizer(cfg, iter(_sentences(300)), ("eng", "fra"), fingerprint="f")
     assert model.is_file() and not leftover.exists()
+
+
+def test_atomic_writes_get_the_mode_of_any_file_the_user_writes(tmp_path):
+    # mkstemp's 0600 must not leak: a run directory shared with a team (or served read-only) stays readable.
+    previous = os.umask(0o027)
+    try:
+        path = tmp_path / "config.json"
+        fs2mini.checkpoint.write_atomically(path, lambda handle: handle.write(b"{}"))
+        assert path.stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(previous)
+    fs2mini.checkpoint.write_atomically(path, lambda handle: handle.write(b"{}"))
+    assert path.stat().st_mode & 0o777 == 0o666 & ~previous
