@@ -8,7 +8,8 @@
         --fs2mini-model.attention-dropout-p 0                  # one ablation, added to the JSON by its label
 
 Both systems get the same things, so that only the model implementations differ: the offline Bible
-split (KJV → Louis Segond, fs2mini's held-out books), one sentencepiece tokenizer (8k unigram),
+split (KJV → Louis Segond, fs2mini's held-out books; `--task` picks another of `TASKS`: German, a
+5k-verse subset, Basic English, Spanish), one sentencepiece tokenizer (8k unigram),
 the same batches in the same order (fs2mini's pipeline, `--max-tokens` padded tokens per update),
 the same shape (256 wide, 4+4 layers, FFN 1024, 4 heads), AdamW (lr 1e-3, betas 0.9/0.98, weight
 decay 1e-4), inverse-sqrt schedule with 500 warmup steps, label smoothing 0.1, gradient clipping
@@ -69,10 +70,10 @@ TASKS: dict[str, BibleCorpus] = {
     "bbe-fra": BibleCorpus(source_bible="3"),
     "web-spa": BibleCorpus(source_bible="4", target_bible="v"),
 }
-"""Offline translation tasks (verse-aligned Bibles; same valid and test books): `kjv-fra` is KJV → Louis
-Segond, the task recipes/bible_budget.py was first tuned on; `kjv-deu` English → German; `kjv-fra-5k` the
-low-resource case, 5,219 training verses (Matthew to Romans); `bbe-fra` the Bible in Basic English → Louis
-Segond; `web-spa` the World English Bible → Spanish."""
+"""Offline translation tasks (verse-aligned Bibles; the same valid and test books): `kjv-fra` is KJV →
+Louis Segond, the task recipes/bible_budget.py was first tuned on; `kjv-deu` English → German;
+`kjv-fra-5k` the low-resource case, 5,219 training verses (Matthew to Romans; the others have 30,253);
+`bbe-fra` the Bible in Basic English → Louis Segond; `web-spa` the World English Bible → Spanish."""
 
 TUNING_TASKS = ("kjv-fra", "kjv-deu", "kjv-fra-5k")
 """Recipe changes are chosen on these (their validation splits); docs/quality.md reports each on all three."""

@@ -125,7 +125,12 @@ def import_checkpoint(src: str, run_dir: Path, source_lang: str, target_lang: st
     except RuntimeError as err:
         raise UserError(f"cannot load {spm_path}: {err}; expected a sentencepiece model") from None
     layout = nllb_layout(path, num_pieces, vocab_size)
-    tokenizer = Tokenizer(spm_path, (source_lang, target_lang), model_bytes=spm_bytes, layout=layout)  # checks the codes
+    for flag, lang in (("--source-lang", source_lang), ("--target-lang", target_lang)):
+        if layout.lang_ids and lang not in layout.lang_ids:  # named here: the user gave a flag, not a layout file
+            codes = sorted(layout.lang_ids)
+            raise UserError(f"{flag} {lang}: {src} has no such language code; expected one of {', '.join(codes[:8])}"
+                            f"{', ...' if len(codes) > 8 else ''} ({len(codes)} codes in its tokenizer)")
+    tokenizer = Tokenizer(spm_path, (source_lang, target_lang), model_bytes=spm_bytes, layout=layout)
     tensors, weights_path = read_weights(path)
     state = fs2mini_state_from_hf(checked_hf_weights(tensors, model_cfg, vocab_size, weights_path, config_path), model_cfg)
     del tensors

@@ -5,10 +5,10 @@ the run's time budget spent (`elapsed / --trainer.max-time`, 0 without one). The
 learning rate from it before every update, so there is no scheduler state to save, restore or get
 out of step with the optimizer when a run resumes. A schedule that decays over the run (cosine)
 follows whichever budget runs out first, steps or time: a 12-minute run with max_steps 100,000
-still decays to its final lr at minute 12. So does the cooldown that inverse-sqrt and constant can end
-with (`cooldown_fraction`): a linear ramp to zero over the last part of the run, which with a constant
-lr is the warmup-stable-decay schedule of budgeted training (Hägele et al. 2024). `lr_at(step)` of one argument (a recipe's own schedule)
-is accepted too and sees the step alone.
+still decays to its final lr at minute 12. So does the cooldown that inverse-sqrt and constant can
+end with (`cooldown_fraction`): a linear ramp to zero over the last part of the run, which with a
+constant lr is the warmup-stable-decay schedule of budgeted training (Hägele et al. 2024).
+`lr_at(step)` of one argument (a recipe's own schedule) is accepted too and sees the step alone.
 
 Each config builds its own object (`AdamWConfig.build(params)`, `CosineConfig.build(peak_lr,
 max_steps)`), so a recipe adds an optimizer or a schedule by writing one frozen dataclass with the
