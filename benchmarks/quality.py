@@ -235,7 +235,8 @@ def train_equal_terms(job: dict, tokenizer: Tokenizer, device: torch.device) -> 
     model.to(device).train()
     optimizer = build_optimizer(AdamWConfig(lr=job["lr"], weight_decay=job["weight_decay"]), model.parameters())
     lr_at = InverseSqrtConfig(warmup_steps=job["warmup_steps"]).build(job["lr"], job["updates"])
-    batches = Seq2SeqBatches(DataConfig(corpus=TASKS[job["task"]], max_tokens=job["max_tokens"]), "train", tokenizer, seed=job["seed"], shuffle=True)
+    batches = Seq2SeqBatches(DataConfig(corpus=TASKS[job["task"]], max_tokens=job["max_tokens"]), "train", tokenizer,
+                             seed=job["seed"], shuffle=True)
     budget_s = job["budget_minutes"] * 60
     step, epoch, tokens, losses = 0, 0, 0, []
     started = time.perf_counter()
@@ -263,10 +264,11 @@ def train_recipe(job: dict) -> tuple[torch.nn.Module, Tokenizer, dict]:
     from fs2mini.translator import Translator
 
     run_dir = Path(job["recipe_run_dir"])
-    corpus = TASKS[job["task"]]
-    task_flags = ["--data.corpus.source-bible", corpus.source_bible, "--data.corpus.target-bible", corpus.target_bible]
-    if corpus.train_books:
-        task_flags += ["--data.corpus.train-books", *map(str, corpus.train_books)]
+    corpus, task_flags = TASKS[job["task"]], []
+    if job["task"] != "kjv-fra":  # the recipe's own corpus otherwise, as a user runs it (Bible recipes: kjv-fra)
+        task_flags = ["--data.corpus.source-bible", corpus.source_bible, "--data.corpus.target-bible", corpus.target_bible]
+        if corpus.train_books:
+            task_flags += ["--data.corpus.train-books", *map(str, corpus.train_books)]
     command = [sys.executable, job["fs2mini_recipe"], "--output-dir", str(run_dir), *task_flags,
                "--trainer.max-time", f"{job['budget_minutes'] * 60:g}s", "--trainer.progress", "lines",
                *shlex.split(job["recipe_args"])]
