@@ -193,7 +193,7 @@ class TrainConfig:
     """Model shape; `model:NAME` picks a preset whose fields can then be overridden."""
     task: TaskConfig = TaskConfig()
     optimizer: OptimizerChoice = AdamWConfig(lr=1.5e-3, weight_decay=1e-4)
-    lr_scheduler: LRSchedulerChoice = InverseSqrtConfig(warmup_steps=500)
+    lr_scheduler: LRSchedulerChoice = InverseSqrtConfig(warmup_steps=500, cooldown_fraction=0.25)
     trainer: TrainerConfig = TrainerConfig(max_steps=100_000, max_time="12m", validate_every=500, checkpoint_every=500,
                                            valid_translate_sentences=100)
     init: Path | None = None

@@ -12,8 +12,9 @@ What makes the difference, each measured (docs/results.md has the figures):
   updates of fp32 in the same minutes;
 - Hugging Face's N(0, 0.02) weight init with a peak learning rate of 1.5e-3 (warmup 500,
   inverse-sqrt): the budget ends about two thousand updates in, where 1e-3 is still far from done
-  and 3e-3 (or a 250-step warmup) trains into a far worse model; decaying to zero by the end
-  (cosine) lost BLEU;
+  and 3e-3 (or a 250-step warmup) trains into a far worse model; a cosine decay over the whole
+  run lost BLEU, but a cooldown to zero over the last quarter of the 18 minutes won on all three
+  tuning tasks (German: +2.1 BLEU at the full budget);
 - no dropout on attention weights or after the FFN activation (fairseq's defaults), dropout 0.1
   on embeddings and residual branches;
 - validation measures loss only until the end (translating the validation split would spend
@@ -41,7 +42,7 @@ CONFIG = TrainConfig(
                       num_decoder_attn_heads=4, ffn_inner_dim=1024, dropout_p=0.1, attention_dropout_p=0.0,
                       ffn_dropout_p=0.0, init="hf"),
     optimizer=AdamWConfig(lr=1.5e-3, weight_decay=1e-4),
-    lr_scheduler=InverseSqrtConfig(warmup_steps=500),
+    lr_scheduler=InverseSqrtConfig(warmup_steps=500, cooldown_fraction=0.25),
     trainer=TrainerConfig(max_steps=1_000_000, max_time="18m", validate_every=500, checkpoint_every=500,
                           valid_translate_sentences=0),
 )
