@@ -49,7 +49,7 @@ from fs2mini.model import ModelConfig, build_model
 from fs2mini.relayout import to_nllb_ids
 from fs2mini.rundir import BEST_CHECKPOINT, CHECKPOINT_DIR, CONFIG_FILE, LAYOUT_FILE, MARKER, TOKENIZER_FILE
 from fs2mini.staged import staged
-from fs2mini.tokenizer import Tokenizer, TokenizerConfig, TokenizerLayout, checked_tokenizer, tokenizer_record
+from fs2mini.tokenizer import Tokenizer, TokenizerConfig, TokenizerLayout, checked_tokenizer, first_codes, tokenizer_record
 
 
 # ---------------------------------------------------------------------------------------------
@@ -127,9 +127,8 @@ def import_checkpoint(src: str, run_dir: Path, source_lang: str, target_lang: st
     layout = nllb_layout(path, num_pieces, vocab_size)
     for flag, lang in (("--source-lang", source_lang), ("--target-lang", target_lang)):
         if layout.lang_ids and lang not in layout.lang_ids:  # named here: the user gave a flag, not a layout file
-            codes = sorted(layout.lang_ids)
-            raise UserError(f"{flag} {lang}: {src} has no such language code; expected one of {', '.join(codes[:8])}"
-                            f"{', ...' if len(codes) > 8 else ''} ({len(codes)} codes in its tokenizer)")
+            raise UserError(f"{flag} {lang}: {src} has no such language code; expected one of "
+                            f"{first_codes(layout.lang_ids)} ({len(layout.lang_ids)} codes in its tokenizer)")
     tokenizer = Tokenizer(spm_path, (source_lang, target_lang), model_bytes=spm_bytes, layout=layout)
     tensors, weights_path = read_weights(path)
     state = fs2mini_state_from_hf(checked_hf_weights(tensors, model_cfg, vocab_size, weights_path, config_path), model_cfg)

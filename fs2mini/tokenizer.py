@@ -128,6 +128,12 @@ def read_layout(path: Path) -> TokenizerLayout:
     return layout
 
 
+def first_codes(codes: Iterable[str]) -> str:
+    """The first eight of a model's language codes, sorted, for an error message (NLLB has 202)."""
+    ordered = sorted(codes)
+    return ", ".join(ordered[:8]) + (", ..." if len(ordered) > 8 else "")
+
+
 class Tokenizer:
     """A sentencepiece model plus the language-token layout described in the module docstring."""
 
@@ -139,8 +145,10 @@ class Tokenizer:
         `model_path` when there is one, else fs2mini's own layout."""
         self.model_path = Path(model_path)
         layout_path = self.model_path.with_name(LAYOUT_FILE)
+        layout_source = "its layout"  # given by the caller (a checkpoint's record, an imported directory)
         if layout is None:
             layout = read_layout(layout_path) if layout_path.is_file() else TokenizerLayout()
+            layout_source = layout_path.name
         self.layout = layout
         self.suffix = [layout.eos_id]
         """The end of every source and target sequence: `</s>`."""
@@ -156,10 +164,8 @@ class Tokenizer:
         for lang in self.langs:
             if layout.lang_ids:
                 if lang not in layout.lang_ids:
-                    codes = sorted(layout.lang_ids)
                     raise UserError(f"unknown language code {lang!r} for tokenizer {self.model_path}; expected one of "
-                                    f"{', '.join(codes[:8])}{', ...' if len(codes) > 8 else ''} ({len(codes)} codes in "
-                                    f"{layout_path.name})")
+                                    f"{first_codes(layout.lang_ids)} ({len(layout.lang_ids)} codes in {layout_source})")
                 self.lang_ids[lang] = layout.lang_ids[lang]
                 continue
             piece_id = self.sp.piece_to_id(lang_token(lang))
