@@ -12,6 +12,7 @@ loads in any of them, and in the translator.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import warnings
 from dataclasses import dataclass
@@ -83,7 +84,15 @@ def pick_device(name: str, flag: str = "--trainer.device") -> torch.device:
 
 
 def shutdown(env: DistEnv) -> None:
+    """Leave the process group while the interpreter is fully alive.
+
+    The reference cycles are collected first: torch's own module hooks keep a finished DDP module in some,
+    and that module holds the Gloo process group. Freed only at interpreter exit, its threads are torn
+    down too late, and the process aborts ("terminate called without an active exception") after a
+    run that succeeded.
+    """
     if env.active and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 

@@ -90,6 +90,27 @@ def test_two_ranks_match_one_process_with_twice_the_batch(mode, identical_corpus
         assert record["loss"] == pytest.approx(single[record["step"]], rel=1e-4)  # reduced over ranks
 
 
+LEAK_PROBE = """
+import gc, sys
+from torch.nn.parallel import DistributedDataParallel
+from fs2mini.train import main
+main()
+alive = sum(isinstance(o, DistributedDataParallel) for o in gc.get_objects())
+print(f"DDP modules alive after training: {alive}", file=sys.stderr)
+"""
+
+
+def test_a_finished_rank_holds_no_ddp_module(identical_corpus, tmp_path):
+    """A DDP module that outlives training (torch's own hooks put it in reference cycles) holds the Gloo
+    process group, whose threads were then torn down during interpreter exit: one CI run in many aborted
+    with "terminate called without an active exception". Training must leave nothing for the exit to free."""
+    probe = tmp_path / "probe.py"
+    probe.write_text(LEAK_PROBE)
+    result = torchrun(2, str(probe), *flags(identical_corpus, tmp_path / "run", tmp_path / "cache", 1), module="")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.count("DDP modules alive after training: 0") == 2, result.stderr[-3000:]
+
+
 def test_ddp_checkpoint_resumes_in_one_process_and_fsdp_checkpoint_loads(identical_corpus, tmp_path):
     ddp = tmp_path / "ddp"
     assert torchrun(2, *flags(identical_corpus, ddp, tmp_path / "cache", 2)).returncode == 0
