@@ -86,10 +86,10 @@ def pick_device(name: str, flag: str = "--trainer.device") -> torch.device:
 def shutdown(env: DistEnv) -> None:
     """Leave the process group while the interpreter is fully alive.
 
-    The reference cycles are collected first: torch's own module hooks keep a finished DDP module in some,
-    and that module holds the Gloo process group. Freed only at interpreter exit, its threads are torn
-    down too late, and the process aborts ("terminate called without an active exception") after a
-    run that succeeded.
+    The reference cycles are collected first: a finished DDP module can sit in one (seen: closures holding
+    sets of modules, not fs2mini's), and that module holds the Gloo process group. Freed only at interpreter
+    exit, the group's threads are torn down too late, and the process aborts ("terminate called without an
+    active exception") after a run that succeeded.
     """
     if env.active and dist.is_initialized():
         gc.collect()

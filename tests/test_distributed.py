@@ -101,7 +101,7 @@ print(f"DDP modules alive after training: {alive}", file=sys.stderr)
 
 
 def test_a_finished_rank_holds_no_ddp_module(identical_corpus, tmp_path):
-    """A DDP module that outlives training (torch's own hooks put it in reference cycles) holds the Gloo
+    """A DDP module that outlives training (kept by a reference cycle until a garbage collection) holds the Gloo
     process group, whose threads were then torn down during interpreter exit: one CI run in many aborted
     with "terminate called without an active exception". Training must leave nothing for the exit to free."""
     probe = tmp_path / "probe.py"
