@@ -27,9 +27,10 @@ out evenly):
 
 - training: one update made by `fs2mini.trainer.train_step`, the function `fs2mini.train` runs
   (forward, label-smoothed CE summed over non-pad targets, backward, gradients ÷ target tokens,
-  clip to norm 1, non-finite check, AdamW(foreach) step at a fixed lr 1e-4), in fp32 or under bf16
-  autocast, for every system: fs2mini built by `build_components` as a training run builds it, the
-  baselines with the same loss and optimizer; on identical batches of real Bible verses cut by
+  clip to norm 1, non-finite check, AdamW step (fused kernel) at a fixed lr 1e-4), in fp32 or under bf16
+  autocast, for every system: fs2mini built by `build_components` as a training run builds it (in a
+  process that keeps freed memory, `fs2mini.host_memory`, as `fs2mini.train` does), the baselines with
+  the same loss and optimizer in a process with glibc's default malloc settings; on identical batches of real Bible verses cut by
   fs2mini's pipeline at a 4096-token budget; throughput in non-pad target tokens/s and non-pad
   source+target tokens/s, median over repeats, for SMALL and BASE (4096-token batches) and MEDIUM, the
   default run's model at the default run's 2048-token batches;
@@ -72,6 +73,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fs2mini.corpus import BibleCorpus, corpus_languages, read_pairs, training_sentences  # noqa: E402
 from fs2mini.data import DataConfig, Seq2SeqBatch, Seq2SeqBatches, collate  # noqa: E402
+from fs2mini.host_memory import keep_freed_memory  # noqa: E402
 from fs2mini.model import ARCHS, ModelConfig  # noqa: E402
 from fs2mini.pipeline import Skipped  # noqa: E402
 from fs2mini.precision import choose_precision, cpu_matmul_probe, has_native_bf16  # noqa: E402
@@ -202,6 +204,8 @@ def make_train_step(system: str, cfg: ModelConfig, tok: dict, device: torch.devi
 
 
 def train_worker(job: dict) -> dict:
+    if job["system"].startswith("fs2mini"):
+        keep_freed_memory()  # as fs2mini.train's process does
     device = torch.device(job["device"])
     cfg = SIZES[job["size"]]
     batches: list[Seq2SeqBatch] = [b.to(device) for b in torch.load(job["batches"], weights_only=False)]

@@ -45,9 +45,16 @@ class AdamWConfig:
     """Decoupled weight decay."""
 
     def build(self, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
-        # foreach: one fused kernel launch per parameter group instead of one per tensor.
+        """AdamW with PyTorch's fused kernel where every parameter is a plain CPU or CUDA tensor, else foreach.
+
+        Why fused: on CPU, foreach AdamW runs five element-wise passes per parameter tensor, one kernel each; the
+        fused kernel makes one pass. For the 9.4 M-parameter `medium` model one update took 28.7 ms with foreach
+        and 4.3 ms fused (2 threads, docs/results.md), 5% of a training step. Sharded (FSDP) parameters keep
+        foreach, which PyTorch supports for them everywhere."""
+        params = list(params)
+        fused = bool(params) and all(not hasattr(p, "to_local") and p.device.type in ("cpu", "cuda") for p in params)
         return torch.optim.AdamW(params, lr=self.lr, betas=self.betas, eps=self.eps, weight_decay=self.weight_decay,
-                                 foreach=True)
+                                 **({"fused": True} if fused else {"foreach": True}))
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from fs2mini.data import RunDirections, Seq2SeqBatch, epoch_batches
 from fs2mini.distributed import (DistEnv, all_reduce_max, all_reduce_sum, barrier, full_state_dicts, gradient_sync, init_distributed,
                                  shutdown, weights_finite)
 from fs2mini.errors import UserError, finite
+from fs2mini.host_memory import keep_freed_memory
 from fs2mini.metrics import ProgressDisplay, RunClock, TokenRate
 from fs2mini.precision import autocast_for
 from fs2mini.rundir import BEST_CHECKPOINT, CHECKPOINT_DIR, RunDirectory, check_writable, write_run_files
@@ -109,6 +110,7 @@ def train(cfg: TrainConfig) -> Path:
     refuse_training_on_import()
     cfg = as_started(cfg)
     check_config(cfg)
+    keep_freed_memory()  # each step reuses the memory the last one freed, instead of faulting it in again
     env, device = init_distributed(cfg.trainer.device)
     try:
         directions = check_config(cfg, env)
