@@ -28,9 +28,9 @@ out evenly):
 - training: one update made by `fs2mini.trainer.train_step`, the function `fs2mini.train` runs
   (forward, label-smoothed CE summed over non-pad targets, backward, gradients ÷ target tokens,
   clip to norm 1, non-finite check, AdamW step (fused kernel) at a fixed lr 1e-4), in fp32 or under bf16
-  autocast, for every system: fs2mini built by `build_components` as a training run builds it (in a
-  process that keeps freed memory, `fs2mini.host_memory`, as `fs2mini.train` does), the baselines with
-  the same loss and optimizer in a process with glibc's default malloc settings; on identical batches of real Bible verses cut by
+  autocast, for every system: fs2mini built by `build_components` as a training run builds it, in
+  a process that keeps freed memory (`fs2mini.host_memory`) as `fs2mini.train`'s does; the
+  baselines with the same loss and optimizer, with glibc's default malloc settings; on identical batches of real Bible verses cut by
   fs2mini's pipeline at a 4096-token budget; throughput in non-pad target tokens/s and non-pad
   source+target tokens/s, median over repeats, for SMALL and BASE (4096-token batches) and MEDIUM, the
   default run's model at the default run's 2048-token batches;
@@ -151,7 +151,7 @@ def build_system(system: str, cfg: ModelConfig, tok: dict, device: torch.device,
     fs2mini is built by `fs2mini.components.build_components`, as `fs2mini.train` builds it (with
     `TrainerConfig(compile=True)` for fs2mini-compile, and `--trainer.autocast` bf16 or off as
     `bf16` says); the baselines get the same label-smoothed CE (baselines.py) and the same
-    AdamW(lr=LR, foreach) from `fs2mini.optim.build_optimizer`.
+    AdamW(lr=LR) from `fs2mini.optim.build_optimizer` (fused kernel).
     """
     from baselines import LABEL_SMOOTHING, PlainTransformer, build_hf_m2m100, hf_loss, plain_transformer_loss
 
@@ -188,7 +188,7 @@ def make_train_step(system: str, cfg: ModelConfig, tok: dict, device: torch.devi
     """(model, step): `step(batch)` is one update of `system` by `fs2mini.trainer.train_step`, the
     function `fs2mini.train` runs, so the benchmark times the trainer itself: bf16 autocast when
     `bf16` (fp32 otherwise), summed loss, backward, gradients ÷ target tokens, clip to 1, the
-    non-finite check, AdamW(foreach). One micro-batch per update; `tok` is `bench_tokenizer`'s dict."""
+    non-finite check, AdamW (fused kernel). One micro-batch per update; `tok` is `bench_tokenizer`'s dict."""
     from fs2mini.trainer import train_step
 
     torch.manual_seed(0)

@@ -10,7 +10,7 @@
 3. fs2mini vs Hugging Face M2M100 (same shapes, same loss, same step) on BASE and dense_600m.
 
 Every step is `benchmarks/bench.py`'s `make_train_step`, i.e. `fs2mini.trainer.train_step` (bf16
-autocast, summed label-smoothed CE, gradients ÷ target tokens, clip to 1, AdamW(foreach)). Batches
+autocast, summed label-smoothed CE, gradients ÷ target tokens, clip to 1, fused AdamW). Batches
 are random ids with Bible-like lengths (12–90 tokens); the tokenizer (bench.py's, trained once on
 the Bible corpus and cached) is loaded only because fs2mini's model is built from one, as in training.
 """

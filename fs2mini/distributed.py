@@ -174,6 +174,19 @@ def full_state_dicts(model: nn.Module, optimizer: torch.optim.Optimizer) -> tupl
     return get_model_state_dict(model, options=_FULL), get_optimizer_state_dict(model, optimizer, options=_FULL)
 
 
+OPTIMIZER_KERNEL_SETTINGS = ("foreach", "fused")
+"""Param-group settings that say how the optimizer runs, not where training stands: the optimizer as built
+for this process decides them, whatever the checkpoint's groups say."""
+
+
 def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, optimizer_state: dict[str, Any]) -> None:
-    """Load a full, name-keyed optimizer state into the optimizer of a (possibly wrapped) model."""
+    """Load a full, name-keyed optimizer state into the optimizer of a (possibly wrapped) model.
+
+    `load_state_dict` replaces every param-group setting with the saved one, `foreach` and `fused` included:
+    a checkpoint written by foreach AdamW (before 2026-12-05) would turn a fused optimizer back to foreach,
+    and under fp16 the loss scaler, which checks for a fused optimizer when it is built, then fails in
+    `step`. The kernel settings of the optimizer as built are kept."""
+    kernels = [{key: group[key] for key in OPTIMIZER_KERNEL_SETTINGS if key in group} for group in optimizer.param_groups]
     set_optimizer_state_dict(model, optimizer, optimizer_state, options=StateDictOptions(full_state_dict=True))
+    for group, kernel in zip(optimizer.param_groups, kernels):
+        group.update(kernel)

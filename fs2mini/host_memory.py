@@ -16,7 +16,7 @@ the system until the process exits: the process keeps the peak of what its steps
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import os
 import platform
 
 M_TRIM_THRESHOLD = -1
@@ -25,13 +25,22 @@ M_MMAP_THRESHOLD = -3
 # 32 MB come from the heap; larger ones are still mapped and unmapped on their own.
 MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024
 TRIM_THRESHOLD_BYTES = 1024 * 1024 * 1024
+USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
+"""Environment variables through which a user tunes glibc's malloc: their choice is left as it is."""
 
 
 def keep_freed_memory() -> bool:
-    """Raise glibc's mmap and trim thresholds for this process; False where the C library is not glibc."""
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    """Raise glibc's mmap and trim thresholds for this process; False where nothing was changed
+    (the C library is not glibc, or the user set malloc's thresholds in the environment)."""
+    if any(name in os.environ for name in USER_SETTINGS):
         return False
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    # mallopt returns 1 on success; both settings are plain integers glibc accepts at any time.
-    return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(
-        libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
+    try:
+        if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+            return False
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except OSError:  # no readable interpreter binary or libc to ask: leave malloc as it is
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    # mallopt returns 1 for a setting it took; each is tried whatever the other did.
+    took = [mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES), mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)]
+    return all(took)

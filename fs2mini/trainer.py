@@ -106,6 +106,7 @@ def train(cfg: TrainConfig) -> Path:
 
     Under `torchrun` this runs in every process; see fs2mini/distributed.py. Never while a recipe is imported to
     rebuild its classes (`refuse_training_on_import`: a recipe that calls this, not `fs2mini.train.main`, at import).
+    The process keeps the memory its steps freed (`keep_freed_memory`) after this returns, until it exits.
     """
     refuse_training_on_import()
     cfg = as_started(cfg)

@@ -45,3 +45,10 @@ def test_training_keeps_freed_memory(reversal_tsv, tmp_path, tokenizer_cache, mo
     monkeypatch.setattr(fs2mini.trainer, "keep_freed_memory", lambda: calls.append(True))
     fs2mini.trainer.train(tiny_config(reversal_tsv, tmp_path / "run", tokenizer_cache, max_steps=2))
     assert calls == [True]
+
+
+def test_malloc_settings_the_user_made_are_left_alone(monkeypatch):
+    from fs2mini.host_memory import keep_freed_memory
+
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "131072")
+    assert keep_freed_memory() is False

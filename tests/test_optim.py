@@ -65,3 +65,32 @@ def test_optimizers_are_built_from_their_configs():
     assert isinstance(build_optimizer(SGDConfig(), params), torch.optim.SGD)
     with pytest.raises(UserError, match=r"--optimizer.lr must be positive, got -1"):
         build_optimizer(AdamWConfig(lr=-1), params)
+
+
+def test_adamw_is_fused_for_plain_tensors():
+    group = AdamWConfig().build(torch.nn.Linear(4, 4).parameters()).param_groups[0]
+    assert group["fused"] is True and not group["foreach"]
+
+
+def test_a_foreach_era_checkpoint_resumes_fused_and_under_fp16_loss_scaling():
+    """Optimizer states saved by foreach AdamW (checkpoints before 2026-12-05) carry foreach=True in their groups;
+    loading must not switch the fused optimizer back, or fp16's GradScaler (set up for a fused one) fails in step."""
+    from fs2mini.distributed import full_state_dicts, load_optimizer_state
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 4)
+    old = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=True)
+    model(torch.randn(2, 4)).sum().backward()
+    old.step()
+    _, saved = full_state_dicts(model, old)
+    model.zero_grad(set_to_none=True)  # as a freshly built model at resume
+    optimizer = AdamWConfig().build(model.parameters())
+    load_optimizer_state(model, optimizer, saved)
+    assert optimizer.param_groups[0]["fused"] is True and not optimizer.param_groups[0]["foreach"]
+    assert torch.equal(optimizer.state[model.weight]["exp_avg"], old.state[model.weight]["exp_avg"])  # the state itself loaded
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**4)
+    optimizer.zero_grad()
+    scaler.scale(model(torch.randn(2, 4)).sum()).backward()
+    scaler.step(optimizer)  # failed with "Expected grad_scale and found_inf to be None" before the kernel settings were kept
+    scaler.update()
+    assert optimizer.state[model.weight]["step"].item() == 2
