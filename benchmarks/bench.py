@@ -27,12 +27,12 @@ out evenly):
 
 - training: one update made by `fs2mini.trainer.train_step`, the function `fs2mini.train` runs
   (forward, label-smoothed CE summed over non-pad targets, backward, gradients ÷ target tokens,
-  clip to norm 1, non-finite check, AdamW step (fused kernel) at a fixed lr 1e-4), in fp32 or under bf16
-  autocast, for every system: fs2mini built by `build_components` as a training run builds it, in
-  a process that keeps freed memory (`fs2mini.host_memory`) as `fs2mini.train`'s does; the
-  baselines with the same loss and optimizer, with glibc's default malloc settings; on identical batches of real Bible verses cut by
-  fs2mini's pipeline at a 4096-token budget; throughput in non-pad target tokens/s and non-pad
-  source+target tokens/s, median over repeats, for SMALL and BASE (4096-token batches) and MEDIUM, the
+  clip to norm 1, non-finite check, AdamW step (fused kernel) at a fixed lr 1e-4), in fp32 or
+  under bf16 autocast, for every system: fs2mini built by `build_components` as a training run
+  builds it, in a process that keeps freed memory (`fs2mini.host_memory`) as `fs2mini.train`'s
+  does; the baselines with the same loss and optimizer, with glibc's default malloc settings; on
+  identical batches of real Bible verses cut by fs2mini's pipeline at a 4096-token budget;
+  throughput in non-pad target tokens/s and non-pad source+target tokens/s, median over repeats, for SMALL and BASE (4096-token batches) and MEDIUM, the
   default run's model at the default run's 2048-token batches;
 - generation (SMALL and MEDIUM): greedy and beam-4 sentences/s on 200 test verses in batches of 50, with the output
   length forced equal for every system (so each does the same work) and unforced; for bf16 the
