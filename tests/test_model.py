@@ -181,3 +181,42 @@ def test_activation_checkpointing_is_off_in_eval_and_incremental_decoding():
 def test_activation_checkpointing_of_a_model_without_the_hook_names_the_flag():
     with pytest.raises(UserError, match=r"^--trainer.activation-checkpointing: model Linear has no checkpoint_layers"):
         enable_activation_checkpointing(torch.nn.Linear(2, 2))
+
+
+def test_cpu_bf16_linear_pads_rows_to_a_bucket_with_the_same_result_and_gradients():
+    """Under CPU bf16 autocast `Linear` hands oneDNN row counts that are multiples of ROW_BUCKET (a new row count
+    compiles a new kernel), and gives what `F.linear` gives, gradients included; fp32 is not padded."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from fs2mini.model import ROW_BUCKET, Linear
+
+    class MatmulRows(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.rows = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm):
+                self.rows.append(args[-2].size(0))
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(5)
+    layer = Linear(32, 48)
+    x = torch.randn(3, 7, 32, requires_grad=True)  # 21 rows
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = torch.nn.functional.linear(x, layer.weight, layer.bias)
+    expected.float().square().sum().backward()
+    expected_grads = x.grad.clone(), layer.weight.grad.clone(), layer.bias.grad.clone()
+    x.grad = layer.weight.grad = layer.bias.grad = None
+    with MatmulRows() as seen, torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x)
+    assert seen.rows == [ROW_BUCKET]
+    assert out.shape == (3, 7, 48) and out.dtype == torch.bfloat16
+    torch.testing.assert_close(out, expected)
+    out.float().square().sum().backward()
+    for got, want in zip((x.grad, layer.weight.grad, layer.bias.grad), expected_grads):
+        torch.testing.assert_close(got, want, rtol=1e-2, atol=1e-2)
+    with MatmulRows() as seen:
+        plain = layer(x)
+    assert seen.rows == [21]
+    torch.testing.assert_close(plain, torch.nn.functional.linear(x, layer.weight, layer.bias))
