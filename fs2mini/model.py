@@ -288,42 +288,6 @@ H200, SMALL training steps on new shapes took 315 ms with it and 22 ms without (
 shapes repeat), so the first epoch of `fs2mini.train` ran 7x slower than the next ones."""
 
 
-ROW_BUCKET = 64
-"""Row counts that `Linear` rounds a CPU bf16/fp16 matmul's input up to a multiple of."""
-
-
-class Linear(nn.Linear):
-    """`nn.Linear` whose bf16/fp16 matmuls on CPU see a row count rounded up to a multiple of `ROW_BUCKET`.
-
-    Why: on CPU, PyTorch runs bf16 matmuls through oneDNN, which compiles a kernel for every new shape.
-    Length-bucketed batches have a new batch × length (the rows of every projection) almost every update,
-    so a training step kept paying for compilation: on a 2-vCPU Xeon with AMX a 1920 × 256 @ 256 × 768 bf16
-    matmul took 0.30 ms with a row count seen before and 5.4 ms with a new one, and each compiled kernel
-    stayed in oneDNN's cache (~1.7 MB each: a budget run's process grew to 5.7 GB). Padding the rows with
-    zeros (at most 63, ~3% of a 2048-token batch) leaves a few dozen shapes for a whole run, and the
-    result is the same: the padded rows are cut off, and their gradient is zero. fp32 (MKL) and CUDA do not
-    compile per shape and take the plain path. The parameters are `nn.Linear`'s, so checkpoints, LoRA and
-    the Hugging Face export see an ordinary linear layer."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        dtype = _cpu_low_precision(x)
-        rows = x.numel() // max(x.size(-1), 1)
-        padded = -(-rows // ROW_BUCKET) * ROW_BUCKET
-        if dtype is None or padded == rows:
-            return F.linear(x, self.weight, self.bias)
-        flat = F.pad(x.to(dtype).reshape(rows, x.size(-1)), (0, 0, 0, padded - rows))
-        return F.linear(flat, self.weight, self.bias)[:rows].view(*x.shape[:-1], self.out_features)
-
-
-def _cpu_low_precision(x: Tensor) -> torch.dtype | None:
-    """The bf16/fp16 dtype a CPU matmul of `x` runs in (its own, or autocast's), or None."""
-    if x.device.type != "cpu":
-        return None
-    if torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") in (torch.bfloat16, torch.float16):
-        return torch.get_autocast_dtype("cpu")
-    return x.dtype if x.dtype in (torch.bfloat16, torch.float16) else None
-
-
 def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool, dropout: Dropout) -> Tensor:
     """`F.scaled_dot_product_attention`, with dropout on the attention weights while training.
 
@@ -359,8 +323,8 @@ class SelfAttention(nn.Module):
         super().__init__()
         self.num_heads = num_heads
         self.attn_dropout = Dropout(dropout_p)
-        self.qkv_proj = Linear(model_dim, 3 * model_dim)
-        self.out_proj = Linear(model_dim, model_dim)
+        self.qkv_proj = nn.Linear(model_dim, 3 * model_dim)
+        self.out_proj = nn.Linear(model_dim, model_dim)
 
     def forward(
         self,
@@ -397,9 +361,9 @@ class EncoderDecoderAttention(nn.Module):
         super().__init__()
         self.num_heads = num_heads
         self.attn_dropout = Dropout(dropout_p)
-        self.q_proj = Linear(model_dim, model_dim)
-        self.kv_proj = Linear(model_dim, 2 * model_dim)
-        self.out_proj = Linear(model_dim, model_dim)
+        self.q_proj = nn.Linear(model_dim, model_dim)
+        self.kv_proj = nn.Linear(model_dim, 2 * model_dim)
+        self.out_proj = nn.Linear(model_dim, model_dim)
 
     def forward(
         self,
@@ -433,9 +397,9 @@ class FeedForward(nn.Module):
 
     def __init__(self, model_dim: int, inner_dim: int, dropout_p: float) -> None:
         super().__init__()
-        self.inner_proj = Linear(model_dim, inner_dim)
+        self.inner_proj = nn.Linear(model_dim, inner_dim)
         self.dropout = Dropout(dropout_p)
-        self.out_proj = Linear(inner_dim, model_dim)
+        self.out_proj = nn.Linear(inner_dim, model_dim)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.out_proj(self.dropout(F.relu(self.inner_proj(x))))
