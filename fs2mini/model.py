@@ -288,6 +288,22 @@ H200, SMALL training steps on new shapes took 315 ms with it and 22 ms without (
 shapes repeat), so the first epoch of `fs2mini.train` ran 7x slower than the next ones."""
 
 
+def residual_dtype(x: Tensor) -> torch.dtype:
+    """The dtype the residual stream of both stacks is kept in: bf16 under bf16 autocast on CPU, else `x`'s own.
+
+    Why: autocast leaves the residual stream fp32, so every layer norm's output was cast to bf16 for the
+    next matmul, every branch's bf16 output promoted back on the residual add, and each of those casts had
+    a twin in backward: ~900 casts per `model:medium` step, a fifth of a bf16 step on a CPU with AMX, where
+    the matmuls are 7x faster than fp32 and the memory-bound work around them is not. From the embeddings
+    on, a bf16 stream needs none of them: CPU layer norm takes and returns bf16 under autocast (its
+    statistics in fp32), as does the fused loss. Master weights, gradients and the loss stay fp32.
+    CUDA keeps autocast's fp32 stream (its casts are cheap next to its matmuls; no GPU measured this);
+    fp16 keeps it too (fp16's range is too narrow for a residual sum)."""
+    if x.device.type == "cpu" and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16:
+        return torch.bfloat16
+    return x.dtype
+
+
 def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool, dropout: Dropout) -> Tensor:
     """`F.scaled_dot_product_attention`, with dropout on the attention weights while training.
 
@@ -509,7 +525,7 @@ class EncoderDecoderModel(nn.Module):
         if offset + seq_len > self.max_seq_len:
             raise ValueError(f"sequence of {offset + seq_len} tokens exceeds max_seq_len {self.max_seq_len}")
         x = self.embed(tokens) * self.embed_scale + self.position_embeddings(offset, seq_len)
-        return self.dropout(x)
+        return self.dropout(x.to(residual_dtype(x)))
 
     def position_embeddings(self, offset: int, seq_len: int) -> Tensor:
         """(seq_len, model_dim) added to the embeddings of positions offset … offset+seq_len-1.

@@ -181,3 +181,36 @@ def test_activation_checkpointing_is_off_in_eval_and_incremental_decoding():
 def test_activation_checkpointing_of_a_model_without_the_hook_names_the_flag():
     with pytest.raises(UserError, match=r"^--trainer.activation-checkpointing: model Linear has no checkpoint_layers"):
         enable_activation_checkpointing(torch.nn.Linear(2, 2))
+
+
+def test_bf16_autocast_on_cpu_keeps_the_residual_stream_in_bf16_with_fp32_gradients():
+    """Under CPU bf16 autocast every layer takes and returns bf16 (no cast around each layer norm, `residual_dtype`),
+    the weights and their gradients stay fp32, and the loss and gradients stay close to fp32's; without
+    autocast the stream is fp32 as before."""
+    from fs2mini.data import collate
+    from fs2mini.task import Seq2Seq
+
+    model = tiny_model(seed=4)
+    batch = collate([([4, 5, 6, 7, 3], [3, 8, 9, 10, 3]), ([8, 9, 3], [3, 11, 12, 3])], VOCAB.pad_idx)
+    layer_inputs = []
+    hooks = [layer.register_forward_hook(lambda _m, args, out: layer_inputs.append((args[0].dtype, out.dtype)))
+             for layer in [*model.encoder_layers, *model.decoder_layers]]
+    task = Seq2Seq(0.1, pad_idx=VOCAB.pad_idx)
+    exact, _ = task.compute_loss(model, batch)
+    exact.backward()
+    exact_grads = [p.grad.clone() for p in model.parameters()]
+    assert {dtypes for dtypes in layer_inputs} == {(torch.float32, torch.float32)}
+    model.zero_grad(set_to_none=True)
+    layer_inputs.clear()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low, _ = task.compute_loss(model, batch)
+    low.backward()
+    for hook in hooks:
+        hook.remove()
+    assert len(layer_inputs) == 4 and {dtypes for dtypes in layer_inputs} == {(torch.bfloat16, torch.bfloat16)}
+    assert low.dtype == torch.float32
+    torch.testing.assert_close(low, exact, rtol=2e-2, atol=0)
+    for p, grad in zip(model.parameters(), exact_grads):
+        assert p.dtype == p.grad.dtype == torch.float32
+        cosine = torch.nn.functional.cosine_similarity(p.grad.flatten(), grad.flatten(), dim=0)
+        assert cosine > 0.98 or grad.abs().max() < 1e-6, (cosine, p.shape)
