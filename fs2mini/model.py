@@ -293,10 +293,12 @@ def residual_dtype(x: Tensor) -> torch.dtype:
 
     Why: autocast leaves the residual stream fp32, so every layer norm's output was cast to bf16 for the
     next matmul, every branch's bf16 output promoted back on the residual add, and each of those casts had
-    a twin in backward: ~900 casts per `model:medium` step, a fifth of a bf16 step on a CPU with AMX, where
-    the matmuls are 7x faster than fp32 and the memory-bound work around them is not. From the embeddings
-    on, a bf16 stream needs none of them: CPU layer norm takes and returns bf16 under autocast (its
-    statistics in fp32), as does the fused loss. Master weights, gradients and the loss stay fp32.
+    a twin in backward: 32 activation-sized casts per `model:medium` step (casts of all kinds are a fifth of a
+    bf16 step on a CPU with AMX, where the matmuls are 7x faster than fp32 and the memory-bound work around
+    them is not). From the embeddings on, a bf16 stream needs most of them no more (12 are left; side by
+    side over 600 updates, 6.4% less time and the same validation loss, docs/results.md): CPU layer norm
+    takes and returns bf16 under autocast (its statistics in fp32), as does the fused loss. Master
+    weights, gradients and the loss stay fp32.
     CUDA keeps autocast's fp32 stream (its casts are cheap next to its matmuls; no GPU measured this);
     fp16 keeps it too (fp16's range is too narrow for a residual sum)."""
     if x.device.type == "cpu" and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16:

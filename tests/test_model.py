@@ -199,7 +199,7 @@ def test_bf16_autocast_on_cpu_keeps_the_residual_stream_in_bf16_with_fp32_gradie
     exact, _ = task.compute_loss(model, batch)
     exact.backward()
     exact_grads = [p.grad.clone() for p in model.parameters()]
-    assert {dtypes for dtypes in layer_inputs} == {(torch.float32, torch.float32)}
+    assert set(layer_inputs) == {(torch.float32, torch.float32)}
     model.zero_grad(set_to_none=True)
     layer_inputs.clear()
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -207,7 +207,7 @@ def test_bf16_autocast_on_cpu_keeps_the_residual_stream_in_bf16_with_fp32_gradie
     low.backward()
     for hook in hooks:
         hook.remove()
-    assert len(layer_inputs) == 4 and {dtypes for dtypes in layer_inputs} == {(torch.bfloat16, torch.bfloat16)}
+    assert len(layer_inputs) == 4 and set(layer_inputs) == {(torch.bfloat16, torch.bfloat16)}
     assert low.dtype == torch.float32
     torch.testing.assert_close(low, exact, rtol=2e-2, atol=0)
     for p, grad in zip(model.parameters(), exact_grads):
