@@ -77,6 +77,15 @@ class DataConfig:
     """Where each corpus split is kept once encoded (fs2mini.prepared), keyed by its content and the tokenizer."""
     prepare_workers: int = 0
     """Processes that encode a corpus the first time it is prepared (0 = one per CPU core)."""
+    length_multiple: int = 1
+    """Pad every batch's source and target length up to a multiple of this (fairseq's
+    `--required-seq-len-multiple`, Hugging Face's `pad_to_multiple_of`); the budget counts the padding."""
+    batch_size_multiple: int = 1
+    """Sentences per batch kept to a multiple of this where the budget allows as many (fairseq's
+    `--required-batch-size-multiple`). Why both: on CPU, bf16 matmuls run in oneDNN, which compiles a kernel
+    for each new shape (an AMX Xeon: 5–7 ms for a new (rows × 256) @ (256 × 768), 0.3 ms for one seen before)
+    and keeps only the last 1024; batches of every length and size brought ~29 new shapes each step.
+    Lengths and sizes in multiples of 8 leave few enough shapes to stay compiled (docs/results.md)."""
     subword_alpha: float = 0.0
     """Subword regularization of the training split: each epoch samples every sentence's segmentation with this
     sentencepiece alpha (0 = off; e.g. 0.5; smaller = more varied and longer segmentations). Training text
@@ -273,10 +282,10 @@ class Rows:
         tokens[np.repeat(out_starts + len(prefix) - piece_starts, lengths) + np.arange(int(lengths.sum()))] = pieces
         return Rows(torch.from_numpy(tokens), torch.from_numpy(out_starts), torch.from_numpy(out_lengths))
 
-    def padded(self, index: Tensor, pad_idx: int) -> Tensor:
-        """(len(index), longest of these rows) int64 tensor of rows `index`, right-padded."""
+    def padded(self, index: Tensor, pad_idx: int, width: int | None = None) -> Tensor:
+        """(len(index), `width` or the longest of these rows) int64 tensor of rows `index`, right-padded."""
         lengths = self.lengths[index]
-        positions = torch.arange(int(lengths.max()))
+        positions = torch.arange(int(lengths.max()) if width is None else width)
         flat = (self.starts[index].unsqueeze(1) + positions).clamp_(max=self.tokens.numel() - 1)  # (batch, width)
         return self.tokens[flat].masked_fill_(positions >= lengths.unsqueeze(1), pad_idx)
 
@@ -294,17 +303,23 @@ def collate(examples: list[tuple[list[int], list[int]]], pad_idx: int) -> Seq2Se
     return collate_rows(sources, targets, torch.arange(len(examples)), pad_idx)
 
 
-def collate_rows(sources: Rows, targets: Rows, index: Tensor, pad_idx: int) -> Seq2SeqBatch:
-    """The pairs `index` of a pool (sources[i], full targets[i]) as a padded `Seq2SeqBatch`."""
-    target = targets.padded(index, pad_idx)
+def collate_rows(sources: Rows, targets: Rows, index: Tensor, pad_idx: int, length_multiple: int = 1) -> Seq2SeqBatch:
+    """The pairs `index` of a pool (sources[i], full targets[i]) as a padded `Seq2SeqBatch` whose source and
+    target lengths are multiples of `length_multiple`."""
     target_lengths = targets.lengths[index] - 1
+    target = targets.padded(index, pad_idx, round_up(int(target_lengths.max()), length_multiple) + 1)
     return Seq2SeqBatch(
-        source=sources.padded(index, pad_idx),
+        source=sources.padded(index, pad_idx, round_up(int(sources.lengths[index].max()), length_multiple)),
         source_lengths=sources.lengths[index],
         target_input=_mask_final_eos(target[:, :-1], target_lengths, pad_idx),
         target_output=target[:, 1:].contiguous(),
         num_target_tokens=int(target_lengths.sum()),
     )
+
+
+def round_up(value: int, multiple: int) -> int:
+    """The smallest multiple of `multiple` that is >= `value`."""
+    return -(-value // multiple) * multiple
 
 
 def length_order(source_lengths: Tensor, target_lengths: Tensor) -> Tensor:
@@ -421,7 +436,7 @@ class Seq2SeqBatches:
         pad_idx = self.tokenizer.vocab_info.pad_idx
         for position, (sources, targets, index) in enumerate(batches, start=1):
             if position > skip:
-                yield collate_rows(sources, targets, torch.tensor(index), pad_idx)
+                yield collate_rows(sources, targets, torch.tensor(index), pad_idx, self.cfg.length_multiple)
 
     def _warn_at_end(self, batches: Iterator[Seq2SeqBatch]) -> Iterator[Seq2SeqBatch]:
         """`batches`, then one warning line if the epoch skipped pairs."""
@@ -485,8 +500,9 @@ class Seq2SeqBatches:
             skipped.add("target longer than --data.max-target-len", count=int(target_too_long.sum()))
             kept = torch.nonzero(~(source_too_long | target_too_long)).squeeze(1)
             order = kept[torch.sort(length_order(source_lengths[kept], target_lengths[kept]), stable=True).indices]
-            sizes = torch.maximum(source_lengths, target_lengths).tolist()
-            batches = batch_by_max_tokens(sizes, order.tolist(), cfg.max_tokens, skipped)
+            longest = torch.maximum(source_lengths, target_lengths)
+            sizes = (-(-longest // cfg.length_multiple) * cfg.length_multiple).tolist()  # round_up, as the batch is padded
+            batches = batch_by_max_tokens(sizes, order.tolist(), cfg.max_tokens, skipped, cfg.batch_size_multiple)
             if self.shuffle:
                 rng.shuffle(batches)
             for batch in batches:
@@ -500,6 +516,8 @@ def check_data_config(cfg: DataConfig) -> None:
         ("--data.max-target-len", cfg.max_target_len),
         ("--data.shuffle-window", cfg.shuffle_window),
         ("--data.pool-size", cfg.pool_size),
+        ("--data.length-multiple", cfg.length_multiple),
+        ("--data.batch-size-multiple", cfg.batch_size_multiple),
     ])
     expect("--data.subword-alpha", cfg.subword_alpha, finite(cfg.subword_alpha) and cfg.subword_alpha >= 0,
            "a number >= 0 (0 = no subword regularization)")

@@ -242,12 +242,17 @@ def chunk(items: Iterable[T], size: int) -> Iterator[list[T]]:
         yield current
 
 
-def batch_by_max_tokens(sizes: Sequence[int], order: Iterable[int], max_tokens: int, skipped: Skipped) -> list[list[int]]:
+def batch_by_max_tokens(sizes: Sequence[int], order: Iterable[int], max_tokens: int, skipped: Skipped,
+                        batch_size_multiple: int = 1) -> list[list[int]]:
     """Cut the items `order` lists (indices into `sizes`, already sorted) into batches within budget.
 
     The budget counts padding, like fairseq's `--max-tokens`: a batch costs
     `len(batch) * max(sizes[i] for i in batch)`. Sorting by length first is what makes padding
     small. An item larger than the whole budget is dropped and counted. Returns lists of indices.
+
+    With `batch_size_multiple` m, a batch the budget closes keeps a multiple of m items and the rest open the
+    next batch (as fairseq's `--required-batch-size-multiple`); a batch the budget allows fewer than m items
+    stays as it is, and so does the last one. Why: see `DataConfig.batch_size_multiple`.
     """
     batches: list[list[int]] = []
     current: list[int] = []
@@ -259,8 +264,13 @@ def batch_by_max_tokens(sizes: Sequence[int], order: Iterable[int], max_tokens: 
             continue
         new_max = size if size > current_max else current_max
         if current and new_max * (len(current) + 1) > max_tokens:
-            batches.append(current)
-            current, new_max = [], size
+            kept = len(current) - len(current) % batch_size_multiple if len(current) >= batch_size_multiple else len(current)
+            batches.append(current[:kept])
+            current = current[kept:]
+            new_max = max([size, *(sizes[i] for i in current)])
+            if current and new_max * (len(current) + 1) > max_tokens:  # the rest and this item do not fit together
+                batches.append(current)
+                current, new_max = [], size
         current.append(index)
         current_max = new_max
     if current:

@@ -9,8 +9,9 @@ from fs2mini.data import DataConfig, Seq2SeqBatches, collate
 from fs2mini.tokenizer import EOS_ID, PAD_ID
 
 
-def make_batches(tsv: Path, tokenizer, seed=0, rank=0, world_size=1, max_tokens=256, shuffle=True):
-    cfg = DataConfig(corpus=TsvCorpus(path=tsv, valid_percent=3.0, test_percent=3.0), max_tokens=max_tokens, pool_size=500)
+def make_batches(tsv: Path, tokenizer, seed=0, rank=0, world_size=1, max_tokens=256, shuffle=True, **shape):
+    cfg = DataConfig(corpus=TsvCorpus(path=tsv, valid_percent=3.0, test_percent=3.0), max_tokens=max_tokens, pool_size=500,
+                     **shape)
     return Seq2SeqBatches(cfg, "train", tokenizer, seed=seed, shuffle=shuffle, rank=rank, world_size=world_size)
 
 
@@ -46,6 +47,35 @@ def test_max_tokens_budget_counts_padding_and_padding_is_small(reversal_tsv, rev
         assert b.source.size(0) * max(b.source.size(1), b.target_input.size(1)) <= 200
     padding = sum(b.padding_fraction for b in batches) / len(batches)
     assert padding < 0.15
+
+
+def test_length_and_batch_size_multiples_shape_batches_without_changing_the_epoch(reversal_tsv, reversal_tokenizer):
+    """Every length a multiple of 8 and most batch sizes a multiple of 4, within the budget counting that padding;
+    the epoch holds the same pairs, and the extra padding changes no loss (so no mask misses it)."""
+    from fs2mini.data import collate_rows, Rows
+    from fs2mini.model import ModelConfig, build_model
+    from fs2mini.task import Seq2Seq
+
+    plain = list(make_batches(reversal_tsv, reversal_tokenizer, max_tokens=200).iter_epoch(0))
+    shaped = list(make_batches(reversal_tsv, reversal_tokenizer, max_tokens=200, length_multiple=8,
+                               batch_size_multiple=4).iter_epoch(0))
+    assert sorted(rows(shaped)) == sorted(rows(plain))
+    for b in shaped:
+        assert b.source.size(1) % 8 == 0 and b.target_input.size(1) % 8 == 0
+        assert b.source.size(0) * max(b.source.size(1), b.target_input.size(1)) <= 200
+    assert sum(b.source.size(0) % 4 == 0 for b in shaped) >= len(shaped) - 3  # the pools' last batches may be short
+
+    examples = [([4, 5, 6, EOS_ID], [EOS_ID, 9, 7, EOS_ID]), ([4, 5, EOS_ID], [EOS_ID, 9, 7, 8, 8, EOS_ID])]
+    sources, targets = Rows.from_lists([s for s, _ in examples]), Rows.from_lists([t for _, t in examples])
+    narrow, wide = (collate_rows(sources, targets, torch.arange(2), PAD_ID, multiple) for multiple in (1, 8))
+    assert (narrow.source.size(1), wide.source.size(1), narrow.target_input.size(1), wide.target_input.size(1)) == (4, 8, 5, 8)
+    assert wide.num_target_tokens == narrow.num_target_tokens
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(model_dim=16, num_encoder_layers=1, num_decoder_layers=1, num_encoder_attn_heads=2,
+                                    num_decoder_attn_heads=2, ffn_inner_dim=32, dropout_p=0.0),
+                        reversal_tokenizer.vocab_info).eval()
+    task = Seq2Seq(0.1, pad_idx=PAD_ID)
+    torch.testing.assert_close(task.compute_loss(model, wide)[0], task.compute_loss(model, narrow)[0])
 
 
 def test_collate_pads_and_shifts_targets():

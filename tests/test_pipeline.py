@@ -71,3 +71,16 @@ def test_batches_respect_the_padded_token_budget_and_count_oversized_items():
     assert [i for b in batches for i in b] == order[:-1]
     for batch in batches:
         assert len(batch) * max(sizes[i] for i in batch) <= 256
+
+
+def test_batches_keep_a_multiple_of_the_batch_size_multiple_where_the_budget_allows():
+    rng = random.Random(1)
+    sizes = sorted(rng.randint(1, 100) for _ in range(700))
+    batches = batch_by_max_tokens(sizes, range(len(sizes)), 512, Skipped(), batch_size_multiple=8)
+    assert [i for b in batches for i in b] == list(range(len(sizes)))
+    for batch in batches:
+        assert len(batch) * max(sizes[i] for i in batch) <= 512
+    roomy = [b for b in batches if max(sizes[i] for i in b) <= 32]  # room for 16 items: never cut short but at the end
+    assert len(roomy) >= 10 and all(len(b) % 8 == 0 for b in roomy[:-1])
+    plain = batch_by_max_tokens(sizes, range(len(sizes)), 512, Skipped())
+    assert sum(len(b) % 8 == 0 for b in batches) > 2 * sum(len(b) % 8 == 0 for b in plain)
