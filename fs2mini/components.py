@@ -27,7 +27,7 @@ from fs2mini.checkpoint import (GRAD_SCALER, LORA, MODEL, OPTIMIZER, STEP, TOKEN
                                 load_checkpoint, load_weights)
 from fs2mini.config import TrainConfig, incompatible_fields, load_config
 from fs2mini.corpus import corpus_fingerprint, corpus_tag, describe_corpus, read_pairs, training_sentences_by_language
-from fs2mini.data import RunDirections, Seq2SeqBatches, collate
+from fs2mini.data import RunDirections, Seq2SeqBatches, collate, shaped_for
 from fs2mini.distributed import DistEnv, barrier, load_optimizer_state, wrap_model
 from fs2mini.errors import UserError
 from fs2mini.model import build_model, enable_activation_checkpointing
@@ -221,11 +221,6 @@ def build_components(cfg: TrainConfig, directions: RunDirections, tokenizer: Tok
     tc = cfg.trainer
     torch.manual_seed(tc.seed)  # the same initial weights on every rank
     random.seed(tc.seed)
-    shard = {"rank": env.rank, "world_size": env.world_size}
-    train_batches = Seq2SeqBatches(cfg.data, "train", tokenizer, seed=tc.seed, shuffle=True, corpora=directions.trained, **shard)
-    valid_batches = Seq2SeqBatches(cfg.data, "valid", tokenizer, seed=tc.seed, shuffle=False, corpora=directions.primary, **shard)
-    train_batches.prepare()  # encoded once into the data cache (or opened from it), before any progress display
-    valid_batches.prepare()
     model = build_model(cfg.model, tokenizer.vocab_info).to(device)
     if checkpoint is not None:
         load_weights(model, checkpoint[MODEL], f"the checkpoint in {cfg.run_dir / CHECKPOINT_DIR}")
@@ -256,4 +251,10 @@ def build_components(cfg: TrainConfig, directions: RunDirections, tokenizer: Tok
     step_key = f"{cfg.model!r}|lora {cfg.lora.rank}|max_tokens {cfg.data.max_tokens}|threads {torch.get_num_threads()}"
     precision = choose_precision(tc.autocast, device, timer, step_key)
     grad_scaler = build_grad_scaler(precision, device, checkpoint.get(GRAD_SCALER) if checkpoint is not None else None)
+    data = shaped_for(cfg.data, precision.autocast_dtype is not None)  # batch shapes for the precision chosen
+    shard = {"rank": env.rank, "world_size": env.world_size}
+    train_batches = Seq2SeqBatches(data, "train", tokenizer, seed=tc.seed, shuffle=True, corpora=directions.trained, **shard)
+    valid_batches = Seq2SeqBatches(data, "valid", tokenizer, seed=tc.seed, shuffle=False, corpora=directions.primary, **shard)
+    train_batches.prepare()  # encoded once into the data cache (or opened from it), before any progress display
+    valid_batches.prepare()
     return Components(directions, tokenizer, train_batches, valid_batches, model, task, optimizer, lr_at, precision, grad_scaler)

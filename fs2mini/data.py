@@ -28,7 +28,7 @@ import math
 import random
 import sys
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import chain, count, repeat
 from pathlib import Path
 
@@ -77,15 +77,13 @@ class DataConfig:
     """Where each corpus split is kept once encoded (fs2mini.prepared), keyed by its content and the tokenizer."""
     prepare_workers: int = 0
     """Processes that encode a corpus the first time it is prepared (0 = one per CPU core)."""
-    length_multiple: int = 1
+    length_multiple: int | None = None
     """Pad every batch's source and target length up to a multiple of this (fairseq's
-    `--required-seq-len-multiple`, Hugging Face's `pad_to_multiple_of`); the budget counts the padding."""
+    `--required-seq-len-multiple`, Hugging Face's `pad_to_multiple_of`); the budget counts the padding.
+    None: 8 when training multiplies in bf16/fp16, 1 in fp32 (`shaped_for`)."""
     batch_size_multiple: int = 1
     """Sentences per batch kept to a multiple of this where the budget allows as many (fairseq's
-    `--required-batch-size-multiple`). Why both: on CPU, bf16 matmuls run in oneDNN, which compiles a kernel
-    for each new shape (an AMX Xeon: 5–7 ms for a new (rows × 256) @ (256 × 768), 0.3 ms for one seen before)
-    and keeps only the last 1024; batches of every length and size brought ~29 new shapes each step.
-    Lengths and sizes in multiples of 8 leave few enough shapes to stay compiled (docs/results.md)."""
+    `--required-batch-size-multiple`)."""
     subword_alpha: float = 0.0
     """Subword regularization of the training split: each epoch samples every sentence's segmentation with this
     sentencepiece alpha (0 = off; e.g. 0.5; smaller = more varied and longer segmentations). Training text
@@ -103,6 +101,23 @@ class DataConfig:
         """(config field, corpus) of every corpus, trained then zero-shot: the field names it in messages."""
         return ((DATA_CORPUS, self.corpus), *((("data", "more_corpora", i), c) for i, c in enumerate(self.more_corpora)),
                 *((("data", "zero_shot_corpora", i), c) for i, c in enumerate(self.zero_shot_corpora)))
+
+
+LOW_PRECISION_LENGTH_MULTIPLE = 8
+"""`--data.length-multiple` of a run whose matmuls are bf16/fp16. Why: on CPU, PyTorch runs those in oneDNN,
+which compiles a kernel for each new shape and keeps the last 1024. Batches of every length brought ~29 new
+shapes a step, each compiled again (an AMX Xeon: 5-7 ms for a new (rows x 256) @ (256 x 768), 0.3 ms for one
+seen before; 17% of the default run's step, and a process growing to 4-6 GB). Lengths in multiples of 8
+leave ~25 row counts and few enough shapes to stay compiled: 700 updates of the default run took 19% less
+time for 8% more padded positions (docs/results.md). Tensor cores also want multiples of 8. In fp32 (MKL,
+nothing compiled per shape) the padding would only cost, so fp32 keeps 1."""
+
+
+def shaped_for(cfg: DataConfig, low_precision: bool) -> DataConfig:
+    """`cfg` with `length_multiple` decided for a run whose matmuls are bf16/fp16 (`low_precision`) or fp32."""
+    if cfg.length_multiple is not None:
+        return cfg
+    return replace(cfg, length_multiple=LOW_PRECISION_LENGTH_MULTIPLE if low_precision else 1)
 
 
 def direction_name(langs: tuple[str, str]) -> str:
@@ -436,7 +451,7 @@ class Seq2SeqBatches:
         pad_idx = self.tokenizer.vocab_info.pad_idx
         for position, (sources, targets, index) in enumerate(batches, start=1):
             if position > skip:
-                yield collate_rows(sources, targets, torch.tensor(index), pad_idx, self.cfg.length_multiple)
+                yield collate_rows(sources, targets, torch.tensor(index), pad_idx, self.cfg.length_multiple or 1)
 
     def _warn_at_end(self, batches: Iterator[Seq2SeqBatch]) -> Iterator[Seq2SeqBatch]:
         """`batches`, then one warning line if the epoch skipped pairs."""
@@ -501,7 +516,8 @@ class Seq2SeqBatches:
             kept = torch.nonzero(~(source_too_long | target_too_long)).squeeze(1)
             order = kept[torch.sort(length_order(source_lengths[kept], target_lengths[kept]), stable=True).indices]
             longest = torch.maximum(source_lengths, target_lengths)
-            sizes = (-(-longest // cfg.length_multiple) * cfg.length_multiple).tolist()  # round_up, as the batch is padded
+            multiple = cfg.length_multiple or 1
+            sizes = (-(-longest // multiple) * multiple).tolist()  # round_up, as the batch is padded
             batches = batch_by_max_tokens(sizes, order.tolist(), cfg.max_tokens, skipped, cfg.batch_size_multiple)
             if self.shuffle:
                 rng.shuffle(batches)
@@ -516,7 +532,7 @@ def check_data_config(cfg: DataConfig) -> None:
         ("--data.max-target-len", cfg.max_target_len),
         ("--data.shuffle-window", cfg.shuffle_window),
         ("--data.pool-size", cfg.pool_size),
-        ("--data.length-multiple", cfg.length_multiple),
+        *([("--data.length-multiple", cfg.length_multiple)] if cfg.length_multiple is not None else []),
         ("--data.batch-size-multiple", cfg.batch_size_multiple),
     ])
     expect("--data.subword-alpha", cfg.subword_alpha, finite(cfg.subword_alpha) and cfg.subword_alpha >= 0,

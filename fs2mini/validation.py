@@ -99,7 +99,7 @@ class Validator:
         """Each validation's translations, `valid_step_XXXXXXXX.tsv` (source, reference, hypothesis per line)."""
         if env.is_main:  # the temporary files of writes a kill interrupted (a resumed run writes those steps again)
             remove_partial_writes(self.translations_dir)
-        tc, data = cfg.trainer, cfg.data
+        tc, data = cfg.trainer, parts.train_batches.cfg  # the data config as the run resolved it (`shaped_for`)
         corpora = parts.directions.evaluated
         self.languages = [entry.langs for entry in corpora]
         self.names = [entry.name + (" (zero-shot)" if entry.zero_shot else "") for entry in corpora]
