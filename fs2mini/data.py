@@ -83,7 +83,9 @@ class DataConfig:
     None: 8 when training multiplies in bf16/fp16, 1 in fp32 (`shaped_for`)."""
     batch_size_multiple: int = 1
     """Sentences per batch kept to a multiple of this where the budget allows as many (fairseq's
-    `--required-batch-size-multiple`)."""
+    `--required-batch-size-multiple`): fewer distinct batch shapes. On the default run's data with lengths in
+    multiples of 8, 8 here took the kernel cache's simulated misses from 1.2 to 0.4 per update but left 6%
+    fewer tokens per batch, so the default is 1."""
     subword_alpha: float = 0.0
     """Subword regularization of the training split: each epoch samples every sentence's segmentation with this
     sentencepiece alpha (0 = off; e.g. 0.5; smaller = more varied and longer segmentations). Training text
@@ -332,8 +334,8 @@ def collate_rows(sources: Rows, targets: Rows, index: Tensor, pad_idx: int, leng
     )
 
 
-def round_up(value: int, multiple: int) -> int:
-    """The smallest multiple of `multiple` that is >= `value`."""
+def round_up(value, multiple: int):
+    """The smallest multiple of `multiple` that is >= `value` (an int, or elementwise for an integer tensor)."""
     return -(-value // multiple) * multiple
 
 
@@ -517,7 +519,7 @@ class Seq2SeqBatches:
             order = kept[torch.sort(length_order(source_lengths[kept], target_lengths[kept]), stable=True).indices]
             longest = torch.maximum(source_lengths, target_lengths)
             multiple = cfg.length_multiple or 1
-            sizes = (-(-longest // multiple) * multiple).tolist()  # round_up, as the batch is padded
+            sizes = round_up(longest, multiple).tolist()  # as the batch will be padded
             batches = batch_by_max_tokens(sizes, order.tolist(), cfg.max_tokens, skipped, cfg.batch_size_multiple)
             if self.shuffle:
                 rng.shuffle(batches)

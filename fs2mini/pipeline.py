@@ -252,7 +252,7 @@ def batch_by_max_tokens(sizes: Sequence[int], order: Iterable[int], max_tokens: 
 
     With `batch_size_multiple` m, a batch the budget closes keeps a multiple of m items and the rest open the
     next batch (as fairseq's `--required-batch-size-multiple`); a batch the budget allows fewer than m items
-    stays as it is, and so does the last one. Why: see `DataConfig.batch_size_multiple`.
+    stays as it is, and so does the last one. Why: fewer distinct batch shapes (`fs2mini.data.LOW_PRECISION_LENGTH_MULTIPLE`).
     """
     batches: list[list[int]] = []
     current: list[int] = []
