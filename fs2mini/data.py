@@ -380,6 +380,8 @@ class Seq2SeqBatches:
         trained direction's first corpus for "valid" and "test")."""
         check_data_config(cfg)
         self.cfg = cfg
+        self.length_multiple = cfg.length_multiple or 1
+        """Batch lengths are padded to multiples of this (unset: 1; a training run sets it, `shaped_for`)."""
         self.split = split
         self.tokenizer = tokenizer
         if corpora is None:
@@ -453,7 +455,7 @@ class Seq2SeqBatches:
         pad_idx = self.tokenizer.vocab_info.pad_idx
         for position, (sources, targets, index) in enumerate(batches, start=1):
             if position > skip:
-                yield collate_rows(sources, targets, torch.tensor(index), pad_idx, self.cfg.length_multiple or 1)
+                yield collate_rows(sources, targets, torch.tensor(index), pad_idx, self.length_multiple)
 
     def _warn_at_end(self, batches: Iterator[Seq2SeqBatch]) -> Iterator[Seq2SeqBatch]:
         """`batches`, then one warning line if the epoch skipped pairs."""
@@ -518,8 +520,7 @@ class Seq2SeqBatches:
             kept = torch.nonzero(~(source_too_long | target_too_long)).squeeze(1)
             order = kept[torch.sort(length_order(source_lengths[kept], target_lengths[kept]), stable=True).indices]
             longest = torch.maximum(source_lengths, target_lengths)
-            multiple = cfg.length_multiple or 1
-            sizes = round_up(longest, multiple).tolist()  # as the batch will be padded
+            sizes = round_up(longest, self.length_multiple).tolist()  # as the batch will be padded
             batches = batch_by_max_tokens(sizes, order.tolist(), cfg.max_tokens, skipped, cfg.batch_size_multiple)
             if self.shuffle:
                 rng.shuffle(batches)
