@@ -4,6 +4,8 @@
     python benchmarks/quality.py --budget-minutes 18           # both systems, 18 minutes of training each
     python benchmarks/quality.py --budget-minutes 18 --fs2mini-recipe recipes/bible_budget.py \\
         --systems fs2mini hf hf-tuned                          # the recipe against HF's defaults and HF tuned
+    python benchmarks/quality.py --budget-minutes 18 --fs2mini-recipe recipes/bible_budget.py \
+        --systems hf --label L                                 # add HF's defaults to label L's recipe run (its tokenizer)
     python benchmarks/quality.py --systems fs2mini --label no-attn-dropout \\
         --fs2mini-model.attention-dropout-p 0                  # one ablation, added to the JSON by its label
 
@@ -363,17 +365,29 @@ def main(cfg: QualityConfig) -> None:
         label = f"{cfg.task}-{label}"
     if cfg.average_last and cfg.fs2mini_recipe is None:
         sys.exit("quality.py: --average-last averages the checkpoints of a recipe run; give --fs2mini-recipe too")
-    if cfg.fs2mini_recipe is not None and (cfg.budget_minutes <= 0 or cfg.systems[0] != "fs2mini"):
-        sys.exit("quality.py: --fs2mini-recipe needs --budget-minutes and fs2mini as the first of --systems")
+    if cfg.fs2mini_recipe is not None and (cfg.budget_minutes <= 0 or cfg.systems[0] != "fs2mini" and "fs2mini" in cfg.systems):
+        sys.exit("quality.py: --fs2mini-recipe needs --budget-minutes and fs2mini as the first of --systems "
+                 "(or, to add Hugging Face systems to a recipe run already made, no fs2mini)")
+    everything = json.loads(cfg.output.read_text()) if cfg.output.exists() else {}
     settings = {k: v for k, v in asdict(cfg).items() if k not in ("systems", "label", "output")}
+    adding = cfg.fs2mini_recipe is not None and "fs2mini" not in cfg.systems
+    added_on = None
     if cfg.fs2mini_recipe is not None:  # a fresh run directory; HF then shares the tokenizer that the recipe trains
         recipe_run_dir = Path(".cache/quality-runs") / label
-        shutil.rmtree(recipe_run_dir, ignore_errors=True)
+        if adding and not ((recipe_run_dir / "tokenizer.model").exists() and label in everything):
+            sys.exit(f"quality.py: --systems without fs2mini adds systems to the recipe run of --label {label}, but "
+                     f"{recipe_run_dir}/tokenizer.model or that label in {cfg.output} is missing; expected the label of "
+                     "a run made with fs2mini first")
+        if not adding:
+            shutil.rmtree(recipe_run_dir, ignore_errors=True)
         settings.update(recipe_run_dir=str(recipe_run_dir.resolve()), fs2mini_recipe=str(cfg.fs2mini_recipe))
         tokenizer_path = recipe_run_dir.resolve() / "tokenizer.model"
     else:
         tokenizer_path = quality_tokenizer(TASKS[cfg.task], cfg.vocab_size).model_path
     results = {"settings": settings, "machine": machine_info(cfg.device), "systems": {}}
+    if adding:  # the label's recipe run and earlier systems stay; each added one records its own machine
+        results = everything[label]
+        added_on = {"machine": machine_info(cfg.device), "settings": settings}
     for system in cfg.systems:
         job = {**settings, "system": system, "tokenizer": str(tokenizer_path)}
         if system == "hf-tuned":  # what a HF user can set: bf16 autocast where it is native, the recipe's peak lr
@@ -383,12 +397,12 @@ def main(cfg: QualityConfig) -> None:
         done = run_worker(job)
         averaged = done.pop("averaged", None)
         for result in (done, averaged) if averaged else (done,):
-            results["systems"][result["system"]] = result
+            results["systems"][result["system"]] = {**result, "added_later": added_on} if adding else result
             first = next(name for name, _, _ in DECODINGS if name in result)
             print(f"[{label}] {result['system']}: {result['updates']} updates in {result['train_s']:.0f}s, {first} "
                   f"{cfg.split} BLEU {result[first]['bleu']:.2f}, hyp/ref {result[first]['length_ratio']:.3f}",
                   file=sys.stderr, flush=True)
-    everything = json.loads(cfg.output.read_text()) if cfg.output.exists() else {}
+    everything = json.loads(cfg.output.read_text()) if cfg.output.exists() else {}  # again: another run may have written
     everything[label] = results
     cfg.output.write_text(json.dumps(everything, indent=1, default=str) + "\n")
     print_table(everything)
