@@ -25,6 +25,13 @@ vocab 8000 × dim 128, forward + backward: unfused `F.linear` + `F.cross_entropy
 function 320 ms. Chunks of 128–1024 rows were within noise of each other, one 4096-row chunk 15%
 slower: smaller chunks re-read the weight more often, larger ones fall out of cache."""
 
+LOW_PRECISION_CPU_ROW_MULTIPLE = 64
+"""On CPU in bf16/fp16 the last chunk is padded with zero rows to a multiple of this many. oneDNN compiles a
+kernel for each new matmul shape (5–7 ms, docs/performance.md), and the last chunk has the batch's
+target-token count mod `CHUNK_ROWS` rows, new at almost every update: three compilations per update
+for its three matmuls. Padded to 64 rows there are 8 sizes, compiled once; the pad rows (32 on average)
+cost less than a percent of the loss's matmuls. fp32 (MKL) and CUDA compile nothing per shape: no padding."""
+
 
 @torch.compiler.disable
 def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, pad_idx: int, label_smoothing: float,
@@ -44,7 +51,15 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, pad_idx
         # vocabulary-sized matmuls would run in fp32 (the weight gradient's `addmm_` is not autocast):
         # a medium training step went from 2,182 to 2,296 target tokens/s (bf16, one core, docs/performance.md).
         rows = rows.to(torch.get_autocast_dtype(rows.device.type))
-    return _LinearCrossEntropy.apply(rows, weight, target.reshape(-1)[keep], label_smoothing, chunk_rows)
+    return _LinearCrossEntropy.apply(rows, weight, target.reshape(-1)[keep], label_smoothing, chunk_rows,
+                                     last_chunk_multiple(rows))
+
+
+def last_chunk_multiple(rows: Tensor) -> int:
+    """Rows the last chunk is padded to a multiple of: `LOW_PRECISION_CPU_ROW_MULTIPLE` where oneDNN would
+    compile its matmuls for each new row count (bf16/fp16 on CPU), else 1."""
+    low_precision = rows.dtype in (torch.bfloat16, torch.float16)
+    return LOW_PRECISION_CPU_ROW_MULTIPLE if low_precision and rows.device.type == "cpu" else 1
 
 
 @torch.no_grad()
@@ -83,7 +98,8 @@ def _chunk_terms(chunk: Tensor, weight: Tensor, gold: Tensor, loss_dtype: torch.
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, rows: Tensor, weight: Tensor, target: Tensor, label_smoothing: float, chunk_rows: int) -> Tensor:
+    def forward(ctx, rows: Tensor, weight: Tensor, target: Tensor, label_smoothing: float, chunk_rows: int,
+                row_multiple: int = 1) -> Tensor:
         need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         # A frozen table (LoRA, --model.freeze embeddings) needs no vocab × dim gradient: for NLLB's 256k
         # pieces that is 1 GB written and a third of the loss's matmuls saved.
@@ -97,14 +113,20 @@ class _LinearCrossEntropy(torch.autograd.Function):
         for start in range(0, rows.size(0), chunk_rows):
             chunk = rows[start : start + chunk_rows]
             gold = target[start : start + chunk_rows].unsqueeze(1)
+            real = chunk.size(0)
+            if real % row_multiple:  # the last chunk: zero rows (gold 0) up to a size whose kernels are compiled
+                pad = -real % row_multiple
+                chunk = torch.cat([chunk, chunk.new_zeros(pad, chunk.size(1))])
+                gold = torch.cat([gold, gold.new_zeros(pad, 1)])
             logits, total, nll, smooth = _chunk_terms(chunk, weight, gold, loss_dtype)
-            loss += ((1.0 - label_smoothing) * nll + label_smoothing * smooth).sum()
+            loss += ((1.0 - label_smoothing) * nll[:real] + label_smoothing * smooth[:real]).sum()
             if need_grad:
                 # d loss / d logits = softmax - (1-ε)·onehot(gold) - ε/V, written over the logits buffer.
                 grad_logits = logits.div_(total).sub_(label_smoothing / vocab)
                 grad_logits.scatter_add_(1, gold, torch.full_like(gold, label_smoothing - 1.0, dtype=grad_logits.dtype))
+                grad_logits[real:] = 0  # pad rows: no gradient for the table
                 grad_logits = grad_logits.to(chunk.dtype)
-                grad_rows[start : start + chunk_rows] = grad_logits @ weight
+                grad_rows[start : start + real] = (grad_logits @ weight)[:real]
                 if grad_weight is None:
                     pass
                 elif grad_logits.dtype == grad_weight.dtype:
@@ -119,4 +141,4 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_loss: Tensor):
         grad_rows, grad_weight = ctx.saved_tensors
         return (grad_rows * grad_loss.to(grad_rows.dtype),
-                grad_weight * grad_loss.to(grad_weight.dtype) if grad_weight is not None else None, None, None, None)
+                grad_weight * grad_loss.to(grad_weight.dtype) if grad_weight is not None else None, None, None, None, None)

@@ -48,6 +48,51 @@ def test_fused_loss_and_gradients_match_pytorch_cross_entropy(eps, chunk_rows):
     assert grads[0][1, 6:].abs().sum() == 0  # pad positions get no gradient
 
 
+@pytest.mark.parametrize("row_multiple", [4, 64])
+def test_padding_the_last_chunk_changes_neither_loss_nor_gradients(row_multiple):
+    """The last chunk's zero rows (bf16 on CPU: its row count a multiple of 64, so oneDNN's kernels are reused)
+    add nothing to the loss, the table's gradient or the real rows' gradients."""
+    from fs2mini.loss import _LinearCrossEntropy
+
+    torch.manual_seed(4)
+    rows = torch.randn(23, 16, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(50, 16, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(1, 50, (23,))
+    results = []
+    for multiple in (1, row_multiple):
+        loss = _LinearCrossEntropy.apply(rows, weight, target, 0.1, 10, multiple)
+        results.append((loss, *torch.autograd.grad(1.5 * loss, [rows, weight])))
+    for padded, plain in zip(results[1], results[0]):
+        torch.testing.assert_close(padded, plain, rtol=1e-12, atol=1e-12)
+
+
+def test_bf16_fused_loss_on_cpu_multiplies_row_counts_in_multiples_of_64():
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from fs2mini.loss import LOW_PRECISION_CPU_ROW_MULTIPLE
+
+    class RowCounts(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm_):
+                a, b = args[-2], args[-1]
+                self.seen.add(b.size(0) if a.size(0) == 100 else a.size(0))  # table gradient: rows are the inner size
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(5)
+    hidden, weight = torch.randn(150, 32, requires_grad=True), torch.randn(100, 32, requires_grad=True)
+    target = torch.randint(1, 100, (150,))
+    with RowCounts() as recorded:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = linear_cross_entropy(hidden, weight, target, 0, 0.1, chunk_rows=128)
+        loss.backward()
+    assert recorded.seen == {128, LOW_PRECISION_CPU_ROW_MULTIPLE}, recorded.seen  # 150 rows: 128 and 22 padded to 64
+    assert hidden.grad.shape == (150, 32) and torch.isfinite(hidden.grad).all()
+
+
 def test_fused_loss_with_a_frozen_table_computes_no_table_gradient():
     """LoRA and --model.freeze embeddings: the hidden states' gradient is unchanged, the table's is never built."""
     torch.manual_seed(2)
