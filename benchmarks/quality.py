@@ -4,7 +4,7 @@
     python benchmarks/quality.py --budget-minutes 18           # both systems, 18 minutes of training each
     python benchmarks/quality.py --budget-minutes 18 --fs2mini-recipe recipes/bible_budget.py \\
         --systems fs2mini hf hf-tuned                          # the recipe against HF's defaults and HF tuned
-    python benchmarks/quality.py --budget-minutes 18 --fs2mini-recipe recipes/bible_budget.py \
+    python benchmarks/quality.py --budget-minutes 18 --fs2mini-recipe recipes/bible_budget.py \\
         --systems hf --label L                                 # add HF's defaults to label L's recipe run (its tokenizer)
     python benchmarks/quality.py --systems fs2mini --label no-attn-dropout \\
         --fs2mini-model.attention-dropout-p 0                  # one ablation, added to the JSON by its label
@@ -33,7 +33,9 @@ gets batch lengths in multiples of 8, as fs2mini's runs do (`fs2mini.data.shaped
 `DataCollatorForSeq2Seq(pad_to_multiple_of=8)`, which spares the CPU's bf16 kernels a compilation per shape).
 
 Results are merged into `--output` (JSON) under `--label`, so ablations accumulate in one file; the
-table printed at the end shows every labelled run in it.
+table printed at the end shows every labelled run in it. In budget mode `--systems` without fs2mini adds
+Hugging Face systems to the label's recipe run made earlier: they train on its tokenizer with the same
+settings (any other difference than the recipe's own flags is refused), and each records its machine.
 """
 
 from __future__ import annotations
@@ -101,7 +103,8 @@ class QualityConfig:
     budget_minutes: float = 0.0
     """Train each system for this many minutes of wall-clock time instead of a fixed number of updates."""
     systems: tuple[Literal["fs2mini", "hf", "hf-tuned"], ...] = ("fs2mini", "hf")
-    """Which systems to run, in this order (hf-tuned: HF with bf16 autocast where native and --hf-tuned-lr)."""
+    """Which systems to run, in this order (hf-tuned: HF with bf16 autocast where native and --hf-tuned-lr).
+    With --fs2mini-recipe, fs2mini comes first, or is left out to add HF systems to --label's recipe run."""
     fs2mini_model: ModelConfig = SHAPE
     """fs2mini's model (change its dropouts for ablations; keep the sizes for equal terms)."""
     hf_attention_dropout: float = 0.0
@@ -365,29 +368,23 @@ def main(cfg: QualityConfig) -> None:
         label = f"{cfg.task}-{label}"
     if cfg.average_last and cfg.fs2mini_recipe is None:
         sys.exit("quality.py: --average-last averages the checkpoints of a recipe run; give --fs2mini-recipe too")
-    if cfg.fs2mini_recipe is not None and (cfg.budget_minutes <= 0 or cfg.systems[0] != "fs2mini" and "fs2mini" in cfg.systems):
+    if cfg.fs2mini_recipe is not None and (cfg.budget_minutes <= 0 or ("fs2mini" in cfg.systems and cfg.systems[0] != "fs2mini")):
         sys.exit("quality.py: --fs2mini-recipe needs --budget-minutes and fs2mini as the first of --systems "
                  "(or, to add Hugging Face systems to a recipe run already made, no fs2mini)")
-    everything = json.loads(cfg.output.read_text()) if cfg.output.exists() else {}
     settings = {k: v for k, v in asdict(cfg).items() if k not in ("systems", "label", "output")}
     adding = cfg.fs2mini_recipe is not None and "fs2mini" not in cfg.systems
-    added_on = None
     if cfg.fs2mini_recipe is not None:  # a fresh run directory; HF then shares the tokenizer that the recipe trains
         recipe_run_dir = Path(".cache/quality-runs") / label
-        if adding and not ((recipe_run_dir / "tokenizer.model").exists() and label in everything):
-            sys.exit(f"quality.py: --systems without fs2mini adds systems to the recipe run of --label {label}, but "
-                     f"{recipe_run_dir}/tokenizer.model or that label in {cfg.output} is missing; expected the label of "
-                     "a run made with fs2mini first")
         if not adding:
             shutil.rmtree(recipe_run_dir, ignore_errors=True)
         settings.update(recipe_run_dir=str(recipe_run_dir.resolve()), fs2mini_recipe=str(cfg.fs2mini_recipe))
         tokenizer_path = recipe_run_dir.resolve() / "tokenizer.model"
+        if adding:
+            check_addable(label, settings, tokenizer_path, cfg.output)
     else:
         tokenizer_path = quality_tokenizer(TASKS[cfg.task], cfg.vocab_size).model_path
-    results = {"settings": settings, "machine": machine_info(cfg.device), "systems": {}}
-    if adding:  # the label's recipe run and earlier systems stay; each added one records its own machine
-        results = everything[label]
-        added_on = {"machine": machine_info(cfg.device), "settings": settings}
+    machine = machine_info(cfg.device)
+    results = {"settings": settings, "machine": machine, "systems": {}}
     for system in cfg.systems:
         job = {**settings, "system": system, "tokenizer": str(tokenizer_path)}
         if system == "hf-tuned":  # what a HF user can set: bf16 autocast where it is native, the recipe's peak lr
@@ -397,13 +394,17 @@ def main(cfg: QualityConfig) -> None:
         done = run_worker(job)
         averaged = done.pop("averaged", None)
         for result in (done, averaged) if averaged else (done,):
-            results["systems"][result["system"]] = {**result, "added_later": added_on} if adding else result
+            results["systems"][result["system"]] = {**result, "added_to_run": {"machine": machine}} if adding else result
             first = next(name for name, _, _ in DECODINGS if name in result)
             print(f"[{label}] {result['system']}: {result['updates']} updates in {result['train_s']:.0f}s, {first} "
                   f"{cfg.split} BLEU {result[first]['bleu']:.2f}, hyp/ref {result[first]['length_ratio']:.3f}",
                   file=sys.stderr, flush=True)
-    everything = json.loads(cfg.output.read_text()) if cfg.output.exists() else {}  # again: another run may have written
-    everything[label] = results
+    everything = json.loads(cfg.output.read_text()) if cfg.output.exists() else {}  # now: another run may have written
+    if adding:  # the label's recipe run and its other systems stay
+        everything[label]["systems"].update(results["systems"])
+        results = everything[label]
+    else:
+        everything[label] = results
     cfg.output.write_text(json.dumps(everything, indent=1, default=str) + "\n")
     print_table(everything)
     for other in ("hf", "hf-tuned"):
@@ -413,6 +414,29 @@ def main(cfg: QualityConfig) -> None:
                 print(f"[{label}] {decoding} {cfg.split} BLEU fs2mini / {other} = {fs2:.2f} / {hf:.2f} = "
                       f"{fs2 / max(hf, 1e-9):.2f}x; updates {results['systems']['fs2mini']['updates']} / "
                       f"{results['systems'][other]['updates']}")
+
+
+SETTINGS_OF_THE_RECIPE_RUN_ONLY = ("recipe_args", "recipe_checkpoint", "average_last", "decodings")
+"""Settings that only concern the recipe's own run and decoding: they may differ when systems are added to it."""
+
+
+def check_addable(label: str, settings: dict, tokenizer_path: Path, output: Path) -> None:
+    """Exit with one line unless `label` in `output` is a recipe run made earlier with the same settings
+    (but `SETTINGS_OF_THE_RECIPE_RUN_ONLY`) whose tokenizer is still there: what added systems train on."""
+    everything = json.loads(output.read_text()) if output.exists() else {}
+    if label not in everything:
+        sys.exit(f"quality.py: --systems without fs2mini adds systems to the recipe run of --label {label}, which is not "
+                 f"in {output}; expected the label of a run made with fs2mini first")
+    if not tokenizer_path.exists():
+        sys.exit(f"quality.py: the recipe run of --label {label} has no {tokenizer_path} any more; expected the run "
+                 "directory that run left in .cache/quality-runs")
+    earlier = everything[label]["settings"]
+    normal = lambda value: json.loads(json.dumps(value, default=str))  # noqa: E731  (tuples and paths as the JSON has them)
+    differing = [key for key in settings if key not in SETTINGS_OF_THE_RECIPE_RUN_ONLY
+                 and normal(settings[key]) != normal(earlier.get(key))]
+    if differing:
+        flags = ", ".join(f"--{key.replace('_', '-')} {earlier.get(key)!r} there, {settings[key]!r} here" for key in differing)
+        sys.exit(f"quality.py: added systems must train as the recipe run of --label {label} did; differing: {flags}")
 
 
 def print_table(everything: dict) -> None:

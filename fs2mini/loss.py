@@ -26,11 +26,13 @@ function 320 ms. Chunks of 128–1024 rows were within noise of each other, one 
 slower: smaller chunks re-read the weight more often, larger ones fall out of cache."""
 
 LOW_PRECISION_CPU_ROW_MULTIPLE = 64
-"""On CPU in bf16/fp16 the last chunk is padded with zero rows to a multiple of this many. oneDNN compiles a
-kernel for each new matmul shape (5–7 ms, docs/performance.md), and the last chunk has the batch's
-target-token count mod `CHUNK_ROWS` rows, new at almost every update: three compilations per update
-for its three matmuls. Padded to 64 rows there are 8 sizes, compiled once; the pad rows (32 on average)
-cost less than a percent of the loss's matmuls. fp32 (MKL) and CUDA compile nothing per shape: no padding."""
+"""On CPU in bf16/fp16 a chunk is padded with zero rows to a multiple of this many (with `CHUNK_ROWS`, only
+the last chunk needs it). oneDNN compiles a kernel for each new matmul shape (5–7 ms, docs/performance.md),
+and the last chunk has the batch's target-token count mod `CHUNK_ROWS` rows, so its three matmuls kept
+bringing shapes the kernel cache had dropped: over 300 `model:medium` updates, compilations fell from 165
+to 78 per 100 updates late in the run and the process from 2,578 to 1,538 MB with the padding. Padded to
+64 rows there are 8 sizes; the pad rows (32 on average) cost about 2% of the loss's matmuls at 2048-token
+batches. fp32 (MKL) and CUDA compile nothing per shape: no padding."""
 
 
 @torch.compiler.disable
@@ -51,12 +53,14 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, pad_idx
         # vocabulary-sized matmuls would run in fp32 (the weight gradient's `addmm_` is not autocast):
         # a medium training step went from 2,182 to 2,296 target tokens/s (bf16, one core, docs/performance.md).
         rows = rows.to(torch.get_autocast_dtype(rows.device.type))
+    # Under no_grad (validation) autograd still reports the parameters' requires_grad to the Function, so
+    # whether gradients are wanted is passed in: otherwise validation computed them, three times the matmuls.
     return _LinearCrossEntropy.apply(rows, weight, target.reshape(-1)[keep], label_smoothing, chunk_rows,
-                                     last_chunk_multiple(rows))
+                                     last_chunk_multiple(rows), torch.is_grad_enabled())
 
 
 def last_chunk_multiple(rows: Tensor) -> int:
-    """Rows the last chunk is padded to a multiple of: `LOW_PRECISION_CPU_ROW_MULTIPLE` where oneDNN would
+    """Rows a chunk is padded to a multiple of: `LOW_PRECISION_CPU_ROW_MULTIPLE` where oneDNN would
     compile its matmuls for each new row count (bf16/fp16 on CPU), else 1."""
     low_precision = rows.dtype in (torch.bfloat16, torch.float16)
     return LOW_PRECISION_CPU_ROW_MULTIPLE if low_precision and rows.device.type == "cpu" else 1
@@ -99,11 +103,11 @@ def _chunk_terms(chunk: Tensor, weight: Tensor, gold: Tensor, loss_dtype: torch.
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, rows: Tensor, weight: Tensor, target: Tensor, label_smoothing: float, chunk_rows: int,
-                row_multiple: int = 1) -> Tensor:
-        need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+                row_multiple: int, grad_enabled: bool) -> Tensor:
+        need_grad = grad_enabled and (ctx.needs_input_grad[0] or ctx.needs_input_grad[1])
         # A frozen table (LoRA, --model.freeze embeddings) needs no vocab × dim gradient: for NLLB's 256k
         # pieces that is 1 GB written and a third of the loss's matmuls saved.
-        need_grad_weight = ctx.needs_input_grad[1]
+        need_grad_weight = grad_enabled and ctx.needs_input_grad[1]
         vocab, weight_dtype = weight.size(0), weight.dtype
         loss_dtype = torch.promote_types(rows.dtype, torch.float32)  # bf16/fp16 logits are summed in fp32
         loss = torch.zeros((), dtype=loss_dtype, device=rows.device)
@@ -114,7 +118,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             chunk = rows[start : start + chunk_rows]
             gold = target[start : start + chunk_rows].unsqueeze(1)
             real = chunk.size(0)
-            if real % row_multiple:  # the last chunk: zero rows (gold 0) up to a size whose kernels are compiled
+            if real % row_multiple:  # zero rows (gold 0) up to a size whose kernels are compiled already
                 pad = -real % row_multiple
                 chunk = torch.cat([chunk, chunk.new_zeros(pad, chunk.size(1))])
                 gold = torch.cat([gold, gold.new_zeros(pad, 1)])
@@ -124,7 +128,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 # d loss / d logits = softmax - (1-ε)·onehot(gold) - ε/V, written over the logits buffer.
                 grad_logits = logits.div_(total).sub_(label_smoothing / vocab)
                 grad_logits.scatter_add_(1, gold, torch.full_like(gold, label_smoothing - 1.0, dtype=grad_logits.dtype))
-                grad_logits[real:] = 0  # pad rows: no gradient for the table
+                if real < chunk.size(0):
+                    grad_logits[real:] = 0  # pad rows: no gradient for the table
                 grad_logits = grad_logits.to(chunk.dtype)
                 grad_rows[start : start + real] = (grad_logits @ weight)[:real]
                 if grad_weight is None:
@@ -141,4 +146,4 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_loss: Tensor):
         grad_rows, grad_weight = ctx.saved_tensors
         return (grad_rows * grad_loss.to(grad_rows.dtype),
-                grad_weight * grad_loss.to(grad_weight.dtype) if grad_weight is not None else None, None, None, None, None)
+                grad_weight * grad_loss.to(grad_weight.dtype) if grad_weight is not None else None, None, None, None, None, None)

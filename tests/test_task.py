@@ -48,22 +48,49 @@ def test_fused_loss_and_gradients_match_pytorch_cross_entropy(eps, chunk_rows):
     assert grads[0][1, 6:].abs().sum() == 0  # pad positions get no gradient
 
 
-@pytest.mark.parametrize("row_multiple", [4, 64])
-def test_padding_the_last_chunk_changes_neither_loss_nor_gradients(row_multiple):
-    """The last chunk's zero rows (bf16 on CPU: its row count a multiple of 64, so oneDNN's kernels are reused)
-    add nothing to the loss, the table's gradient or the real rows' gradients."""
+@pytest.mark.parametrize("row_multiple,frozen_table", [(4, False), (64, False), (64, True)])
+def test_padding_chunks_changes_neither_loss_nor_gradients(row_multiple, frozen_table):
+    """Zero rows padding a chunk (bf16 on CPU: the last chunk's row count a multiple of 64, so oneDNN's kernels
+    are reused) add nothing to the loss, the table's gradient or the real rows' gradients."""
     from fs2mini.loss import _LinearCrossEntropy
 
     torch.manual_seed(4)
     rows = torch.randn(23, 16, dtype=torch.float64, requires_grad=True)
-    weight = torch.randn(50, 16, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(50, 16, dtype=torch.float64, requires_grad=not frozen_table)
     target = torch.randint(1, 50, (23,))
+    inputs = [rows] if frozen_table else [rows, weight]
     results = []
     for multiple in (1, row_multiple):
-        loss = _LinearCrossEntropy.apply(rows, weight, target, 0.1, 10, multiple)
-        results.append((loss, *torch.autograd.grad(1.5 * loss, [rows, weight])))
+        loss = _LinearCrossEntropy.apply(rows, weight, target, 0.1, 10, multiple, True)
+        results.append((loss, *torch.autograd.grad(1.5 * loss, inputs)))
     for padded, plain in zip(results[1], results[0]):
         torch.testing.assert_close(padded, plain, rtol=1e-12, atol=1e-12)
+
+
+def test_fused_loss_under_no_grad_multiplies_only_the_logits():
+    """Validation (no_grad) gets the loss from one matmul per chunk, no gradient matmuls: autograd still tells
+    the Function that the table requires grad there, so the grad mode is passed in."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Matmuls(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm, torch.ops.aten.addmm_):
+                self.count += 1
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(6)
+    hidden = torch.randn(40, 16, requires_grad=True)
+    weight = torch.nn.Parameter(torch.randn(30, 16))
+    target = torch.randint(1, 30, (40,))
+    with_grad = linear_cross_entropy(hidden, weight, target, 0, 0.1, chunk_rows=16)
+    with torch.no_grad(), Matmuls() as recorded:
+        without = linear_cross_entropy(hidden, weight, target, 0, 0.1, chunk_rows=16)
+    assert recorded.count == 3  # 40 rows: chunks of 16, 16 and 8, one matmul each
+    torch.testing.assert_close(without, with_grad.detach())
 
 
 def test_bf16_fused_loss_on_cpu_multiplies_row_counts_in_multiples_of_64():
