@@ -56,10 +56,10 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, pad_idx
     # Under no_grad (validation) autograd still reports the parameters' requires_grad to the Function, so
     # whether gradients are wanted is passed in: otherwise validation computed them, three times the matmuls.
     return _LinearCrossEntropy.apply(rows, weight, target.reshape(-1)[keep], label_smoothing, chunk_rows,
-                                     last_chunk_multiple(rows), torch.is_grad_enabled())
+                                     chunk_row_multiple(rows), torch.is_grad_enabled())
 
 
-def last_chunk_multiple(rows: Tensor) -> int:
+def chunk_row_multiple(rows: Tensor) -> int:
     """Rows a chunk is padded to a multiple of: `LOW_PRECISION_CPU_ROW_MULTIPLE` where oneDNN would
     compile its matmuls for each new row count (bf16/fp16 on CPU), else 1."""
     low_precision = rows.dtype in (torch.bfloat16, torch.float16)

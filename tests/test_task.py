@@ -4,12 +4,26 @@ cross-entropy (value and gradients), summed over non-pad tokens."""
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from fs2mini.data import collate
 from fs2mini.loss import linear_cross_entropy, linear_token_nll
 from fs2mini.model import ModelConfig, build_model
 from fs2mini.task import Seq2Seq
 from fs2mini.vocab import VocabInfo
+
+
+class MatmulOperands(TorchDispatchMode):
+    """Records the two matrix operands of every `mm`/`addmm`/`addmm_` run inside it: what the fused loss multiplies."""
+
+    def __init__(self):
+        super().__init__()
+        self.operands: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm, torch.ops.aten.addmm_):
+            self.operands.append((args[-2], args[-1]))
+        return func(*args, **(kwargs or {}))
 
 
 def test_fused_loss_equals_hand_computed_label_smoothed_cross_entropy():
@@ -70,53 +84,30 @@ def test_padding_chunks_changes_neither_loss_nor_gradients(row_multiple, frozen_
 def test_fused_loss_under_no_grad_multiplies_only_the_logits():
     """Validation (no_grad) gets the loss from one matmul per chunk, no gradient matmuls: autograd still tells
     the Function that the table requires grad there, so the grad mode is passed in."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Matmuls(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.count = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm, torch.ops.aten.addmm_):
-                self.count += 1
-            return func(*args, **(kwargs or {}))
-
     torch.manual_seed(6)
     hidden = torch.randn(40, 16, requires_grad=True)
     weight = torch.nn.Parameter(torch.randn(30, 16))
     target = torch.randint(1, 30, (40,))
     with_grad = linear_cross_entropy(hidden, weight, target, 0, 0.1, chunk_rows=16)
-    with torch.no_grad(), Matmuls() as recorded:
+    with torch.no_grad(), MatmulOperands() as recorded:
         without = linear_cross_entropy(hidden, weight, target, 0, 0.1, chunk_rows=16)
-    assert recorded.count == 3  # 40 rows: chunks of 16, 16 and 8, one matmul each
+    assert len(recorded.operands) == 3  # 40 rows: chunks of 16, 16 and 8, one matmul each
     torch.testing.assert_close(without, with_grad.detach())
 
 
 def test_bf16_fused_loss_on_cpu_multiplies_row_counts_in_multiples_of_64():
-    from torch.utils._python_dispatch import TorchDispatchMode
-
     from fs2mini.loss import LOW_PRECISION_CPU_ROW_MULTIPLE
-
-    class RowCounts(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.seen = set()
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm_):
-                a, b = args[-2], args[-1]
-                self.seen.add(b.size(0) if a.size(0) == 100 else a.size(0))  # table gradient: rows are the inner size
-            return func(*args, **(kwargs or {}))
 
     torch.manual_seed(5)
     hidden, weight = torch.randn(150, 32, requires_grad=True), torch.randn(100, 32, requires_grad=True)
     target = torch.randint(1, 100, (150,))
-    with RowCounts() as recorded:
+    with MatmulOperands() as recorded:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             loss = linear_cross_entropy(hidden, weight, target, 0, 0.1, chunk_rows=128)
         loss.backward()
-    assert recorded.seen == {128, LOW_PRECISION_CPU_ROW_MULTIPLE}, recorded.seen  # 150 rows: 128 and 22 padded to 64
+    # the rows of each matmul (the table gradient's: its inner size, the table having 100 rows)
+    rows = {b.size(0) if a.size(0) == 100 else a.size(0) for a, b in recorded.operands}
+    assert rows == {128, LOW_PRECISION_CPU_ROW_MULTIPLE}, rows  # 150 rows: 128, and 22 padded to 64
     assert hidden.grad.shape == (150, 32) and torch.isfinite(hidden.grad).all()
 
 
@@ -163,29 +154,18 @@ def test_fused_loss_under_bf16_autocast_multiplies_in_bf16_with_fp32_gradients()
     """Every vocabulary-sized matmul of the loss runs in bf16 under autocast, the weight gradient's too (its
     in-place `addmm_` is not autocast: fed fp32 rows by the last layer norm it ran in fp32, 5% of a step), while
     the gradients stay close to fp32's."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class MatmulDtypes(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.seen = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm, torch.ops.aten.addmm_):
-                self.seen.append(args[-2].dtype)
-            return func(*args, **(kwargs or {}))
-
     torch.manual_seed(3)
     hidden, weight = torch.randn(64, 32, requires_grad=True), torch.randn(100, 32, requires_grad=True)
     target = torch.randint(1, 100, (64,))
     linear_cross_entropy(hidden, weight, target, 0, 0.1, chunk_rows=16).backward()
     exact = hidden.grad.clone(), weight.grad.clone()
     hidden.grad = weight.grad = None
-    with MatmulDtypes() as recorded:
+    with MatmulOperands() as recorded:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             loss = linear_cross_entropy(hidden, weight, target, 0, 0.1, chunk_rows=16)
         loss.backward()
-    assert recorded.seen and set(recorded.seen) == {torch.bfloat16}, recorded.seen
+    dtypes = [a.dtype for a, _ in recorded.operands]
+    assert dtypes and set(dtypes) == {torch.bfloat16}, dtypes
     assert hidden.grad.dtype == weight.grad.dtype == torch.float32
     torch.testing.assert_close(hidden.grad, exact[0], rtol=0, atol=2e-2 * exact[0].abs().max().item())
     torch.testing.assert_close(weight.grad, exact[1], rtol=0, atol=2e-2 * exact[1].abs().max().item())
