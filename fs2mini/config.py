@@ -62,6 +62,9 @@ class TrainerConfig:
     """Number of optimizer updates to make (the default run is bounded by --trainer.max-time instead)."""
     max_epochs: int | None = None
     """Stop after this many passes over the training data, if reached before max_steps."""
+    dropout_from_epoch: int = 0
+    """Keep the model's dropout off for the first N passes over the training data: while every batch is text the
+    model has not seen yet there is nothing to overfit, and dropout only slows learning (0 = dropout from the start)."""
     grad_accum_steps: int = 1
     """Micro-batches per update; gradients are normalised by their total target tokens."""
     max_grad_norm: float = 1.0
@@ -153,6 +156,8 @@ def check_trainer_config(cfg: TrainerConfig) -> None:
     ])
     if cfg.max_epochs is not None and cfg.max_epochs <= 0:
         raise UserError(f"--trainer.max-epochs must be a positive integer, got {cfg.max_epochs}")
+    expect("--trainer.dropout-from-epoch", cfg.dropout_from_epoch, cfg.dropout_from_epoch >= 0,
+           "an integer >= 0 (0 = dropout from the first update)")
     if cfg.max_grad_norm < 0:
         raise UserError(f"--trainer.max-grad-norm must be >= 0, got {cfg.max_grad_norm}")
     expect("--trainer.max-grad-norm", cfg.max_grad_norm, finite(cfg.max_grad_norm), "a finite number >= 0 (0 disables clipping)")

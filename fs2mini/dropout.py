@@ -24,9 +24,16 @@ class Dropout(nn.Module):
         if not 0.0 <= p < 1.0:
             raise ValueError(f"dropout probability must be in [0, 1), got {p}")
         self.p = p
+        self.enabled = True
+        """False while the trainer holds dropout off (`set_dropout_enabled`); eval mode turns it off too."""
+
+    @property
+    def dropping(self) -> bool:
+        """Whether this layer drops anything now: training, enabled and p > 0."""
+        return self.training and self.enabled and self.p > 0.0
 
     def forward(self, x: Tensor) -> Tensor:
-        if not self.training or self.p == 0.0:
+        if not self.dropping:
             return x
         if x.device.type != "cpu":
             return F.dropout(x, self.p, training=True)
@@ -34,6 +41,15 @@ class Dropout(nn.Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
+
+
+def set_dropout_enabled(model: nn.Module, enabled: bool) -> int:
+    """Switch every fs2mini `Dropout` layer of `model` on or off; returns how many layers there are
+    (0 tells the caller that a custom model's own dropout layers, e.g. `nn.Dropout`, cannot be switched)."""
+    layers = [m for m in model.modules() if isinstance(m, Dropout)]
+    for layer in layers:
+        layer.enabled = enabled
+    return len(layers)
 
 
 def keep_mask(shape: torch.Size, p: float) -> Tensor:

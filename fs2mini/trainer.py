@@ -30,6 +30,7 @@ from fs2mini.config import TrainConfig, TrainerConfig, as_started, check_config,
 from fs2mini.data import RunDirections, Seq2SeqBatch, epoch_batches
 from fs2mini.distributed import (DistEnv, all_reduce_max, all_reduce_sum, barrier, full_state_dicts, gradient_sync, init_distributed,
                                  shutdown, weights_finite)
+from fs2mini.dropout import set_dropout_enabled
 from fs2mini.errors import UserError, finite
 from fs2mini.host_memory import keep_freed_memory
 from fs2mini.metrics import ProgressDisplay, RunClock, TokenRate
@@ -191,6 +192,7 @@ def _loop(cfg: TrainConfig, parts: Components, state: TrainState, validate_now: 
     clock = RunClock(state)
     batches = epoch_batches(parts.train_batches, state.epoch, state.position)
     parts.model.train()
+    dropout_on = _switch_dropout(parts.model, state.epoch, tc, display)
     if state.step == 0:
         validate_now(state.step, state.elapsed_s)  # the untrained baseline, so the curve starts where training does
     speed = TokenRate()
@@ -199,6 +201,8 @@ def _loop(cfg: TrainConfig, parts: Components, state: TrainState, validate_now: 
         batches, micro_batches = _next_update(parts, state, tc, batches, display, env, device)
         if micro_batches is None:  # --trainer.max-epochs reached
             break
+        if dropout_on != (state.epoch >= tc.dropout_from_epoch):
+            dropout_on = _switch_dropout(parts.model, state.epoch, tc, display)
         state.position = micro_batches[-1][0]
         state.step += 1
         lr = parts.lr_at(state.step, min(1.0, budget_elapsed_s / tc.max_seconds) if tc.max_seconds else 0.0)
@@ -248,6 +252,20 @@ def _loop(cfg: TrainConfig, parts: Components, state: TrainState, validate_now: 
         clock.tick()
         saver.save()
     display.message(f"done: {state.step} steps, checkpoints in {cfg.run_dir / CHECKPOINT_DIR}")
+
+
+def _switch_dropout(model: nn.Module, epoch: int, tc: TrainerConfig, display: ProgressDisplay) -> bool:
+    """Dropout on from epoch `--trainer.dropout-from-epoch` on, off before it; returns whether it is on.
+    Derived from the epoch alone, so a resumed run switches where the uninterrupted one did."""
+    on = epoch >= tc.dropout_from_epoch
+    if tc.dropout_from_epoch == 0:
+        return on
+    if set_dropout_enabled(model, on) == 0:
+        raise UserError(f"--trainer.dropout-from-epoch {tc.dropout_from_epoch}: the model has no fs2mini.dropout.Dropout "
+                        "layers to switch (a custom model must use them; 0 leaves dropout as the model has it)")
+    if on and epoch > 0:
+        display.message(f"epoch {epoch}: dropout on (--trainer.dropout-from-epoch {tc.dropout_from_epoch})")
+    return on
 
 
 def _already_finished(state: TrainState, tc: TrainerConfig, display: ProgressDisplay) -> bool:

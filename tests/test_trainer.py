@@ -10,6 +10,7 @@ from fs2mini.checkpoint import list_checkpoints, load_checkpoint
 from fs2mini.config import load_config
 from fs2mini.errors import UserError
 from helpers import read_metrics
+from synthetic import write_reversal_tsv
 from fs2mini.optim import CosineConfig
 from fs2mini.trainer import train
 
@@ -140,3 +141,43 @@ def test_compiled_training_matches_eager(reversal_tsv, tokenizer_cache, tmp_path
     assert losses[1] == pytest.approx(losses[0], rel=1e-4)
     names = [set(load_checkpoint(run / "checkpoints" / "step_00000003.pt")["model"]) for run in (eager, compiled)]
     assert names[0] == names[1]
+
+
+def test_dropout_from_epoch_keeps_dropout_off_until_that_epoch_and_resumes_exactly(tmp_path, tokenizer_cache):
+    """--trainer.dropout-from-epoch 1: epoch 0 trains exactly as a model without dropout (no mask drawn), epoch 1
+    drops; the switch follows the epoch alone, so a run stopped in epoch 0 and resumed ends bit-identical."""
+    tsv = write_reversal_tsv(tmp_path / "small.tsv", 300)
+
+    def run(name, dropout_p, dropout_from_epoch, max_steps):
+        cfg = tiny_config(tsv, tmp_path / name, tokenizer_cache, max_steps=max_steps, log_every=1, validate_every=100,
+                          checkpoint_every=4, valid_translate_sentences=0, dropout_from_epoch=dropout_from_epoch)
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, dropout_p=dropout_p))
+        run_dir = train(cfg)
+        return cfg, run_dir, [m for m in read_metrics(run_dir / "metrics.jsonl") if m["split"] == "train"]
+
+    _, _, plain = run("plain", 0.0, 0, 24)
+    first_epoch_steps = sum(1 for m in plain if m["epoch"] == 0)
+    assert 4 <= first_epoch_steps < 20, "the test needs epoch 1 inside 24 steps"
+    _, late_dir, late = run("late", 0.3, 1, 24)
+    _, _, always = run("always", 0.3, 0, 24)
+    epoch_0 = slice(0, first_epoch_steps)
+    assert [m["loss"] for m in late[epoch_0]] == [m["loss"] for m in plain[epoch_0]]
+    assert [m["loss"] for m in late[epoch_0]] != [m["loss"] for m in always[epoch_0]]
+    assert late[-1]["loss"] != plain[-1]["loss"]  # dropout on in epoch 1
+
+    first_part, resumed_dir, _ = run("resumed", 0.3, 1, 4)
+    train(dataclasses.replace(first_part, trainer=dataclasses.replace(first_part.trainer, max_steps=24)))
+    straight = load_checkpoint(late_dir / "checkpoints" / "step_00000024.pt")
+    resumed = load_checkpoint(resumed_dir / "checkpoints" / "step_00000024.pt")
+    for name, tensor in straight["model"].items():
+        assert torch.equal(tensor, resumed["model"][name]), name
+
+
+def test_dropout_from_epoch_refuses_a_model_without_fs2mini_dropout_layers():
+    """A custom model with `nn.Dropout` would silently keep dropping: the flag is refused with a sentence."""
+    from fs2mini.config import TrainerConfig
+    from fs2mini.trainer import _switch_dropout
+    custom = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.1))
+    with pytest.raises(UserError, match=r"--trainer.dropout-from-epoch 1: the model has no fs2mini.dropout.Dropout"):
+        _switch_dropout(custom, 0, TrainerConfig(dropout_from_epoch=1), display=None)
+    assert _switch_dropout(custom, 0, TrainerConfig(), display=None)  # 0 leaves the model as it is
