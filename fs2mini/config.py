@@ -200,7 +200,7 @@ class TrainConfig:
     optimizer: OptimizerChoice = AdamWConfig(lr=1.5e-3, weight_decay=1e-4)
     lr_scheduler: LRSchedulerChoice = InverseSqrtConfig(warmup_steps=500, cooldown_fraction=0.25)
     trainer: TrainerConfig = TrainerConfig(max_steps=100_000, max_time="12m", validate_every=500, checkpoint_every=500,
-                                           valid_translate_sentences=100)
+                                           valid_translate_sentences=100, dropout_from_epoch=1)
     init: Path | None = None
     """Start from this run directory's (or checkpoint file's) weights and tokenizer: fine-tuning. The optimizer,
     learning-rate schedule and step start afresh (an `fs2mini.hf import` directory works too)."""
