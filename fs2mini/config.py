@@ -63,8 +63,9 @@ class TrainerConfig:
     max_epochs: int | None = None
     """Stop after this many passes over the training data, if reached before max_steps."""
     dropout_from_epoch: int = 0
-    """Keep the model's dropout off for the first N passes over the training data: while every batch is text the
-    model has not seen yet there is nothing to overfit, and dropout only slows learning (0 = dropout from the start)."""
+    """Keep the model's dropout layers off for the first N passes over the training data: while every batch is text
+    the model has not seen yet there is nothing to overfit, and dropout only slows learning (0 = dropout from the
+    first update; docs/results.md, sweep 7)."""
     grad_accum_steps: int = 1
     """Micro-batches per update; gradients are normalised by their total target tokens."""
     max_grad_norm: float = 1.0

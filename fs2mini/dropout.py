@@ -24,13 +24,11 @@ class Dropout(nn.Module):
         if not 0.0 <= p < 1.0:
             raise ValueError(f"dropout probability must be in [0, 1), got {p}")
         self.p = p
-        self.enabled = True
-        """False while the trainer holds dropout off (`set_dropout_enabled`); eval mode turns it off too."""
 
     @property
     def dropping(self) -> bool:
-        """Whether this layer drops anything now: training, enabled and p > 0."""
-        return self.training and self.enabled and self.p > 0.0
+        """Whether this layer drops anything now: in training mode with p > 0."""
+        return self.training and self.p > 0.0
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.dropping:
@@ -44,11 +42,17 @@ class Dropout(nn.Module):
 
 
 def set_dropout_enabled(model: nn.Module, enabled: bool) -> int:
-    """Switch every fs2mini `Dropout` layer of `model` on or off; returns how many layers there are
-    (0 tells the caller that a custom model's own dropout layers, e.g. `nn.Dropout`, cannot be switched)."""
-    layers = [m for m in model.modules() if isinstance(m, Dropout)]
+    """Switch every dropout layer of `model` (fs2mini's `Dropout`, torch's `nn.Dropout` family) off, by
+    setting its p to 0 (so no mask is drawn), or back on to the p it had; returns how many layers there
+    are (0: the model drops through functions such as `F.dropout(x, p)`, which cannot be switched).
+    p, not the training mode, is what changes, because validation's `eval()`/`train()` must not undo it."""
+    layers = [m for m in model.modules() if isinstance(m, (Dropout, nn.modules.dropout._DropoutNd))]
     for layer in layers:
-        layer.enabled = enabled
+        if not enabled and not hasattr(layer, "p_when_enabled"):
+            layer.p_when_enabled, layer.p = layer.p, 0.0
+        elif enabled and hasattr(layer, "p_when_enabled"):
+            layer.p = layer.p_when_enabled
+            del layer.p_when_enabled
     return len(layers)
 
 

@@ -261,9 +261,10 @@ def _switch_dropout(model: nn.Module, epoch: int, tc: TrainerConfig, display: Pr
     if tc.dropout_from_epoch == 0:
         return on
     if set_dropout_enabled(model, on) == 0:
-        raise UserError(f"--trainer.dropout-from-epoch {tc.dropout_from_epoch}: the model has no fs2mini.dropout.Dropout "
-                        "layers to switch (a custom model must use them; 0 leaves dropout as the model has it)")
-    if on and epoch > 0:
+        if not on:  # said once, where the flag would have acted
+            display.message(f"note: --trainer.dropout-from-epoch {tc.dropout_from_epoch} has no dropout layers to switch in "
+                            "this model (fs2mini.dropout.Dropout or nn.Dropout); its dropout stays as the model has it")
+    elif on and epoch > 0:
         display.message(f"epoch {epoch}: dropout on (--trainer.dropout-from-epoch {tc.dropout_from_epoch})")
     return on
 

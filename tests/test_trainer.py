@@ -173,11 +173,32 @@ def test_dropout_from_epoch_keeps_dropout_off_until_that_epoch_and_resumes_exact
         assert torch.equal(tensor, resumed["model"][name]), name
 
 
-def test_dropout_from_epoch_refuses_a_model_without_fs2mini_dropout_layers():
-    """A custom model with `nn.Dropout` would silently keep dropping: the flag is refused with a sentence."""
+def test_dropout_switch_covers_torch_dropout_layers_and_survives_eval_train():
+    """A custom model's `nn.Dropout` is switched too (p to 0 and back), and validation's eval()/train() does not
+    undo the switch; a model with no dropout layers to switch (functional dropout) gets one note, not an error."""
     from fs2mini.config import TrainerConfig
+    from fs2mini.dropout import Dropout
     from fs2mini.trainer import _switch_dropout
-    custom = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.1))
-    with pytest.raises(UserError, match=r"--trainer.dropout-from-epoch 1: the model has no fs2mini.dropout.Dropout"):
-        _switch_dropout(custom, 0, TrainerConfig(dropout_from_epoch=1), display=None)
-    assert _switch_dropout(custom, 0, TrainerConfig(), display=None)  # 0 leaves the model as it is
+
+    class Notes:
+        def __init__(self):
+            self.lines = []
+
+        def message(self, line):
+            self.lines.append(line)
+
+    custom = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.3), Dropout(0.2))
+    late = TrainerConfig(dropout_from_epoch=1)
+    assert not _switch_dropout(custom, 0, late, Notes())
+    custom.eval()
+    custom.train()
+    assert (custom[1].p, custom[2].p) == (0.0, 0.0)
+    x = torch.ones(4, 2)
+    assert torch.equal(custom[1](x), x) and torch.equal(custom[2](x), x)
+    assert _switch_dropout(custom, 1, late, Notes())
+    assert (custom[1].p, custom[2].p) == (0.3, 0.2)
+
+    notes = Notes()
+    _switch_dropout(torch.nn.Linear(2, 2), 0, late, notes)
+    _switch_dropout(torch.nn.Linear(2, 2), 1, late, notes)
+    assert len(notes.lines) == 1 and "--trainer.dropout-from-epoch 1 has no dropout layers" in notes.lines[0]
