@@ -25,13 +25,8 @@ class Dropout(nn.Module):
             raise ValueError(f"dropout probability must be in [0, 1), got {p}")
         self.p = p
 
-    @property
-    def dropping(self) -> bool:
-        """Whether this layer drops anything now: in training mode with p > 0."""
-        return self.training and self.p > 0.0
-
     def forward(self, x: Tensor) -> Tensor:
-        if not self.dropping:
+        if not self.training or self.p == 0.0:
             return x
         if x.device.type != "cpu":
             return F.dropout(x, self.p, training=True)
@@ -51,8 +46,7 @@ def set_dropout_enabled(model: nn.Module, enabled: bool) -> int:
         if not enabled and not hasattr(layer, "p_when_enabled"):
             layer.p_when_enabled, layer.p = layer.p, 0.0
         elif enabled and hasattr(layer, "p_when_enabled"):
-            layer.p = layer.p_when_enabled
-            del layer.p_when_enabled
+            layer.p = layer.__dict__.pop("p_when_enabled")
     return len(layers)
 
 

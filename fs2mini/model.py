@@ -319,11 +319,11 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: b
     1.1 ms vs 0.5 ms; in fp32 the kernel is the faster one and is kept).
     `mask` is True where a key may be attended to; no row may be fully masked.
     """
-    dropping = dropout.dropping
+    dropping = dropout.training and dropout.p > 0
     if not (q.device.type == "cpu" and (dropping or q.dtype in (torch.bfloat16, torch.float16))):
         with sdpa_kernel(CUDA_SDPA_BACKENDS) if q.is_cuda else contextlib.nullcontext():
             return F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, dropout_p=dropout.p if dropping else 0.0, is_causal=is_causal
+                q, k, v, attn_mask=mask, dropout_p=dropout.p if dropout.training else 0.0, is_causal=is_causal
             )
     scores = (q * q.size(-1) ** -0.5) @ k.transpose(-2, -1)
     if is_causal:

@@ -192,7 +192,7 @@ def _loop(cfg: TrainConfig, parts: Components, state: TrainState, validate_now: 
     clock = RunClock(state)
     batches = epoch_batches(parts.train_batches, state.epoch, state.position)
     parts.model.train()
-    dropout_on = _switch_dropout(parts.model, state.epoch, tc, display)
+    dropout_on = None  # switched at the first update and when an epoch starts (--trainer.dropout-from-epoch)
     if state.step == 0:
         validate_now(state.step, state.elapsed_s)  # the untrained baseline, so the curve starts where training does
     speed = TokenRate()
@@ -201,8 +201,8 @@ def _loop(cfg: TrainConfig, parts: Components, state: TrainState, validate_now: 
         batches, micro_batches = _next_update(parts, state, tc, batches, display, env, device)
         if micro_batches is None:  # --trainer.max-epochs reached
             break
-        if dropout_on != (state.epoch >= tc.dropout_from_epoch):
-            dropout_on = _switch_dropout(parts.model, state.epoch, tc, display)
+        if tc.dropout_from_epoch and dropout_on != (state.epoch >= tc.dropout_from_epoch):
+            dropout_on = _switch_dropout(parts.model, state.epoch >= tc.dropout_from_epoch, tc, display)
         state.position = micro_batches[-1][0]
         state.step += 1
         lr = parts.lr_at(state.step, min(1.0, budget_elapsed_s / tc.max_seconds) if tc.max_seconds else 0.0)
@@ -254,18 +254,12 @@ def _loop(cfg: TrainConfig, parts: Components, state: TrainState, validate_now: 
     display.message(f"done: {state.step} steps, checkpoints in {cfg.run_dir / CHECKPOINT_DIR}")
 
 
-def _switch_dropout(model: nn.Module, epoch: int, tc: TrainerConfig, display: ProgressDisplay) -> bool:
-    """Dropout on from epoch `--trainer.dropout-from-epoch` on, off before it; returns whether it is on.
-    Derived from the epoch alone, so a resumed run switches where the uninterrupted one did."""
-    on = epoch >= tc.dropout_from_epoch
-    if tc.dropout_from_epoch == 0:
-        return on
-    if set_dropout_enabled(model, on) == 0:
-        if not on:  # said once, where the flag would have acted
-            display.message(f"note: --trainer.dropout-from-epoch {tc.dropout_from_epoch} has no dropout layers to switch in "
-                            "this model (fs2mini.dropout.Dropout or nn.Dropout); its dropout stays as the model has it")
-    elif on and epoch > 0:
-        display.message(f"epoch {epoch}: dropout on (--trainer.dropout-from-epoch {tc.dropout_from_epoch})")
+def _switch_dropout(model: nn.Module, on: bool, tc: TrainerConfig, display: ProgressDisplay) -> bool:
+    """Dropout on or off by `--trainer.dropout-from-epoch`; returns `on`. The caller derives `on` from the epoch
+    alone, so a resumed run switches where the uninterrupted one did."""
+    if set_dropout_enabled(model, on) == 0 and not on:  # said once, where the flag would have acted
+        display.message(f"note: --trainer.dropout-from-epoch {tc.dropout_from_epoch} has no dropout layers to switch in "
+                        "this model (fs2mini.dropout.Dropout or nn.Dropout); its dropout stays as the model has it")
     return on
 
 

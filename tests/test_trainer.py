@@ -189,16 +189,16 @@ def test_dropout_switch_covers_torch_dropout_layers_and_survives_eval_train():
 
     custom = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.3), Dropout(0.2))
     late = TrainerConfig(dropout_from_epoch=1)
-    assert not _switch_dropout(custom, 0, late, Notes())
+    assert not _switch_dropout(custom, False, late, Notes())
     custom.eval()
     custom.train()
     assert (custom[1].p, custom[2].p) == (0.0, 0.0)
     x = torch.ones(4, 2)
     assert torch.equal(custom[1](x), x) and torch.equal(custom[2](x), x)
-    assert _switch_dropout(custom, 1, late, Notes())
+    assert _switch_dropout(custom, True, late, Notes())
     assert (custom[1].p, custom[2].p) == (0.3, 0.2)
 
     notes = Notes()
-    _switch_dropout(torch.nn.Linear(2, 2), 0, late, notes)
-    _switch_dropout(torch.nn.Linear(2, 2), 1, late, notes)
+    _switch_dropout(torch.nn.Linear(2, 2), False, late, notes)
+    _switch_dropout(torch.nn.Linear(2, 2), True, late, notes)
     assert len(notes.lines) == 1 and "--trainer.dropout-from-epoch 1 has no dropout layers" in notes.lines[0]
