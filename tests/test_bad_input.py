@@ -175,6 +175,8 @@ CASES = [
     Case("dropout out of range", ["--model.dropout-p", "1.0"], 2, "--model.dropout-p must be in [0, 1), got 1.0"),
     Case("negative warmup", ["--lr-scheduler.warmup-steps", "-1"], 2, "--lr-scheduler.warmup-steps must be >= 0, got -1"),
     Case("zero grad accumulation", ["--trainer.grad-accum-steps", "0"], 2, "--trainer.grad-accum-steps must be a positive integer"),
+    Case("negative dropout epoch", ["--trainer.dropout-from-epoch", "-1"], 2,
+         "--trainer.dropout-from-epoch -1: expected an integer >= 0"),
     Case("unknown device", ["--trainer.device", "tpu9"], 2, "--trainer.device 'tpu9' is not a device"),
     Case("negative validation sentences", ["--trainer.valid-translate-sentences", "-1"], 2,
          "--trainer.valid-translate-sentences must be >= 0, got -1"),
