@@ -31,7 +31,13 @@ out evenly):
   under bf16 autocast, for every system: fs2mini built by `build_components` as a training run
   builds it, in a process that keeps freed memory (`fs2mini.host_memory`) as `fs2mini.train`'s
   does; the baselines with the same loss and optimizer, with glibc's default malloc settings; on
-  identical batches of real Bible verses cut by fs2mini's pipeline at a 4096-token budget;
+  identical batches of real Bible verses cut by fs2mini's pipeline at a 4096-token budget, shaped as
+  `fs2mini.train` shapes them for the step's precision (bf16: lengths padded to multiples of 8,
+  `fs2mini.data.shaped_for`, so a batch holds fewer real tokens; fp32: unpadded); steady state: the
+  timed batches are also run once untimed, since a long run meets its batch shapes again and the
+  one-time costs of a new shape (oneDNN compiles a bf16 kernel per matmul shape on CPU, ~5 ms each;
+  kernel plans and allocator growth on CUDA) are then paid (a real bf16 run on CPU still meets 1-2
+  new shapes per update, docs/performance.md);
   throughput in non-pad target tokens/s and non-pad source+target tokens/s, median over repeats, for SMALL and BASE (4096-token batches) and MEDIUM, the
   default run's model at the default run's 2048-token batches;
 - generation (SMALL and MEDIUM): greedy and beam-4 sentences/s on 200 test verses in batches of 50, with the output
@@ -72,7 +78,7 @@ import tyro
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fs2mini.corpus import BibleCorpus, corpus_languages, read_pairs, training_sentences  # noqa: E402
-from fs2mini.data import DataConfig, Seq2SeqBatch, Seq2SeqBatches, collate  # noqa: E402
+from fs2mini.data import LOW_PRECISION_LENGTH_MULTIPLE, DataConfig, Seq2SeqBatch, Seq2SeqBatches, collate, shaped_for  # noqa: E402
 from fs2mini.host_memory import keep_freed_memory  # noqa: E402
 from fs2mini.model import ARCHS, ModelConfig  # noqa: E402
 from fs2mini.pipeline import Skipped  # noqa: E402
@@ -103,11 +109,11 @@ class BenchConfig:
     repeats: int = 2
     """Alternating rounds of every system at every precision (training and generation); the median is reported."""
     small_steps: int = 5
-    """Timed training steps per SMALL run (after 2 warm-up steps)."""
+    """Timed training steps per SMALL run (after 2 warm-up steps and one untimed pass over the timed batches)."""
     medium_steps: int = 5
-    """Timed training steps per MEDIUM run (after 2 warm-up steps): the default run's model and batch size."""
+    """Timed training steps per MEDIUM run (likewise): the default run's model and batch size."""
     base_steps: int = 2
-    """Timed training steps per BASE run (after 1 warm-up step)."""
+    """Timed training steps per BASE run (after 1 warm-up step and a pass over the timed batches)."""
     compile: bool = False
     """Also measure fs2mini with torch.compile (inductor); its compile time is reported separately."""
     hf: bool = True
@@ -211,9 +217,10 @@ def train_worker(job: dict) -> dict:
     batches: list[Seq2SeqBatch] = [b.to(device) for b in torch.load(job["batches"], weights_only=False)]
     model, step = make_train_step(job["system"], cfg, job["tok"], device, bf16=job["precision"] == "bf16")
     timed = batches[job["warmup"] : job["warmup"] + job["steps"]]
-    # On CUDA a batch shape's first step pays one-time costs (kernel plans, allocator growth; with
-    # cuDNN attention ~0.3 s, see cuda_probe.py), so the timed batches are also run once untimed.
-    warmup = batches[: job["warmup"]] + (timed if device.type == "cuda" else [])
+    # A batch shape's first step pays one-time costs (oneDNN's bf16 kernels compiled per matmul shape
+    # on CPU; kernel plans and allocator growth on CUDA, with cuDNN attention ~0.3 s, see cuda_probe.py)
+    # that a long run, meeting its shapes again, does not: the timed batches are also run once untimed.
+    warmup = batches[: job["warmup"]] + timed
     start = time.perf_counter()
     for batch in warmup:
         step(batch)
@@ -450,14 +457,17 @@ def bench_tokenizer() -> tuple[Tokenizer, dict]:
     return tokenizer, tok
 
 
-def prepare(workdir: Path, steps_needed: int, num_gen: int, budgets: set[int]) -> tuple[dict, dict[int, Path], list[list[int]]]:
-    """Tokenizer (vocab 8000, cached), the shared training batches of each token budget, the generation sources."""
+def prepare(workdir: Path, steps_needed: int, num_gen: int, shapes: set[tuple[int, str]]
+            ) -> tuple[dict, dict[tuple[int, str], Path], list[list[int]]]:
+    """Tokenizer (vocab 8000, cached), the shared training batches of each (token budget, precision) as
+    `fs2mini.train` would cut them (`shaped_for`: bf16 pads lengths to multiples of 8), the generation sources."""
     tokenizer, tok = bench_tokenizer()
     paths = {}
-    for max_tokens in sorted(budgets):
-        stream = iter(Seq2SeqBatches(DataConfig(max_tokens=max_tokens), "train", tokenizer, seed=1, shuffle=True))
-        paths[max_tokens] = workdir / f"train_batches_{max_tokens}.pt"
-        torch.save([next(stream) for _ in range(steps_needed)], paths[max_tokens])
+    for max_tokens, precision in sorted(shapes):
+        data = shaped_for(DataConfig(max_tokens=max_tokens), low_precision=precision != "fp32")
+        stream = iter(Seq2SeqBatches(data, "train", tokenizer, seed=1, shuffle=True))
+        paths[max_tokens, precision] = workdir / f"train_batches_{max_tokens}_{precision}.pt"
+        torch.save([next(stream) for _ in range(steps_needed)], paths[max_tokens, precision])
     test_sources = [source for source, _ in read_pairs(BibleCorpus(), "test", Skipped())][:num_gen]
     sources = tokenizer.encode_source(test_sources, tokenizer.langs[0])
     return tok, paths, sources
@@ -514,7 +524,8 @@ def main(cfg: BenchConfig) -> dict:
                      "config": {"quick": cfg.quick, "repeats": repeats, "plan": plan, "device": cfg.device,
                                 "precisions": precisions, "max_tokens": budgets, "vocab": VOCAB_SIZE}}
     with tempfile.TemporaryDirectory(dir=cfg.workdir) as tmp:
-        tok, paths, gen_sources = prepare(Path(tmp), max(w + s for w, s in plan.values()), num_gen, set(budgets.values()))
+        shapes = {(budget, precision) for budget in budgets.values() for precision in precisions}
+        tok, paths, gen_sources = prepare(Path(tmp), max(w + s for w, s in plan.values()), num_gen, shapes)
         results["mm"] = {}
         for precision in precisions:
             results["mm"][precision] = run_job({"kind": "mm", "device": cfg.device, "precision": precision})
@@ -528,7 +539,7 @@ def main(cfg: BenchConfig) -> dict:
                 for precision in precisions:
                     for system in systems:
                         job = {"kind": "train", "system": system, "size": size, "precision": precision,
-                               "batches": str(paths[budgets[size]]), "device": cfg.device, "tok": tok,
+                               "batches": str(paths[budgets[size], precision]), "device": cfg.device, "tok": tok,
                                "warmup": warmup + (2 if system == "fs2mini-compile" else 0), "steps": steps}
                         runs[system, precision].append(run_job(job))
                         log(f"train {size} {system} {precision} #{repeat + 1}: "
@@ -649,8 +660,8 @@ def print_report(results: dict) -> None:
 
     for size, systems in results["train"].items():
         budget = config["max_tokens"][size] if isinstance(config["max_tokens"], dict) else config["max_tokens"]
-        table = Table(title=f"training {size.upper()} ({where}, {budget}-token batches, "
-                            f"median of {config['repeats']})", caption=caption)
+        table = Table(title=f"training {size.upper()} ({where}, {budget}-token batches, bf16 lengths in multiples "
+                            f"of {LOW_PRECISION_LENGTH_MULTIPLE}, steady state, median of {config['repeats']})", caption=caption)
         columns = ["system", "precision", "target tok/s", "src+tgt tok/s", "vs HF",
                    *(["vs HF fp32"] if both else []), "of mm peak", "step s", memory, "runs"]
         for col in columns:
