@@ -323,7 +323,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: b
     if not (q.device.type == "cpu" and (dropping or q.dtype in (torch.bfloat16, torch.float16))):
         with sdpa_kernel(CUDA_SDPA_BACKENDS) if q.is_cuda else contextlib.nullcontext():
             return F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, dropout_p=dropout.p if dropout.training else 0.0, is_causal=is_causal
+                q, k, v, attn_mask=mask, dropout_p=dropout.p if dropping else 0.0, is_causal=is_causal
             )
     scores = (q * q.size(-1) ** -0.5) @ k.transpose(-2, -1)
     if is_causal:

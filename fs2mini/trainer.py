@@ -201,8 +201,8 @@ def _loop(cfg: TrainConfig, parts: Components, state: TrainState, validate_now: 
         batches, micro_batches = _next_update(parts, state, tc, batches, display, env, device)
         if micro_batches is None:  # --trainer.max-epochs reached
             break
-        if tc.dropout_from_epoch and dropout_on != (state.epoch >= tc.dropout_from_epoch):
-            dropout_on = _switch_dropout(parts.model, state.epoch >= tc.dropout_from_epoch, tc, display)
+        if tc.dropout_from_epoch and dropout_on != (on := state.epoch >= tc.dropout_from_epoch):
+            dropout_on = _switch_dropout(parts.model, on, tc, display)
         state.position = micro_batches[-1][0]
         state.step += 1
         lr = parts.lr_at(state.step, min(1.0, budget_elapsed_s / tc.max_seconds) if tc.max_seconds else 0.0)
