@@ -7,6 +7,12 @@ dropout 2.5× cheaper (4096 × 512 floats, one core: 13.2 ms → 5.2 ms). The dr
 rounded to a multiple of 1/65536 (0.1 becomes 0.100006). The mask comes from torch's CPU generator,
 so seeding and the RNG state saved in checkpoints make it reproducible like any other draw. On
 other devices `F.dropout`'s fused kernel is used as is.
+
+The mask is kept in the activations' dtype (0s and 1s), not as booleans: on CPU, `x * bool_mask`
+first converts the mask to x's dtype in a temporary copy, forward and backward, which made dropout's
+multiplications 5× slower (bf16 (64, 32, 256): 0.49 → 0.10 ms; 27 ms of a `model:medium` bf16
+step). `addcmul` scales and masks in one pass with the same rounding as `(x * keep) * scale`. The
+price is memory: 2 bytes per element in bf16, 4 in fp32, instead of 1.
 """
 
 from __future__ import annotations
@@ -50,23 +56,23 @@ def set_dropout_enabled(model: nn.Module, enabled: bool) -> int:
     return len(layers)
 
 
-def keep_mask(shape: torch.Size, p: float) -> Tensor:
-    """Boolean mask, True with probability 1 - p (p rounded to a multiple of 1/65536)."""
+def keep_mask(shape: torch.Size, p: float, dtype: torch.dtype = torch.bool) -> Tensor:
+    """Mask of `dtype`, 1 (True) with probability 1 - p (p rounded to a multiple of 1/65536), else 0."""
     numel = shape.numel()
     bits = torch.empty((numel + 3) // 4, dtype=torch.int64).random_(-(2**63), None)  # all 64 bits uniform
     lanes = bits.view(torch.int16)[:numel].view(shape)  # uniform over [-32768, 32767]
-    return lanes >= round(p * 65536) - 32768
+    return torch.ge(lanes, round(p * 65536) - 32768, out=torch.empty(shape, dtype=dtype))
 
 
 class _CpuDropout(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, p: float) -> Tensor:
-        keep = keep_mask(x.shape, p)
+        keep = keep_mask(x.shape, p, x.dtype)
         ctx.scale = 1.0 / (1.0 - p)
-        ctx.save_for_backward(keep)  # one byte per element, as F.dropout keeps
-        return (x * keep).mul_(ctx.scale)
+        ctx.save_for_backward(keep)
+        return torch.addcmul(x.new_zeros(()), x, keep, value=ctx.scale)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         (keep,) = ctx.saved_tensors
-        return (grad * keep).mul_(ctx.scale), None
+        return torch.addcmul(grad.new_zeros(()), grad, keep, value=ctx.scale), None

@@ -31,3 +31,17 @@ def test_same_seed_same_mask_and_eval_is_identity():
     torch.manual_seed(5)
     assert torch.equal(first, Dropout(0.5)(x))
     assert Dropout(0.5).eval()(x) is x and Dropout(0.0)(x) is x
+
+
+def test_bf16_output_and_gradient_are_the_masked_values_scaled_and_rounded_once():
+    """The mask is kept in the activations' dtype (a bool mask made every multiplication convert it first);
+    the result is exactly (x * keep) * scale rounded to bf16, forward and backward, from the same random draw."""
+    x = torch.randn(37, 29, 16).bfloat16().requires_grad_()
+    torch.manual_seed(3)
+    out = Dropout(0.1).train()(x)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    torch.manual_seed(3)
+    keep = keep_mask(x.shape, 0.1)
+    assert torch.equal(out, (x.detach() * keep).mul_(1 / 0.9))
+    assert torch.equal(x.grad, (grad * keep).mul_(1 / 0.9))

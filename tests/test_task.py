@@ -1,6 +1,8 @@
 """Loss: the fused projection + label-smoothed NLL equals a hand computation and PyTorch's own
 cross-entropy (value and gradients), summed over non-pad tokens."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -148,6 +150,35 @@ def test_fused_loss_under_bf16_autocast_is_close_to_fp32():
     low.backward()
     assert low.dtype == torch.float32 and hidden.grad.dtype == weight.grad.dtype == torch.float32
     torch.testing.assert_close(low, exact, rtol=2e-2, atol=0)
+
+
+def test_bf16_fused_loss_is_the_cross_entropy_of_its_bf16_logits():
+    """Under bf16 autocast the loss comes from the bf16 softmax's p[gold] (rounded to bf16): the summed loss stays
+    within 0.1% of the fp32 cross-entropy of the same bf16 logits, and so do the gradients, to bf16's precision."""
+    torch.manual_seed(7)
+    hidden, weight = torch.randn(300, 32, requires_grad=True), torch.randn(500, 32, requires_grad=True)
+    target = torch.randint(1, 500, (300,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fused = linear_cross_entropy(hidden, weight, target, 0, 0.1, chunk_rows=128)
+    got = torch.autograd.grad(fused, (hidden, weight))
+    logits = hidden.bfloat16() @ weight.bfloat16().T  # what the fused loss's matmul makes, then in fp32
+    reference = F.cross_entropy(logits.float(), target, ignore_index=0, reduction="sum", label_smoothing=0.1)
+    want = torch.autograd.grad(reference, (hidden, weight))
+    torch.testing.assert_close(fused, reference, rtol=1e-3, atol=0)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=0, atol=1e-2 * w.abs().max().item())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_loss_of_a_gold_token_whose_probability_underflows_is_finite(dtype):
+    """p[gold] below the smallest normal number (-log p > 87.3) counts as that number, and its gradient is exact."""
+    hidden = torch.tensor([[1.0, 0.0]], requires_grad=True)
+    weight = torch.tensor([[200.0, 0.0], [0.0, 1.0], [-200.0, 0.0]], requires_grad=True)  # gold 2: logit -400
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        loss = linear_cross_entropy(hidden, weight, torch.tensor([2]), 1, 0.0)
+    loss.backward()
+    assert math.isclose(loss.item(), -math.log(torch.finfo(torch.float32).tiny), rel_tol=1e-6)
+    torch.testing.assert_close(hidden.grad, torch.tensor([[400.0, 0.0]]))  # softmax − onehot = (1, 0, −1) · weight
 
 
 def test_fused_loss_under_bf16_autocast_multiplies_in_bf16_with_fp32_gradients():
