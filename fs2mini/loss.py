@@ -9,7 +9,7 @@ cache, and keeps only the gradients with respect to the hidden states and the we
 for backward. Pad targets are dropped before the projection, so padding costs no vocabulary work.
 
 The value is PyTorch's `F.cross_entropy(h @ Wᵀ, target, ignore_index=pad, label_smoothing=ε,
-reduction="sum")` up to rounding: per token (1-ε)·(-log p[gold]) + ε·mean over the vocabulary of
+reduction="sum")` (in bf16 up to its rounding): per token (1-ε)·(-log p[gold]) + ε·mean over the vocabulary of
 (-log p). `linear_token_nll` gives the same -log p[gold] token by token, without gradients, for
 scoring sentences one by one (fs2mini/forced.py).
 """
@@ -77,31 +77,45 @@ def linear_token_nll(hidden: Tensor, weight: Tensor, target: Tensor, pad_idx: in
     gold_ids = target.reshape(-1)[keep]
     loss_dtype = torch.promote_types(rows.dtype, torch.float32)
     kept = torch.empty(rows.size(0), dtype=loss_dtype, device=rows.device)
-    mean_weight = weight.to(loss_dtype).mean(0)
     for start in range(0, rows.size(0), chunk_rows):
         gold = gold_ids[start : start + chunk_rows].unsqueeze(1)
-        _, nll, _ = _chunk_terms(rows[start : start + chunk_rows], weight, gold, mean_weight)
+        _, nll, _ = _chunk_terms(rows[start : start + chunk_rows], weight, gold, loss_dtype)
         kept[start : start + chunk_rows] = nll.squeeze(1)
     return torch.zeros(target.shape, dtype=loss_dtype, device=rows.device).masked_scatter_(target != pad_idx, kept)
 
 
-def _chunk_terms(chunk: Tensor, weight: Tensor, gold: Tensor, mean_weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """For rows `chunk` (rows, dim), their gold ids (rows, 1) and the table's mean row `mean_weight` (dim,): the
-    softmax of the logits (rows, vocab; in their dtype, fp16's in fp32), -log p[gold] and mean_v(-log p[v])
-    (rows, 1; at least fp32).
+def _chunk_terms(chunk: Tensor, weight: Tensor, gold: Tensor, loss_dtype: torch.dtype, need_probs: bool = False
+                 ) -> tuple[Tensor | None, Tensor, Tensor]:
+    """For rows `chunk` (rows, dim) and their gold ids (rows, 1): the softmax (rows, vocab, written over the logits;
+    None unless `need_probs`), -log p[gold] (rows, 1) and mean_v(-log p[v]) (rows, 1), in `loss_dtype`."""
+    logits = (chunk @ weight.T).to(loss_dtype)
+    gold_logit = logits.gather(1, gold)
+    mean_logit = logits.mean(dim=-1, keepdim=True)
+    # log-sum-exp in place (torch.logsumexp would allocate another chunk-sized tensor):
+    # afterwards `logits` holds exp(logit - max), the softmax up to the factor 1/total.
+    max_logit = logits.amax(dim=-1, keepdim=True)
+    total = logits.sub_(max_logit).exp_().sum(dim=-1, keepdim=True)
+    log_z = max_logit + total.log()
+    # -log p[gold] = log_z - logit[gold];  mean_v(-log p[v]) = log_z - mean_v(logit[v])
+    return logits.div_(total) if need_probs else None, log_z - gold_logit, log_z - mean_logit
 
-    Why this way: the log-sum-exp spelled out (the logits cast to fp32, max, subtract, exp, sum, then the
-    gradient's division and the cast back) made eleven passes over a chunk, 9 ms for 512 × 8000 bf16 logits on 2
-    cores, four times the chunk's matmul; PyTorch's softmax is one kernel, which for bf16 sums each row in fp32
-    and rounds once. The loss then needs only p[gold] (in bf16, -log p[gold] within ±0.002 of the exact value,
-    unbiased; in fp32 exact) and the gold and mean logits (the mean as a dot product with the mean row). A gold
-    probability below the smallest normal number of its dtype (-log p > 87.3 in fp32 and bf16) counts as that
-    number; the gradient does not depend on it. fp16's softmax would underflow from -log p > 16.6: fp32 there."""
+
+def _bf16_chunk_terms(chunk: Tensor, weight: Tensor, gold: Tensor, mean_weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """As `_chunk_terms` for bf16 rows, the softmax in bf16 (`mean_weight`: the table's mean row, (dim,) fp32).
+
+    Why: `_chunk_terms` makes eleven passes over a chunk (the logits cast to fp32, max, subtract, exp, sums, the
+    gradient's division and the cast back to bf16), 9 ms for 512 × 8000 logits on 2 cores, four times the chunk's
+    bf16 matmul. PyTorch's softmax is one kernel, which for bf16 sums each row in fp32 and rounds once. The loss
+    then needs only p[gold] (rounded to bf16: -log p[gold] within ±0.002 of the exact value, unbiased) and the
+    gold and mean logits (the mean as a dot product with the mean row). A gold probability below fp32's smallest
+    normal number (-log p > 87.3) counts as that number; the gradient does not depend on it. fp32 and fp16 keep
+    `_chunk_terms`: in fp32 this saved nothing measurable (154 vs 152 ms for 2,000 tokens), and fp16's softmax
+    would underflow from -log p > 16.6."""
     logits = chunk @ weight.T
-    probs = (logits.float() if logits.dtype == torch.float16 else logits).softmax(dim=-1)
-    nll = probs.gather(1, gold).to(mean_weight.dtype).clamp_min_(torch.finfo(probs.dtype).tiny).log_().neg_()
-    log_z = logits.gather(1, gold).to(mean_weight.dtype) + nll
-    return probs, nll, log_z - (chunk.to(mean_weight.dtype) * mean_weight).sum(dim=-1, keepdim=True)
+    probs = logits.softmax(dim=-1)
+    nll = probs.gather(1, gold).float().clamp_min_(torch.finfo(torch.float32).tiny).log_().neg_()
+    log_z = logits.gather(1, gold).float() + nll
+    return probs, nll, log_z - (chunk.float() * mean_weight).sum(dim=-1, keepdim=True)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -117,16 +131,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
         loss = torch.zeros((), dtype=loss_dtype, device=rows.device)
         grad_rows = torch.empty_like(rows) if need_grad else None
         grad_weight = torch.zeros(weight.shape, dtype=loss_dtype, device=weight.device) if need_grad_weight else None
-        mean_weight = weight.to(loss_dtype).mean(0)  # · row = the row's mean logit
+        mean_weight = weight.float().mean(0) if rows.dtype == torch.bfloat16 else None  # · row = the row's mean logit
         weight = weight.to(rows.dtype)  # bf16/fp16 rows: the table cast once, not at each chunk's matmuls
         for start in range(0, rows.size(0), chunk_rows):
-            chunk = rows[start : start + chunk_rows]
-            gold = target[start : start + chunk_rows].unsqueeze(1)
+            chunk, gold = rows[start : start + chunk_rows], target[start : start + chunk_rows].unsqueeze(1)
             real = chunk.size(0)
             if pad := -real % row_multiple:  # zero rows (gold 0) up to a size whose kernels are compiled already
-                chunk = torch.cat([chunk, chunk.new_zeros(pad, chunk.size(1))])
-                gold = torch.cat([gold, gold.new_zeros(pad, 1)])
-            probs, nll, smooth = _chunk_terms(chunk, weight, gold, mean_weight)
+                chunk, gold = torch.cat([chunk, chunk.new_zeros(pad, chunk.size(1))]), torch.cat([gold, gold.new_zeros(pad, 1)])
+            probs, nll, smooth = (_bf16_chunk_terms(chunk, weight, gold, mean_weight) if rows.dtype == torch.bfloat16
+                                  else _chunk_terms(chunk, weight, gold, loss_dtype, need_grad))
             loss += ((1.0 - label_smoothing) * nll[:real] + label_smoothing * smooth[:real]).sum()
             if need_grad:
                 # d loss / d logits = softmax - (1-ε)·onehot(gold) - ε/V, written over the softmax buffer.

@@ -328,8 +328,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: b
             )
     scores = (q * q.size(-1) ** -0.5) @ k.transpose(-2, -1)
     if is_causal:
-        future = torch.ones(q.size(-2), k.size(-2), dtype=torch.bool, device=q.device).triu_(1)
-        scores.masked_fill_(future, float("-inf"))  # in place: the matmul's backward does not need its output
+        # in place: the matmul's backward does not need its output
+        scores.masked_fill_(torch.ones(q.size(-2), k.size(-2), dtype=torch.bool, device=q.device).triu_(1), float("-inf"))
     if mask is not None:
         scores.masked_fill_(~mask, float("-inf"))
     return dropout(scores.softmax(dim=-1)) @ v

@@ -171,13 +171,15 @@ def test_bf16_fused_loss_is_the_cross_entropy_of_its_bf16_logits():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fused_loss_of_a_gold_token_whose_probability_underflows_is_finite(dtype):
-    """p[gold] below the smallest normal number (-log p > 87.3) counts as that number, and its gradient is exact."""
+    """-log p[gold] = 400: exact in fp32; in bf16, whose loss comes from p[gold], capped where p underflows
+    (-log of fp32's smallest normal number, 87.3). The gradient is exact in both."""
     hidden = torch.tensor([[1.0, 0.0]], requires_grad=True)
-    weight = torch.tensor([[200.0, 0.0], [0.0, 1.0], [-200.0, 0.0]], requires_grad=True)  # gold 2: logit -400
+    weight = torch.tensor([[200.0, 0.0], [0.0, 1.0], [-200.0, 0.0]], requires_grad=True)  # gold 2: logit -200
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
         loss = linear_cross_entropy(hidden, weight, torch.tensor([2]), 1, 0.0)
     loss.backward()
-    assert math.isclose(loss.item(), -math.log(torch.finfo(torch.float32).tiny), rel_tol=1e-6)
+    expected = 400.0 if dtype == torch.float32 else -math.log(torch.finfo(torch.float32).tiny)
+    assert math.isclose(loss.item(), expected, rel_tol=1e-6)
     torch.testing.assert_close(hidden.grad, torch.tensor([[400.0, 0.0]]))  # softmax − onehot = (1, 0, −1) · weight
 
 
