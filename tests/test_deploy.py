@@ -78,13 +78,9 @@ def test_ctranslate2_equals_fs2mini_in_float32(exported, reversal_tsv, tmp_path,
     with pytest.raises(UserError, match="is a CTranslate2 model, which holds one set of weights"):
         Translator.from_run(out, checkpoint="best")
     texts = _sources(reversal_tsv) + ["", "a"]
-    for cfg in (GenerationConfig(beam_size=1), GenerationConfig(beam_size=1, max_len_a=0.0, max_len_b=3)):
-        assert converted.translate(texts, cfg) == translator.translate(texts, cfg)  # the same length limits too
-    # Beam search: CTranslate2 finishes and length-normalises hypotheses by its own rules (fs2mini's are
-    # fairseq's: a sentence stops once `beam` hypotheses have ended), so a sentence may differ (1 of 62 here).
-    beams = GenerationConfig(beam_size=4)
-    same = sum(a == b for a, b in zip(converted.translate(texts, beams), translator.translate(texts, beams)))
-    assert same >= 0.95 * len(texts), f"{same} of {len(texts)} beam outputs agree"
+    for cfg in (GenerationConfig(beam_size=1), GenerationConfig(beam_size=4),
+                GenerationConfig(beam_size=1, max_len_a=0.0, max_len_b=3)):  # the same length limits too
+        assert converted.translate(texts, cfg) == translator.translate(texts, cfg)
     # Sampling maps to CTranslate2's: its own draws, reproducible for a seed; top-k 1 is greedy.
     sampled = GenerationConfig(beam_size=1, sampling=True, temperature=3.0, seed=3, nbest=2)
     first = converted.translate_nbest(texts, sampled)
