@@ -70,9 +70,9 @@ class _CpuDropout(torch.autograd.Function):
         keep = keep_mask(x.shape, p, x.dtype)
         ctx.scale = 1.0 / (1.0 - p)
         ctx.save_for_backward(keep)
-        return torch.addcmul(x.new_zeros(()), x, keep, value=ctx.scale)
+        return torch.addcmul(x.new_full((), -0.0), x, keep, value=ctx.scale)  # -0 + y is y, signed zeros too
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         (keep,) = ctx.saved_tensors
-        return torch.addcmul(grad.new_zeros(()), grad, keep, value=ctx.scale), None
+        return torch.addcmul(grad.new_full((), -0.0), grad, keep, value=ctx.scale), None

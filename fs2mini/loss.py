@@ -101,16 +101,21 @@ def _chunk_terms(chunk: Tensor, weight: Tensor, gold: Tensor, loss_dtype: torch.
 
 
 def _bf16_chunk_terms(chunk: Tensor, weight: Tensor, gold: Tensor, mean_weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """As `_chunk_terms` for bf16 rows, the softmax in bf16 (`mean_weight`: the table's mean row, (dim,) fp32).
+    """As `_chunk_terms` for bf16 rows in training on CPU, the softmax in bf16 (`mean_weight`: the table's mean
+    row, (dim,) fp32).
 
     Why: `_chunk_terms` makes eleven passes over a chunk (the logits cast to fp32, max, subtract, exp, sums, the
     gradient's division and the cast back to bf16), 9 ms for 512 × 8000 logits on 2 cores, four times the chunk's
     bf16 matmul. PyTorch's softmax is one kernel, which for bf16 sums each row in fp32 and rounds once. The loss
-    then needs only p[gold] (rounded to bf16: -log p[gold] within ±0.002 of the exact value, unbiased) and the
-    gold and mean logits (the mean as a dot product with the mean row). A gold probability below fp32's smallest
-    normal number (-log p > 87.3) counts as that number; the gradient does not depend on it. fp32 and fp16 keep
-    `_chunk_terms`: in fp32 this saved nothing measurable (154 vs 152 ms for 2,000 tokens), and fp16's softmax
-    would underflow from -log p > 16.6."""
+    then needs only p[gold] and the gold and mean logits (the mean as a dot product with the mean row).
+    What it costs in precision: p[gold] is rounded to bf16 (8 significant bits, relative error up to 2⁻⁸), so
+    -log p[gold] is within about ±0.004 of the exact value (unbiased), and the gold entry of the gradient,
+    p[gold] - (1-ε) - ε/V, is off by up to ~0.004 in absolute terms instead of 2⁻⁸ of its own size (the
+    other entries round as before). A gold probability
+    below fp32's smallest normal number (-log p > 87.3) counts as that number, in -log p[gold] and in the
+    smoothing term alike; the gradient does not depend on it. Validation and scoring (no gradient) keep
+    `_chunk_terms`, exact; so do fp32 (where this saved nothing measurable: 154 vs 152 ms for 2,000 tokens),
+    fp16 (whose probabilities would underflow from -log p > 16.6) and CUDA (not measured there)."""
     logits = chunk @ weight.T
     probs = logits.softmax(dim=-1)
     nll = probs.gather(1, gold).float().clamp_min_(torch.finfo(torch.float32).tiny).log_().neg_()
@@ -126,19 +131,21 @@ class _LinearCrossEntropy(torch.autograd.Function):
         # A frozen table (LoRA, --model.freeze embeddings) needs no vocab × dim gradient: for NLLB's 256k
         # pieces that is 1 GB written and a third of the loss's matmuls saved.
         need_grad_weight = grad_enabled and ctx.needs_input_grad[1]
-        vocab, weight_dtype = weight.size(0), weight.dtype
-        loss_dtype = torch.promote_types(rows.dtype, torch.float32)  # bf16/fp16 logits are summed in fp32
+        # bf16/fp16 logits are summed in fp32
+        vocab, weight_dtype, loss_dtype = weight.size(0), weight.dtype, torch.promote_types(rows.dtype, torch.float32)
         loss = torch.zeros((), dtype=loss_dtype, device=rows.device)
         grad_rows = torch.empty_like(rows) if need_grad else None
         grad_weight = torch.zeros(weight.shape, dtype=loss_dtype, device=weight.device) if need_grad_weight else None
-        mean_weight = weight.float().mean(0) if rows.dtype == torch.bfloat16 else None  # · row = the row's mean logit
+        # Training on CPU in bf16 takes the softmax path (`_bf16_chunk_terms` says why); validation and scoring stay exact.
+        softmax_in_bf16 = need_grad and rows.dtype == torch.bfloat16 and rows.device.type == "cpu"
+        mean_weight = weight.float().mean(0) if softmax_in_bf16 else None  # · row = the row's mean logit
         weight = weight.to(rows.dtype)  # bf16/fp16 rows: the table cast once, not at each chunk's matmuls
         for start in range(0, rows.size(0), chunk_rows):
             chunk, gold = rows[start : start + chunk_rows], target[start : start + chunk_rows].unsqueeze(1)
             real = chunk.size(0)
             if pad := -real % row_multiple:  # zero rows (gold 0) up to a size whose kernels are compiled already
                 chunk, gold = torch.cat([chunk, chunk.new_zeros(pad, chunk.size(1))]), torch.cat([gold, gold.new_zeros(pad, 1)])
-            probs, nll, smooth = (_bf16_chunk_terms(chunk, weight, gold, mean_weight) if rows.dtype == torch.bfloat16
+            probs, nll, smooth = (_bf16_chunk_terms(chunk, weight, gold, mean_weight) if softmax_in_bf16
                                   else _chunk_terms(chunk, weight, gold, loss_dtype, need_grad))
             loss += ((1.0 - label_smoothing) * nll[:real] + label_smoothing * smooth[:real]).sum()
             if need_grad:

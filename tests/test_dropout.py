@@ -39,9 +39,11 @@ def test_bf16_output_and_gradient_are_the_masked_values_scaled_and_rounded_once(
     x = torch.randn(37, 29, 16).bfloat16().requires_grad_()
     torch.manual_seed(3)
     out = Dropout(0.1).train()(x)
+    assert out.grad_fn.saved_tensors[0].dtype == torch.bfloat16  # the saved mask: no bool → bf16 copy per use
     grad = torch.randn_like(out)
     out.backward(grad)
     torch.manual_seed(3)
     keep = keep_mask(x.shape, 0.1)
-    assert torch.equal(out, (x.detach() * keep).mul_(1 / 0.9))
-    assert torch.equal(x.grad, (grad * keep).mul_(1 / 0.9))
+    # bit patterns, so that a dropped negative value must stay -0 as before
+    assert torch.equal(out.view(torch.int16), (x.detach() * keep).mul_(1 / 0.9).view(torch.int16))
+    assert torch.equal(x.grad.view(torch.int16), (grad * keep).mul_(1 / 0.9).view(torch.int16))

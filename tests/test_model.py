@@ -88,7 +88,7 @@ def test_cpu_training_attention_is_sdpa_math_with_fs2mini_dropout(causal):
 
 
 @pytest.mark.parametrize("causal", [False, True])
-def test_cpu_bf16_attention_is_the_math_path_with_an_fp32_softmax(causal):
+def test_cpu_bf16_attention_is_the_math_path_with_a_softmax_of_the_bf16_scores(causal):
     """On CPU in bf16 the fused SDPA kernel is 4x slower than two matmuls (model.attention's docstring): the
     math path is taken instead, with or without dropout, and gives SDPA's fp32 result to bf16 precision."""
     from torch.utils._python_dispatch import TorchDispatchMode
@@ -106,11 +106,12 @@ def test_cpu_bf16_attention_is_the_math_path_with_an_fp32_softmax(causal):
     q, k, v = (torch.randn(3, 2, 7, 16) for _ in range(3))
     mask = None if causal else (torch.arange(7) < torch.tensor([7, 4, 1]).unsqueeze(1))[:, None, None, :]
     expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+    q16, k16, v16 = q.bfloat16(), k.bfloat16(), v.bfloat16()
     with Calls() as calls:
-        low = attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), mask, causal, Dropout(0.0).eval())
+        low = attention(q16, k16, v16, mask, causal, Dropout(0.0).eval())
     assert low.dtype == torch.bfloat16
     assert not any("scaled_dot_product" in name for name in calls.names), calls.names
-    assert "aten::_softmax" in calls.names
+    assert "aten::_softmax" in calls.names and "aten::_to_copy" not in calls.names  # no cast to fp32 and back
     torch.testing.assert_close(low.float(), expected, rtol=0, atol=3e-2)
 
 
