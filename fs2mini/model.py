@@ -317,7 +317,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: b
     there than these two matmuls at fs2mini's lengths (bf16, 64 sentences x 4 heads x 32 positions x 64 dims,
     forward + backward on 2 cores: 9.9 ms vs 2.5 ms; forward only 1.1 ms vs 0.5 ms; in fp32 the kernel is the
     faster one and is kept). The CPU softmax of bf16 scores sums each row in fp32 and rounds once: the same
-    weights as casting to fp32 and back, without the two casts (forward + backward 0.71 → 0.46 ms there).
+    weights as casting to fp32 and back, without the two casts (forward + backward 0.71 → 0.46 ms there; the
+    backward now starts from the rounded weights, a difference within bf16's precision).
     `mask` is True where a key may be attended to; no row may be fully masked.
     """
     dropping = dropout.training and dropout.p > 0
