@@ -113,9 +113,10 @@ def _bf16_chunk_terms(chunk: Tensor, weight: Tensor, gold: Tensor, mean_weight: 
     p[gold] - (1-ε) - ε/V, is off by up to ~0.004 in absolute terms instead of 2⁻⁸ of its own size (the
     other entries round as before; side by side over 1,200 updates the validation loss stayed within noise,
     docs/results.md). A gold probability below fp32's smallest normal number (-log p > 87.3) counts as that
-    number, in -log p[gold] and in the smoothing term alike; the gradient does not depend on it. Validation and scoring (no gradient) keep
-    `_chunk_terms`, exact; so do fp32 (where this saved nothing measurable: 154 vs 152 ms for 2,000 tokens),
-    fp16 (whose probabilities would underflow from -log p > 16.6) and CUDA (not measured there)."""
+    number, in -log p[gold] and in the smoothing term alike; the gradient does not depend on it.
+    Validation and scoring (no gradient) keep `_chunk_terms`, exact; so do fp32 (where this saved nothing
+    measurable: 154 vs 152 ms for 2,000 tokens), fp16 (whose probabilities would underflow from
+    -log p > 16.6) and CUDA (not measured there)."""
     logits = chunk @ weight.T
     probs = logits.softmax(dim=-1)
     nll = probs.gather(1, gold).float().clamp_min_(torch.finfo(torch.float32).tiny).log_().neg_()

@@ -153,9 +153,10 @@ def test_fused_loss_under_bf16_autocast_is_close_to_fp32():
 
 
 def test_bf16_fused_loss_is_the_cross_entropy_of_its_bf16_logits():
-    """bf16 training on CPU takes the loss from the bf16 softmax's p[gold]: token by token within 5e-3 (bf16 keeps 8 bits: 2⁻⁸ = 0.0039) of the fp32
-    cross-entropy of the same bf16 logits (both terms, the smoothing term's mean logit too: the table's mean row is
-    not zero here), the gradients to bf16's precision. Without gradients (validation) the loss is that of fp32."""
+    """bf16 training on CPU takes the loss from the bf16 softmax's p[gold]: token by token within 5e-3 (bf16 keeps
+    8 bits: 2⁻⁸ = 0.0039) of the fp32 cross-entropy of the same bf16 logits (both terms, the smoothing term's mean
+    logit too: the table's mean row is not zero here), the gradients to bf16's precision. Without gradients
+    (validation) the loss is that of fp32."""
     from fs2mini.loss import _bf16_chunk_terms
 
     torch.manual_seed(7)
