@@ -1,0 +1,119 @@
+"""How much of the square `torch.mm` peak can a bf16 training step reach on this CPU, even in principle?
+
+    python benchmarks/matmul_ceiling.py            # MEDIUM and BASE, bf16 autocast, ~2 min on 2 cores
+    python benchmarks/matmul_ceiling.py medium
+
+Why: `make bench` reports each step's matmul FLOP/s ÷ the bf16 `torch.mm` peak of large squares. A step's
+matmuls are not squares: with model_dim 256 or 512 most of them have an inner dimension of 256–512 and run
+well below the square peak even alone. This script times one step of `fs2mini.trainer.train_step` (as
+bench.py builds it), lists every matmul the step makes (torch.profiler, by shape), times each shape alone,
+and prints the ceiling: the efficiency the step would have if it were nothing but its matmuls at the speed
+they reach alone. A target above the ceiling cannot be met by removing overhead; only larger matmuls (wider
+models, longer batches) or other kernels raise it.
+
+The peak is measured over 4 s of back-to-back 2048² calls and given as their median and their fastest tenth:
+on the 2-vCPU AMX VMs of this project the bf16 rate of one and the same call flips between about 750 and 2,300
+GFLOP/s over seconds to minutes (fp32 is steady), while the step's own small matmuls change far less. The
+ceiling is given against the fastest tenth. Batches are random token ids of the shapes the benchmark's real
+batches have (lengths multiples of 8, as bf16 training pads them).
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench  # noqa: E402
+
+from fs2mini.data import Seq2SeqBatch  # noqa: E402
+from fs2mini.host_memory import keep_freed_memory  # noqa: E402
+
+SHAPES = {  # (sentences, source length, target length) of a 2048-token (MEDIUM) and a 4096-token (BASE) batch
+    "medium": [(64, 32, 32), (48, 40, 40), (80, 24, 24), (32, 64, 64)],
+    "base": [(128, 32, 32), (96, 40, 40)],
+}
+
+
+def random_batch(sentences: int, source_len: int, target_len: int) -> Seq2SeqBatch:
+    target = torch.randint(10, bench.VOCAB_SIZE, (sentences, target_len))
+    return Seq2SeqBatch(torch.randint(10, bench.VOCAB_SIZE, (sentences, source_len)),
+                        torch.full((sentences,), source_len), target, target.roll(-1, dims=1), sentences * target_len)
+
+
+def best_seconds(fn, calls: int = 10) -> float:
+    """Fastest of three rounds of `calls` calls, per call (after a warm-up)."""
+    for _ in range(3):
+        fn()
+    rounds = []
+    for _ in range(3):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        rounds.append((time.perf_counter() - start) / calls)
+    return min(rounds)
+
+
+def alone_seconds(op: str, shapes: list[list[int]]) -> tuple[float, float]:
+    """(FLOPs, best seconds) of one matmul of these input shapes, run alone on contiguous bf16 operands."""
+    first, second = (shapes[1], shapes[2]) if op == "aten::addmm" else (shapes[0], shapes[1])
+    a, b = torch.randn(*first, dtype=torch.bfloat16), torch.randn(*second, dtype=torch.bfloat16)
+    if op == "aten::bmm":
+        return 2 * first[0] * first[1] * first[2] * second[2], best_seconds(lambda: torch.bmm(a, b))
+    return 2 * first[0] * first[1] * second[1], best_seconds(lambda: torch.mm(a, b))
+
+
+def square_peak(seconds: float = 4.0, n: int = 2048) -> tuple[float, float]:
+    """(median, fastest tenth) FLOP/s of back-to-back bf16 n² `torch.mm`s over `seconds`."""
+    a = torch.randn(n, n, dtype=torch.bfloat16)
+    times: list[float] = []
+    end = time.perf_counter() + seconds
+    while len(times) < 10 or time.perf_counter() < end:
+        start = time.perf_counter()
+        torch.mm(a, a)
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / statistics.median(times), 2 * n**3 / statistics.quantiles(times, n=10)[0]
+
+
+def ceiling(size: str, tok: dict) -> None:
+    batches = [random_batch(*shape) for shape in SHAPES[size]]
+    _, step = bench.make_train_step("fs2mini", bench.SIZES[size], tok, torch.device("cpu"), bf16=True)
+    for batch in batches:  # oneDNN compiles each new bf16 matmul shape once
+        step(batch)
+    start = time.perf_counter()
+    for batch in batches * 2:
+        step(batch)
+    step_s = (time.perf_counter() - start) / (2 * len(batches))
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        for batch in batches:
+            step(batch)
+    flops = in_step = alone = 0.0
+    for event in prof.key_averages(group_by_input_shape=True):
+        if event.key in ("aten::mm", "aten::addmm", "aten::bmm"):
+            op_flops, op_s = alone_seconds(event.key, event.input_shapes)
+            flops += op_flops * event.count / len(batches)
+            alone += op_s * event.count / len(batches)
+            in_step += event.self_cpu_time_total / 1e6 / len(batches)
+    median, fastest = square_peak()
+    print(f"{size.upper()} bf16: step {step_s * 1e3:.0f} ms, {flops / 1e9:.1f} GFLOP of matmuls; their time in the step "
+          f"{in_step * 1e3:.0f} ms ({in_step / step_s:.0%} of it), the same shapes alone {alone * 1e3:.0f} ms")
+    print(f"  bf16 2048² torch.mm: median {median / 1e9:.0f}, fastest tenth {fastest / 1e9:.0f} GFLOP/s")
+    print(f"  step: {flops / step_s / fastest:.0%} of the fastest tenth ({flops / step_s / median:.0%} of the median); "
+          f"ceiling (only its matmuls, at their speed alone): {flops / alone / fastest:.0%}")
+
+
+def main() -> None:
+    keep_freed_memory()
+    torch.manual_seed(1)
+    _, tok = bench.bench_tokenizer()
+    for size in sys.argv[1:] or ["medium", "base"]:
+        ceiling(size, tok)
+
+
+if __name__ == "__main__":
+    main()
