@@ -20,6 +20,7 @@ batches have (lengths multiples of 8, as bf16 training pads them).
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import sys
 import time
@@ -108,10 +109,16 @@ def ceiling(size: str, tok: dict) -> None:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description="A bf16 training step's matmuls timed alone: how much of the "
+                                                 "torch.mm peak the step could reach at all.")
+    parser.add_argument("sizes", nargs="*", metavar="SIZE", help="medium and/or base (default: both)")
+    sizes = parser.parse_args().sizes or ["medium", "base"]
+    if unknown := [size for size in sizes if size not in SHAPES]:
+        parser.error(f"unknown size {unknown[0]!r}; expected medium or base")
     keep_freed_memory()
     torch.manual_seed(1)
     _, tok = bench.bench_tokenizer()
-    for size in sys.argv[1:] or ["medium", "base"]:
+    for size in sizes:
         ceiling(size, tok)
 
 
