@@ -60,7 +60,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import platform
 import resource
@@ -408,13 +407,14 @@ def naive_collate(examples: list[tuple[list[int], list[int]]], pad: int) -> Seq2
 
 
 def mm_worker(job: dict) -> dict:
-    """Matmul peak of this machine in one precision: median of large square `torch.mm`s, all threads, over
-    2 s of calls per size; also their 90th percentile.
+    """Matmul peak of this machine in one precision: for each large square size, the median rate of 2 s of
+    back-to-back `torch.mm`s on all threads; the peak is the best size's. Also the rate of the fastest tenth
+    of the calls (the 10th-percentile time), best size likewise.
 
-    Why both: on the 2-vCPU AMX VMs of this project the bf16 rate of one and the same call flips between two
-    modes (e.g. ~400 and ~1,100 GFLOP/s for 1024², from one second to the next; fp32 is steady), so a peak
-    taken from a few calls was once 2,105 and an hour later 750 GFLOP/s on the same machine. The efficiency
-    column divides by the median; the 90th percentile says how fast the machine's fast mode is."""
+    Why both: on the 2-vCPU AMX VMs of this project the bf16 rate of one and the same call flips between
+    modes about 3× apart (1024²: ~350 and ~1,140 GFLOP/s, from one second to the next; fp32 is steady), so a
+    peak taken from 10 calls was 2,105 GFLOP/s in one session and 700-800 in probes of the next, on a VM of
+    the same kind. The efficiency column divides by the median; the fastest tenth says how fast the fast mode is."""
     device = torch.device(job["device"])
     dtype = torch.bfloat16 if job["precision"] == "bf16" else torch.float32
     medians, p90s = {}, {}
@@ -659,9 +659,10 @@ def print_report(results: dict) -> None:
         console.print(f"bf16 probe (fs2mini.precision, one core): native bf16 {'yes' if probe['native_bf16'] else 'no'}, "
                       f"fp32 {probe['fp32_gflops']:.0f} vs bf16 {probe['bf16_gflops']:.0f} GFLOP/s "
                       f"({probe['bf16_gflops'] / probe['fp32_gflops']:.2f}×); --trainer.autocast auto picks {auto}")
-    console.print("torch.mm peak (all threads, median of 2 s of calls): " + ", ".join(
-        f"{p} {results['mm'][p]['flops_per_s'] / 1e9:.0f} GFLOP/s" for p in precisions) + "; their fastest tenth: " + ", ".join(
-        f"{p} {results['mm'][p].get('p90_flops_per_s', math.nan) / 1e9:.0f}" for p in precisions))
+    fastest = [f"{p} {results['mm'][p]['p90_flops_per_s'] / 1e9:.0f}" for p in precisions if "p90_flops_per_s" in results["mm"][p]]
+    console.print("torch.mm peak (all threads): " + ", ".join(
+        f"{p} {results['mm'][p]['flops_per_s'] / 1e9:.0f} GFLOP/s" for p in precisions)
+        + (f" (median of 2 s of calls; their fastest tenth: {', '.join(fastest)})" if fastest else ""))
 
     def versus(value: float, ref: float | None) -> str:
         return f"{value / ref:.2f}×" if ref else "-"

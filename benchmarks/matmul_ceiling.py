@@ -1,21 +1,23 @@
 """How much of the square `torch.mm` peak can a bf16 training step reach on this CPU, even in principle?
 
-    python benchmarks/matmul_ceiling.py            # MEDIUM and BASE, bf16 autocast, ~2 min on 2 cores
+    python benchmarks/matmul_ceiling.py            # MEDIUM and BASE, bf16 autocast, ~1 min on 2 cores
     python benchmarks/matmul_ceiling.py medium
 
 Why: `make bench` reports each step's matmul FLOP/s ÷ the bf16 `torch.mm` peak of large squares. A step's
 matmuls are not squares: with model_dim 256 or 512 most of them have an inner dimension of 256–512 and run
-well below the square peak even alone. This script times one step of `fs2mini.trainer.train_step` (as
-bench.py builds it), lists every matmul the step makes (torch.profiler, by shape), times each shape alone,
+well below the square peak even alone. This script times `fs2mini.trainer.train_step` steps (as bench.py
+builds them, averaged over a few batch shapes), lists the step's `mm`, `addmm` and `bmm` calls (all its
+matmuls on the bf16 CPU path; torch.profiler, by input shape), times each shape alone on contiguous operands,
 and prints the ceiling: the efficiency the step would have if it were nothing but its matmuls at the speed
 they reach alone. A target above the ceiling cannot be met by removing overhead; only larger matmuls (wider
 models, longer batches) or other kernels raise it.
 
 The peak is measured over 4 s of back-to-back 2048² calls and given as their median and their fastest tenth:
-on the 2-vCPU AMX VMs of this project the bf16 rate of one and the same call flips between about 750 and 2,300
-GFLOP/s over seconds to minutes (fp32 is steady), while the step's own small matmuls change far less. The
-ceiling is given against the fastest tenth. Batches are random token ids of the shapes the benchmark's real
-batches have (lengths multiples of 8, as bf16 training pads them).
+on the 2-vCPU AMX VMs of this project the bf16 rate of one and the same call flips between about 560-810 and
+2,300 GFLOP/s over seconds to minutes (fp32 is steady). The ceiling is given against the fastest tenth; it
+varies between runs too (the shapes' times alone moved by up to a third), so run it more than once. Batches
+are random token ids in shapes close to the benchmark's real batches (about 2,048 and 4,096 tokens, lengths
+multiples of 8 as bf16 training pads them, no padding inside).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import bench  # noqa: E402
 from fs2mini.data import Seq2SeqBatch  # noqa: E402
 from fs2mini.host_memory import keep_freed_memory  # noqa: E402
 
-SHAPES = {  # (sentences, source length, target length) of a 2048-token (MEDIUM) and a 4096-token (BASE) batch
+SHAPES = {  # (sentences, source length, target length): ~2,048-token (MEDIUM) and 4,096-token (BASE) batches
     "medium": [(64, 32, 32), (48, 40, 40), (80, 24, 24), (32, 64, 64)],
     "base": [(128, 32, 32), (96, 40, 40)],
 }
