@@ -12,9 +12,9 @@ and prints the ceiling: the efficiency the step would have if it were nothing bu
 they reach alone. A target above the ceiling cannot be met by removing overhead; only larger matmuls (wider
 models, longer batches) or other kernels raise it.
 
-The peak is measured over 4 s of back-to-back 2048² calls and given as their median and their fastest tenth:
-on the 2-vCPU AMX VMs of this project the bf16 rate of one and the same call flips between about 560-810 and
-2,300 GFLOP/s over seconds to minutes (fp32 is steady). The ceiling is given against the fastest tenth; it
+The peak is bench.py's own (`bench.mm_worker`: 2 s of back-to-back 1024² and 2048² calls, the median and the
+fastest tenth of the best size): on the 2-vCPU AMX VMs of this project the bf16 rate of one and the same call
+flips between about 560-810 and 2,300 GFLOP/s over seconds to minutes (fp32 is steady). The ceiling is given against the fastest tenth; it
 varies between runs too (the shapes' times alone moved by up to a third), so run it more than once. Batches
 are random token ids in shapes close to the benchmark's real batches (about 2,048 and 4,096 tokens, lengths
 multiples of 8 as bf16 training pads them, no padding inside).
@@ -23,7 +23,6 @@ multiples of 8 as bf16 training pads them, no padding inside).
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -71,18 +70,6 @@ def alone_seconds(op: str, shapes: list[list[int]]) -> tuple[float, float]:
     return 2 * first[0] * first[1] * second[1], best_seconds(lambda: torch.mm(a, b))
 
 
-def square_peak(seconds: float = 4.0, n: int = 2048) -> tuple[float, float]:
-    """(median, fastest tenth) FLOP/s of back-to-back bf16 n² `torch.mm`s over `seconds`."""
-    a = torch.randn(n, n, dtype=torch.bfloat16)
-    times: list[float] = []
-    end = time.perf_counter() + seconds
-    while len(times) < 10 or time.perf_counter() < end:
-        start = time.perf_counter()
-        torch.mm(a, a)
-        times.append(time.perf_counter() - start)
-    return 2 * n**3 / statistics.median(times), 2 * n**3 / statistics.quantiles(times, n=10)[0]
-
-
 def ceiling(size: str, tok: dict) -> None:
     batches = [random_batch(*shape) for shape in SHAPES[size]]
     _, step = bench.make_train_step("fs2mini", bench.SIZES[size], tok, torch.device("cpu"), bf16=True)
@@ -102,10 +89,11 @@ def ceiling(size: str, tok: dict) -> None:
             flops += op_flops * event.count / len(batches)
             alone += op_s * event.count / len(batches)
             in_step += event.self_cpu_time_total / 1e6 / len(batches)
-    median, fastest = square_peak()
+    peak = bench.mm_worker({"device": "cpu", "precision": "bf16"})  # the peak `make bench` divides by
+    median, fastest = peak["flops_per_s"], peak["p90_flops_per_s"]
     print(f"{size.upper()} bf16: step {step_s * 1e3:.0f} ms, {flops / 1e9:.1f} GFLOP of matmuls; their time in the step "
           f"{in_step * 1e3:.0f} ms ({in_step / step_s:.0%} of it), the same shapes alone {alone * 1e3:.0f} ms")
-    print(f"  bf16 2048² torch.mm: median {median / 1e9:.0f}, fastest tenth {fastest / 1e9:.0f} GFLOP/s")
+    print(f"  bf16 torch.mm peak: median {median / 1e9:.0f}, fastest tenth {fastest / 1e9:.0f} GFLOP/s")
     print(f"  step: {flops / step_s / fastest:.0%} of the fastest tenth ({flops / step_s / median:.0%} of the median); "
           f"ceiling (only its matmuls, at their speed alone): {flops / alone / fastest:.0%}")
 
